@@ -1,0 +1,124 @@
+"""kvsessions: chat sessions kept safe on the key-value store you already run.
+
+Names are imported lazily, so ``import kvsessions`` stays cheap and a server driver is imported
+only when its store is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kvsessions.errors import (
+    ConfigError,
+    DocumentTooLargeError,
+    InvalidKeyError,
+    InvalidValueError,
+    KVSessionsError,
+    MissingDependencyError,
+    StoreError,
+    StoreUnavailableError,
+    UnsupportedVersionError,
+    ValidationError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    # the KV layer
+    "KVStore": "kvsessions.kv.base",
+    "open_store": "kvsessions.kv.registry",
+    "register_scheme": "kvsessions.kv.registry",
+    "MemoryStore": "kvsessions.kv.memory",
+    "FileStore": "kvsessions.kv.file",
+    "SQLiteStore": "kvsessions.kv.sqlite",
+    "PostgreSQLStore": "kvsessions.kv.postgresql",
+    "MongoDBStore": "kvsessions.kv.mongodb",
+    "RedisStore": "kvsessions.kv.redis",
+    # documents
+    "ChatSession": "kvsessions.models",
+    "ChatMessage": "kvsessions.models",
+    "UploadedFileRecord": "kvsessions.models",
+    "ValidatingStore": "kvsessions.validation",
+    # sessions
+    "SessionStorage": "kvsessions.storage",
+    "MemorySessionStorage": "kvsessions.storage",
+    "FileSessionStorage": "kvsessions.storage",
+    "SQLiteSessionStorage": "kvsessions.storage",
+    "PostgreSQLSessionStorage": "kvsessions.storage",
+    "MongoDBSessionStorage": "kvsessions.storage",
+    "RedisSessionStorage": "kvsessions.storage",
+    "SessionNotFoundError": "kvsessions.storage",
+    "SessionManager": "kvsessions.manager",
+    "StorageConfig": "kvsessions.config",
+    "create_storage": "kvsessions.config",
+    "create_manager": "kvsessions.config",
+    # caching
+    "CachedStore": "kvsessions.cache",
+    # migration
+    "migrate_storage": "kvsessions.migration",
+    "verify_migration": "kvsessions.migration",
+    "export_to_json": "kvsessions.migration",
+    "import_from_json": "kvsessions.migration",
+    "backup_storage": "kvsessions.migration",
+}
+
+__all__ = [
+    "ConfigError",
+    "DocumentTooLargeError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "KVSessionsError",
+    "MissingDependencyError",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnsupportedVersionError",
+    "ValidationError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvsessions' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
+    from kvsessions.cache import CachedStore
+    from kvsessions.config import StorageConfig, create_manager, create_storage
+    from kvsessions.kv.base import KVStore
+    from kvsessions.kv.file import FileStore
+    from kvsessions.kv.memory import MemoryStore
+    from kvsessions.kv.mongodb import MongoDBStore
+    from kvsessions.kv.postgresql import PostgreSQLStore
+    from kvsessions.kv.redis import RedisStore
+    from kvsessions.kv.registry import open_store, register_scheme
+    from kvsessions.kv.sqlite import SQLiteStore
+    from kvsessions.manager import SessionManager
+    from kvsessions.migration import (
+        backup_storage,
+        export_to_json,
+        import_from_json,
+        migrate_storage,
+        verify_migration,
+    )
+    from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
+    from kvsessions.storage import (
+        FileSessionStorage,
+        MemorySessionStorage,
+        MongoDBSessionStorage,
+        PostgreSQLSessionStorage,
+        RedisSessionStorage,
+        SessionNotFoundError,
+        SessionStorage,
+        SQLiteSessionStorage,
+    )
+    from kvsessions.validation import ValidatingStore

@@ -1,0 +1,5 @@
+import sys
+
+from kvsessions.cli import main
+
+sys.exit(main())
