@@ -1,0 +1,442 @@
+"""The key-value contract every store keeps, and the base class that enforces it.
+
+Keys are ``str`` of 1..512 UTF-8 bytes without NUL. Values are ``bytes`` holding one JSON
+object. On every adapter:
+
+* ``put`` is atomic per key: a reader sees the old value or the new one, never a torn one.
+* ``scan`` yields ``(key, value)`` in ascending UTF-8 byte order of the keys (descending with
+  ``reverse=True``), in batches, never the whole store in memory. ``start_after`` is a cursor
+  in the order of the scan (exclusive), so ``start_after`` + ``limit`` page through a prefix
+  exactly, forwards and backwards. The prefix is matched literally.
+* ``put_if_absent`` is atomic: of many concurrent calls on one absent key exactly one wins.
+* ``ttl`` is in seconds; an expired key is invisible to ``get``, ``get_many``, ``scan``,
+  ``delete`` and ``put_if_absent`` at once, whenever the store really removes it.
+* A value read back decodes to a JSON value equal to the one written (JSONB and BSON may change
+  key order and whitespace, nothing else).
+* Bad input raises a ``KVSessionsError`` before anything is sent, and changes nothing stored;
+  driver failures are mapped to the same tree here, once, keeping the original as ``__cause__``
+  (unless its text holds a secret). A failed write is never swallowed.
+* A client handed in by the caller is never closed by the store.
+
+Public methods here do the checking, lazy opening and error mapping once; an adapter fills the
+private hooks (``_open``, ``_close``, ``_get``, ``_put``, ``_delete``, ``_put_if_absent``,
+``_scan_page`` and, where the store does better than one call per key, the batch hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Self
+
+from kvsessions.errors import (
+    InvalidValueError,
+    KVSessionsError,
+    StoreError,
+    StoreUnavailableError,
+)
+from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
+from kvsessions.urls import check_namespace
+
+__all__ = ["DEFAULT_NAMESPACE", "KVStore", "KeyRange", "expires_at"]
+
+logger = logging.getLogger("kvsessions")
+
+DEFAULT_NAMESPACE = "kvsessions"
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Keys ``k`` with ``lower <= k`` (``lower < k`` unless ``lower_inclusive``) and
+    ``k < upper`` (no upper bound when ``upper`` is None): what one scan page may return."""
+
+    lower: str
+    lower_inclusive: bool
+    upper: str | None
+
+    def __contains__(self, key: object) -> bool:
+        assert isinstance(key, str)
+        if key < self.lower or (key == self.lower and not self.lower_inclusive):
+            return False
+        return self.upper is None or key < self.upper
+
+
+def expires_at(ttl: float | None) -> float | None:
+    """Absolute expiry (Unix time) for a ``ttl`` in seconds."""
+    return None if ttl is None else time.time() + ttl
+
+
+def _check_ttl(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        raise InvalidValueError(f"ttl must be a finite number of seconds, not {ttl!r}")
+    if ttl <= 0:
+        raise InvalidValueError(f"ttl must be > 0 seconds, not {ttl!r}")
+    return float(ttl)
+
+
+class KVStore(ABC):
+    """Base of every store and store wrapper. See the module docstring for the contract."""
+
+    #: URL scheme(s) this adapter is registered under (empty for wrappers).
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: How many documents one scan page fetches.
+    scan_batch_size: int = 500
+
+    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = check_namespace(namespace)
+        self._state = _NEW
+        self._open_lock: asyncio.Lock | None = None
+        #: Strings that must never appear in an error message (passwords).
+        self._secrets: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> Self:
+        """Connect and create what the store needs (tables, indexes). Idempotent."""
+        if self._state == _OPEN:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._state != _OPEN:
+                try:
+                    await self._open()
+                except Exception as exc:
+                    error = self._map_error(exc, "open")
+                else:
+                    self._state = _OPEN
+                    return self
+                raise error
+        return self
+
+    async def close(self) -> None:
+        """Release connections this store made. A client passed in by the caller stays open."""
+        if self._state == _OPEN:
+            self._state = _CLOSED
+            await self._close()
+        else:
+            self._state = _CLOSED
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _ready(self) -> None:
+        if self._state == _OPEN:
+            return
+        if self._state == _CLOSED:
+            raise StoreError(f"{self!r} is closed")
+        await self.open()
+
+    # ------------------------------------------------------------------ single keys
+
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None when there is none (or it expired)."""
+        check_key(key)
+        await self._ready()
+        try:
+            return await self._get(key)
+        except Exception as exc:
+            error = self._map_error(exc, "get")
+        raise error
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing what was there, atomically."""
+        check_key(key)
+        check_value(value, key=key)
+        ttl = _check_ttl(ttl)
+        await self._ready()
+        try:
+            await self._put(key, bytes(value), ttl)
+            return
+        except Exception as exc:
+            error = self._map_error(exc, "put")
+        raise error
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True if a live value was there."""
+        check_key(key)
+        await self._ready()
+        try:
+            return await self._delete(key)
+        except Exception as exc:
+            error = self._map_error(exc, "delete")
+        raise error
+
+    async def put_if_absent(self, key: str, value: bytes, *, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` has no live value; True if this call stored it."""
+        check_key(key)
+        check_value(value, key=key)
+        ttl = _check_ttl(ttl)
+        await self._ready()
+        try:
+            return await self._put_if_absent(key, bytes(value), ttl)
+        except Exception as exc:
+            error = self._map_error(exc, "put_if_absent")
+        raise error
+
+    # ------------------------------------------------------------------ batches
+
+    async def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
+        """Values for ``keys``, in the same order (None where missing)."""
+        key_list = [check_key(key) for key in _iterable(keys, "keys")]
+        if not key_list:
+            return []
+        await self._ready()
+        try:
+            return await self._get_many(key_list)
+        except Exception as exc:
+            error = self._map_error(exc, "get_many")
+        raise error
+
+    async def put_many(
+        self, items: Iterable[tuple[str, bytes]], *, ttl: float | None = None
+    ) -> None:
+        """Store many values (in one transaction or pipeline where the store has one). Every
+        item is checked before anything is written; of repeated keys the last one wins."""
+        batch: dict[str, bytes] = {}
+        for item in _iterable(items, "items"):
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidValueError(f"put_many takes (key, value) pairs, not {item!r:.60}")
+            key, value = item
+            check_key(key)
+            check_value(value, key=key)
+            batch[key] = bytes(value)
+        ttl = _check_ttl(ttl)
+        if not batch:
+            return
+        await self._ready()
+        try:
+            await self._put_many(list(batch.items()), ttl)
+            return
+        except Exception as exc:
+            error = self._map_error(exc, "put_many")
+        raise error
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys``; the number of live values removed."""
+        key_list = list(dict.fromkeys(check_key(key) for key in _iterable(keys, "keys")))
+        if not key_list:
+            return 0
+        await self._ready()
+        try:
+            return await self._delete_many(key_list)
+        except Exception as exc:
+            error = self._map_error(exc, "delete_many")
+        raise error
+
+    # ------------------------------------------------------------------ ordered scan
+
+    async def scan(
+        self,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """``(key, value)`` pairs whose key starts with ``prefix``, in key order."""
+        async for page in self.scan_pages(prefix, start_after=start_after, limit=limit,
+                                          reverse=reverse):
+            for item in page:
+                yield item
+
+    async def scan_pages(
+        self,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """The same scan as ``scan``, a page (a non-empty list) at a time: for readers that
+        handle many documents, which then pay the iteration cost per page, not per item."""
+        check_prefix(prefix)
+        if start_after is not None:
+            check_prefix(start_after, what="start_after")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise InvalidValueError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        key_range = _scan_range(prefix, start_after, reverse)
+        if key_range is None or limit == 0:
+            return
+        await self._ready()
+        remaining = limit
+        try:
+            async for page in self._scan(key_range, reverse, limit):
+                if remaining is not None:
+                    if len(page) >= remaining:
+                        yield page[:remaining]
+                        return
+                    remaining -= len(page)
+                yield page
+        except Exception as exc:
+            error = self._map_error(exc, "scan")
+        else:
+            return
+        raise error
+
+    async def keys(self, prefix: str = "", *, reverse: bool = False) -> list[str]:
+        """All keys under ``prefix`` in order (a convenience for small namespaces and tests)."""
+        return [key async for key, _ in self.scan(prefix, reverse=reverse)]
+
+    async def _scan(
+        self, key_range: KeyRange, reverse: bool, limit: int | None = None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Pages of a scan, by keyset pagination over ``_scan_page``. ``limit`` is a hint: the
+        caller stops after that many items, so no page needs to be larger."""
+        remaining = limit
+        while True:
+            size = self.scan_batch_size if remaining is None else min(self.scan_batch_size,
+                                                                       remaining)
+            items, last_examined = await self._scan_page(key_range, reverse, size)
+            if items:
+                yield items
+                if remaining is not None:
+                    remaining -= len(items)
+                    if remaining <= 0:
+                        return
+            if last_examined is None:
+                return
+            if reverse:
+                key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last_examined)
+            else:
+                key_range = KeyRange(last_examined, False, key_range.upper)
+
+    # ------------------------------------------------------------------ hooks
+
+    @abstractmethod
+    async def _open(self) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    @abstractmethod
+    async def _get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None: ...
+
+    @abstractmethod
+    async def _delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool: ...
+
+    @abstractmethod
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        """Up to ``limit`` live items in ``key_range`` in order, and the last key examined
+        (None when the range holds nothing more, so the scan stops)."""
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self._get(key) for key in keys]
+
+    async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        for key, value in items:
+            await self._put(key, value, ttl)
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        count = 0
+        for key in keys:
+            count += await self._delete(key)
+        return count
+
+    @staticmethod
+    def _page(
+        rows: Sequence[tuple[str, bytes]], limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        """Result of ``_scan_page`` for stores whose page query returns only live rows."""
+        items = list(rows)
+        return items, (items[-1][0] if len(items) >= limit else None)
+
+    # ------------------------------------------------------------------ errors
+
+    def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
+        """Adapter hook: the error class for a driver exception (None: use the default)."""
+        return None
+
+    def _map_error(self, exc: Exception, operation: str) -> KVSessionsError:
+        """Turn any exception into one of ours, once, without leaking secrets."""
+        if isinstance(exc, KVSessionsError):
+            return exc
+        cls = self._classify_error(exc)
+        if cls is None:
+            unavailable = isinstance(exc, OSError | TimeoutError | ConnectionError)
+            cls = StoreUnavailableError if unavailable else StoreError
+        detail = self._scrub(f"{type(exc).__name__}: {exc}")
+        if cls is StoreUnavailableError:
+            message = f"{operation} failed: {self!r} is unavailable ({detail})"
+        else:
+            message = f"{operation} failed on {self!r}: {detail}"
+        error = cls(message)
+        leaky = any(secret in _exception_text(exc) for secret in self._secrets)
+        error.__cause__ = None if leaky else exc
+        error.__suppress_context__ = True
+        if cls is StoreUnavailableError:
+            # The error is raised to the caller; the log is for tracing, not a second report.
+            logger.debug("%s", message)
+        return error
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(namespace={self.namespace!r})"
+
+
+def _exception_text(exc: BaseException) -> str:
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(repr(current))
+        parts.append(str(current))
+        parts.extend(str(arg) for arg in current.args)
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def _scan_range(prefix: str, start_after: str | None, reverse: bool) -> KeyRange | None:
+    """The key range a scan covers, or None when it is empty."""
+    upper = prefix_upper_bound(prefix)
+    if start_after is None:
+        return KeyRange(prefix, True, upper)
+    if reverse:
+        if start_after <= prefix:
+            return None
+        if upper is None or start_after < upper:
+            upper = start_after
+        return KeyRange(prefix, True, upper)
+    if upper is not None and start_after >= upper:
+        return None
+    if start_after < prefix:
+        return KeyRange(prefix, True, upper)
+    return KeyRange(start_after, False, upper)
+
+
+def _iterable(value: object, what: str) -> Iterable[object]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidValueError(f"{what} must be an iterable of items, not {type(value).__name__}")
+    return value
