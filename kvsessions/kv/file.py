@@ -1,0 +1,515 @@
+"""A folder of files, one a key: ``file:///abs/dir?namespace=NAME`` keeps NAME's keys in
+``/abs/dir/NAME/``.
+
+Why it is built this way:
+
+* A key's file name is the lowercase hex of its UTF-8 bytes: one-to-one (no case folding or
+  Unicode normalisation can merge two keys), made of ``[0-9a-f]`` only (no ``..``, ``/``,
+  ``CON`` or other reserved name can arise), and sorted like the keys (hex preserves byte
+  order). Hex longer than 240 characters is cut into 240-character folder names ending in
+  ``.d`` and a last part ending in ``.json``, so no name exceeds the file-system limit and a
+  file never shares a name with a folder.
+* Writes go to ``.tmp-<pid>-<random>`` in the target folder, are fsynced, renamed over the
+  final name and the folder is fsynced: a reader sees the old file or the new one. A failed
+  write raises. Opening removes temp files whose writing process is gone.
+* Renames, deletions and the removal of expired files in a namespace are serialised by an
+  ``flock`` on ``.lock`` (and a thread lock within the process): that makes ``put_if_absent``
+  atomic across processes even when it replaces an expired file, and it means removing an
+  expired file can never remove a fresh one written at the same moment. Writing and fsyncing
+  the data happens outside the lock.
+* Nothing below the namespace folder is followed through a symlink: files and folders are
+  opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
+  folder should be raises ``StoreError``.
+* A file starts with one header line, ``kvs1 <expiry or ->``, then the JSON value. Expired
+  files are invisible at once and deleted when met.
+
+Reads of single keys run on the event loop (a page-cache read costs microseconds, less than a
+thread hop); writes, batches and scan pages run on worker threads. POSIX only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kvsessions.errors import ConfigError, StoreError
+from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.urls import StoreURL
+
+__all__ = ["FileStore", "key_to_parts"]
+
+_T = TypeVar("_T")
+
+PART = 240  # hex characters in one path component
+FILE_SUFFIX, DIR_SUFFIX = ".json", ".d"
+TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
+_MAGIC = b"kvs1 "
+_FILE_NAME = re.compile(r"(?:[0-9a-f]{2}){1,120}\.json")
+_DIR_NAME = re.compile(r"[0-9a-f]{240}\.d")
+_TEMP_NAME = re.compile(r"\.tmp-(\d+)-[0-9a-f]+")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def key_to_parts(key: str) -> tuple[list[str], str]:
+    """The folder names and the file name that hold ``key`` (relative to the namespace)."""
+    hexed = key.encode("utf-8").hex()
+    parts = [hexed[i:i + PART] for i in range(0, len(hexed), PART)]
+    return [p + DIR_SUFFIX for p in parts[:-1]], parts[-1] + FILE_SUFFIX
+
+
+def _decode_key(hexed: str) -> str | None:
+    try:
+        return bytes.fromhex(hexed).decode("utf-8")
+    except ValueError:
+        return None
+
+
+def _encode_header(deadline: float | None) -> bytes:
+    return _MAGIC + (b"-" if deadline is None else repr(deadline).encode()) + b"\n"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Symlink(Exception):
+    pass
+
+
+class FileStore(KVStore):
+    """Each namespace is a sub-folder of ``root``; each key is one file in it."""
+
+    schemes = ("file",)
+    scan_batch_size = 200
+
+    def __init__(self, root: str | Path, *, namespace: str = DEFAULT_NAMESPACE,
+                 fsync: bool = True, durability: str = "normal") -> None:
+        super().__init__(namespace=namespace)
+        if os.name != "posix":  # pragma: no cover
+            raise ConfigError("the file store needs a POSIX system (O_NOFOLLOW, flock)")
+        # Both profiles fsync every write; strict only refuses to be combined with fsync off.
+        if durability not in ("normal", "strict"):
+            raise ConfigError(f"durability={durability!r} is not one of normal, strict")
+        if durability == "strict" and not fsync:
+            raise ConfigError("durability=strict needs fsync=true (every write fsynced before "
+                              "it returns); drop fsync=false or use durability=normal")
+        self.durability = durability
+        self.root = Path(root).expanduser().absolute()
+        self.fsync = fsync
+        self._dir_fd = -1
+        self._lock_fd = -1
+        self._thread_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> FileStore:
+        if url.host or url.port:
+            raise ConfigError(
+                f"{url.redacted}: a file URL has no host; write file:///absolute/folder")
+        if not url.path.startswith("/"):
+            raise ConfigError(f"{url.redacted}: expected file:///absolute/folder")
+        namespace = url.namespace_option(DEFAULT_NAMESPACE)
+        fsync = url.bool_option("fsync", True)
+        durability = url.pop_option("durability", "normal")
+        url.check_no_options_left()
+        return cls(url.path, namespace=namespace,
+                   **{"fsync": fsync, "durability": durability, **options})
+
+    def __repr__(self) -> str:
+        return f"FileStore(root={str(self.root)!r}, namespace={self.namespace!r})"
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.namespace
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _open(self) -> None:
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(self.root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.namespace, 0o700, dir_fd=root_fd)
+            try:
+                self._dir_fd = os.open(self.namespace, os.O_RDONLY | _DIRECTORY | _NOFOLLOW
+                                       | _CLOEXEC, dir_fd=root_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise StoreError(f"{self!r}: {self.folder} is not a plain folder "
+                                     "(a symlink or a file); refusing to use it") from None
+                raise
+        finally:
+            os.close(root_fd)
+        self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
+                                0o600, dir_fd=self._dir_fd)
+        self._remove_dead_temp_files(self._dir_fd)
+
+    async def _close(self) -> None:
+        for fd in (self._lock_fd, self._dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._dir_fd = self._lock_fd = -1
+
+    def _remove_dead_temp_files(self, dir_fd: int) -> None:
+        """Temp files of writers that died mid-write; a live writer's are left alone."""
+        with os.scandir(dir_fd) as entries:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for name, is_dir in names:
+            match = _TEMP_NAME.fullmatch(name)
+            if match and not is_dir and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+            elif is_dir and _DIR_NAME.fullmatch(name):
+                sub = self._open_dir(dir_fd, name)
+                try:
+                    self._remove_dead_temp_files(sub)
+                finally:
+                    os.close(sub)
+
+    @staticmethod
+    async def _run(function: Callable[..., _T], *args: Any) -> _T:
+        """``function`` on a worker thread. A thread cannot be stopped, so a cancelled call
+        waits for it before it raises: else a write its caller gave up on could be renamed
+        into place after the caller's next write of the same key, bringing back old data."""
+        future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: the caller sees the cancellation
+            raise
+
+    # ------------------------------------------------------------------ paths
+
+    def _open_dir(self, parent_fd: int, name: str, *, create: bool = False) -> int:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+        try:
+            return os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC,
+                           dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StoreError(f"{self!r}: {name[:20]}... is a symlink or not a folder; "
+                                 "refusing to follow it") from None
+            raise
+
+    @contextlib.contextmanager
+    def _key_dir(self, key: str, *, create: bool = False) -> Iterator[tuple[int, str] | None]:
+        """The descriptor of the folder holding ``key``'s file and the file's name (None when
+        the folder does not exist and ``create`` is false)."""
+        dirs, name = key_to_parts(key)
+        fd, owned, missing = self._dir_fd, False, False
+        try:
+            for part in dirs:
+                try:
+                    child = self._open_dir(fd, part, create=create)
+                except FileNotFoundError:
+                    if create:
+                        raise
+                    missing = True
+                    break
+                if owned:
+                    os.close(fd)
+                fd, owned = child, True
+            yield None if missing else (fd, name)
+        finally:
+            if owned:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_file(self, dir_fd: int, name: str, key: str) -> tuple[bytes, float | None] | None:
+        """(value, expiry) of ``key``'s file ``name``, or None when it does not exist."""
+        try:
+            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"{self!r}: the file of key {key!r} is a symlink; refusing "
+                                 "to follow it") from None
+            raise
+        try:
+            # Files are replaced, never changed in place: the size is final.
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1)
+            while len(data) < size:
+                more = os.read(fd, size - len(data) + 1)
+                if not more:
+                    break
+                data += more
+        finally:
+            os.close(fd)
+        newline = data.find(b"\n", 0, 64)
+        if not data.startswith(_MAGIC) or newline < 0:
+            raise StoreError(f"{self!r}: the file of key {key!r} is not a kvsessions file")
+        stamp = data[len(_MAGIC):newline]
+        try:
+            deadline = None if stamp == b"-" else float(stamp)
+        except ValueError:
+            raise StoreError(f"{self!r}: the file of key {key!r} has a bad header") from None
+        return data[newline + 1:], deadline
+
+    def _read_live(self, key: str, now: float) -> tuple[bytes | None, bool]:
+        """The live value of ``key`` and whether an expired file was seen."""
+        hexed = key.encode().hex()
+        if len(hexed) <= PART:  # the common case: the file sits in the namespace folder
+            found = self._read_file(self._dir_fd, hexed + FILE_SUFFIX, key)
+        else:
+            with self._key_dir(key) as where:
+                if where is None:
+                    return None, False
+                found = self._read_file(*where, key)
+        if found is None:
+            return None, False
+        value, deadline = found
+        if deadline is not None and deadline <= now:
+            return None, True
+        return value, False
+
+    def _remove_if_expired(self, key: str) -> None:
+        with self._locked(), self._key_dir(key) as where:
+            if where is None:
+                return
+            found = self._read_file(*where, key)
+            if found is not None and found[1] is not None and found[1] <= time.time():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(where[1], dir_fd=where[0])
+
+    async def _get(self, key: str) -> bytes | None:
+        value, expired = self._read_live(key, time.time())
+        if expired:
+            await self._run(self._remove_if_expired, key)
+        return value
+
+    def _get_many_sync(self, keys: list[str]) -> list[bytes | None]:
+        now = time.time()
+        values: list[bytes | None] = []
+        for key in keys:
+            value, expired = self._read_live(key, now)
+            if expired:
+                self._remove_if_expired(key)
+            values.append(value)
+        return values
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        return await self._run(self._get_many_sync, keys)
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_temp(self, dir_fd: int, value: bytes, deadline: float | None) -> str:
+        """A fsynced temp file holding the header and ``value``; its name."""
+        name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        try:
+            data = memoryview(_encode_header(deadline) + value)
+            while data:
+                data = data[os.write(fd, data):]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+        os.close(fd)
+        return name
+
+    def _sync_dir(self, dir_fd: int) -> None:
+        if self.fsync:
+            os.fsync(dir_fd)
+
+    def _put_sync(self, key: str, value: bytes, deadline: float | None,
+                  only_if_absent: bool = False) -> bool:
+        with self._key_dir(key, create=True) as where:
+            assert where is not None
+            dir_fd, name = where
+            temp = self._write_temp(dir_fd, value, deadline)
+            try:
+                with self._locked():
+                    if only_if_absent:
+                        found = self._read_file(dir_fd, name, key)
+                        if found is not None and (found[1] is None or found[1] > time.time()):
+                            os.unlink(temp, dir_fd=dir_fd)
+                            return False
+                    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dir_fd)
+                raise
+            self._sync_dir(dir_fd)
+            return True
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self._run(self._put_sync, key, value, expires_at(ttl))
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        return await self._run(self._put_sync, key, value, expires_at(ttl), True)
+
+    def _put_many_sync(self, items: list[tuple[str, bytes]], deadline: float | None) -> None:
+        """All temp files written and fsynced first, then renamed under one lock: a failure
+        before the renames changes nothing."""
+        staged: list[list[Any]] = []  # [folder fd, temp name or None once renamed, name]
+        try:
+            for key, value in items:
+                dirs, name = key_to_parts(key)
+                dir_fd = self._dir_fd
+                for part in dirs:
+                    child = self._open_dir(dir_fd, part, create=True)
+                    if dir_fd != self._dir_fd:
+                        os.close(dir_fd)
+                    dir_fd = child
+                entry: list[Any] = [dir_fd, None, name]
+                staged.append(entry)
+                entry[1] = self._write_temp(dir_fd, value, deadline)
+            with self._locked():
+                for entry in staged:
+                    os.replace(entry[1], entry[2], src_dir_fd=entry[0], dst_dir_fd=entry[0])
+                    entry[1] = None
+            for dir_fd in dict.fromkeys(entry[0] for entry in staged):
+                self._sync_dir(dir_fd)
+        finally:
+            for dir_fd, temp, _ in staged:
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp, dir_fd=dir_fd)
+                if dir_fd != self._dir_fd:
+                    os.close(dir_fd)
+
+    async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        await self._run(self._put_many_sync, items, expires_at(ttl))
+
+    def _delete_sync(self, keys: list[str]) -> int:
+        """Unlink under the lock, then fsync the folders: an acknowledged delete must not come
+        back after a power cut (once for the namespace folder, however many keys)."""
+        count = 0
+        sync_root = False
+        with self._locked():
+            now = time.time()
+            for key in keys:
+                with self._key_dir(key) as where:
+                    if where is None:
+                        continue
+                    try:
+                        found = self._read_file(*where, key)
+                    except StoreError:  # unreadable (not ours): deleting it is the repair
+                        found = (b"", None)
+                    if found is None:
+                        continue
+                    os.unlink(where[1], dir_fd=where[0])
+                    count += found[1] is None or found[1] > now
+                    if where[0] == self._dir_fd:
+                        sync_root = True
+                    else:
+                        self._sync_dir(where[0])
+            if sync_root:
+                self._sync_dir(self._dir_fd)
+        return count
+
+    async def _delete(self, key: str) -> bool:
+        return bool(await self._run(self._delete_sync, [key]))
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        return await self._run(self._delete_sync, keys)
+
+    # ------------------------------------------------------------------ ordered scan
+
+    def _list_keys(self, key_range: KeyRange) -> list[str]:
+        """Keys in ``key_range``, sorted, from one walk over the names (no file is read)."""
+        lower = key_range.lower.encode().hex()
+        upper = None if key_range.upper is None else key_range.upper.encode().hex()
+        keys: list[str] = []
+
+        def walk(dir_fd: int, prefix: str) -> None:
+            with os.scandir(dir_fd) as entries:
+                names = [(e.name, e.is_symlink()) for e in entries]
+            for name, is_link in names:
+                if _FILE_NAME.fullmatch(name):
+                    hexed = prefix + name[:-len(FILE_SUFFIX)]
+                elif _DIR_NAME.fullmatch(name):
+                    hexed = prefix + name[:-len(DIR_SUFFIX)]
+                    # every key below starts with ``hexed`` and is longer
+                    if hexed < lower[:len(hexed)] or (upper is not None and hexed >= upper):
+                        continue
+                    if is_link:
+                        raise StoreError(f"{self!r}: {name[:20]}... is a symlink; refusing to "
+                                         "follow it")
+                    sub = self._open_dir(dir_fd, name)
+                    try:
+                        walk(sub, hexed)
+                    finally:
+                        os.close(sub)
+                    continue
+                else:
+                    continue  # temp files, the lock, anything not ours
+                key = _decode_key(hexed)
+                if key is not None and key in key_range:
+                    keys.append(key)
+
+        walk(self._dir_fd, "")
+        keys.sort()
+        return keys
+
+    def _read_page(self, keys: list[str]) -> list[tuple[str, bytes]]:
+        now = time.time()
+        items: list[tuple[str, bytes]] = []
+        for key in keys:
+            value, expired = self._read_live(key, now)
+            if value is not None:
+                items.append((key, value))
+            elif expired:
+                self._remove_if_expired(key)
+        return items
+
+    async def _scan(
+        self, key_range: KeyRange, reverse: bool, limit: int | None = None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        keys = await self._run(self._list_keys, key_range)
+        if reverse:
+            keys.reverse()
+        batch = self.scan_batch_size if limit is None else min(self.scan_batch_size, limit)
+        for start in range(0, len(keys), batch):
+            page = await self._run(self._read_page, keys[start:start + batch])
+            if page:
+                yield page
+
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        keys = await self._run(self._list_keys, key_range)
+        window = keys[::-1][:limit] if reverse else keys[:limit]
+        items = await self._run(self._read_page, window)
+        return items, (window[-1] if len(window) == limit else None)

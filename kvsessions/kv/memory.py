@@ -1,0 +1,95 @@
+"""An in-process store: a dict and a sorted key list. For tests, demos and embedding."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Any
+
+from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.urls import StoreURL
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(KVStore):
+    """Keeps everything in this process; nothing survives ``close()``."""
+
+    schemes = ("memory",)
+
+    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        super().__init__(namespace=namespace)
+        self._values: dict[str, tuple[bytes, float | None]] = {}
+        self._sorted_keys: list[str] = []
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> MemoryStore:
+        namespace = url.namespace_option(DEFAULT_NAMESPACE)
+        url.check_no_options_left()
+        return cls(namespace=namespace, **options)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(namespace={self.namespace!r})"
+
+    async def _open(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        self._values.clear()
+        self._sorted_keys.clear()
+
+    def _live(self, key: str, now: float) -> bytes | None:
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        value, deadline = entry
+        if deadline is not None and deadline <= now:
+            self._remove(key)
+            return None
+        return value
+
+    def _remove(self, key: str) -> None:
+        del self._values[key]
+        index = bisect.bisect_left(self._sorted_keys, key)
+        del self._sorted_keys[index]
+
+    async def _get(self, key: str) -> bytes | None:
+        return self._live(key, time.time())
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        if key not in self._values:
+            bisect.insort(self._sorted_keys, key)
+        self._values[key] = (value, expires_at(ttl))
+
+    async def _delete(self, key: str) -> bool:
+        if self._live(key, time.time()) is None:
+            return False
+        self._remove(key)
+        return True
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        # No await between the check and the write: atomic on the event loop.
+        if self._live(key, time.time()) is not None:
+            return False
+        await self._put(key, value, ttl)
+        return True
+
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        keys = self._sorted_keys
+        if key_range.lower_inclusive:
+            start = bisect.bisect_left(keys, key_range.lower)
+        else:
+            start = bisect.bisect_right(keys, key_range.lower)
+        stop = len(keys) if key_range.upper is None else bisect.bisect_left(keys, key_range.upper)
+        window = keys[stop - limit if stop - limit > start else start:stop][::-1] if reverse \
+            else keys[start:min(stop, start + limit)]
+        now = time.time()
+        items: list[tuple[str, bytes]] = []
+        for key in window:
+            value, deadline = self._values[key]
+            if deadline is None or deadline > now:
+                items.append((key, value))
+        last = window[-1] if len(window) == limit else None
+        return items, last

@@ -1,0 +1,342 @@
+# ruff: noqa: S608  -- SQL is built only from the checked namespace identifier and "?" marks
+"""SQLite through aiosqlite: one table per namespace, in WAL mode, in key order.
+
+``sqlite:///abs/path.db?namespace=NAME&busy_timeout=30000&durability=normal&batch_size=1000``
+(``sqlite:///:memory:`` gives a private in-memory database that lives until ``close()``).
+
+Why it is built this way:
+
+* The table is ``WITHOUT ROWID`` with the key as primary key, so rows sit in key order and an
+  ordered scan reads the B-tree front to back. The key column uses SQLite's BINARY collation,
+  which compares UTF-8 bytes: exactly the contract's order. Prefixes become key ranges
+  (``prefix <= key < prefix_upper_bound(prefix)``); there is no LIKE anywhere.
+* The connection is in autocommit mode: a single statement commits by itself in one thread hop.
+  Work that needs several statements (``put_many``, opening) runs as one function on
+  aiosqlite's worker thread, so no other task's statement can land inside the transaction.
+* Expired rows are filtered in every read with the current time as a parameter; a partial
+  index on ``expires_at`` makes the periodic purge cheap.
+* Contention between processes never reaches the caller as "database is locked": writes take
+  the write lock at their first statement (``BEGIN IMMEDIATE`` or a single autocommit write,
+  both waited for by ``busy_timeout``), and the steps of opening a fresh file, which SQLite may
+  refuse with SQLITE_BUSY without waiting, are retried until ``busy_timeout`` runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kvsessions.errors import (
+    ConfigError,
+    KVSessionsError,
+    MissingDependencyError,
+    StoreError,
+    StoreUnavailableError,
+)
+from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.urls import StoreURL
+
+try:
+    import aiosqlite
+except ImportError:  # pragma: no cover - aiosqlite is a core dependency
+    aiosqlite = None  # type: ignore[assignment]
+
+__all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
+
+MEMORY = ":memory:"
+_DURABILITY = {"normal": 1, "strict": 2}  # PRAGMA synchronous values: NORMAL, FULL
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+#: Keys bound in one ``IN (...)`` list; below every SQLite's variable limit (999 before 3.32).
+_IN_CHUNK = 500
+#: Seconds between purges of expired rows, each done on a write.
+_PURGE_INTERVAL = 60.0
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+class SQLiteStore(KVStore):
+    """A namespace is a table; several namespaces (and processes) can share one file."""
+
+    schemes = ("sqlite",)
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        busy_timeout: int = 30_000,
+        durability: str = "normal",
+        batch_size: int = 1000,
+    ) -> None:
+        super().__init__(namespace=namespace)
+        if aiosqlite is None:  # pragma: no cover
+            raise MissingDependencyError("aiosqlite", "sqlite", purpose="the SQLite store")
+        if durability not in _DURABILITY:
+            raise ConfigError(
+                f"durability={durability!r} is not known; use one of {', '.join(_DURABILITY)}")
+        if busy_timeout < 0:
+            raise ConfigError(f"busy_timeout={busy_timeout} must be >= 0 milliseconds")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
+        self.busy_timeout = busy_timeout
+        self.durability = durability
+        self.scan_batch_size = batch_size
+        self._conn: Any = None
+        self._next_purge = 0.0
+        table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        self._sql_get = f"SELECT value FROM {table} WHERE key = ? AND {live}"
+        self._sql_put = (
+            f"INSERT INTO {table} (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")
+        self._sql_put_if_absent = (
+            f"INSERT INTO {table} (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at "
+            "WHERE expires_at IS NOT NULL AND expires_at <= ?")
+        self._sql_delete = f"DELETE FROM {table} WHERE key = ? AND {live}"
+        self._sql_purge = f"DELETE FROM {table} WHERE expires_at <= ?"
+        self._table = table
+        self._live = live
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> SQLiteStore:
+        if url.host or url.port:
+            raise ConfigError(
+                f"{url.redacted}: a SQLite URL has no host; write sqlite:///absolute/path.db")
+        path = url.path
+        if path in ("/" + MEMORY, MEMORY):
+            path = MEMORY
+        elif not path.startswith("/") or path == "/":
+            raise ConfigError(f"{url.redacted}: expected sqlite:///absolute/path.db")
+        namespace = url.namespace_option(DEFAULT_NAMESPACE)
+        settings: dict[str, Any] = {
+            "busy_timeout": url.int_option("busy_timeout", 30_000),
+            "durability": url.pop_option("durability", "normal"),
+            "batch_size": url.int_option("batch_size", 1000, minimum=1),
+        }
+        url.check_no_options_left()
+        settings.update(options)
+        return cls(path, namespace=namespace, **settings)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore(path={self.path!r}, namespace={self.namespace!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _open(self) -> None:
+        if self.path != MEMORY:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = aiosqlite.connect(
+            self.path, timeout=self.busy_timeout / 1000, isolation_level=None)
+        await conn
+        try:
+            await self._with_busy_retry(lambda: self._in_thread(conn, self._prepare))
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Runs on the worker thread: pragmas, WAL, the table and its expiry index."""
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout)}")
+        if self.path != MEMORY:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self!r}: could not switch to WAL (journal_mode is {mode})")
+        wanted = _DURABILITY[self.durability]
+        db.execute(f"PRAGMA synchronous = {wanted}")
+        actual = db.execute("PRAGMA synchronous").fetchone()[0]
+        if actual != wanted:
+            raise StoreError(
+                f"{self!r}: PRAGMA synchronous reads {actual} after setting {wanted}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} (key TEXT NOT NULL PRIMARY KEY, "
+                "value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID")
+            db.execute(
+                f'CREATE INDEX IF NOT EXISTS "{self.namespace}__expires" ON {self._table} '
+                "(expires_at) WHERE expires_at IS NOT NULL")
+            db.execute(self._sql_purge, (time.time(),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._next_purge = time.time() + _PURGE_INTERVAL
+
+    async def _with_busy_retry(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Retry what SQLite refuses with SQLITE_BUSY without calling the busy handler
+        (switching to WAL, reading a schema that another process is changing)."""
+        deadline = time.monotonic() + self.busy_timeout / 1000
+        delay = 0.005
+        while True:
+            try:
+                return await attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    @staticmethod
+    async def _in_thread(conn: Any, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``function(sqlite3_connection)`` on aiosqlite's worker thread, as one hop that
+        no other task's statement can interleave with."""
+        result: _T = await conn._execute(lambda: function(conn._conn))
+        return result
+
+    # ------------------------------------------------------------------ single keys
+
+    async def _get(self, key: str) -> bytes | None:
+        rows = await self._conn.execute_fetchall(self._sql_get, (key, time.time()))
+        if not rows:
+            return None
+        return self._value(key, rows[0][0])
+
+    def _value(self, key: str, value: object) -> bytes:
+        if type(value) is bytes:
+            return value
+        raise StoreError(
+            f"{self!r}: the value stored under {key!r} is a {type(value).__name__}, not bytes "
+            "(written by something other than kvsessions?)")
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self._conn.execute_fetchall(self._sql_put, (key, value, expires_at(ttl)))
+        if ttl is not None:
+            await self._maybe_purge()
+
+    async def _delete(self, key: str) -> bool:
+        sql, now = self._sql_delete, time.time()
+        return bool(await self._in_thread(
+            self._conn, lambda db: db.execute(sql, (key, now)).rowcount))
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
+        stored = await self._in_thread(self._conn, lambda db: db.execute(sql, params).rowcount)
+        if ttl is not None:
+            await self._maybe_purge()
+        return bool(stored)
+
+    async def _maybe_purge(self) -> None:
+        """Remove expired rows now and then; reads never depend on it."""
+        now = time.time()
+        if now >= self._next_purge:
+            self._next_purge = now + _PURGE_INTERVAL
+            await self._conn.execute_fetchall(self._sql_purge, (now,))
+
+    # ------------------------------------------------------------------ batches
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        found: dict[str, bytes] = {}
+        now = time.time()
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._conn.execute_fetchall(
+                f"SELECT key, value FROM {self._table} WHERE key IN ({marks}) AND {self._live}",
+                (*chunk, now))
+            for key, value in rows:
+                found[key] = self._value(key, value)
+        return [found.get(key) for key in keys]
+
+    async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        deadline = expires_at(ttl)
+        rows = [(key, value, deadline) for key, value in items]
+        sql = self._sql_put
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        await self._in_thread(self._conn, write)
+        if ttl is not None:
+            await self._maybe_purge()
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        table, live, now = self._table, self._live, time.time()
+
+        def remove(db: sqlite3.Connection) -> int:
+            if len(keys) <= _IN_CHUNK:  # one statement is its own transaction
+                marks = ", ".join("?" * len(keys))
+                sql = f"DELETE FROM {table} WHERE key IN ({marks}) AND {live}"
+                return int(db.execute(sql, (*keys, now)).rowcount)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                count = 0
+                for start in range(0, len(keys), _IN_CHUNK):
+                    chunk = keys[start:start + _IN_CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    sql = f"DELETE FROM {table} WHERE key IN ({marks}) AND {live}"
+                    count += db.execute(sql, (*chunk, now)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return count
+
+        return await self._in_thread(self._conn, remove)
+
+    # ------------------------------------------------------------------ ordered scan
+
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        where = ["key >= ?" if key_range.lower_inclusive else "key > ?"]
+        params: list[object] = [key_range.lower]
+        if key_range.upper is not None:
+            where.append("key < ?")
+            params.append(key_range.upper)
+        params += [time.time(), limit]
+        order = "DESC" if reverse else "ASC"
+        sql = (f"SELECT key, value FROM {self._table} WHERE {' AND '.join(where)} "
+               f"AND {self._live} ORDER BY key {order} LIMIT ?")
+        rows = await self._conn.execute_fetchall(sql, params)
+        for key, value in rows:
+            if type(value) is not bytes:
+                self._value(key, value)
+        return self._page(rows, limit)
+
+    # ------------------------------------------------------------------ errors
+
+    def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
+        if _is_busy(exc):
+            return StoreUnavailableError
+        if isinstance(exc, sqlite3.OperationalError):
+            text = str(exc).lower()
+            if any(word in text for word in ("unable to open", "disk i/o", "readonly",
+                                             "read-only", "disk is full", "no such table")):
+                return StoreUnavailableError
+            return StoreError
+        if isinstance(exc, sqlite3.Error):
+            return StoreError
+        if isinstance(exc, ValueError) and "closed" in str(exc).lower():
+            return StoreUnavailableError  # aiosqlite's worker thread has stopped
+        return None
