@@ -1,0 +1,547 @@
+"""MongoDB store: a collection per namespace, ``_id`` is the key, the value a native document.
+
+Stored shape, readable and queryable in mongosh::
+
+    {"_id": "<key>", <the JSON object's own fields>, "_expires_at": <date, only with a ttl>}
+
+The value's fields sit at the top level beside ``_id``, so a document nested 100 levels deep
+(the most ``values.py`` accepts) is stored 100 levels deep, within MongoDB's limit. Field names
+that MongoDB restricts or that BSON cannot hold are escaped, percent-style, and only those:
+``%`` -> ``%25``, ``.`` -> ``%2E``, NUL -> ``%00``, a leading ``$`` -> ``%24``, the empty name
+-> ``%``, and at the top level a field of the value named ``_id`` or ``_expires_at`` gets its
+leading ``_`` as ``%5F``. Every escaped name contains ``%`` and every ``%`` of the original is
+escaped, so reading undoes it exactly. Strings may hold NUL (BSON strings are length-prefixed);
+integers are int64 (``values.py`` refuses larger ones); floats stay doubles.
+
+``ttl`` sets ``_expires_at`` under a sparse TTL index (``expireAfterSeconds=0``, created with
+the first write that has a ttl), so MongoDB removes expired documents in the background; every
+read also checks the date (client clock), so they are invisible at once.
+
+Scans read ``_id`` ranges (``$gt``/``$gte`` the cursor, ``$lt`` the prefix's upper bound, never
+``$regex``) in binary order, through one cursor pinned to the ``_id`` index and read in batches,
+resuming after the last key should the server drop it. Binary order needs the collection's
+default (simple) collation, which ``open()`` checks; queries then need no collation argument
+(SecantusDB 0.7 sorts by locale when a query names ``{"locale": "simple"}``; real MongoDB treats
+both the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from kvsessions.errors import (
+    ConfigError,
+    DocumentTooLargeError,
+    KVSessionsError,
+    MissingDependencyError,
+    StoreError,
+    StoreUnavailableError,
+)
+from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.urls import StoreURL, redact_url, url_secrets
+
+try:
+    from bson.codec_options import CodecOptions
+    from bson.errors import InvalidDocument
+    from pymongo import AsyncMongoClient, ReplaceOne, WriteConcern
+    from pymongo import errors as mongo_errors
+    from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
+except ImportError:  # exercised in a subprocess by the tests
+    HAVE_PYMONGO = False
+else:
+    HAVE_PYMONGO = True
+
+__all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
+
+#: The date field the TTL index watches.
+EXPIRES_FIELD = "_expires_at"
+DEFAULT_DATABASE = "kvsessions"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+_OWN_OPTIONS = ("namespace", "database", "connect_timeout", "durability")
+_DURABILITY = ("normal", "strict")
+_TTL_INDEX = "kvsessions_expires_at_ttl"
+# MongoDB refuses these characters (and NUL) in database names.
+_BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
+_RESERVED_TOP = frozenset({"_id", EXPIRES_FIELD})
+_NEEDS_ESCAPE = re.compile(r"\A(?:\$|\Z)|[.%\x00]").search
+_ESCAPE_SEQUENCE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+# ---------------------------------------------------------------------- field names
+
+def _escape_name(name: str, top: bool) -> str:
+    if not name:
+        return "%"
+    escaped = name.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
+    if escaped[0] == "$":
+        escaped = "%24" + escaped[1:]
+    elif top and name in _RESERVED_TOP:
+        escaped = "%5F" + escaped[1:]
+    return escaped
+
+
+def _unescape_name(name: str) -> str:
+    if name == "%":
+        return ""
+    return _ESCAPE_SEQUENCE.sub(lambda match: chr(int(match[1], 16)), name)
+
+
+def _plain_object(node: dict[str, Any]) -> bool:
+    """True when no field name in ``node`` needs escaping (the fast path: nothing to copy)."""
+    for name, child in node.items():
+        if not name or name[0] == "$" or "." in name or "%" in name or "\x00" in name:
+            return False
+        kind = type(child)
+        if (kind is dict and not _plain_object(child)) or (
+                kind is list and not _plain_array(child)):
+            return False
+    return True
+
+
+def _plain_array(items: list[Any]) -> bool:
+    for child in items:
+        kind = type(child)
+        if (kind is dict and not _plain_object(child)) or (
+                kind is list and not _plain_array(child)):
+            return False
+    return True
+
+
+def _has_escaped_name(node: Any) -> bool:
+    if type(node) is dict:
+        return any("%" in name or _has_escaped_name(child) for name, child in node.items())
+    if type(node) is list:
+        return any(_has_escaped_name(child) for child in node)
+    return False
+
+
+def _has_non_finite(node: Any) -> bool:
+    """NaN or an infinity anywhere in a stored document (orjson writes them as null)."""
+    kind = type(node)
+    if kind is float:
+        return not math.isfinite(node)
+    if kind is dict:
+        return any(_has_non_finite(child) for child in node.values())
+    if kind is list:
+        return any(_has_non_finite(child) for child in node)
+    return False
+
+
+def _escape_node(node: Any) -> Any:
+    if type(node) is dict:
+        return {
+            (_escape_name(name, False) if _NEEDS_ESCAPE(name) else name): _escape_node(child)
+            for name, child in node.items()
+        }
+    if type(node) is list:
+        return [_escape_node(child) for child in node]
+    return node
+
+
+def _unescape_node(node: Any) -> Any:
+    if type(node) is dict:
+        return {
+            (_unescape_name(name) if "%" in name else name): _unescape_node(child)
+            for name, child in node.items()
+        }
+    if type(node) is list:
+        return [_unescape_node(child) for child in node]
+    return node
+
+
+def escape_names(document: dict[str, Any]) -> dict[str, Any]:
+    """The value's fields with every name MongoDB restricts escaped (see the module docstring);
+    top-level names ``_id`` and ``_expires_at`` too, since the stored document uses them."""
+    return {
+        (_escape_name(name, True) if _NEEDS_ESCAPE(name) or name in _RESERVED_TOP else name):
+            _escape_node(child)
+        for name, child in document.items()
+    }
+
+
+def unescape_names(document: dict[str, Any]) -> dict[str, Any]:
+    """Undo ``escape_names`` exactly."""
+    result: dict[str, Any] = _unescape_node(document)
+    return result
+
+
+# ---------------------------------------------------------------------- the store
+
+class MongoDBStore(KVStore):
+    """A MongoDB collection (or any server speaking its protocol) as a key-value store.
+
+    Build it from a URL (``mongodb://user:pw@host:27017/db?namespace=sessions``), or hand in a
+    client (PyMongo ``AsyncMongoClient`` or motor ``AsyncIOMotorClient``) or a database object;
+    what is handed in is never closed here.
+    """
+
+    schemes = ("mongodb", "mongodb+srv")
+    scan_batch_size = 1000
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        database: Any = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        durability: str = "normal",
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not HAVE_PYMONGO:
+            raise MissingDependencyError("pymongo", "mongodb")
+        super().__init__(namespace=namespace)
+        if url is None and client is None and (database is None or isinstance(database, str)):
+            raise ConfigError("MongoDBStore needs a mongodb:// URL, a client= or a database=")
+        if client is not None and database is not None and not isinstance(database, str):
+            raise ConfigError("give MongoDBStore either client= or a database object, not both")
+        if durability not in _DURABILITY:
+            raise ConfigError(f"durability must be one of {', '.join(_DURABILITY)}, "
+                              f"not {durability!r}")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float) \
+                or not connect_timeout > 0:
+            raise ConfigError(f"connect_timeout must be a number of seconds > 0, "
+                              f"not {connect_timeout!r}")
+        self._url = url
+        self._redacted = redact_url(url) if url is not None else None
+        self._secrets = url_secrets(url) if url is not None else ()
+        self._given_client = client
+        self._given_database = None if isinstance(database, str) else database
+        self._database_name = _database_name(url, database if isinstance(database, str) else None)
+        if self._given_database is not None:
+            self._database_name = str(self._given_database.name)
+        self._connect_timeout = float(connect_timeout)
+        self._durability = durability
+        self._client_options = dict(client_options or {})
+        self._own_client: Any = None
+        self._collection: Any = None
+        self._ttl_index_ready = False
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> MongoDBStore:
+        """Our options (namespace, database, connect_timeout, durability) come out of the URL;
+        the rest are PyMongo's and stay in the URL given to the client."""
+        if not HAVE_PYMONGO:
+            raise MissingDependencyError("pymongo", "mongodb")
+        settings: dict[str, Any] = {
+            "namespace": url.namespace_option(DEFAULT_NAMESPACE),
+            "connect_timeout": url.float_option("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            "durability": url.pop_option("durability", "normal"),
+        }
+        database = url.pop_option("database")
+        if database:
+            settings["database"] = database
+        known = {name.lower() for name in (*URI_OPTIONS_VALIDATOR_MAP, *URI_OPTIONS_ALIAS_MAP)}
+        unknown = sorted(name for name in url.options if name.lower() not in known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted}")
+        settings.update(options)
+        return cls(_without_own_options(url.raw), **settings)
+
+    def __repr__(self) -> str:
+        where = repr(self._redacted) if self._redacted is not None else "client=<given>"
+        return (f"MongoDBStore({where}, database={self._database_name!r}, "
+                f"namespace={self.namespace!r})")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _open(self) -> None:
+        database = self._given_database
+        if database is None:
+            client = self._given_client
+            if client is None:
+                client = self._own_client = self._new_client()
+            database = client.get_database(self._database_name)
+        try:
+            await self._check_collation(database)
+            write_concern = WriteConcern(w="majority", j=True) \
+                if self._durability == "strict" else None
+            collection = database.get_collection(
+                self.namespace,
+                codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
+                write_concern=write_concern,
+            )
+        except BaseException:
+            await self._close()
+            raise
+        self._collection = collection
+        self._ttl_index_ready = False
+
+    async def _ensure_ttl_index(self) -> None:
+        """Create the TTL index with the first write that has a ttl: a store that never uses
+        ttl keeps one index only (every extra index is work on every write). Sparse, so
+        documents without an expiry take no room in it. Idempotent, cheap when it exists."""
+        await self._collection.create_index(
+            [(EXPIRES_FIELD, 1)], name=_TTL_INDEX, expireAfterSeconds=0, sparse=True)
+        self._ttl_index_ready = True
+
+    def _new_client(self) -> Any:
+        options: dict[str, Any] = {}
+        url_options = {name.lower() for name, _ in parse_qsl(urlsplit(self._url or "").query)}
+        timeout_ms = int(self._connect_timeout * 1000)
+        if "serverselectiontimeoutms" not in url_options:
+            options["serverSelectionTimeoutMS"] = timeout_ms
+        if "connecttimeoutms" not in url_options:
+            options["connectTimeoutMS"] = timeout_ms
+        options.update(self._client_options)
+        return AsyncMongoClient(self._url, **options)
+
+    async def _check_collation(self, database: Any) -> None:
+        """A default collation other than simple would make ``_id`` compare (and be unique)
+        by locale rules: keys like "a" and "A" would clash and scans leave byte order."""
+        reply = await database.command("listCollections", filter={"name": self.namespace})
+        for info in reply["cursor"]["firstBatch"]:
+            collation = info.get("options", {}).get("collation")
+            if collation and collation.get("locale") != "simple":
+                raise ConfigError(
+                    f"collection {self.namespace!r} has the default collation {collation}; "
+                    "kvsessions needs binary key order (MongoDB's default): use a collection "
+                    "created without a collation")
+
+    async def _close(self) -> None:
+        self._collection = None
+        client, self._own_client = self._own_client, None
+        if client is not None:
+            await client.close()
+
+    # ------------------------------------------------------------------ documents
+
+    @staticmethod
+    def _to_stored(key: str, value: bytes, ttl: float | None) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(value)
+        if "_id" in document or EXPIRES_FIELD in document or not _plain_object(document):
+            document = escape_names(document)
+        stored = {"_id": key, **document}
+        if ttl is not None:
+            deadline = expires_at(ttl)
+            assert deadline is not None
+            stored[EXPIRES_FIELD] = datetime.fromtimestamp(deadline, UTC)
+        return stored
+
+    @staticmethod
+    def _to_value(stored: dict[str, Any]) -> bytes | None:
+        """The value of a stored document (which this consumes), or None if it has expired.
+        A document written by another program may hold what JSON has no form for (ObjectId,
+        binary, Decimal128, NaN, which orjson would write as null): ``StoreError`` naming it."""
+        key = stored.pop("_id")
+        deadline = stored.pop(EXPIRES_FIELD, None)
+        if deadline is not None:
+            if type(deadline) is not datetime:
+                raise StoreError(f"MongoDB document {key!r}: {EXPIRES_FIELD} is a "
+                                 f"{type(deadline).__name__}, not a date")
+            if deadline <= datetime.now(UTC):
+                return None
+        try:
+            value = orjson.dumps(stored)
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise StoreError(f"MongoDB document {key!r} holds a value JSON has no form for "
+                             f"({exc}); written by something other than kvsessions?") from None
+        if b"null" in value and _has_non_finite(stored):
+            raise StoreError(f"MongoDB document {key!r} holds NaN or an infinity, which JSON "
+                             "has no form for; written by something other than kvsessions?")
+        # Every escaped name holds a '%'; a '%' in the text alone needs nothing undone.
+        if b"%" in value and _has_escaped_name(stored):
+            value = orjson.dumps(unescape_names(stored))
+        return value
+
+    @staticmethod
+    def _live() -> dict[str, Any]:
+        """Filter for documents that have not expired."""
+        return {EXPIRES_FIELD: {"$not": {"$lte": datetime.now(UTC)}}}
+
+    # ------------------------------------------------------------------ hooks
+
+    async def _get(self, key: str) -> bytes | None:
+        stored = await self._collection.find_one({"_id": key})
+        return None if stored is None else self._to_value(stored)
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        found: dict[str, bytes | None] = {}
+        async for stored in self._collection.find({"_id": {"$in": keys}}):
+            key = stored["_id"]
+            found[key] = self._to_value(stored)
+        return [found.get(key) for key in keys]
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        if ttl is not None and not self._ttl_index_ready:
+            await self._ensure_ttl_index()
+        stored = self._to_stored(key, value, ttl)
+        for attempt in range(3):
+            try:
+                await _to_the_end(
+                    self._collection.replace_one({"_id": key}, stored, upsert=True))
+                return
+            except mongo_errors.DuplicateKeyError:
+                # Two upserts of one new key raced; the retry finds the document and replaces.
+                if attempt == 2:
+                    raise
+
+    async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        if ttl is not None and not self._ttl_index_ready:
+            await self._ensure_ttl_index()
+        operations = [ReplaceOne({"_id": key}, self._to_stored(key, value, ttl), upsert=True)
+                      for key, value in items]
+        for attempt in range(3):
+            try:
+                await _to_the_end(self._collection.bulk_write(operations, ordered=False))
+                return
+            except mongo_errors.BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if attempt == 2 or not errors or any(e.get("code") != 11000 for e in errors):
+                    raise
+                operations = [operations[error["index"]] for error in errors]
+
+    async def _delete(self, key: str) -> bool:
+        result = await _to_the_end(
+            self._collection.delete_one({"_id": key, **self._live()}))
+        return bool(result.deleted_count)
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        result = await _to_the_end(
+            self._collection.delete_many({"_id": {"$in": keys}, **self._live()}))
+        return int(result.deleted_count)
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        # One atomic step: the filter matches only an expired document, which is replaced; with
+        # no document the upsert inserts; with a live one the upsert's insert hits the unique
+        # _id index and fails, so of many concurrent calls exactly one succeeds.
+        if ttl is not None and not self._ttl_index_ready:
+            await self._ensure_ttl_index()
+        stored = self._to_stored(key, value, ttl)
+        expired = {"_id": key, EXPIRES_FIELD: {"$lte": datetime.now(UTC)}}
+        try:
+            await _to_the_end(self._collection.replace_one(expired, stored, upsert=True))
+        except mongo_errors.DuplicateKeyError:
+            return False
+        return True
+
+    def _range_cursor(self, key_range: KeyRange, reverse: bool, batch_size: int,
+                      limit: int = 0) -> Any:
+        """A cursor over ``key_range`` in ``_id`` order, pinned to the ``_id`` index (which
+        real MongoDB picks anyway; SecantusDB otherwise scans and sorts the collection)."""
+        bounds: dict[str, str] = {
+            "$gte" if key_range.lower_inclusive else "$gt": key_range.lower}
+        if key_range.upper is not None:
+            bounds["$lt"] = key_range.upper
+        direction = -1 if reverse else 1
+        return self._collection.find({"_id": bounds}, sort=[("_id", direction)],
+                                     hint=[("_id", 1)], limit=limit, batch_size=batch_size)
+
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        stored_page = await self._range_cursor(key_range, reverse, limit, limit).to_list(None)
+        last = stored_page[-1]["_id"] if len(stored_page) >= limit else None
+        return self._items(stored_page), last
+
+    async def _scan(
+        self, key_range: KeyRange, reverse: bool, limit: int | None = None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """One cursor for the whole range, read in batches: a new keyset query per page would
+        cost a query plan each (and on SecantusDB a pass over the range each). Should the
+        server drop the cursor (idle for 10 minutes), the scan resumes after the last key."""
+        # With a limit, batches no larger than it: the caller closes the scan when it has
+        # enough, and expired documents (filtered here) must not count against it.
+        batch = self.scan_batch_size if limit is None else min(self.scan_batch_size, limit)
+        cursor = self._range_cursor(key_range, reverse, batch)
+        try:
+            while True:
+                try:
+                    stored_page = await cursor.to_list(batch)
+                except mongo_errors.CursorNotFound:
+                    cursor = self._range_cursor(key_range, reverse, batch)
+                    continue
+                if not stored_page:
+                    return
+                last = stored_page[-1]["_id"]
+                key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last) \
+                    if reverse else KeyRange(last, False, key_range.upper)
+                items = self._items(stored_page)
+                if items:
+                    yield items
+        finally:
+            await cursor.close()
+
+    def _items(self, stored_page: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        items: list[tuple[str, bytes]] = []
+        for stored in stored_page:
+            key = stored["_id"]
+            value = self._to_value(stored)
+            if value is not None:
+                items.append((key, value))
+        return items
+
+    # ------------------------------------------------------------------ errors
+
+    def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
+        if not HAVE_PYMONGO:
+            return None
+        if isinstance(exc, mongo_errors.OperationFailure) and exc.code == 18:
+            # Authentication failed: reported as PostgreSQL and Redis report it.
+            return StoreUnavailableError
+        if isinstance(exc, mongo_errors.ConnectionFailure):
+            # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout are all below it.
+            return StoreUnavailableError
+        if isinstance(exc, mongo_errors.DocumentTooLarge) or (
+                isinstance(exc, mongo_errors.OperationFailure)
+                and exc.code in (10334, 17419, 17420)):
+            return DocumentTooLargeError
+        if isinstance(exc, mongo_errors.ConfigurationError):
+            return ConfigError
+        if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
+            return StoreError
+        return None
+
+
+_T = TypeVar("_T")
+
+
+async def _to_the_end(write: Awaitable[_T]) -> _T:
+    """Await a write; a cancelled caller waits for its outcome before the cancellation is
+    raised. Once sent, the server applies a write whatever the client does (PyMongo only closes
+    the connection), and could apply it after the caller's next write of the same key, bringing
+    back the value that one replaced. A second cancellation stops the waiting."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller sees the cancellation
+        raise
+
+
+# ---------------------------------------------------------------------- URL helpers
+
+def _database_name(url: str | None, option: str | None) -> str:
+    path_name = ""
+    if url is not None:
+        try:
+            path_name = unquote(urlsplit(url).path.lstrip("/"))
+        except ValueError:
+            path_name = ""
+    if option and path_name and option != path_name:
+        raise ConfigError(f"database={option!r} differs from the database {path_name!r} in "
+                          f"{redact_url(url or '')}; give one of them")
+    name = option or path_name or DEFAULT_DATABASE
+    if _BAD_DATABASE_NAME.search(name) or len(name.encode()) > 63:
+        raise ConfigError(f"database name {name[:70]!r} is not allowed by MongoDB")
+    return name
+
+
+def _without_own_options(raw: str) -> str:
+    """``raw`` minus the query options this adapter consumes (PyMongo would warn on them)."""
+    parts = urlsplit(raw)
+    pairs = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+             if name not in _OWN_OPTIONS]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path,
+                       urlencode(pairs, quote_via=quote), parts.fragment))
