@@ -1,0 +1,97 @@
+"""The ``kvsessions`` command. Each command is a thin call into the library (modules under
+``kvsessions/commands/``); errors become one line on stderr and a non-zero exit, never a
+traceback, and every URL shown is redacted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from kvsessions.errors import KVSessionsError
+from kvsessions.urls import redact_url
+
+__all__ = ["Command", "main", "number_of", "positive_int"]
+
+#: Modules that add commands: each has ``register(subparsers)``, where every parser it adds
+#: sets ``handler`` (an async function taking the parsed arguments and returning an exit code).
+COMMAND_MODULES = (
+    "kvsessions.commands.sessions",
+    "kvsessions.commands.migration",
+)
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def number_of(unit: str, *, allow_zero: bool) -> Callable[[str], float]:
+    """argparse type: a finite number of ``unit`` (seconds, hours), > 0 or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        low_ok = value >= 0 if allow_zero else value > 0
+        if not (low_ok and value < float("inf")):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number of {unit} {bound}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvsessions",
+        description="Chat sessions on any key-value store. Every STORE argument is a URL, "
+        "e.g. sqlite:///path/sessions.db, postgresql://user@host/db, redis://host:6379/0.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler: Command = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except KVSessionsError as exc:
+        print(f"kvsessions {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kvsessions {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"kvsessions {args.command}: error: {redact_url(str(exc))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The command modules of ``kvsessions``: each has ``register(subparsers)``."""

@@ -1,0 +1,425 @@
+"""The ``migrate``, ``verify``, ``export``, ``import``, ``backup``, ``validate`` and ``upgrade``
+commands: thin calls into ``kvsessions.migration`` with a progress display.
+
+Exit codes: 0 done (and equal, and valid, where that is checked), 1 the check found differences
+or invalid documents, 2 an error (printed as one line by ``kvsessions.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+import orjson
+
+from kvsessions.cli import number_of, positive_int
+from kvsessions.errors import ConfigError, StoreUnavailableError
+from kvsessions.kv.base import KVStore
+from kvsessions.kv.registry import open_store
+from kvsessions.migration import (
+    MigrationProgress,
+    backup_storage,
+    count_documents,
+    export_to_json,
+    import_from_json,
+    migrate_storage,
+    upgrade_storage,
+    validate_storage,
+    verify_migration,
+)
+from kvsessions.urls import redact_url
+
+__all__ = ["ProgressDisplay", "register"]
+
+#: Seconds allowed for connecting to a store before the command gives up with one line.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_SHOWN_KEYS = 10
+
+
+class ProgressDisplay:
+    """A one-line bar (documents, docs/s, ETA) on a terminal, plain lines every ``interval``
+    seconds otherwise. Written by hand: no dependency for one line of text."""
+
+    def __init__(self, label: str, *, stream: TextIO | None = None,
+                 interval: float | None = None, enabled: bool = True) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if interval is not None else (0.1 if self.tty else 2.0)
+        self.total: int | None = None
+        self._last_shown = 0.0
+        self._last: MigrationProgress | None = None
+        self._drawn = False
+
+    def __call__(self, progress: MigrationProgress) -> None:
+        self._last = progress
+        now = time.monotonic()
+        if now - self._last_shown >= self.interval:
+            self._last_shown = now
+            self._show(progress)
+
+    def _show(self, progress: MigrationProgress) -> None:
+        if not self.enabled:
+            return
+        rate = progress.documents_per_second
+        total = self.total
+        if self.tty:
+            if total:
+                done = min(progress.documents, total)
+                fraction = done / total if total else 1.0
+                left = (total - done) / rate if rate > 0 else None
+                eta = _clock(left) if left is not None else "?"
+                counts = f"{done:,}/{total:,} docs {fraction:4.0%}"
+            else:
+                fraction = None
+                eta = "?"
+                counts = f"{progress.documents:,} docs"
+            text = f"{counts}  {rate:,.0f} docs/s  ETA {eta}"
+            width = shutil.get_terminal_size((80, 20)).columns
+            room = width - len(self.label) - len(text) - 5
+            if fraction is not None and room >= 10:
+                bar_width = min(room, 40)
+                filled = int(bar_width * fraction)
+                bar = f"[{'#' * filled}{'.' * (bar_width - filled)}] "
+            else:
+                bar = ""
+            line = f"{self.label} {bar}{text}"[: max(width - 1, 20)]
+            self.stream.write("\r\x1b[K" + line)
+            self._drawn = True
+        else:
+            of_total = f" of {total:,}" if total else ""
+            self.stream.write(
+                f"{self.label}: {progress.documents:,}{of_total} documents, {rate:,.0f} docs/s\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self._last is not None and (self._drawn or not self.tty):
+            self._show(self._last)
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@contextlib.asynccontextmanager
+async def _opened(url: str, timeout: float) -> AsyncIterator[KVStore]:
+    """The store a URL names, connected within ``timeout`` seconds, closed afterwards."""
+    store = open_store(url)
+    try:
+        await asyncio.wait_for(store.open(), timeout)
+    except TimeoutError:
+        await _close_quietly(store)
+        raise StoreUnavailableError(
+            f"{redact_url(url)} did not answer within {timeout:g} s "
+            "(is the server running and reachable?)") from None
+    except BaseException:
+        await _close_quietly(store)
+        raise
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _close_quietly(store: KVStore) -> None:
+    with contextlib.suppress(Exception):
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _counting_total(display: ProgressDisplay, store: KVStore,
+                          prefix: str) -> AsyncIterator[None]:
+    """On a terminal, count the documents in the background so the bar can show an ETA."""
+    task: asyncio.Task[None] | None = None
+    if display.tty and display.enabled:
+        async def count() -> None:
+            display.total = await count_documents(store, prefix=prefix)
+        task = asyncio.create_task(count())
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _emit_json(result: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _show_keys(title: str, keys: list[str], total: int) -> None:
+    if not total:
+        return
+    print(f"  {title}: {total:,}")
+    for key in keys[:_SHOWN_KEYS]:
+        print(f"    {key}")
+    if total > _SHOWN_KEYS:
+        print(f"    ... and {total - _SHOWN_KEYS:,} more")
+
+
+def _show_invalid(result: dict[str, Any]) -> None:
+    invalid = result.get("invalid_documents") or 0
+    if invalid:
+        print(f"invalid documents: {invalid:,} (copied or kept unchanged; listed below)")
+        for entry in result["invalid"][:_SHOWN_KEYS]:
+            print(f"    {entry['error']}")
+        if invalid > _SHOWN_KEYS:
+            print(f"    ... and {invalid - _SHOWN_KEYS:,} more (--json lists 100)")
+
+
+def _show_verification(verification: dict[str, Any]) -> None:
+    if verification["ok"]:
+        print(f"verify: equal ({verification['source_count']:,} documents on each side)")
+        return
+    print(f"verify: NOT equal (source {verification['source_count']:,}, destination "
+          f"{verification['destination_count']:,}, matching {verification['matching']:,})")
+    for what in ("missing", "different", "extra"):
+        _show_keys(what, verification[what], verification[f"{what}_count"])
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f} docs/s" if seconds > 0 else "-"
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    if args.source == args.destination:
+        raise ConfigError("source and destination are the same URL")
+    display = ProgressDisplay("migrate", interval=args.progress_interval,
+                              enabled=not args.quiet)
+    async with _opened(args.source, args.connect_timeout) as source, \
+            _opened(args.destination, args.connect_timeout) as destination, \
+            _counting_total(display, source, args.prefix):
+        try:
+            result = await migrate_storage(
+                source, destination, verify=args.verify, progress_callback=display,
+                batch_size=args.batch_size, resume=args.resume, prefix=args.prefix,
+                upgrade=args.upgrade, validate=args.validate, dry_run=args.dry_run,
+                concurrency=args.concurrency)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        verb = "would copy" if result["dry_run"] else "copied"
+        copied, seconds = result["documents_copied"], result["duration_seconds"]
+        print(f"{verb} {copied:,} documents ({result['sessions_migrated']:,} sessions, "
+              f"{result['messages_migrated']:,} messages, {result['files_migrated']:,} files) "
+              f"in {seconds:.2f} s ({_rate(copied, seconds)})")
+        if result["resumed_from"] is not None:
+            print(f"resumed after {result['resumed_from']!r} "
+                  f"({result['documents_copied_before_resume']:,} documents copied before)")
+        if result["documents_upgraded"]:
+            print(f"upgraded {result['documents_upgraded']:,} documents to the newest version")
+        _show_invalid(result)
+        if result["verification"] is not None:
+            _show_verification(result["verification"])
+    return 1 if result["verified"] is False else 0
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    async with _opened(args.source, args.connect_timeout) as source, \
+            _opened(args.destination, args.connect_timeout) as destination:
+        result = await verify_migration(source, destination, prefix=args.prefix,
+                                        upgrade=args.upgrade, batch_size=args.batch_size)
+    if args.json:
+        _emit_json(result)
+    else:
+        _show_verification(result)
+    return 0 if result["ok"] else 1
+
+
+async def _export(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("export", interval=args.progress_interval, enabled=not args.quiet)
+    async with _opened(args.url, args.connect_timeout) as store, \
+            _counting_total(display, store, args.prefix):
+        try:
+            result = await export_to_json(store, args.file, prefix=args.prefix,
+                                          batch_size=args.batch_size, progress_callback=display)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"exported {result['documents_exported']:,} documents to {result['path']} "
+              f"({result['size_bytes']:,} bytes, sha256 {result['sha256'][:16]}...)")
+    return 0
+
+
+async def _import(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("import", interval=args.progress_interval, enabled=not args.quiet)
+    async with _opened(args.url, args.connect_timeout) as store:
+        try:
+            result = await import_from_json(store, args.file, batch_size=args.batch_size,
+                                            progress_callback=display)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"imported {result['documents_imported']:,} documents from {result['path']} "
+              f"(checked: count and sha256 {result['sha256'][:16]}... match)")
+    return 0
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("backup", interval=args.progress_interval, enabled=not args.quiet)
+    async with _opened(args.url, args.connect_timeout) as store, \
+            _counting_total(display, store, args.prefix):
+        try:
+            result = await backup_storage(store, args.directory, prefix=args.prefix,
+                                          progress_callback=display)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"backup written: {result['path']} ({result['documents_exported']:,} documents, "
+              f"{result['size_bytes']:,} bytes)")
+    return 0
+
+
+async def _validate(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("validate", interval=args.progress_interval,
+                              enabled=not args.quiet)
+    async with _opened(args.url, args.connect_timeout) as store:
+        try:
+            result = await validate_storage(store, prefix=args.prefix,
+                                            batch_size=args.batch_size,
+                                            progress_callback=display)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"checked {result['documents_checked']:,} documents: "
+              f"{result['invalid_documents']:,} invalid, "
+              f"{result['outdated_documents']:,} of an older version (kvsessions upgrade)")
+        for entry in result["invalid"][:_SHOWN_KEYS]:
+            print(f"    {entry['error']}")
+    return 0 if result["ok"] else 1
+
+
+async def _upgrade(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("upgrade", interval=args.progress_interval, enabled=not args.quiet)
+    async with _opened(args.url, args.connect_timeout) as store:
+        try:
+            result = await upgrade_storage(store, prefix=args.prefix, batch_size=args.batch_size,
+                                           progress_callback=display)
+        finally:
+            display.finish()
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"checked {result['documents_checked']:,} documents, upgraded "
+              f"{result['documents_upgraded']:,} to the newest version")
+        _show_invalid(result)
+    return 0
+
+
+# ---------------------------------------------------------------------- parsers
+
+_seconds_type = number_of("seconds", allow_zero=True)
+
+
+def _common(parser: argparse.ArgumentParser, *, prefix: bool = True, progress: bool = True,
+            batch: bool = True) -> None:
+    if prefix:
+        parser.add_argument("--prefix", default="", metavar="P",
+                            help="only keys starting with P (default: everything)")
+    if batch:
+        parser.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
+                            help="documents per read and write batch (default 1000)")
+    if progress:
+        parser.add_argument("--progress-interval", type=_seconds_type, default=None, metavar="S",
+                            help="seconds between progress updates (default: 0.1 on a "
+                                 "terminal, 2 otherwise)")
+        parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--connect-timeout", type=_seconds_type, default=DEFAULT_CONNECT_TIMEOUT,
+                        metavar="S", help="give up connecting after S seconds (default 10)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result dictionary as JSON")
+
+
+def register(subparsers: Any) -> None:
+    """Add the migration commands to the ``kvsessions`` parser."""
+    migrate = subparsers.add_parser(
+        "migrate", help="copy every document from one store to another (resumable)",
+        description="Copy every document from SRC_URL to DST_URL in key order. An interrupted "
+        "run (Ctrl-C, crash, kill -9) resumes where it stopped when run again.")
+    migrate.add_argument("source", metavar="SRC_URL")
+    migrate.add_argument("destination", metavar="DST_URL")
+    migrate.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                         help="continue after the checkpoint of an interrupted run "
+                              "(default: yes)")
+    migrate.add_argument("--upgrade", action="store_true",
+                         help="rewrite older document versions as the newest on the way")
+    migrate.add_argument("--no-verify", dest="verify", action="store_false",
+                         help="skip comparing both stores afterwards")
+    migrate.add_argument("--no-validate", dest="validate", action="store_false",
+                         help="skip checking documents against their schemas")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="read and check everything, write nothing")
+    migrate.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
+                         help="batches written at once (default: measure 1 and 2, keep the "
+                              "faster)")
+    _common(migrate)
+    migrate.set_defaults(handler=_migrate)
+
+    verify = subparsers.add_parser(
+        "verify", help="compare two stores document by document (exit 0 only when equal)")
+    verify.add_argument("source", metavar="SRC_URL")
+    verify.add_argument("destination", metavar="DST_URL")
+    verify.add_argument("--upgrade", action="store_true",
+                        help="compare the source's documents upgraded to the newest version")
+    _common(verify, progress=False)
+    verify.set_defaults(handler=_verify)
+
+    export = subparsers.add_parser(
+        "export", help="write a store to a JSON Lines file (.gz: gzip; .json: one document)")
+    export.add_argument("url", metavar="URL")
+    export.add_argument("file", metavar="FILE")
+    _common(export)
+    export.set_defaults(handler=_export)
+
+    import_ = subparsers.add_parser(
+        "import", help="load an export file into a store (checked whole before any write)")
+    import_.add_argument("url", metavar="URL")
+    import_.add_argument("file", metavar="FILE")
+    _common(import_, prefix=False)
+    import_.set_defaults(handler=_import)
+
+    backup = subparsers.add_parser(
+        "backup", help="write a timestamped gzip export into a folder")
+    backup.add_argument("url", metavar="URL")
+    backup.add_argument("directory", metavar="DIR")
+    _common(backup, batch=False)
+    backup.set_defaults(handler=_backup)
+
+    validate = subparsers.add_parser(
+        "validate", help="check every document against its schema (exit 1 if any is invalid)")
+    validate.add_argument("url", metavar="URL")
+    _common(validate)
+    validate.set_defaults(handler=_validate)
+
+    upgrade = subparsers.add_parser(
+        "upgrade", help="rewrite every document of an older version as the newest version")
+    upgrade.add_argument("url", metavar="URL")
+    _common(upgrade)
+    upgrade.set_defaults(handler=_upgrade)

@@ -1,0 +1,240 @@
+"""The ``demo``, ``ls``, ``show``, ``stats`` and ``cleanup`` commands: thin calls into
+``SessionStorage`` and ``SessionManager``. Every URL printed is redacted; errors reach
+``kvsessions.cli``, which prints them as one line (exit 2). A session that is not there is
+exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from kvsessions.cli import number_of, positive_int
+from kvsessions.config import StorageConfig, shown_url
+from kvsessions.errors import StoreUnavailableError
+from kvsessions.export import EXPORT_FORMATS
+from kvsessions.kv.registry import open_store
+from kvsessions.manager import SessionManager
+from kvsessions.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
+from kvsessions.storage import SessionStorage
+
+__all__ = ["register"]
+
+#: Seconds allowed for connecting to a store before the command gives up with one line.
+CONNECT_TIMEOUT = 10.0
+
+#: The demo conversations: (model, status, [(role, content), ...]).
+DEMO_CONVERSATIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("gemini-2.5-flash", "active", [
+        ("user", "Hello! What is a key-value store?"),
+        ("assistant", "A store that maps keys to values, like a dictionary that survives "
+                      "restarts."),
+        ("user", "And why keep chat sessions in one?"),
+        ("assistant", "Every database you already run can be one, so the sessions go where "
+                      "your data already is."),
+    ]),
+    ("gemini-2.5-pro", "active", [
+        ("system", "You answer in one sentence."),
+        ("user", "Summarise the attached notes."),
+        ("assistant", "The notes compare five stores and pick the one the team already runs."),
+    ]),
+    ("gemini-2.5-flash", "archived", [
+        ("user", "Remind me: what did we decide last week?"),
+        ("assistant", "To archive old sessions instead of deleting them."),
+    ]),
+]
+
+
+@contextlib.asynccontextmanager
+async def _storage(url: str) -> AsyncIterator[SessionStorage]:
+    """A storage on ``url``, connected within ``CONNECT_TIMEOUT`` seconds, closed afterwards."""
+    storage = SessionStorage(open_store(url))
+    try:
+        await asyncio.wait_for(storage.initialize(), CONNECT_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await storage.close()
+        raise StoreUnavailableError(f"{shown_url(url)} did not answer within "
+                                    f"{CONNECT_TIMEOUT:g} s (is the server running?)") from None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await storage.close()
+        raise
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _when(session: ChatSession) -> str:
+    return f"{session.updated_at:%Y-%m-%d %H:%M:%S}"
+
+
+def _session_rows(sessions: Sequence[ChatSession]) -> list[list[str]]:
+    return [[s.session_id, s.status, s.model, str(s.message_count), _when(s)] for s in sessions]
+
+
+_SESSION_HEADERS = ("SESSION ID", "STATUS", "MODEL", "MESSAGES", "UPDATED (UTC)")
+
+
+# ---------------------------------------------------------------------- commands
+
+async def demo(args: argparse.Namespace) -> int:
+    url = args.url or StorageConfig.load(args.config).store_url()
+    shown = shown_url(url)
+    async with _storage(url) as storage:
+        manager = SessionManager(storage)
+        made = []
+        for model, status, turns in DEMO_CONVERSATIONS:
+            session = await manager.create_session(model)
+            session.metadata["demo"] = True
+            for role, content in turns:
+                session.add_message(role, content)
+            await manager.auto_save(session)
+            if status == "archived":
+                await manager.archive_session(session.session_id)
+            made.append(session)
+        record = UploadedFileRecord.create(
+            "files/demo-notes", "https://files.example.invalid/demo-notes", "notes.pdf",
+            48_213, "application/pdf", metadata={"session_id": made[1].session_id})
+        await storage.save_file_record(record)
+    print(f"Demo data written to {shown}\n")
+    print(_table(_SESSION_HEADERS, _session_rows(made), right={3}))
+    print(f"\nFile record {record.file_id}: {record.display_name} ({record.mime_type}, "
+          f"{record.size:,} bytes), expires {record.expires_at:%Y-%m-%d %H:%M} UTC")
+    print("\nTry:")
+    print(f"  kvsessions ls '{shown}'")
+    print(f"  kvsessions show '{shown}' {made[0].session_id}")
+    print(f"  kvsessions stats '{shown}'")
+    return 0
+
+
+async def list_command(args: argparse.Namespace) -> int:
+    async with _storage(args.url) as storage:
+        sessions = await storage.list_sessions(status=args.status, limit=args.limit)
+    what = f"{args.status} session" if args.status else "session"
+    if not sessions:
+        print(f"No {what}s in {shown_url(args.url)}")
+        return 0
+    print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
+    more = " (the most recently updated; --limit shows more)" \
+        if len(sessions) == args.limit else ""
+    plural = "" if len(sessions) == 1 else "s"
+    print(f"\n{len(sessions)} {what}{plural} in {shown_url(args.url)}{more}")
+    return 0
+
+
+async def show(args: argparse.Namespace) -> int:
+    async with _storage(args.url) as storage:
+        manager = SessionManager(storage, auto_save_enabled=False)
+        text = await manager.export_session(args.session_id, format=args.format)
+    if text is None:
+        print(f"kvsessions show: no session {args.session_id!r} in {shown_url(args.url)}",
+              file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+async def stats(args: argparse.Namespace) -> int:
+    async with _storage(args.url) as storage:
+        result = await storage.statistics()
+    if args.json:
+        print(orjson.dumps({"store": shown_url(args.url), **result},
+                           option=orjson.OPT_INDENT_2).decode())
+        return 0
+    by_status = ", ".join(f"{name} {count:,}" for name, count in
+                          result["sessions_by_status"].items())
+    print(f"Store:     {shown_url(args.url)}")
+    print(f"Sessions:  {result['total_sessions']:,} ({by_status})")
+    print(f"Messages:  {result['total_messages']:,}")
+    print(f"Files:     {result['total_files']:,} ({result['expired_files']:,} expired)")
+    return 0
+
+
+async def cleanup(args: argparse.Namespace) -> int:
+    hours = args.expiry_hours
+    if hours is None:
+        hours = StorageConfig.load().expiry_hours
+    async with _storage(args.url) as storage:
+        manager = SessionManager(storage, expiry_hours=hours)
+        expired = await manager.cleanup_expired_sessions()
+        files = await storage.delete_expired_files()
+    cutoff = utc_now() - timedelta(hours=hours)
+    print(f"Marked {expired:,} session{'s' if expired != 1 else ''} expired (not updated since "
+          f"{cutoff:%Y-%m-%d %H:%M} UTC, {hours:g} h ago)")
+    print(f"Deleted {files:,} expired file record{'s' if files != 1 else ''}")
+    print(f"Store: {shown_url(args.url)}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parsers
+
+_hours_type = number_of("hours", allow_zero=False)
+
+def register(subparsers: Any) -> None:
+    """Add the session commands to the ``kvsessions`` parser."""
+    url_help = "the store, e.g. sqlite:///path/sessions.db or postgresql://user@host/db"
+
+    parser = subparsers.add_parser(
+        "demo", help="write a few example sessions and a file record into a store",
+        description="Create three example sessions (one archived) with messages and one file "
+        "record, then print what was made and where. Without --url the configured store is "
+        "used (STORAGE_URL and the other STORAGE_* variables, or --config); with nothing "
+        "configured that is sessions.db (SQLite) in the working folder.")
+    parser.add_argument("--url", help="the store to write to (default: the configured one)")
+    parser.add_argument("--config", metavar="PATH",
+                        help="a YAML or TOML file with a storage section")
+    parser.set_defaults(handler=demo)
+
+    parser = subparsers.add_parser(
+        "ls", help="list sessions, most recently updated first",
+        description="List session heads as a table, most recently updated first.")
+    parser.add_argument("url", metavar="URL", help=url_help)
+    parser.add_argument("--status", choices=SESSION_STATUSES, help="only sessions with S")
+    parser.add_argument("--limit", type=positive_int, default=100, metavar="N",
+                        help="show at most N sessions (default 100)")
+    parser.set_defaults(handler=list_command)
+
+    parser = subparsers.add_parser(
+        "show", help="print one session with its messages",
+        description="Print a session in the export format chosen (exit 1 if there is none).")
+    parser.add_argument("url", metavar="URL", help=url_help)
+    parser.add_argument("session_id", metavar="SESSION_ID")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="markdown",
+                        help="markdown (default), text or json")
+    parser.set_defaults(handler=show)
+
+    parser = subparsers.add_parser(
+        "stats", help="count sessions by status, messages and file records",
+        description="Count sessions by status, their messages (from the session heads) and "
+        "file records.")
+    parser.add_argument("url", metavar="URL", help=url_help)
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.set_defaults(handler=stats)
+
+    parser = subparsers.add_parser(
+        "cleanup", help="expire stale sessions and delete expired file records",
+        description="Mark active sessions not updated for the expiry time as expired (they "
+        "stay stored) and delete file records whose expiry has passed.")
+    parser.add_argument("url", metavar="URL", help=url_help)
+    parser.add_argument("--expiry-hours", type=_hours_type, default=None, metavar="H",
+                        help="expire sessions not updated for H hours (default: "
+                             "STORAGE_EXPIRY_HOURS, else 72)")
+    parser.set_defaults(handler=cleanup)
