@@ -1,0 +1,471 @@
+"""Every point of the KV contract, as tests that fail when the point breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from kvsessions.errors import ConfigError, InvalidKeyError, KVSessionsError, StoreError
+from kvsessions.kv.base import KVStore
+
+__all__ = ["HARD_VALUES", "KVStoreContract", "StoreFactory", "same_json", "utf8_sorted"]
+
+
+@dataclass
+class StoreFactory:
+    """How the suite gets stores: ``make(namespace)`` builds an unopened store; calling it twice
+    with one namespace gives two handles on the same data. ``persistent`` says whether data
+    survives ``close()`` (false for the memory store). ``cleanup`` runs after the test."""
+
+    make: Callable[[str], KVStore]
+    persistent: bool = True
+    namespace: str = field(default_factory=lambda: "t_" + uuid.uuid4().hex[:16])
+    cleanup: Callable[[], Awaitable[None]] | None = None
+    #: Namespaces the suite created, for ``cleanup`` to drop.
+    used_namespaces: set[str] = field(default_factory=set)
+
+    def new(self, namespace: str | None = None) -> KVStore:
+        namespace = namespace or self.namespace
+        self.used_namespaces.add(namespace)
+        return self.make(namespace)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality that also tells 1 from 1.0 and -0.0 from 0.0; object key order is free."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return bool(a == b)
+
+
+def utf8_sorted(keys: Any, reverse: bool = False) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode("utf-8"), reverse=reverse)
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    """A document of exactly ``depth`` nested containers (objects and arrays alternating)."""
+    node: Any = {"leaf": True}
+    for level in range(depth - 1, 0, -1):
+        node = {"d": node} if level % 2 else [node]
+    assert isinstance(node, dict)
+    return node
+
+
+#: Documents that must come back exactly, on every store.
+HARD_VALUES: dict[str, dict[str, Any]] = {
+    "nul_in_string": {"text": "before\u0000after", "list": ["\u0000"], "k\u0001": 1},
+    "emoji_rtl_combining": {
+        "e": "😀👩‍👩‍👧", "rtl": "שלום مرحبا", "comb": "e\u0301", "bmp": "\uffff"},
+    "big_ints": {"a": 2**53 + 1, "b": -(2**53) - 1, "max": 2**63 - 1, "min": -(2**63)},
+    "floats": {"f": 1.5, "tiny": 1e-300, "huge": 1e300, "neg0": -0.0, "pi": math.pi, "one": 1.0},
+    "deep": {"root": _deep(60)},
+    "special_names": {"$x": 1, "a.b": 2, "": 3, "$": {"$in": [1]}, "_id": "mine", ".": "."},
+    "empty": {},
+    "mixed": {"null": None, "t": True, "f": False, "arr": [1, "2", None, [], {}], "s": ""},
+    "escapes": {"q": "\"quote\" \\back\\ \n\t\r\b\f", "ctl": "\u001f\u007f", "\\u0000": "x"},
+}
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document)
+
+
+async def collect(iterator: AsyncIterator[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [item async for item in iterator]
+
+
+class KVStoreContract:
+    """Subclass this with a ``store_factory`` fixture returning a ``StoreFactory``."""
+
+    @pytest.fixture
+    async def store(self, store_factory: StoreFactory) -> AsyncIterator[KVStore]:
+        store = store_factory.new()
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+            if store_factory.cleanup is not None:
+                await store_factory.cleanup()
+
+    # ---------------------------------------------------------------- basics
+
+    async def test_get_missing_is_none(self, store: KVStore) -> None:
+        assert await store.get("nothing-here") is None
+
+    async def test_put_get_roundtrip_and_overwrite(self, store: KVStore) -> None:
+        await store.put("k", dumps({"n": 1}))
+        assert orjson.loads(await store.get("k") or b"") == {"n": 1}
+        await store.put("k", dumps({"n": 2, "more": [1, 2]}))
+        assert orjson.loads(await store.get("k") or b"") == {"n": 2, "more": [1, 2]}
+
+    async def test_delete_reports_whether_something_was_deleted(self, store: KVStore) -> None:
+        await store.put("k", dumps({"n": 1}))
+        assert await store.delete("k") is True
+        assert await store.get("k") is None
+        assert await store.delete("k") is False
+
+    async def test_returns_bytes(self, store: KVStore) -> None:
+        await store.put("k", dumps({"n": 1}))
+        assert type(await store.get("k")) is bytes
+        assert all(type(v) is bytes for _, v in await collect(store.scan()))
+
+    # ---------------------------------------------------------------- keys
+
+    @pytest.mark.parametrize(
+        "bad_key",
+        ["", "a\x00b", "x" * 513, "é" * 257, "\ud800", 7, None, b"bytes", ("t",)],
+        ids=["empty", "nul", "513_ascii", "514_bytes_utf8", "lone_surrogate", "int", "none",
+             "bytes", "tuple"],
+    )
+    async def test_bad_keys_are_refused_and_store_nothing(
+        self, store: KVStore, bad_key: Any
+    ) -> None:
+        await store.put("keep", dumps({"kept": True}))
+        for attempt in (
+            store.put(bad_key, dumps({"x": 1})),
+            store.put_if_absent(bad_key, dumps({"x": 1})),
+            store.get(bad_key),
+            store.delete(bad_key),
+            store.put_many([("fine", dumps({"x": 1})), (bad_key, dumps({"x": 1}))]),
+            store.get_many(["fine", bad_key]),
+        ):
+            with pytest.raises(InvalidKeyError):
+                await attempt
+        assert await store.keys() == ["keep"]
+
+    async def test_longest_keys_are_accepted(self, store: KVStore) -> None:
+        keys = ["x" * 512, "é" * 256, "😀" * 128, "a" + "€" * 170]
+        for key in keys:
+            assert len(key.encode()) <= 512
+            await store.put(key, dumps({"k": key}))
+        for key in keys:
+            assert orjson.loads(await store.get(key) or b"") == {"k": key}
+        assert await store.keys() == utf8_sorted(keys)
+
+    async def test_unicode_keys_roundtrip(self, store: KVStore) -> None:
+        keys = ["ключ", "键/值", "a b", "../../etc/passwd", "/abs", "CON", "..", ".", "con",
+                "Con", "a\\b", "e\u0301", "\u00e9", "😀", "tab\tkey", "new\nline", "?*<>|:\""]
+        for index, key in enumerate(keys):
+            await store.put(key, dumps({"i": index}))
+        for index, key in enumerate(keys):
+            assert orjson.loads(await store.get(key) or b"") == {"i": index}, key
+        assert await store.keys() == utf8_sorted(keys)
+
+    # ---------------------------------------------------------------- values
+
+    @pytest.mark.parametrize(
+        "bad_value",
+        ["{}", {"a": 1}, b"not json", b"[1, 2]", b"42", b'"s"', b"null", b"\xff\xfe{}",
+         b'{"a": NaN}', b'{"a": 1e999}', b'{"a": 1} extra', b"", b'{"s": "\\ud800"}',
+         b'{"big": 18446744073709551616}', b'{"big": -9223372036854775809}',
+         b"[" * 120 + b"]" * 120],
+        ids=["str", "dict", "not_json", "array", "number", "string", "null", "bad_utf8", "nan",
+             "inf", "trailing", "empty", "lone_surrogate", "int_over_64_bits", "int_under_64",
+             "too_deep_array"],
+    )
+    async def test_bad_values_are_refused_and_change_nothing(
+        self, store: KVStore, bad_value: Any
+    ) -> None:
+        original = dumps({"original": True})
+        await store.put("k", original)
+        for attempt in (
+            store.put("k", bad_value),
+            store.put_if_absent("new", bad_value),
+            store.put_many([("other", dumps({"fine": 1})), ("k", bad_value)]),
+        ):
+            with pytest.raises(KVSessionsError):
+                await attempt
+        assert orjson.loads(await store.get("k") or b"") == {"original": True}
+        assert await store.keys() == ["k"]
+
+    async def test_too_deep_object_is_refused(self, store: KVStore) -> None:
+        with pytest.raises(KVSessionsError, match="deeper"):
+            await store.put("k", dumps({"root": _deep(101)}))
+        await store.put("k", dumps(_deep(100)))
+        assert same_json(orjson.loads(await store.get("k") or b""), _deep(100))
+
+    @pytest.mark.parametrize("name", sorted(HARD_VALUES))
+    async def test_hard_values_roundtrip(self, store: KVStore, name: str) -> None:
+        document = HARD_VALUES[name]
+        await store.put(name, dumps(document))
+        assert same_json(orjson.loads(await store.get(name) or b""), document)
+        [(key, value)] = await collect(store.scan(name))
+        assert key == name and same_json(orjson.loads(value), document)
+        assert same_json(orjson.loads((await store.get_many([name]))[0] or b""), document)
+
+    async def test_four_megabyte_value(self, store: KVStore) -> None:
+        document = {"blob": "x" * (4 * 1024 * 1024), "n": list(range(1000))}
+        await store.put("big", dumps(document))
+        assert orjson.loads(await store.get("big") or b"") == document
+
+    # ---------------------------------------------------------------- scans
+
+    ORDER_KEYS = ("a", "B", "b", "ab", "a\x01", "é", "e", "z", "~", "\uffff", "\U00010000",
+                  "😀", "日本", "A", "0", "9", " ", "a/b", "a-b", "a.b", "\u007f", "\u0080")
+
+    async def test_scan_is_in_utf8_byte_order(self, store: KVStore) -> None:
+        await store.put_many([(k, dumps({"k": k})) for k in self.ORDER_KEYS])
+        assert await store.keys() == utf8_sorted(self.ORDER_KEYS)
+        assert await store.keys(reverse=True) == utf8_sorted(self.ORDER_KEYS, reverse=True)
+        items = await collect(store.scan())
+        assert all(orjson.loads(v) == {"k": k} for k, v in items)
+
+    @pytest.mark.parametrize("wild", ["%", "_", "\\", "*", "?", "[", "]", ".", "^", "$", "'"])
+    async def test_prefix_is_literal(self, store: KVStore, wild: str) -> None:
+        keys = [f"p{wild}1", f"p{wild}2", "pX1", "p1", "pa", f"q{wild}", f"{wild}p", "p",
+                f"p{wild}"]
+        await store.put_many([(k, dumps({})) for k in keys])
+        assert await store.keys(f"p{wild}") == utf8_sorted([f"p{wild}1", f"p{wild}2", f"p{wild}"])
+        assert await store.keys(f"p{wild}", reverse=True) == utf8_sorted(
+            [f"p{wild}1", f"p{wild}2", f"p{wild}"], reverse=True)
+
+    async def test_prefix_with_highest_code_point(self, store: KVStore) -> None:
+        keys = ["a\U0010ffff", "a\U0010ffffz", "b", "a\U0010fffe"]
+        await store.put_many([(k, dumps({})) for k in keys])
+        assert await store.keys("a\U0010ffff") == ["a\U0010ffff", "a\U0010ffffz"]
+
+    async def test_paging_forwards_and_backwards_is_exact(self, store: KVStore) -> None:
+        keys = [f"page:{i:04d}" for i in range(57)] + ["other:1", "pagf", "pag"]
+        await store.put_many([(k, dumps({"k": k})) for k in keys])
+        expected = [k for k in utf8_sorted(keys) if k.startswith("page:")]
+        for reverse in (False, True):
+            seen: list[str] = []
+            cursor = None
+            while True:
+                page = [k for k, _ in await collect(
+                    store.scan("page:", start_after=cursor, limit=10, reverse=reverse))]
+                seen += page
+                if len(page) < 10:
+                    break
+                cursor = page[-1]
+            assert seen == (expected[::-1] if reverse else expected)
+
+    async def test_start_after_any_string(self, store: KVStore) -> None:
+        keys = ["b1", "b3", "b5"]
+        await store.put_many([(k, dumps({})) for k in keys])
+        assert await self._keys(store, "b", start_after="b2") == ["b3", "b5"]
+        assert await self._keys(store, "b", start_after="b2", reverse=True) == ["b1"]
+        assert await self._keys(store, "b", start_after="a") == keys
+        assert await self._keys(store, "b", start_after="c") == []
+        assert await self._keys(store, "b", start_after="c", reverse=True) == keys[::-1]
+        assert await self._keys(store, "b", start_after="a", reverse=True) == []
+        assert await self._keys(store, "b", start_after="b5") == []
+        assert await self._keys(store, "", start_after="b3", reverse=True) == ["b1"]
+
+    async def _keys(self, store: KVStore, prefix: str, **kwargs: Any) -> list[str]:
+        return [k for k, _ in await collect(store.scan(prefix, **kwargs))]
+
+    async def test_scan_limit(self, store: KVStore) -> None:
+        await store.put_many([(f"k{i}", dumps({})) for i in range(5)])
+        assert await self._keys(store, "", limit=0) == []
+        assert await self._keys(store, "", limit=2) == ["k0", "k1"]
+        assert await self._keys(store, "", limit=2, reverse=True) == ["k4", "k3"]
+        assert await self._keys(store, "", limit=100) == [f"k{i}" for i in range(5)]
+        for bad in (-1, 1.5, "3", True):
+            with pytest.raises(KVSessionsError):
+                await collect(store.scan(limit=bad))  # type: ignore[arg-type]
+
+    async def test_scan_streams_in_batches(self, store: KVStore) -> None:
+        store.scan_batch_size = 7
+        keys = [f"s{i:05d}" for i in range(150)]
+        for start in range(0, len(keys), 50):
+            await store.put_many([(k, dumps({"k": k})) for k in keys[start:start + 50]])
+        assert await store.keys() == keys
+        assert await store.keys(reverse=True) == keys[::-1]
+        assert await self._keys(store, "s", start_after="s00006", limit=8) == keys[7:15]
+
+    async def test_scan_pages_match_scan(self, store: KVStore) -> None:
+        store.scan_batch_size = 6
+        keys = [f"p{i:03d}" for i in range(40)]
+        await store.put_many([(k, dumps({"k": k})) for k in keys])
+        for kwargs in ({}, {"reverse": True}, {"limit": 13}, {"start_after": "p010", "limit": 7},
+                       {"reverse": True, "start_after": "p030", "limit": 20}):
+            pages = [page async for page in store.scan_pages("p", **kwargs)]
+            assert all(pages), "pages are never empty"
+            flat = [item for page in pages for item in page]
+            assert flat == await collect(store.scan("p", **kwargs)), kwargs
+        assert [k for page in [p async for p in store.scan_pages("p", limit=13)]
+                for k, _ in page] == keys[:13]
+
+    async def test_scan_bad_arguments(self, store: KVStore) -> None:
+        for kwargs in ({"start_after": "\x00"}, {"start_after": 5}):
+            with pytest.raises(InvalidKeyError):
+                await collect(store.scan(**kwargs))
+        with pytest.raises(InvalidKeyError):
+            await collect(store.scan(5))  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- ttl
+
+    async def test_ttl_expiry_is_invisible_at_once(self, store: KVStore) -> None:
+        await store.put("short", dumps({"v": 1}), ttl=0.6)
+        await store.put_many([("short2", dumps({"v": 2})), ("short3", dumps({"v": 3}))], ttl=0.6)
+        await store.put("long", dumps({"v": 4}), ttl=600)
+        await store.put("forever", dumps({"v": 5}))
+        assert await store.get("short") is not None
+        assert await store.keys() == ["forever", "long", "short", "short2", "short3"]
+        await asyncio.sleep(0.9)
+        assert await store.get("short") is None
+        assert await store.get_many(["short", "short2", "long"]) == [
+            None, None, await store.get("long")]
+        assert await store.keys() == ["forever", "long"]
+        assert await store.keys(reverse=True) == ["long", "forever"]
+        assert await store.delete("short") is False
+        assert await store.delete_many(["short2", "short3", "forever"]) == 1
+        assert await store.put_if_absent("short", dumps({"v": 6})) is True
+        assert orjson.loads(await store.get("short") or b"") == {"v": 6}
+
+    async def test_put_without_ttl_clears_an_earlier_ttl(self, store: KVStore) -> None:
+        await store.put("k", dumps({"v": 1}), ttl=0.4)
+        await store.put("k", dumps({"v": 2}))
+        await asyncio.sleep(0.6)
+        assert orjson.loads(await store.get("k") or b"") == {"v": 2}
+
+    async def test_expired_keys_across_scan_pages(self, store: KVStore) -> None:
+        store.scan_batch_size = 4
+        await store.put_many([(f"x{i:02d}", dumps({})) for i in range(0, 30, 2)])
+        await store.put_many([(f"x{i:02d}", dumps({})) for i in range(1, 30, 2)], ttl=0.3)
+        await asyncio.sleep(0.5)
+        expected = [f"x{i:02d}" for i in range(0, 30, 2)]
+        assert await store.keys() == expected
+        assert await store.keys(reverse=True) == expected[::-1]
+
+    async def test_limit_counts_only_live_keys(self, store: KVStore) -> None:
+        await store.put_many([(f"e{i}", dumps({})) for i in range(5)], ttl=0.3)
+        await store.put_many([(f"l{i}", dumps({})) for i in range(3)])
+        await store.put_many([(f"z{i}", dumps({})) for i in range(5)], ttl=0.3)
+        await asyncio.sleep(0.5)
+        assert await self._keys(store, "", limit=2) == ["l0", "l1"]
+        assert await self._keys(store, "", limit=2, reverse=True) == ["l2", "l1"]
+
+    @pytest.mark.parametrize("bad_ttl", [0, -1, math.nan, math.inf, "5", True])
+    async def test_bad_ttl_is_refused(self, store: KVStore, bad_ttl: Any) -> None:
+        with pytest.raises(KVSessionsError):
+            await store.put("k", dumps({}), ttl=bad_ttl)
+        assert await store.get("k") is None
+
+    # ---------------------------------------------------------------- batches
+
+    async def test_batches(self, store: KVStore) -> None:
+        await store.put_many([("b", dumps({"v": "b"})), ("a", dumps({"v": "a"})),
+                              ("b", dumps({"v": "b2"}))])
+        values = await store.get_many(["b", "missing", "a", "b"])
+        assert [orjson.loads(v) if v else None for v in values] == [
+            {"v": "b2"}, None, {"v": "a"}, {"v": "b2"}]
+        assert await store.get_many([]) == []
+        await store.put_many([])
+        assert await store.delete_many(["a", "missing", "a"]) == 1
+        assert await store.keys() == ["b"]
+        assert await store.delete_many([]) == 0
+
+    async def test_put_many_takes_a_generator(self, store: KVStore) -> None:
+        await store.put_many((f"g{i}", dumps({"i": i})) for i in range(20))
+        assert len(await store.keys("g")) == 20
+
+    async def test_put_many_bad_shapes(self, store: KVStore) -> None:
+        for items in ([("only-key",)], ["ab"], "ab", [("k", dumps({}), 1)]):
+            with pytest.raises(KVSessionsError):
+                await store.put_many(items)  # type: ignore[arg-type]
+        assert await store.keys() == []
+
+    # ---------------------------------------------------------------- atomicity
+
+    async def test_put_if_absent(self, store: KVStore) -> None:
+        assert await store.put_if_absent("k", dumps({"v": 1})) is True
+        assert await store.put_if_absent("k", dumps({"v": 2})) is False
+        assert orjson.loads(await store.get("k") or b"") == {"v": 1}
+
+    async def test_put_if_absent_has_one_winner(self, store_factory: StoreFactory,
+                                                store: KVStore) -> None:
+        # Several handles on one namespace, where the store shares data between handles.
+        extra = 3 if store_factory.persistent else 0
+        handles = [store] + [store_factory.new() for _ in range(extra)]
+        for handle in handles[1:]:
+            await handle.open()
+        try:
+            results = await asyncio.gather(*(
+                handles[i % len(handles)].put_if_absent("race", dumps({"who": i}))
+                for i in range(20)))
+        finally:
+            for handle in handles[1:]:
+                await handle.close()
+        assert sum(results) == 1
+        winner = results.index(True)
+        assert orjson.loads(await store.get("race") or b"") == {"who": winner}
+
+    async def test_many_concurrent_puts(self, store: KVStore) -> None:
+        await asyncio.gather(*(store.put(f"c{i:03d}", dumps({"i": i})) for i in range(200)))
+        items = await collect(store.scan("c"))
+        assert [k for k, _ in items] == [f"c{i:03d}" for i in range(200)]
+        assert all(orjson.loads(v) == {"i": int(k[1:])} for k, v in items)
+
+    async def test_concurrent_writers_on_one_key_leave_one_whole_value(
+        self, store: KVStore
+    ) -> None:
+        documents = [{"writer": i, "payload": str(i) * 5000} for i in range(30)]
+        await asyncio.gather(*(store.put("hot", dumps(d)) for d in documents))
+        assert orjson.loads(await store.get("hot") or b"") in documents
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def test_persists_across_close_and_reopen(self, store_factory: StoreFactory,
+                                                    store: KVStore) -> None:
+        if not store_factory.persistent:
+            pytest.skip("this store keeps nothing across close()")
+        await store.put("kept", dumps({"v": HARD_VALUES["emoji_rtl_combining"]}))
+        await store.close()
+        async with store_factory.new() as again:
+            assert same_json(orjson.loads(await again.get("kept") or b""),
+                             {"v": HARD_VALUES["emoji_rtl_combining"]})
+
+    async def test_closed_store_refuses_calls(self, store: KVStore) -> None:
+        await store.close()
+        with pytest.raises(StoreError):
+            await store.get("k")
+
+    async def test_context_manager_opens_and_closes(self, store_factory: StoreFactory) -> None:
+        async with store_factory.new() as handle:
+            await handle.put("k", dumps({}))
+            assert await handle.get("k") == dumps({})
+        with pytest.raises(StoreError):
+            await handle.get("k")
+
+    async def test_namespaces_are_isolated(self, store_factory: StoreFactory,
+                                           store: KVStore) -> None:
+        if not store_factory.persistent:
+            pytest.skip("every memory store is its own namespace")
+        other_name = store_factory.namespace + "_other"
+        async with store_factory.new(other_name) as other:
+            await store.put("shared-key", dumps({"ns": 1}))
+            await other.put("shared-key", dumps({"ns": 2}))
+            await other.put("only-other", dumps({"ns": 2}))
+            assert orjson.loads(await store.get("shared-key") or b"") == {"ns": 1}
+            assert await store.keys() == ["shared-key"]
+            assert await other.keys() == ["only-other", "shared-key"]
+            await other.delete("shared-key")
+            assert await store.get("shared-key") is not None
+
+    @pytest.mark.parametrize(
+        "namespace",
+        ["", "1abc", "a-b", "a;drop table x", 'a"b', "a'b", "a b", "a.b", "$a", "a\x00",
+         "system.x", "x" * 64, "ä", "a--", "\u0430"],  # the last is a Cyrillic confusable of "a"
+    )
+    def test_hostile_namespaces_are_refused(self, store_factory: StoreFactory,
+                                            namespace: str) -> None:
+        with pytest.raises(ConfigError):
+            store_factory.make(namespace)
+
+    def test_repr_names_the_store(self, store: KVStore) -> None:
+        assert type(store).__name__ in repr(store)
