@@ -1,0 +1,48 @@
+"""Redis on 127.0.0.1:6379 and a 3-node Redis Cluster on 127.0.0.1:7000-7002
+(bash scripts/redis-cluster.sh start). A server that cannot be reached fails the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kvsessions.kv.redis import RedisStore
+from kvsessions.testing import StoreFactory
+
+REDIS_URL = os.environ.get("KVSESSIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_CLUSTER_URL = os.environ.get(
+    "KVSESSIONS_TEST_REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7000")
+
+
+async def drop_namespaces(url: str, namespaces: set[str]) -> None:
+    """Delete every key of the namespaces a test used (values, index, expiry set)."""
+    for namespace in namespaces:
+        async with RedisStore(url, namespace=namespace) as store:
+            client: Any = store._client
+            members = await client.zrange(store._index_key, 0, -1)
+            for start in range(0, len(members), 500):
+                chunk = members[start:start + 500]
+                await client.delete(*[store._value_prefix + member for member in chunk])
+            await client.delete(store._index_key, store._expiry_key)
+
+
+def _factory(url: str) -> StoreFactory:
+    factory = StoreFactory(lambda namespace: RedisStore(url, namespace=namespace))
+
+    async def cleanup() -> None:
+        await drop_namespaces(url, factory.used_namespaces)
+
+    factory.cleanup = cleanup
+    return factory
+
+
+def redis(request: Any, tmp_path: Path) -> StoreFactory:
+    return _factory(REDIS_URL)
+
+
+def redis_cluster(request: Any, tmp_path: Path) -> StoreFactory:
+    return _factory(REDIS_CLUSTER_URL)
+
+
+BACKENDS = {"redis": redis, "redis_cluster": redis_cluster}

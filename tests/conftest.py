@@ -1,0 +1,46 @@
+"""Fixtures shared by every test: ``store_factory`` runs a test once per backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvsessions.testing import StoreFactory
+from tests.backends import ALL as BACKENDS
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", action="append", default=[],
+                     help="run store tests only on these backends (repeatable)")
+    parser.addoption("--soak", type=int, default=1,
+                     help="multiply the counts of reliability tests by this factor")
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("--backend") or os.environ.get("KVSESSIONS_TEST_BACKENDS", "")
+    names = chosen if isinstance(chosen, list) and chosen else [
+        n for n in str(chosen).split(",") if n]
+    if not names:
+        return list(BACKENDS)
+    unknown = set(names) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backend(s) {sorted(unknown)}; known: {list(BACKENDS)}")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", selected_backends(metafunc.config))
+
+
+@pytest.fixture
+def store_factory(backend_name: str, request: Any, tmp_path: Path) -> StoreFactory:
+    return BACKENDS[backend_name](request, tmp_path)
+
+
+@pytest.fixture
+def soak(request: Any) -> int:
+    return int(request.config.getoption("--soak"))

@@ -1,0 +1,257 @@
+"""CachedStore's own logic: tiers and statistics, ttl caps, failed inner writes, bulk Redis
+calls, configuration. Real Redis (127.0.0.1:6379 or KVSESSIONS_TEST_REDIS_URL) where a tier is
+involved; the cross-process behaviour is in test_cache_coherence.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from kvsessions.cache import CachedStore
+from kvsessions.errors import ConfigError, StoreError, StoreUnavailableError
+from kvsessions.kv.base import KVStore
+from kvsessions.kv.memory import MemoryStore
+from kvsessions.kv.registry import open_store
+from kvsessions.kv.wrapper import StoreWrapper
+from tests.backends.cached import REDIS_URL, forget_cache
+
+
+def doc(n: int) -> bytes:
+    return orjson.dumps({"n": n})
+
+
+@pytest.fixture
+async def ns() -> AsyncIterator[str]:
+    name = "cu_" + uuid.uuid4().hex[:12]
+    yield name
+    await forget_cache([name])
+
+
+class CountingRedis(aioredis.Redis):
+    """Counts the commands sent, to check that batches use Redis in bulk."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]).upper())
+        return await super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def counted(raise_on_error: bool = True) -> Any:
+            self.commands.append("PIPELINE")  # one round trip
+            self.commands.extend(str(args[0]).upper() for args, _ in pipe.command_stack)
+            return await execute(raise_on_error)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+
+class FailingStore(StoreWrapper):
+    """Fails writes on demand, with a chosen error."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.fail_with: Exception | None = None
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        await self.inner._put(key, value, ttl)
+
+
+# ---------------------------------------------------------------------- tiers
+
+
+async def test_reads_go_local_then_redis_then_inner_and_fill_back(ns: str) -> None:
+    inner = MemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as first, \
+            CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as second:
+        await inner.put("k", doc(1))                  # behind the cache's back: not cached
+        assert await first.get("k") == doc(1)
+        await first.drain()
+        assert await first.get("k") == doc(1)
+        assert await second.get("k") == doc(1)
+        assert await second.get("k") == doc(1)
+        one, two = first.statistics(), second.statistics()
+        assert (one["inner_reads"], one["redis_fills"], one["local_hits"]) == (1, 1, 1)
+        assert (two["inner_reads"], two["redis_hits"], two["local_hits"]) == (0, 1, 1)
+        assert one["redis_available"] and one["local_entries"] == 1
+        assert await first.get("missing") is None
+        assert first.statistics()["inner_reads"] == 2
+
+
+async def test_local_only_mode_keeps_own_writes_and_ttls() -> None:
+    async with CachedStore(MemoryStore(), local_ttl=60) as store:
+        await store.put("k", doc(1))
+        assert await store.get("k") == doc(1)
+        assert store.statistics()["local_hits"] == 1
+        assert store.statistics()["redis_configured"] is False
+        await store.put("short", doc(2), ttl=0.3)
+        assert await store.get("short") == doc(2)
+        store._local.clear()                          # evicted: the fill must know the ttl
+        assert await store.get("short") == doc(2)
+        await asyncio.sleep(0.45)
+        assert await store.get("short") is None
+        await store.delete("k")
+        assert await store.get("k") is None
+
+
+async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> None:
+    inner = MemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as writer, \
+            CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as reader:
+        await writer.put("short", doc(1), ttl=0.5)
+        assert await reader.get("short") == doc(1)   # fills Redis and its local tier
+        await reader.drain()
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert 0 < await client.pttl(f"kvcache:{ns}:v:short") <= 500
+        finally:
+            await client.aclose()
+        assert await reader.get("short") == doc(1)
+        await asyncio.sleep(0.7)
+        assert await reader.get("short") is None
+        assert await reader.get_many(["short"]) == [None]
+        assert await writer.get("short") is None
+
+
+async def test_get_many_mixes_tiers_and_keeps_order(ns: str) -> None:
+    inner = MemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store:
+        await inner.put_many([(f"k{i}", doc(i)) for i in range(6)])
+        assert await store.get("k0") == doc(0)        # local
+        await store.drain()
+        store._local.pop("k0")
+        assert await store.get("k1") == doc(1)        # local; k0 only in Redis now
+        await store.drain()
+        values = await store.get_many(["k5", "k0", "nope", "k1", "k5", "k3"])
+        assert values == [doc(5), doc(0), None, doc(1), doc(5), doc(3)]
+        stats = store.statistics()
+        assert stats["redis_hits"] == 1 and stats["inner_reads"] == 2 + 3
+
+
+async def test_batches_use_redis_in_bulk(ns: str) -> None:
+    client = CountingRedis.from_url(REDIS_URL)
+    try:
+        async with CachedStore(MemoryStore(namespace=ns), redis=client) as store:
+            client.commands.clear()
+            await store.put_many([(f"k{i}", doc(i)) for i in range(300)])
+            assert client.commands.count("EVALSHA") == 2      # 256 keys per script call
+            assert client.commands.count("PIPELINE") == 1     # in one round trip
+            store._local.clear()
+            client.commands.clear()
+            assert len(await store.get_many([f"k{i}" for i in range(300)])) == 300
+            await store.drain()
+            assert client.commands.count("MGET") == 1
+            assert client.commands.count("EVALSHA") == 2      # the fills, batched
+            client.commands.clear()
+            assert await store.delete_many([f"k{i}" for i in range(300)]) == 300
+            assert client.commands.count("EVALSHA") == 2
+            assert client.commands.count("PIPELINE") == 1
+        assert await client.ping()                            # handed in: still open
+    finally:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------------- failed writes
+
+
+async def test_failed_inner_write_raises_and_leaves_the_tiers_alone(ns: str) -> None:
+    inner = FailingStore(MemoryStore(namespace=ns))
+    async with CachedStore(inner, redis_url=REDIS_URL) as store:
+        await store.put("k", doc(1))
+        assert await store.get("k") == doc(1)
+        sent = store.statistics()["invalidations_sent"]
+        inner.fail_with = ValueError("disk on fire")
+        with pytest.raises(StoreError, match="disk on fire"):
+            await store.put("k", doc(2))
+        assert store.statistics()["invalidations_sent"] == sent
+        assert store.statistics()["local_entries"] == 1
+        assert await store.get("k") == doc(1)
+        assert await inner.get("k") == doc(1)
+
+
+async def test_ambiguous_inner_failure_drops_the_cached_copy(ns: str) -> None:
+    inner = FailingStore(MemoryStore(namespace=ns))
+    async with CachedStore(inner, redis_url=REDIS_URL) as store:
+        await store.put("k", doc(1))
+        assert await store.get("k") == doc(1)
+        inner.fail_with = ConnectionResetError("connection lost after sending the write")
+        with pytest.raises(StoreUnavailableError):
+            await store.put("k", doc(2))
+        # It may have landed: the next read must ask the inner store.
+        assert store.statistics()["local_entries"] == 0
+        reads = store.statistics()["inner_reads"]
+        assert await store.get("k") == doc(1)
+        assert store.statistics()["inner_reads"] == reads + 1
+
+
+async def test_put_if_absent_updates_tiers_only_when_it_stored(ns: str) -> None:
+    async with CachedStore(MemoryStore(namespace=ns), redis_url=REDIS_URL) as store:
+        assert await store.put_if_absent("k", doc(1)) is True
+        sent = store.statistics()["invalidations_sent"]
+        assert await store.put_if_absent("k", doc(2)) is False
+        assert store.statistics()["invalidations_sent"] == sent
+        assert await store.get("k") == doc(1)
+        assert store.statistics()["local_hits"] == 1
+
+
+async def test_concurrent_writers_in_one_process_leave_no_stale_local_copy(ns: str) -> None:
+    async with CachedStore(MemoryStore(namespace=ns), redis_url=REDIS_URL) as store:
+        await asyncio.gather(*(store.put("hot", doc(i)) for i in range(30)))
+        assert await store.get("hot") == await store.inner.get("hot")
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_configuration_errors() -> None:
+    inner = MemoryStore()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    decoding = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    with pytest.raises(ConfigError, match="not both"):
+        CachedStore(inner, redis_url=REDIS_URL, redis=client)
+    with pytest.raises(ConfigError, match="decode_responses"):
+        CachedStore(inner, redis=decoding)
+    for bad in ({"local_ttl": 0}, {"redis_ttl": -1}, {"redis_timeout": float("nan")},
+                {"local_maxsize": -1}, {"local_maxsize": 1.5}, {"key_prefix": ""}):
+        with pytest.raises(ConfigError):
+            CachedStore(inner, **bad)
+    with pytest.raises(ConfigError):
+        CachedStore("memory://")  # type: ignore[arg-type]
+
+
+def test_repr_and_errors_hide_the_redis_password() -> None:
+    store = CachedStore(MemoryStore(), redis_url="redis://:s3cret-pw@127.0.0.1:6379/0")
+    assert "s3cret-pw" not in repr(store)
+    assert "CachedStore" in repr(store) and "MemoryStore" in repr(store)
+    assert "s3cret-pw" in store._secrets
+
+
+async def test_open_store_with_cache_url(ns: str) -> None:
+    store = open_store(f"memory://?namespace={ns}", cache_url=REDIS_URL)
+    assert isinstance(store, CachedStore) and store.namespace == ns
+    async with store:
+        await store.put("k", doc(1))
+        assert await store.get("k") == doc(1)
+        assert store.statistics()["redis_available"] is True
+
+
+async def test_scan_reads_the_inner_store(ns: str) -> None:
+    inner = MemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store:
+        await store.put_many([("a", doc(1)), ("b", doc(2))])
+        await inner.put("c", doc(3))
+        assert await store.keys() == ["a", "b", "c"]
+        assert [k async for k, _ in store.scan(reverse=True, limit=2)] == ["c", "b"]

@@ -1,0 +1,377 @@
+"""What only the PostgreSQL adapter promises, beyond the shared contract: rows that psql can
+query, the exact-bytes fallback, byte order, errors without passwords, pools and durability."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from kvsessions.errors import (
+    ConfigError,
+    KVSessionsError,
+    MissingDependencyError,
+    StoreUnavailableError,
+)
+from kvsessions.kv import open_store
+from kvsessions.kv.postgresql import PostgreSQLStore, jsonb_loses
+from kvsessions.testing import same_json
+from kvsessions.testing.contract import HARD_VALUES, utf8_sorted
+from tests.backends.postgresql import POSTGRES_URL, drop_tables
+from tests.net import free_port
+
+PASSWORD = "S3cr3t!@#"
+PASSWORD_IN_URL = "S3cr3t%21%40%23"
+
+
+@pytest.fixture
+def namespaces() -> Iterator[set[str]]:
+    used: set[str] = set()
+    yield used
+    asyncio.run(drop_tables(POSTGRES_URL, used))
+
+
+@pytest.fixture
+def new_namespace(namespaces: set[str]) -> Any:
+    def make() -> str:
+        name = "pgt_" + uuid.uuid4().hex[:16]
+        namespaces.add(name)
+        return name
+    return make
+
+
+@pytest.fixture
+async def store(new_namespace: Any) -> AsyncIterator[PostgreSQLStore]:
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(),
+                               max_pool_size=3) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def row(connection: Any, store: PostgreSQLStore, key: str) -> Any:
+    return await connection.fetchrow(
+        f'SELECT value::text AS value, raw, value->>\'kind\' AS kind, expires_at '
+        f'FROM "{store.namespace}" WHERE key = $1', key)
+
+
+# ---------------------------------------------------------------------- what psql sees
+
+
+async def test_value_is_queryable_jsonb(store: PostgreSQLStore, connection: Any) -> None:
+    document = {"kind": "message", "v": 1, "content": "hello", "meta": {"id": "3e4f-1e9a"}}
+    await store.put("message:s1:m1", orjson.dumps(document))
+    stored = await row(connection, store, "message:s1:m1")
+    assert stored["kind"] == "message"
+    assert orjson.loads(stored["value"]) == document
+    assert stored["raw"] is None  # "3e4" in a string is no number: no second copy
+    count = await connection.fetchval(
+        f'SELECT count(*) FROM "{store.namespace}" WHERE value @> $1::jsonb',
+        '{"kind": "message"}')
+    assert count == 1
+
+
+async def test_nul_in_strings_keeps_exact_bytes(store: PostgreSQLStore,
+                                                connection: Any) -> None:
+    document = HARD_VALUES["nul_in_string"] | {"kind": "message"}
+    value = orjson.dumps(document)
+    await store.put("nul", value)
+    stored = await row(connection, store, "nul")
+    assert bytes(stored["raw"]) == value
+    assert stored["kind"] == "message"
+    assert orjson.loads(stored["value"])["text"] == "before\ufffdafter"
+    assert await store.get("nul") == value
+    assert await store.get_many(["nul"]) == [value]
+    assert [item async for item in store.scan("nul")] == [("nul", value)]
+
+
+@pytest.mark.parametrize("text", [
+    b'{"huge": 1e300}', b'{"big": 1e16}', b'{"neg0": -0.0}', b'{"a": [1, -0.0E0]}',
+    b'{"e": 1E5}', b'{"e": 1.0e2}', b'{"e": 1.5e300, "s": "x"}',
+])
+async def test_numbers_jsonb_would_change_keep_exact_bytes(
+    store: PostgreSQLStore, connection: Any, text: bytes
+) -> None:
+    assert jsonb_loses(text)
+    await store.put("n", text)
+    assert (await row(connection, store, "n"))["raw"] is not None
+    assert same_json(orjson.loads(await store.get("n") or b""), orjson.loads(text))
+    assert await store.put_if_absent("n2", text) is True
+    await store.put_many([("n3", text)])
+    for key in ("n2", "n3"):
+        assert same_json(orjson.loads(await store.get(key) or b""), orjson.loads(text))
+
+
+@pytest.mark.parametrize("text", [
+    b'{"f": 1.5, "tiny": 2.5e-7, "neg": -0.5}',
+    b'{"one": 1.0, "n": -0, "zero": 0.0}',
+    b'{"id": "3e4f", "t": "2026-01-01T00:00:00-0.0"}',
+    b'{"escaped": "\\\\u0001", "x": 0.1}',
+])
+async def test_numbers_jsonb_keeps_need_no_copy(
+    store: PostgreSQLStore, connection: Any, text: bytes
+) -> None:
+    await store.put("n", text)
+    assert (await row(connection, store, "n"))["raw"] is None
+    assert same_json(orjson.loads(await store.get("n") or b""), orjson.loads(text))
+
+
+def test_float_screen_decides_on_the_document() -> None:
+    assert jsonb_loses(orjson.dumps(HARD_VALUES["floats"]))
+    assert jsonb_loses(orjson.dumps(HARD_VALUES["nul_in_string"]))
+    assert not jsonb_loses(orjson.dumps({"id": "1e9", "f": 0.25, "i": 7}))
+    assert not jsonb_loses(orjson.dumps({"one": 1.0, "z": 0.0}))  # no exponent anywhere
+    assert jsonb_loses(orjson.dumps({"id": "1e9", "z": 0.0}))  # cautious: a copy too many
+    assert not jsonb_loses(orjson.dumps({"tiny": 1e-300}))  # kept as 0.000...1, exact
+    assert jsonb_loses(orjson.dumps({"tiny": 1e-300, "neg0": -0.0}))
+
+
+# ---------------------------------------------------------------------- order and schema
+
+
+async def test_key_column_sorts_bytes(store: PostgreSQLStore, connection: Any) -> None:
+    keys = ["a", "B", "é", "e", "\uffff", "\U00010000", "日本", "Z", "a\x01", "~"]
+    await store.put_many([(key, b"{}") for key in keys])
+    in_sql = await connection.fetch(f'SELECT key FROM "{store.namespace}" ORDER BY key')
+    assert [r["key"] for r in in_sql] == utf8_sorted(keys) == await store.keys()
+    collation = await connection.fetchval(
+        "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation "
+        "WHERE a.attrelid = to_regclass($1) AND a.attname = 'key'", f'"{store.namespace}"')
+    assert collation == "C"
+
+
+async def test_refuses_a_table_that_is_not_ours(new_namespace: Any, connection: Any) -> None:
+    namespace = new_namespace()
+    await connection.execute(f'CREATE TABLE "{namespace}" (key text PRIMARY KEY, value jsonb '
+                             'NOT NULL, raw bytea, expires_at timestamptz)')
+    with pytest.raises(ConfigError, match='COLLATE "C"'):
+        await PostgreSQLStore(POSTGRES_URL, namespace=namespace).open()
+    other = new_namespace()
+    await connection.execute(f'CREATE TABLE "{other}" (key text PRIMARY KEY, doc text)')
+    with pytest.raises(ConfigError, match="not a kvsessions table"):
+        await PostgreSQLStore(POSTGRES_URL, namespace=other).open()
+
+
+async def test_concurrent_openers_create_the_table_once(new_namespace: Any) -> None:
+    namespace = new_namespace()
+    stores = [PostgreSQLStore(POSTGRES_URL, namespace=namespace, max_pool_size=1)
+              for _ in range(6)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        await stores[0].put("k", b'{"v": 1}')
+        assert await stores[5].get("k") == b'{"v": 1}'
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_ttl_is_kept_on_the_server_clock(store: PostgreSQLStore,
+                                               connection: Any) -> None:
+    await store.put("t", b"{}", ttl=100)
+    remaining = await connection.fetchval(
+        f'SELECT extract(epoch FROM expires_at - now()) FROM "{store.namespace}" '
+        "WHERE key = 't'")
+    assert 90 < remaining <= 100
+    await store.put("t", b"{}")
+    assert (await row(connection, store, "t"))["expires_at"] is None
+
+
+async def test_put_many_beyond_one_batch(new_namespace: Any) -> None:
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(),
+                               batch_size=3) as store:
+        items = [(f"k{i:02d}", orjson.dumps({"i": i})) for i in range(10)]
+        await store.put_many([*items, ("nul", orjson.dumps({"s": "\u0000"}))])
+        assert [*(k for k, _ in items), "nul"] == await store.keys()
+        assert await store.delete_many(["k00", "k01", "nope"]) == 2
+
+
+# ---------------------------------------------------------------------- options
+
+
+def test_options_from_the_url_and_arguments() -> None:
+    store = open_store(f"{POSTGRES_URL}?namespace=abc&min_pool_size=2&max_pool_size=7"
+                       "&connect_timeout=1.5&command_timeout=9&acquire_timeout=3"
+                       "&durability=strict&batch_size=250&application_name=kvs",
+                       max_pool_size=8)
+    assert isinstance(store, PostgreSQLStore)
+    assert (store.namespace, store.min_pool_size, store.max_pool_size) == ("abc", 2, 8)
+    assert (store.connect_timeout, store.command_timeout, store.acquire_timeout) == (1.5, 9, 3)
+    assert (store.durability, store.scan_batch_size) == ("strict", 250)
+    assert "application_name=kvs" in store._dsn and "namespace" not in store._dsn
+    assert open_store("postgres://u@h/db").namespace == "kvsessions"
+
+
+@pytest.mark.parametrize("query", [
+    "min_pool_size=x", "max_pool_size=0", "min_pool_size=5&max_pool_size=2",
+    "connect_timeout=0", "acquire_timeout=-1", "command_timeout=nan", "durability=fast",
+    "batch_size=0", "namespace=a;drop",
+])
+def test_bad_options_are_refused(query: str) -> None:
+    with pytest.raises(ConfigError):
+        open_store(f"postgresql://u:{PASSWORD_IN_URL}@h/db?{query}")
+
+
+def test_needs_a_url_or_a_pool() -> None:
+    with pytest.raises(ConfigError):
+        PostgreSQLStore()
+
+
+# ---------------------------------------------------------------------- errors and secrets
+
+
+def _no_password_anywhere(error: BaseException, store: Any,
+                          caplog: pytest.LogCaptureFixture) -> None:
+    texts = [repr(store), str(store)]
+    current: BaseException | None = error
+    while current is not None:
+        texts += [str(current), repr(current), *map(str, current.args)]
+        current = current.__cause__ or current.__context__
+    texts += [record.getMessage() for record in caplog.records]
+    texts += [str(record.exc_info) for record in caplog.records if record.exc_info]
+    for secret in (PASSWORD, PASSWORD_IN_URL, "S3cr3t"):
+        assert not any(secret in text for text in texts), secret
+
+
+async def test_refused_connection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://postgres:{PASSWORD_IN_URL}@127.0.0.1:{free_port()}/test"
+    store = open_store(url, connect_timeout=2)
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.get("k")
+    assert "postgres:***@127.0.0.1" in str(caught.value)
+    _no_password_anywhere(caught.value, store, caplog)
+
+
+async def test_silent_server_times_out(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that accepts and never answers: the connect timeout, not a hang."""
+    caplog.set_level(logging.DEBUG)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        store = PostgreSQLStore(
+            f"postgresql://postgres:{PASSWORD_IN_URL}@127.0.0.1:{port}/test?connect_timeout=0.5")
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.open()
+        assert accepted, "the store never reached the server"
+        assert "***" in str(caught.value)
+        _no_password_anywhere(caught.value, store, caplog)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_bad_login(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    host = POSTGRES_URL.split("@", 1)[1]
+    store = open_store(f"postgresql://kvs_no_such_user:{PASSWORD_IN_URL}@{host}")
+    with pytest.raises(StoreUnavailableError, match="kvs_no_such_user") as caught:
+        await store.open()
+    _no_password_anywhere(caught.value, store, caplog)
+
+
+async def test_missing_database(new_namespace: Any) -> None:
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    with pytest.raises(StoreUnavailableError, match="kvs_no_such_db"):
+        await PostgreSQLStore(f"{base}/kvs_no_such_db").open()
+
+
+def test_missing_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    monkeypatch.delitem(sys.modules, "kvsessions.kv.postgresql")
+    fresh = importlib.import_module("kvsessions.kv.postgresql")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'kvsessions\[postgresql\]'"):
+        fresh.PostgreSQLStore("postgresql://u@h/db")
+    with pytest.raises(ImportError):
+        open_store("postgresql://u@h/db")
+
+
+async def test_pool_exhaustion_is_a_typed_error(new_namespace: Any) -> None:
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(), max_pool_size=1,
+                               acquire_timeout=0.2) as store:
+        await store.put("k", b"{}")
+        pool: Any = store._pool
+        held = await pool.acquire()  # the only connection, busy elsewhere
+        try:
+            with pytest.raises(StoreUnavailableError, match="max_pool_size=1"):
+                await store.get("k")
+        finally:
+            await pool.release(held, None)
+        assert await store.get("k") == b"{}"
+
+
+async def test_recovers_after_the_server_drops_connections(
+    new_namespace: Any, connection: Any
+) -> None:
+    app = "kvs_" + uuid.uuid4().hex[:10]
+    async with PostgreSQLStore(f"{POSTGRES_URL}?application_name={app}", min_pool_size=2,
+                               namespace=new_namespace()) as store:
+        await store.put("k", b'{"v": 1}')
+        killed = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1", app)
+        assert killed >= 1
+        outcomes: list[object] = []
+        for _ in range(4):  # each dropped connection may fail one call, then it is replaced
+            try:
+                outcomes.append(await store.get("k"))
+            except KVSessionsError as exc:
+                assert isinstance(exc, StoreUnavailableError)
+                outcomes.append(exc)
+        assert outcomes[-1] == b'{"v": 1}'
+
+
+# ---------------------------------------------------------------------- pools and durability
+
+
+async def test_a_pool_passed_in_is_used_and_stays_open(new_namespace: Any) -> None:
+    pool = await asyncpg.create_pool(POSTGRES_URL, min_size=1, max_size=2)
+    try:
+        store = PostgreSQLStore(pool=pool, namespace=new_namespace())
+        async with store:
+            assert "pool" in repr(store)
+            for name in ("nul_in_string", "floats", "mixed"):
+                value = orjson.dumps(HARD_VALUES[name])
+                await store.put(name, value)
+                assert same_json(orjson.loads(await store.get(name) or b""), HARD_VALUES[name])
+            await store.put_many([("p1", b'{"a": 1}'), ("p2", b'{"b": [2]}')])
+            assert [k async for k, _ in store.scan("p")] == ["p1", "p2"]
+            assert await store.put_if_absent("p1", b"{}") is False
+        assert not pool._closed
+        # Our codec never lands on the caller's connections: jsonb still comes back as text.
+        assert await pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == '{"a": 1}'
+    finally:
+        await pool.close()
+
+
+async def test_durability_strict_checks_synchronous_commit(new_namespace: Any) -> None:
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(),
+                               durability="strict") as store:
+        await store.put("k", b"{}")
+    lax = PostgreSQLStore(f"{POSTGRES_URL}?synchronous_commit=off", durability="strict",
+                          namespace=new_namespace())
+    with pytest.raises(ConfigError, match="synchronous_commit=off"):
+        await lax.open()
+    async with PostgreSQLStore(f"{POSTGRES_URL}?synchronous_commit=off",
+                               namespace=new_namespace()) as normal:
+        await normal.put("k", b"{}")

@@ -1,0 +1,540 @@
+"""The whole SessionStorage API on every backend in tests/backends (through ``store_factory``)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from kvsessions.codec import (
+    document_to_message,
+    message_prefix,
+    message_to_document,
+    session_key,
+)
+from kvsessions.errors import InvalidValueError, ValidationError
+from kvsessions.kv.base import KVStore
+from kvsessions.kv.wrapper import StoreWrapper
+from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
+from kvsessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
+from kvsessions.testing import StoreFactory
+from kvsessions.validation import validate_document
+
+
+class RecordingStore(StoreWrapper):
+    """Remembers the keys of every write batch, to check what a save wrote."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.writes: list[list[str]] = []
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.writes.append([key])
+        await self.inner._put(key, value, ttl)
+
+    async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        self.writes.append([key for key, _ in items])
+        await self.inner._put_many(items, ttl)
+
+
+@pytest.fixture
+async def recording(store_factory: StoreFactory) -> AsyncIterator[RecordingStore]:
+    store = RecordingStore(store_factory.new())
+    try:
+        yield store
+    finally:
+        await store.close()
+        if store_factory.cleanup is not None:
+            await store_factory.cleanup()
+
+
+@pytest.fixture
+async def storage(recording: RecordingStore) -> AsyncIterator[SessionStorage]:
+    storage = SessionStorage(recording)
+    await storage.initialize()
+    yield storage
+    await storage.close()
+
+
+def conversation(turns: int = 2, model: str = "gemini-2.5-flash") -> ChatSession:
+    session = ChatSession.create(model, metadata={"user": "ada", "tags": ["a", "b"]})
+    for i in range(turns):
+        session.add_message("user" if i % 2 == 0 else "assistant", f"message {i} ✓ 😀",
+                            metadata={"i": i})
+    return session
+
+
+async def stored_keys(storage: SessionStorage, prefix: str = "") -> list[str]:
+    return await storage.store.keys(prefix)
+
+
+# -------------------------------------------------------------------- save and load
+
+async def test_save_and_load_roundtrip(storage: SessionStorage) -> None:
+    session = conversation(4)
+    assert await storage.save_session(session) is True
+    loaded = await storage.load_session(session.session_id)
+    assert loaded == session
+    assert loaded is not None and loaded.created_at.tzinfo is not None
+    assert [m.content for m in loaded.messages] == [f"message {i} ✓ 😀" for i in range(4)]
+    assert loaded.message_count == 4
+
+
+async def test_load_missing_session_is_none(storage: SessionStorage) -> None:
+    assert await storage.load_session("no-such-session") is None
+    assert await storage.load_session("no-such-session", last_messages=5) is None
+
+
+async def test_save_writes_only_messages_not_stored_yet(
+    storage: SessionStorage, recording: RecordingStore
+) -> None:
+    session = conversation(3)
+    await storage.save_session(session)
+    assert len(recording.writes[-1]) == 4  # three messages and the head
+    recording.writes.clear()
+    new = session.add_message("user", "one more")
+    await storage.save_session(session)
+    assert recording.writes == [[f"message:{session.session_id}:{new.message_id}",
+                                 session_key(session.session_id)]]
+    recording.writes.clear()
+    await storage.save_session(session)  # nothing new: the head only
+    assert recording.writes == [[session_key(session.session_id)]]
+
+
+async def test_loaded_session_resaves_only_its_head(
+    storage: SessionStorage, recording: RecordingStore
+) -> None:
+    session = conversation(5)
+    await storage.save_session(session)
+    loaded = await storage.load_session(session.session_id)
+    assert loaded is not None
+    recording.writes.clear()
+    loaded.status = "archived"
+    await storage.save_session(loaded)
+    assert recording.writes == [[session_key(session.session_id)]]
+
+
+async def test_a_changed_message_list_is_still_saved_completely(storage: SessionStorage) -> None:
+    session = conversation(3)
+    await storage.save_session(session)
+    session.messages = session.messages[:1]  # not an append: the tracker starts over
+    session.add_message("assistant", "after the rewrite")
+    await storage.save_session(session)
+    loaded = await storage.load_session(session.session_id)
+    assert loaded is not None
+    assert [m.content for m in loaded.messages][-1] == "after the rewrite"
+    assert len(loaded.messages) == 4  # saving never deletes what is stored
+
+
+async def test_save_keeps_messages_another_writer_stored(storage: SessionStorage) -> None:
+    session = conversation(2)
+    await storage.save_session(session)
+    first = await storage.load_session(session.session_id)
+    second = await storage.load_session(session.session_id)
+    assert first is not None and second is not None
+    first.add_message("user", "from the first writer")
+    second.add_message("user", "from the second writer")
+    await storage.save_session(first)
+    await storage.save_session(second)
+    loaded = await storage.load_session(session.session_id)
+    assert loaded is not None
+    contents = [m.content for m in loaded.messages]
+    assert contents[:2] == ["message 0 ✓ 😀", "message 1 ✓ 😀"]
+    assert sorted(contents[2:]) == ["from the first writer", "from the second writer"]
+    assert loaded.message_count == 4  # recounted from what is stored
+
+
+async def test_two_storages_each_store_the_whole_session(
+    storage: SessionStorage, recording: RecordingStore
+) -> None:
+    session = conversation(3)
+    await storage.save_session(session)
+    await storage.delete_session(session.session_id)
+    other = SessionStorage(recording)  # another storage on the same store
+    await other.save_session(session)  # it has stored nothing of this session: writes all
+    assert await other.load_session(session.session_id) == session
+
+
+# -------------------------------------------------------------------- append and paging
+
+async def test_append_message_writes_one_message_and_the_head(
+    storage: SessionStorage, recording: RecordingStore
+) -> None:
+    session = conversation(40)
+    await storage.save_session(session)
+    recording.writes.clear()
+    message = ChatMessage.create(session.session_id, "assistant", "appended")
+    assert await storage.append_message(session.session_id, message) is None
+    assert recording.writes == [[f"message:{session.session_id}:{message.message_id}",
+                                 session_key(session.session_id)]]
+    head = (await storage.list_sessions())[0]
+    assert head.message_count == 41
+    assert head.updated_at == message.created_at
+    loaded = await storage.load_session(session.session_id)
+    assert loaded is not None and loaded.messages[-1] == message
+
+
+async def test_append_to_a_missing_session_stores_nothing(storage: SessionStorage) -> None:
+    message = ChatMessage.create("ghost", "user", "hello?")
+    with pytest.raises(SessionNotFoundError, match="ghost"):
+        await storage.append_message("ghost", message)
+    assert await stored_keys(storage) == []
+
+
+async def test_message_of_another_session_is_refused(storage: SessionStorage) -> None:
+    session = conversation(1)
+    await storage.save_session(session)
+    stray = ChatMessage.create("other-session", "user", "misplaced")
+    with pytest.raises(ValidationError, match="session_id"):
+        await storage.append_message(session.session_id, stray)
+    session.messages.append(stray)
+    with pytest.raises(ValidationError, match="session_id"):
+        await storage.save_session(session)
+    assert len(await stored_keys(storage, message_prefix(session.session_id))) == 1
+
+
+async def test_last_messages_loads_the_latest_in_order(storage: SessionStorage) -> None:
+    session = conversation(30)
+    await storage.save_session(session)
+    loaded = await storage.load_session(session.session_id, last_messages=5)
+    assert loaded is not None
+    assert loaded.messages == session.messages[-5:]
+    assert loaded.message_count == 30
+    empty = await storage.load_session(session.session_id, last_messages=0)
+    assert empty is not None and empty.messages == [] and empty.message_count == 30
+    # saving a partly loaded session keeps the rest of its history
+    loaded.add_message("user", "new")
+    await storage.save_session(loaded)
+    full = await storage.load_session(session.session_id)
+    assert full is not None and len(full.messages) == 31 and full.message_count == 31
+
+
+async def test_load_messages_pages_by_message_id(storage: SessionStorage) -> None:
+    session = conversation(25)
+    await storage.save_session(session)
+    sid, ids = session.session_id, [m.message_id for m in session.messages]
+
+    async def page(**kwargs: Any) -> list[str]:
+        return [m.message_id for m in await storage.load_messages(sid, **kwargs)]
+
+    assert await page() == ids
+    assert await page(limit=10) == ids[-10:]
+    assert await page(limit=10, before=ids[-10]) == ids[5:15]
+    assert await page(before=ids[3]) == ids[:3]
+    assert await page(after=ids[20]) == ids[21:]
+    assert await page(after=ids[2], limit=4) == ids[3:7]
+    assert await page(after=ids[2], before=ids[9]) == ids[3:9]
+    assert await page(after=ids[2], before=ids[9], limit=2) == ids[7:9]
+    assert await page(limit=0) == []
+    # paging backwards through the whole history, 7 at a time, reads every message once
+    collected: list[str] = []
+    before = None
+    while chunk := await page(limit=7, before=before):
+        collected = chunk + collected
+        before = chunk[0]
+    assert collected == ids
+    assert await storage.load_messages("no-such-session", limit=3) == []
+    with pytest.raises(InvalidValueError):
+        await storage.load_messages(sid, limit=-1)
+
+
+# -------------------------------------------------------------------- listing
+
+async def test_list_sessions_newest_first_heads_only(storage: SessionStorage) -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    made = []
+    for i, status in enumerate(["active", "archived", "active", "expired", "active"]):
+        session = conversation(2)
+        session.status = status
+        session.updated_at = base + timedelta(hours=(i * 7) % 5)  # not in creation order
+        await storage.save_session(session)
+        made.append(session)
+    listed = await storage.list_sessions()
+    expected = sorted(made, key=lambda s: s.updated_at, reverse=True)
+    assert [s.session_id for s in listed] == [s.session_id for s in expected]
+    assert all(s.messages == [] and s.message_count == 2 for s in listed)
+    active = await storage.list_sessions(status="active")
+    assert [s.session_id for s in active] == [s.session_id for s in expected
+                                              if s.status == "active"]
+    assert [s.session_id for s in await storage.list_sessions(limit=2)] == \
+        [s.session_id for s in expected[:2]]
+    assert await storage.list_sessions(limit=0) == []
+    assert await storage.list_sessions(status="archived", limit=1) == \
+        [s for s in listed if s.status == "archived"]
+    with pytest.raises(ValidationError, match="status"):
+        await storage.list_sessions(status="deleted")
+    with pytest.raises(InvalidValueError):
+        await storage.list_sessions(limit=-5)
+    assert sorted([s.session_id async for s in storage.iter_sessions(status="active")]) == \
+        sorted(s.session_id for s in made if s.status == "active")
+
+
+async def test_delete_session_removes_its_messages(storage: SessionStorage) -> None:
+    keep, drop = conversation(3), conversation(4)
+    await storage.save_session(keep)
+    await storage.save_session(drop)
+    assert await storage.delete_session(drop.session_id) is True
+    assert await storage.load_session(drop.session_id) is None
+    assert await stored_keys(storage, message_prefix(drop.session_id)) == []
+    assert await storage.delete_session(drop.session_id) is False
+    assert await storage.load_session(keep.session_id) == keep
+    assert [s.session_id for s in await storage.list_sessions()] == [keep.session_id]
+
+
+# -------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: setattr(s, "status", "deleted"), "status"),
+        (lambda s: setattr(s.messages[1], "role", "robot"), "role"),
+        (lambda s: setattr(s, "created_at", "yesterday"), "created_at"),
+        (lambda s: setattr(s.messages[0], "created_at", datetime(2026, 1, 1)), "created_at"),
+        (lambda s: setattr(s, "updated_at", datetime(2026, 1, 1)), "updated_at"),
+        (lambda s: setattr(s.messages[1], "content", 42), "content"),
+        (lambda s: setattr(s, "message_count", -1), "message_count"),
+        (lambda s: s.metadata.update(bad=float("nan")), "metadata/bad"),
+    ],
+    ids=["unknown_status", "unknown_role", "bad_timestamp", "naive_message_time",
+         "naive_session_time", "content_not_text", "negative_count", "nan_metadata"],
+)
+async def test_invalid_session_stores_nothing(
+    storage: SessionStorage, change: Callable[[ChatSession], None], field: str
+) -> None:
+    session = conversation(3)
+    change(session)
+    with pytest.raises(ValidationError) as raised:
+        await storage.save_session(session)
+    assert raised.value.path == field
+    assert await stored_keys(storage) == []
+    # an invalid new message on a stored session leaves the stored one as it was
+    good = conversation(2)
+    await storage.save_session(good)
+    before = await stored_keys(storage)
+    good.add_message("user", "fine")
+    good.add_message("robot", "not a role")
+    with pytest.raises(ValidationError, match="role"):
+        await storage.save_session(good)
+    assert await stored_keys(storage) == before
+    with pytest.raises(ValidationError, match="role"):
+        await storage.append_message(good.session_id,
+                                     ChatMessage.create(good.session_id, "robot", "x"))
+    assert await stored_keys(storage) == before
+
+
+# -------------------------------------------------------------------- files
+
+def file_record(name: str, expires_in: timedelta) -> UploadedFileRecord:
+    record = UploadedFileRecord.create(f"files/{name}", f"https://files.invalid/{name}", name,
+                                       1234, "text/plain", metadata={"n": name})
+    record.expires_at = record.uploaded_at + expires_in
+    return record
+
+
+async def test_file_records(storage: SessionStorage) -> None:
+    fresh = [file_record(f"fresh{i}", timedelta(hours=1)) for i in range(3)]
+    stale = [file_record(f"stale{i}", timedelta(seconds=-1)) for i in range(2)]
+    for record in [*fresh, *stale]:
+        assert await storage.save_file_record(record) is True
+    assert await storage.load_file_record(fresh[0].file_id) == fresh[0]
+    assert await storage.load_file_record("missing") is None
+    listed = await storage.list_file_records()
+    assert listed == sorted([*fresh, *stale], key=lambda r: r.file_id, reverse=True)
+    assert len(await storage.list_file_records(limit=2)) == 2
+    stats = await storage.statistics()
+    assert (stats["total_files"], stats["expired_files"]) == (5, 2)
+    assert await storage.delete_expired_files() == 2
+    assert await storage.delete_expired_files() == 0
+    assert {r.file_id for r in await storage.list_file_records()} == {r.file_id for r in fresh}
+    bad = file_record("bad", timedelta(hours=1))
+    bad.size = -3
+    with pytest.raises(ValidationError, match="size"):
+        await storage.save_file_record(bad)
+    assert await storage.load_file_record(bad.file_id) is None
+
+
+async def test_statistics(storage: SessionStorage) -> None:
+    for status, turns in [("active", 2), ("active", 3), ("archived", 1)]:
+        session = conversation(turns)
+        session.status = status
+        await storage.save_session(session)
+    stats = await storage.statistics()
+    assert stats["total_sessions"] == 3
+    assert stats["sessions_by_status"] == {"active": 2, "archived": 1, "expired": 0}
+    assert stats["total_messages"] == 6
+
+
+async def test_a_corrupt_head_is_an_error_not_a_missing_session(
+    storage: SessionStorage
+) -> None:
+    session = conversation(1)
+    await storage.save_session(session)
+    innermost = storage.store
+    while isinstance(innermost, StoreWrapper):
+        innermost = innermost.inner
+    await innermost.put(session_key(session.session_id),
+                           orjson.dumps({"kind": "session", "v": 1, "status": "active"}))
+    with pytest.raises(ValidationError):
+        await storage.load_session(session.session_id)
+    with pytest.raises(ValidationError):
+        await storage.list_sessions()
+
+
+# -------------------------------------------------------------------- two writers at once
+
+WRITES_PER_WRITER = 40
+
+
+async def _write(storage: SessionStorage, session_id: str, writer: str, mode: str) -> None:
+    if mode == "append":
+        for i in range(WRITES_PER_WRITER):
+            await storage.append_message(
+                session_id, ChatMessage.create(session_id, "user", f"{writer}:{i}"))
+    else:
+        session = await storage.load_session(session_id)
+        assert session is not None
+        for i in range(WRITES_PER_WRITER):
+            session.add_message("assistant", f"{writer}:{i}")
+            await storage.save_session(session)
+
+
+def _writer_process(make: Callable[[str], KVStore], namespace: str, session_id: str,
+                    writer: str, mode: str, barrier: Any) -> None:
+    async def run() -> None:
+        async with SessionStorage(make(namespace)) as storage:
+            await storage.initialize()
+            barrier.wait(timeout=60)
+            await _write(storage, session_id, writer, mode)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("mode", ["append", "save"])
+def test_two_writers_at_once_lose_nothing(store_factory: StoreFactory, mode: str) -> None:
+    """Two real processes on durable stores (two tasks on in-process ones) write to one
+    session at once: every message is kept, each writer's in its order, and a full load
+    counts them all."""
+    session = ChatSession.create("gemini-2.5-flash")
+
+    async def prepare() -> None:
+        async with SessionStorage(store_factory.new()) as storage:
+            await storage.save_session(session)
+
+    async def check() -> None:
+        async with SessionStorage(store_factory.new()) as storage:
+            loaded = await storage.load_session(session.session_id)
+            assert loaded is not None
+            contents = [m.content for m in loaded.messages]
+            for writer in ("a", "b"):
+                mine = [c for c in contents if c.startswith(writer + ":")]
+                assert mine == [f"{writer}:{i}" for i in range(WRITES_PER_WRITER)]
+            assert len(contents) == loaded.message_count == 2 * WRITES_PER_WRITER
+
+    async def in_one_process() -> None:
+        async with SessionStorage(store_factory.new()) as storage:
+            await storage.save_session(session)
+            await asyncio.gather(*(_write(storage, session.session_id, w, mode)
+                                   for w in ("a", "b")))
+            loaded = await storage.load_session(session.session_id)
+            assert loaded is not None and len(loaded.messages) == 2 * WRITES_PER_WRITER
+
+    try:
+        if not store_factory.persistent:
+            asyncio.run(in_one_process())
+            return
+        asyncio.run(prepare())
+        context = multiprocessing.get_context("fork")
+        barrier = context.Barrier(2)
+        processes = [
+            context.Process(target=_writer_process, args=(
+                store_factory.make, store_factory.namespace, session.session_id, writer, mode,
+                barrier))
+            for writer in ("a", "b")
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+            assert process.exitcode == 0, f"writer process failed ({process.exitcode})"
+        asyncio.run(check())
+    finally:
+        if store_factory.cleanup is not None:
+            asyncio.run(store_factory.cleanup())
+
+
+# -------------------------------------------------------------------- the fast read path
+
+def _valid_message_document() -> dict[str, Any]:
+    return message_to_document(ChatMessage.create("s1", "assistant", "hi", {"k": [1]}))
+
+
+_MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "unchanged": lambda d: None,
+    "whole_seconds": lambda d: d.update(created_at="2026-11-21T10:00:00Z"),
+    "offset_form": lambda d: d.update(created_at="2026-11-21T10:00:00+00:00"),
+    "three_digit_fraction": lambda d: d.update(created_at="2026-11-21T10:00:00.123Z"),
+    "comma_fraction": lambda d: d.update(created_at="2026-11-21T10:00:00,123456Z"),
+    "other_zone": lambda d: d.update(created_at="2026-11-21T10:00:00+01:00"),
+    "no_zone": lambda d: d.update(created_at="2026-11-21T10:00:00.123456"),
+    "week_date": lambda d: d.update(created_at="2026-W47-6T10:00:00Z"),
+    "space_separator": lambda d: d.update(created_at="2026-11-21 10:00:00Z"),
+    "hour_24": lambda d: d.update(created_at="2026-11-21T24:00:00Z"),
+    "feb_30": lambda d: d.update(created_at="2026-02-30T10:00:00Z"),
+    "arabic_digits": lambda d: d.update(created_at="٢٠٢٦-11-21T10:00:00Z"),
+    "timestamp_number": lambda d: d.update(created_at=1764000000),
+    "unknown_role": lambda d: d.update(role="robot"),
+    "role_not_text": lambda d: d.update(role=["user"]),
+    "content_not_text": lambda d: d.update(content=None),
+    "metadata_list": lambda d: d.update(metadata=[]),
+    "empty_id": lambda d: d.update(message_id=""),
+    "long_id": lambda d: d.update(message_id="x" * 201),
+    "longest_id": lambda d: d.update(message_id="x" * 200),
+    "session_not_text": lambda d: d.update(session_id=7),
+    "version_true": lambda d: d.update(v=True),
+    "version_2": lambda d: d.update(v=2),
+    "version_float": lambda d: d.update(v=1.0),
+    "kind_session": lambda d: d.update(kind="session"),
+    "extra_field": lambda d: d.update(extra=1),
+    "missing_field": lambda d: d.pop("metadata"),
+    "swapped_field": lambda d: (d.pop("metadata"), d.update(meta={})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MUTATIONS))
+def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
+    document = _valid_message_document()
+    _MUTATIONS[name](document)
+    fast = _message_from_document(orjson.loads(orjson.dumps(document)))
+    try:
+        validate_document(document)
+        full: ChatMessage | None = document_to_message(document)
+    except ValidationError:
+        full = None
+    if fast is not None:
+        assert full is not None and fast == full, "the fast path accepted an invalid document"
+    if name in ("unchanged", "whole_seconds", "longest_id"):
+        assert fast is not None, "the fast path must take what this release writes"
+
+
+async def test_documents_off_the_fast_path_still_load(storage: SessionStorage) -> None:
+    """Older-looking but valid documents (e.g. an offset instead of Z) take the full path."""
+    session = conversation(2)
+    await storage.save_session(session)
+    innermost = storage.store
+    while isinstance(innermost, StoreWrapper):
+        innermost = innermost.inner
+    first = session.messages[0]
+    document = message_to_document(first)
+    document["created_at"] = document["created_at"].replace("Z", "+00:00")
+    await innermost.put(f"message:{session.session_id}:{first.message_id}", orjson.dumps(document))
+    loaded = await storage.load_session(session.session_id)
+    assert loaded == session
+    document["role"] = "robot"
+    await innermost.put(f"message:{session.session_id}:{first.message_id}", orjson.dumps(document))
+    with pytest.raises(ValidationError, match="role"):
+        await storage.load_session(session.session_id)
