@@ -1,0 +1,248 @@
+"""SessionStorage on each backend: append cost against history length, loading a session beside
+the raw scan of the same keys, and listing sessions.
+
+* append: ``append_message`` to a session of 10,000 messages beside the same call on a session
+  of 10 (ratio = time at 10,000 / time at 10; target 1.5). Each append is one get of the head
+  and one batch write of the message and the head.
+* load: ``load_session`` of a 1,000-message session of 2 KB message documents (one get of the
+  head, one prefix scan, JSON parse, field checks and ``ChatMessage`` objects) beside the raw
+  driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each
+  value into a list (target 1.3).
+  MongoDB's raw side is ``find`` returning BSON-decoded dicts (its driver's decode).
+* list: ``list_sessions(limit=100)`` over 10,000 session heads beside the raw scan of those
+  heads with orjson decoding (there is no index: both read every head).
+
+Servers: bash scripts/services.sh (PostgreSQL, Redis); MongoDB runs on a SecantusDB started
+here unless KVSESSIONS_BENCH_MONGODB_URL is set. ``--only sqlite`` etc. picks backends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.harness import BenchContext
+from kvsessions.codec import session_to_document
+from kvsessions.kv.base import KVStore
+from kvsessions.kv.values import prefix_upper_bound
+from kvsessions.models import ChatMessage, ChatSession
+from kvsessions.storage import SessionStorage
+
+APPEND_TARGET, LOAD_TARGET = 1.5, 1.3
+SECTION = "sessions"
+POSTGRES_URL = os.environ.get("KVSESSIONS_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KVSESSIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PAGE = 500
+#: Message text making each message document about 2 KB, the size PERF-NOTES measures with.
+FILLER = "lorem ipsum " * 150
+
+RawScan = Callable[[str], AsyncIterator[Any]]
+
+
+async def run(ctx: BenchContext) -> None:
+    for backend in ("sqlite", "postgresql", "redis", "mongodb"):
+        if not ctx.wanted(backend):
+            continue
+        async with AsyncExitStack() as stack:
+            store, raw_scan = await open_backend(backend, stack)
+            await bench(ctx, backend, store, raw_scan)
+
+
+# ---------------------------------------------------------------------- backends
+
+async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, RawScan]:
+    """Our store (open, in a fresh namespace) and a raw scan of its keys through its driver."""
+    namespace = "bench_sessions_" + uuid.uuid4().hex[:8]
+    if backend == "sqlite":
+        from kvsessions.kv.sqlite import SQLiteStore
+
+        folder = Path(tempfile.mkdtemp(prefix="kvsessions-bench-"))
+        stack.callback(shutil.rmtree, folder, True)
+        sqlite = SQLiteStore(folder / "sessions.db", namespace=namespace)
+        await sqlite.open()
+        stack.push_async_callback(sqlite.close)
+        sql = (f'SELECT key, value FROM "{namespace}" WHERE key > ? AND key < ? '
+               "ORDER BY key LIMIT ?")
+
+        async def sqlite_scan(prefix: str) -> AsyncIterator[Any]:
+            low, high = prefix, prefix_upper_bound(prefix)
+            while True:  # the prefix itself is never a key here, so "> prefix" is ">="
+                rows = list(await sqlite._conn.execute_fetchall(sql, (low, high, PAGE)))
+                for key, value in rows:
+                    yield key, orjson.loads(value)
+                if len(rows) < PAGE:
+                    return
+                low = rows[-1][0]
+
+        return sqlite, sqlite_scan
+    if backend == "postgresql":
+        import asyncpg
+
+        from kvsessions.kv.postgresql import PostgreSQLStore
+
+        pg = PostgreSQLStore(POSTGRES_URL, namespace=namespace, max_pool_size=4)
+        await pg.open()
+        connection = await asyncpg.connect(POSTGRES_URL)
+        stack.push_async_callback(connection.close)
+        stack.push_async_callback(connection.execute, f'DROP TABLE IF EXISTS "{namespace}"')
+        stack.push_async_callback(pg.close)
+        sql = (f'SELECT key, value FROM "{namespace}" WHERE key > $1 AND key < $2 '
+               "ORDER BY key LIMIT $3")
+
+        async def pg_scan(prefix: str) -> AsyncIterator[Any]:
+            low, high = prefix, prefix_upper_bound(prefix)
+            while True:
+                rows = await connection.fetch(sql, low, high, PAGE)
+                for key, value in rows:
+                    yield key, orjson.loads(value)
+                if len(rows) < PAGE:
+                    return
+                low = rows[-1][0]
+
+        return pg, pg_scan
+    if backend == "redis":
+        from kvsessions.kv.redis import RedisStore
+
+        redis = RedisStore(REDIS_URL, namespace=namespace)
+        await redis.open()
+        stack.push_async_callback(redis.close)
+        stack.push_async_callback(_drop_redis, redis)
+
+        async def redis_scan(prefix: str) -> AsyncIterator[Any]:
+            client, index, values = redis._client, redis._index_key, redis._value_prefix
+            low = b"[" + prefix.encode()
+            high = b"(" + (prefix_upper_bound(prefix) or "").encode()
+            while True:
+                members = await client.zrangebylex(index, low, high, 0, PAGE)
+                if not members:
+                    return
+                found = await client.mget([values + member for member in members])
+                for member, value in zip(members, found, strict=True):
+                    yield member.decode(), orjson.loads(value)
+                if len(members) < PAGE:
+                    return
+                low = b"(" + members[-1]
+
+        return redis, redis_scan
+    from kvsessions.kv.mongodb import MongoDBStore
+
+    url = os.environ.get("KVSESSIONS_BENCH_MONGODB_URL")
+    if not url:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from tests.mongo_server import SecantusServer
+
+        server = stack.enter_context(SecantusServer(cache_size="1G"))
+        url = server.url
+    mongo = MongoDBStore(url, namespace=namespace)
+    await mongo.open()
+    stack.push_async_callback(mongo.close)
+    stack.push_async_callback(lambda: mongo._collection.drop())
+
+    async def mongo_scan(prefix: str) -> AsyncIterator[Any]:
+        cursor = mongo._collection.find(
+            {"_id": {"$gte": prefix, "$lt": prefix_upper_bound(prefix)}},
+            sort=[("_id", 1)], batch_size=PAGE)
+        async for found in cursor:
+            yield found["_id"], found
+
+    return mongo, mongo_scan
+
+
+async def _drop_redis(store: Any) -> None:
+    client = store._client
+    members = await client.zrange(store._index_key, 0, -1)
+    for start in range(0, len(members), 1000):
+        await client.delete(*[store._value_prefix + m for m in members[start:start + 1000]])
+    await client.delete(store._index_key)
+
+
+# ---------------------------------------------------------------------- the rows
+
+async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawScan) -> None:
+    storage = SessionStorage(store)
+    small = await stored_session(storage, 10)
+    big = await stored_session(storage, ctx.n(10_000))
+    appends = ctx.n(300)
+
+    def appender(session: ChatSession) -> Callable[[], Awaitable[None]]:
+        async def append() -> None:
+            for i in range(appends):
+                await storage.append_message(session.session_id, ChatMessage.create(
+                    session.session_id, "user", f"appended message {i}"))
+        return append
+
+    ours, raw = await ctx.paired(appends, appender(big), appender(small))
+    ctx.row(SECTION, f"append_message at {ctx.n(10_000):,} msgs vs at 10", backend, ours, raw,
+            target=APPEND_TARGET, note="raw column = the same call at 10 messages")
+
+    loaded = await stored_session(storage, 1000)
+    loads = max(3, ctx.n(20))
+    prefix = f"message:{loaded.session_id}:"
+
+    async def load_ours() -> None:
+        for _ in range(loads):
+            session = await storage.load_session(loaded.session_id)
+            assert session is not None and len(session.messages) == 1000
+
+    async def load_raw() -> None:
+        for _ in range(loads):
+            documents = [document async for _, document in raw_scan(prefix)]
+            assert len(documents) == 1000
+
+    ours, raw = await ctx.paired(loads, load_ours, load_raw)
+    ctx.row(SECTION, "load_session, 1,000 messages", backend, ours, raw, target=LOAD_TARGET,
+            note="raw = prefix scan + decode")
+
+    sessions = ctx.n(10_000)
+    await stored_heads(storage, sessions)
+    lists = max(3, ctx.n(10))
+
+    async def list_ours() -> None:
+        for _ in range(lists):
+            assert len(await storage.list_sessions(limit=100)) == 100
+
+    async def list_raw() -> None:
+        for _ in range(lists):
+            heads = [document async for _, document in raw_scan("session:")]
+            assert len(heads) >= sessions
+
+    ours, raw = await ctx.paired(lists, list_ours, list_raw)
+    ctx.row(SECTION, f"list_sessions(limit=100) of {sessions:,}", backend, ours, raw,
+            note="raw = scan + decode of every head")
+
+
+async def stored_session(storage: SessionStorage, messages: int) -> ChatSession:
+    """A session of ``messages`` messages, saved 1,000 at a time (setup, not timed)."""
+    session = ChatSession.create("bench-model")
+    for i in range(messages):
+        session.add_message("user" if i % 2 == 0 else "assistant",
+                            f"message {i} " + FILLER)
+        if i % 1000 == 999:
+            await storage.save_session(session)  # writes only the messages not stored yet
+    await storage.save_session(session)
+    return session
+
+
+async def stored_heads(storage: SessionStorage, count: int) -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    batch: list[tuple[str, dict[str, Any]]] = []
+    for i in range(count):
+        session = ChatSession.create("bench-model", metadata={"i": i})
+        session.updated_at = base + timedelta(seconds=(i * 7919) % count)
+        batch.append((f"session:{session.session_id}", session_to_document(session)))
+        if len(batch) == 1000:
+            await storage._documents.put_documents(batch)
+            batch = []
+    if batch:
+        await storage._documents.put_documents(batch)
