@@ -30,10 +30,10 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 from kvsessions.errors import (
     InvalidValueError,
@@ -44,7 +44,7 @@ from kvsessions.errors import (
 from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
-__all__ = ["DEFAULT_NAMESPACE", "KVStore", "KeyRange", "expires_at"]
+__all__ = ["DEFAULT_NAMESPACE", "KVStore", "KeyRange", "expires_at", "outlive_cancellation"]
 
 logger = logging.getLogger("kvsessions")
 
@@ -72,6 +72,25 @@ class KeyRange:
 def expires_at(ttl: float | None) -> float | None:
     """Absolute expiry (Unix time) for a ``ttl`` in seconds."""
     return None if ttl is None else time.time() + ttl
+
+
+_T = TypeVar("_T")
+
+
+async def outlive_cancellation(write: Awaitable[_T]) -> _T:
+    """Await a write; a cancelled caller waits for the write's outcome before the cancellation
+    is raised. Once a write has left the client (a request on the wire, a job on a thread), the
+    server or thread applies it whatever the caller does, and could apply it after the caller's
+    next write of the same key, bringing back the value that one replaced. A second
+    cancellation stops the waiting."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller sees the cancellation
+        raise
 
 
 def _check_ttl(ttl: object) -> float | None:

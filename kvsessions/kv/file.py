@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvsessions.errors import ConfigError, StoreError
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.base import (
+    DEFAULT_NAMESPACE,
+    KeyRange,
+    KVStore,
+    expires_at,
+    outlive_cancellation,
+)
 from kvsessions.urls import StoreURL
 
 __all__ = ["FileStore", "key_to_parts"]
@@ -190,16 +196,9 @@ class FileStore(KVStore):
     @staticmethod
     async def _run(function: Callable[..., _T], *args: Any) -> _T:
         """``function`` on a worker thread. A thread cannot be stopped, so a cancelled call
-        waits for it before it raises: else a write its caller gave up on could be renamed
-        into place after the caller's next write of the same key, bringing back old data."""
-        future = asyncio.get_running_loop().run_in_executor(None, function, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.wait([future])
-            if not future.cancelled():
-                future.exception()  # retrieved: the caller sees the cancellation
-            raise
+        waits for it (see ``outlive_cancellation``)."""
+        loop = asyncio.get_running_loop()
+        return await outlive_cancellation(loop.run_in_executor(None, function, *args))
 
     # ------------------------------------------------------------------ paths
 

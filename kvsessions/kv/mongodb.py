@@ -27,12 +27,11 @@ both the same).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -45,7 +44,13 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.base import (
+    DEFAULT_NAMESPACE,
+    KeyRange,
+    KVStore,
+    expires_at,
+    outlive_cancellation,
+)
 from kvsessions.urls import StoreURL, redact_url, url_secrets
 
 try:
@@ -377,7 +382,7 @@ class MongoDBStore(KVStore):
         stored = self._to_stored(key, value, ttl)
         for attempt in range(3):
             try:
-                await _to_the_end(
+                await outlive_cancellation(
                     self._collection.replace_one({"_id": key}, stored, upsert=True))
                 return
             except mongo_errors.DuplicateKeyError:
@@ -392,7 +397,7 @@ class MongoDBStore(KVStore):
                       for key, value in items]
         for attempt in range(3):
             try:
-                await _to_the_end(self._collection.bulk_write(operations, ordered=False))
+                await outlive_cancellation(self._collection.bulk_write(operations, ordered=False))
                 return
             except mongo_errors.BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
@@ -401,12 +406,12 @@ class MongoDBStore(KVStore):
                 operations = [operations[error["index"]] for error in errors]
 
     async def _delete(self, key: str) -> bool:
-        result = await _to_the_end(
+        result = await outlive_cancellation(
             self._collection.delete_one({"_id": key, **self._live()}))
         return bool(result.deleted_count)
 
     async def _delete_many(self, keys: list[str]) -> int:
-        result = await _to_the_end(
+        result = await outlive_cancellation(
             self._collection.delete_many({"_id": {"$in": keys}, **self._live()}))
         return int(result.deleted_count)
 
@@ -419,7 +424,7 @@ class MongoDBStore(KVStore):
         stored = self._to_stored(key, value, ttl)
         expired = {"_id": key, EXPIRES_FIELD: {"$lte": datetime.now(UTC)}}
         try:
-            await _to_the_end(self._collection.replace_one(expired, stored, upsert=True))
+            await outlive_cancellation(self._collection.replace_one(expired, stored, upsert=True))
         except mongo_errors.DuplicateKeyError:
             return False
         return True
@@ -500,24 +505,6 @@ class MongoDBStore(KVStore):
         if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
             return StoreError
         return None
-
-
-_T = TypeVar("_T")
-
-
-async def _to_the_end(write: Awaitable[_T]) -> _T:
-    """Await a write; a cancelled caller waits for its outcome before the cancellation is
-    raised. Once sent, the server applies a write whatever the client does (PyMongo only closes
-    the connection), and could apply it after the caller's next write of the same key, bringing
-    back the value that one replaced. A second cancellation stops the waiting."""
-    task = asyncio.ensure_future(write)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller sees the cancellation
-        raise
 
 
 # ---------------------------------------------------------------------- URL helpers

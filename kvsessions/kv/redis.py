@@ -28,7 +28,7 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore
+from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, outlive_cancellation
 from kvsessions.urls import StoreURL, parse_store_url, redact_url
 
 try:
@@ -377,9 +377,11 @@ class RedisStore(KVStore):
             self._limit.release()
 
     async def _run(self, script: _Script, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
+        reached the server runs there even after the client gave up on it."""
         await self._acquire()
         try:
-            return await script(self._client, keys, args)
+            return await outlive_cancellation(script(self._client, keys, args))
         finally:
             self._limit.release()
 
@@ -465,7 +467,7 @@ class RedisStore(KVStore):
             pipe.execute_command("ZADD", self._index_key, *zadd)
         await self._acquire()
         try:
-            await pipe.execute()
+            await outlive_cancellation(pipe.execute())
         finally:
             self._limit.release()
 
