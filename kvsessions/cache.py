@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cachetools import LRUCache
 
 from kvsessions.errors import ConfigError, MissingDependencyError, StoreUnavailableError
-from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
 from kvsessions.urls import redact_url, url_secrets
 
 try:
@@ -456,6 +456,11 @@ class CachedStore(KVStore):
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         deadline = None if ttl is None else time.time() + ttl
+        return await outlive_cancellation(self._put_if_absent_then_invalidate(
+            key, value, ttl, deadline))
+
+    async def _put_if_absent_then_invalidate(self, key: str, value: bytes, ttl: float | None,
+                                             deadline: float | None) -> bool:
         lease = self._acquire(key)
         try:
             stored = await self._inner_write(
@@ -482,7 +487,14 @@ class CachedStore(KVStore):
 
     async def _write(self, items: Sequence[tuple[str, bytes | None]], deadline: float | None,
                      inner_write: Awaitable[Any]) -> Any:
-        """Inner store first; then invalidate Redis and other processes, then this process."""
+        """Inner store first; then invalidate Redis and other processes, then this process.
+        A cancelled caller waits for all of it: an inner write outlives its caller (see
+        ``outlive_cancellation``), and stopping after it would leave the old value cached."""
+        return await outlive_cancellation(self._write_then_invalidate(items, deadline,
+                                                                      inner_write))
+
+    async def _write_then_invalidate(self, items: Sequence[tuple[str, bytes | None]],
+                                     deadline: float | None, inner_write: Awaitable[Any]) -> Any:
         keys = [key for key, _ in items]
         leases = [self._acquire(key) for key in keys]
         try:

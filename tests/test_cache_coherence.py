@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from kvsessions.cache import CachedStore
-from kvsessions.kv.base import KVStore
+from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.wrapper import StoreWrapper
@@ -193,6 +193,66 @@ async def test_in_one_process_a_read_sees_the_last_write() -> None:
             assert (await store.get_many(["k"]))[0] == doc(n)
         await store.delete("k")
         assert await store.get("k") is None
+
+
+class SlowWriteStore(StoreWrapper):
+    """Writes wait at a gate and, like every real adapter, outlive a cancelled caller."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        async def gated_put() -> None:
+            self.writing.set()
+            await self.gate.wait()
+            await self.inner._put(key, value, ttl)
+
+        await outlive_cancellation(gated_put())
+
+    async def _delete(self, key: str) -> bool:
+        async def gated_delete() -> bool:
+            self.writing.set()
+            await self.gate.wait()
+            return await self.inner._delete(key)
+
+        return await outlive_cancellation(gated_delete())
+
+    async def _close(self) -> None:
+        pass  # the shared inner store belongs to the test
+
+
+@pytest.mark.parametrize("operation", ["put", "delete"])
+async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: str) -> None:
+    """The inner write outlives its cancelled caller, so the invalidation must too: else the
+    other processes (and Redis) keep serving the value it replaced."""
+    ns = namespace()
+    shared = MemoryStore(namespace=ns)
+    slow = SlowWriteStore(shared)
+    writer = CachedStore(slow, redis_url=REDIS_URL, close_inner=False)
+    reader = CachedStore(shared, redis_url=REDIS_URL, close_inner=False)
+    async with writer, reader:
+        await shared.put("k", doc(1))
+        assert await reader.get("k") == doc(1)  # cached in the reader and, after drain, Redis
+        await reader.drain()
+        assert await raw_redis_get(f"kvcache:{ns}:v:k") is not None
+        write = (writer.put("k", doc(2)) if operation == "put" else writer.delete("k"))
+        task = asyncio.create_task(write)
+        await slow.writing.wait()
+        task.cancel()
+        await asyncio.sleep(0.01)
+        slow.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        expected = doc(2) if operation == "put" else None
+        assert await shared.get("k") == expected  # the write did land
+        assert await raw_redis_get(f"kvcache:{ns}:v:k") is None
+        await eventually(lambda: reader.statistics()["invalidations_received"] >= 1,
+                         "the reader hears of the cancelled write")
+        assert await reader.get("k") == expected
+        async with CachedStore(shared, redis_url=REDIS_URL, close_inner=False) as third:
+            assert await third.get("k") == expected
 
 
 # ---------------------------------------------------------------------- two processes
