@@ -12,7 +12,8 @@ Why it never serves a stale value (the rules the tests pin down):
   cached value, in one Lua script that also publishes the key on the namespace's channel.
 * **Fills are versioned.** A reader that misses reads the generation together with the value
   (one ``MGET``), then the inner store, then fills Redis with a script that stores the value
-  only if the generation is still the one it saw. A fill that raced with a write (read the old
+  only if the generation is still the one it saw (fills are batched, sent within a few
+  milliseconds). A fill that raced with a write (read the old
   value, write landed, fill arrives late) finds a newer generation and is dropped, so an older
   value can never be put back over a newer one or over an invalidation.
 * **The local tier is guarded by leases.** An in-process read or write holds a lease on its key;
@@ -67,6 +68,10 @@ logger = logging.getLogger("kvsessions.cache")
 _TIER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 #: Entries per Lua script call, so one huge batch does not block Redis for long.
 _CHUNK = 256
+#: Seconds a Redis fill may wait for others to share its script call: at one Redis command
+#: per miss instead of two, misses cost about what an inner get plus a SET cost. A key read
+#: again meanwhile is still served by the local tier; other processes read the inner store.
+_FILL_DELAY = 0.005
 
 # KEYS: (value key, generation key) pairs. ARGV: channel, message, generation lifetime (ms),
 # now (ms), then each entry's deadline in ms ('' when it has no ttl).
@@ -223,6 +228,7 @@ class CachedStore(KVStore):
         self._missed_all = False
         self._fills: list[tuple[str, bytes, bytes]] = []
         self._fill_task: asyncio.Task[None] | None = None
+        self._fill_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._invalidate_script: Any = None
         self._fill_script: Any = None
@@ -292,6 +298,7 @@ class CachedStore(KVStore):
                 await self.drain()
         if self._fill_task is not None:
             self._fill_task.cancel()
+        self._fills.clear()
         self._tier_ok = self._send_ok = False
         self._local_on = False
         self._flush_local()
@@ -304,9 +311,11 @@ class CachedStore(KVStore):
                 await self._inner.close()
 
     async def drain(self) -> None:
-        """Wait until background Redis fills have been sent (for tests and shutdown)."""
+        """Send the pending Redis fills now and wait for them (for tests and shutdown)."""
+        self._start_fills()
         while self._fill_task is not None:
             await asyncio.shield(self._fill_task)
+            self._start_fills()
 
     # ------------------------------------------------------------------ reads
 
@@ -591,10 +600,21 @@ class CachedStore(KVStore):
     # ------------------------------------------------------------------ the Redis tier
 
     def _queue_fill(self, key: str, snapshot: bytes, value: bytes) -> None:
-        """Fill Redis in the background: the reader does not wait for it, and concurrent
-        misses share one script call. The generation check makes a late fill harmless."""
+        """Fill Redis in the background: the reader does not wait for it, and the misses of
+        the next few milliseconds share one script call. The generation check makes a late
+        fill harmless."""
         self._fills.append((key, snapshot, value))
-        if self._fill_task is None:
+        if len(self._fills) >= _CHUNK:
+            self._start_fills()
+        elif self._fill_timer is None and self._fill_task is None:
+            self._fill_timer = asyncio.get_running_loop().call_later(
+                _FILL_DELAY, self._start_fills)
+
+    def _start_fills(self) -> None:
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+            self._fill_timer = None
+        if self._fills and self._fill_task is None:
             self._fill_task = asyncio.get_running_loop().create_task(self._send_fills())
 
     async def _send_fills(self) -> None:
@@ -690,6 +710,7 @@ class CachedStore(KVStore):
     def _tier_down(self, exc: BaseException) -> None:
         self._counts["redis_errors"] += 1
         self._tier_ok = self._send_ok = False
+        self._fills.clear()
         if self._local_on:
             self._local_on = False
         self._flush_local()
