@@ -8,19 +8,22 @@ Why it never serves a stale value (the rules the tests pin down):
 
 * **Writes invalidate Redis, they do not write through.** Two writers of one key can reach the
   inner store in one order and Redis in the other; a write-through cache would then keep the
-  loser's value. Every write instead bumps the key's *generation* in Redis and deletes the
-  cached value, in one Lua script that also publishes the key on the namespace's channel.
-* **Fills are versioned.** A reader that misses reads the generation together with the value
-  (one ``MGET``), then the inner store, then fills Redis with a script that stores the value
-  only if the generation is still the one it saw (fills are batched, sent within a few
-  milliseconds). A fill that raced with a write (read the old
-  value, write landed, fill arrives late) finds a newer generation and is dropped, so an older
-  value can never be put back over a newer one or over an invalidation.
+  loser's value. Every write instead replaces the key's cached entry with a *tombstone* that
+  holds a token used only once, in one Lua script that also publishes the key on the
+  namespace's channel.
+* **Fills are conditional.** A reader reads the key's Redis slot with one ``GET``: an entry is a
+  hit; a tombstone or nothing is a miss, and what it saw is its snapshot. It then reads the
+  inner store and fills Redis with a script that stores the value only if the slot still holds
+  that snapshot (fills are batched and sent within a few milliseconds). A fill that raced with a
+  write (read the old value, write landed, fill arrives late) finds a new tombstone and is
+  dropped, so an older value can never be put back over a newer one or over an invalidation.
 * **The local tier is guarded by leases.** An in-process read or write holds a lease on its key;
   an invalidation (from this process or from another one through pub/sub) marks the lease
   stale, and a stale lease never fills the local tier.
-* **Expiry:** the generation record keeps an entry's deadline, so a fill from the inner store,
-  in any process, caps its lifetime in both tiers by the entry's ttl.
+* **Expiry:** a ttl write also records the key's deadline in Redis (kept a while past it), so
+  a fill from the inner store, in any process, caps the entry's lifetime by the ttl, and the
+  entry carries it to the local tiers. A miss cannot know the deadline, so it fills Redis but
+  not the local tier: the next read, a Redis hit, does that.
 * **Outage:** every Redis call has a bounded timeout. On the first failure the tier is marked
   down (one warning), the local tier is emptied and bypassed (invalidations may be missed),
   reads and writes go straight to the inner store, and the keys written meanwhile are
@@ -72,48 +75,50 @@ _CHUNK = 256
 #: per miss instead of two, misses cost about what an inner get plus a SET cost. A key read
 #: again meanwhile is still served by the local tier; other processes read the inner store.
 _FILL_DELAY = 0.005
+#: Tombstones live at least this long (ms), whatever ``redis_ttl``: a reader that stalls
+#: between its read and its fill for longer could put back a value a write replaced.
+_TOMBSTONE_MIN_LIFE_MS = 600_000
 
-# KEYS: (value key, generation key) pairs. ARGV: channel, message, generation lifetime (ms),
-# now (ms), then each entry's deadline in ms ('' when it has no ttl).
+# KEYS: (slot key, deadline key) pairs. ARGV: channel, message, tombstone lifetime (ms), now
+# (ms), tombstone, then per entry what the write did to the deadline: '' (no ttl), 'ms' (a ttl
+# ending then), '?' (unknown: keep the record), '?ms' (unknown, but no later than ms). The
+# deadline record outlives the deadline by the lifetime, so a late fill still sees it passed.
 _INVALIDATE_LUA = """
 local life = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
 for i = 1, #KEYS / 2 do
-  local gen_key = KEYS[2 * i]
-  local deadline = ARGV[4 + i]
-  local gen = tonumber(string.match(redis.call('GET', gen_key) or '0', '^%d+')) + 1
-  local meta = tostring(gen)
-  local keep = life
-  if deadline ~= '' then
-    meta = meta .. ':' .. deadline
-    local left = tonumber(deadline) - now
-    if left > keep then keep = left end
+  local deadline = ARGV[5 + i]
+  redis.call('SET', KEYS[2 * i - 1], ARGV[5], 'PX', life)
+  if deadline == '' then
+    redis.call('DEL', KEYS[2 * i])
+  elseif deadline ~= '?' then
+    local ms = tonumber((string.gsub(deadline, '^%?', '')))
+    if string.sub(deadline, 1, 1) == '?' then
+      local recorded = tonumber(redis.call('GET', KEYS[2 * i]) or '')
+      if recorded and recorded < ms then ms = recorded end
+    end
+    redis.call('SET', KEYS[2 * i], ms, 'PX', math.floor(math.max(ms - now, 0) + life))
   end
-  redis.call('SET', gen_key, meta, 'PX', math.floor(keep))
-  redis.call('DEL', KEYS[2 * i - 1])
 end
 if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return #KEYS / 2
 """
 
-# KEYS: (value key, generation key) pairs. ARGV: value lifetime (ms), now (ms), then per entry
-# the generation record the reader saw ('' when there was none) and the value it read.
+# KEYS: (slot key, deadline key) pairs. ARGV: entry lifetime (ms), now (ms), then per entry
+# the snapshot (what the reader found in the slot: '' or a tombstone) and the value it read.
 _FILL_LUA = """
 local life = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local filled = 0
 for i = 1, #KEYS / 2 do
-  local meta = redis.call('GET', KEYS[2 * i]) or ''
-  if meta == ARGV[2 * i + 1] then
+  local slot = redis.call('GET', KEYS[2 * i - 1]) or ''
+  if slot == ARGV[2 * i + 1] then
     local keep = life
-    local colon = string.find(meta, ':', 1, true)
-    if colon then
-      local left = tonumber(string.sub(meta, colon + 1)) - now
-      if left < keep then keep = left end
-    end
-    if meta == '' then meta = '0' end
-    if keep >= 1 and redis.call('SET', KEYS[2 * i - 1], meta .. '|' .. ARGV[2 * i + 2],
-                                 'PX', math.floor(keep), 'NX') then
+    local deadline = redis.call('GET', KEYS[2 * i]) or ''
+    if deadline ~= '' then keep = math.min(keep, tonumber(deadline) - now) end
+    if keep >= 1 then
+      redis.call('SET', KEYS[2 * i - 1], 'E' .. deadline .. '|' .. ARGV[2 * i + 2],
+                 'PX', math.floor(keep))
       filled = filled + 1
     end
   end
@@ -138,18 +143,22 @@ class _Lease:
         self.stale = False
 
 
-def _deadline_of(meta: bytes | None) -> float | None:
-    """The wall-clock deadline (s) kept in a generation record ``b"gen[:deadline_ms]"``."""
-    if not meta:
-        return None
-    _, colon, deadline = meta.partition(b":")
-    return int(deadline) / 1000.0 if colon else None
+#: A key's slot in Redis holds an entry ``E[deadline_ms]|document`` or a tombstone
+#: ``T<writer>.<number>`` (each written once); an empty slot is a miss too.
+_ENTRY, _TOMBSTONE = b"E", b"T"
 
 
-def _split_entry(raw: bytes) -> tuple[bytes, float | None]:
-    """A Redis entry ``b"gen[:deadline_ms]|value"`` -> (value, deadline)."""
-    meta, _, value = raw.partition(b"|")
-    return value, _deadline_of(meta)
+def _parse_entry(raw: bytes) -> tuple[bytes, float | None]:
+    """An entry -> (document, deadline in s or None)."""
+    header, _, document = raw.partition(b"|")
+    return document, int(header[1:]) / 1000.0 if len(header) > 1 else None
+
+
+def _deadline_arg(deadline: float | None, *, certain: bool = True) -> str:
+    """How an invalidation updates the deadline record (see ``_INVALIDATE_LUA``)."""
+    if deadline is None:
+        return "" if certain else "?"
+    return f"{'' if certain else '?'}{int(deadline * 1000)}"
 
 
 def _positive(name: str, value: object) -> float:
@@ -208,9 +217,10 @@ class CachedStore(KVStore):
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError(f"key_prefix must be a non-empty str, not {prefix!r}")
         self._value_prefix = (prefix + "v:").encode()
-        self._gen_prefix = (prefix + "g:").encode()
+        self._deadline_prefix = (prefix + "d:").encode()
         self._channel = (prefix + "invalidate").encode()
         self._writer_id = secrets.token_hex(8).encode()
+        self._tombstones = 0  # numbers this process's tombstones, so each is used once
 
         self._local_enabled = local_maxsize > 0
         self._local: LRUCache[str, tuple[float, bytes]] = LRUCache(maxsize=max(1, local_maxsize))
@@ -224,7 +234,7 @@ class CachedStore(KVStore):
         self._send_ok = False
         self._local_on = self._local_enabled and not self._redis_configured
         self._warned = False
-        self._missed: dict[str, float | None] = {}
+        self._missed: dict[str, str] = {}  # key -> its ``_deadline_arg``
         self._missed_all = False
         self._fills: list[tuple[str, bytes, bytes]] = []
         self._fill_task: asyncio.Task[None] | None = None
@@ -343,19 +353,19 @@ class CachedStore(KVStore):
                 assert self._client is not None
                 try:
                     async with asyncio.timeout(self._timeout):
-                        raw, meta = cast(list[bytes | None], await self._client.mget(
-                            self._value_prefix + key.encode(), self._gen_prefix + key.encode()))
+                        raw = cast(bytes | None,
+                                   await self._client.get(self._value_prefix + key.encode()))
                 except _TIER_ERRORS as exc:
                     self._tier_down(exc)
                 else:
-                    if raw is not None:
-                        cached, deadline = _split_entry(raw)
+                    if raw is not None and raw.startswith(_ENTRY):
+                        cached, deadline = _parse_entry(raw)
                         if deadline is None or deadline > time.time():
                             self._counts["redis_hits"] += 1
                             self._fill_local(key, lease, cached, deadline)
                             return cached
                     self._counts["redis_misses"] += 1
-                    snapshot = meta or b""
+                    snapshot = raw or b""
             value = await self._inner.get(key)
             self._counts["inner_reads"] += 1
             if value is not None:
@@ -405,14 +415,10 @@ class CachedStore(KVStore):
         self, keys: list[str], wanted: dict[str, list[int]], results: list[bytes | None],
         leases: dict[str, _Lease],
     ) -> tuple[list[str], dict[str, bytes]]:
-        """One MGET for values and generations; fills ``results`` with hits and returns the
-        keys still missing with the generation each reader saw."""
+        """One MGET of the keys' slots; fills ``results`` with hits and returns the keys still
+        missing with the snapshot of each."""
         assert self._client is not None
-        names: list[bytes] = []
-        for key in keys:
-            encoded = key.encode()
-            names.append(self._value_prefix + encoded)
-            names.append(self._gen_prefix + encoded)
+        names = [self._value_prefix + key.encode() for key in keys]
         try:
             async with asyncio.timeout(self._timeout * (1 + len(keys) / 1000)):
                 raws = cast(list[bytes | None], await self._client.mget(names))
@@ -422,10 +428,9 @@ class CachedStore(KVStore):
         missing: list[str] = []
         snapshots: dict[str, bytes] = {}
         now = time.time()
-        for position, key in enumerate(keys):
-            raw, meta = raws[2 * position], raws[2 * position + 1]
-            if raw is not None:
-                value, deadline = _split_entry(raw)
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is not None and raw.startswith(_ENTRY):
+                value, deadline = _parse_entry(raw)
                 if deadline is None or deadline > now:
                     self._counts["redis_hits"] += 1
                     for index in wanted[key]:
@@ -434,7 +439,7 @@ class CachedStore(KVStore):
                     continue
             self._counts["redis_misses"] += 1
             missing.append(key)
-            snapshots[key] = meta or b""
+            snapshots[key] = raw or b""
         return missing, snapshots
 
     async def scan_pages(
@@ -475,7 +480,7 @@ class CachedStore(KVStore):
             stored = await self._inner_write(
                 self._inner.put_if_absent(key, value, ttl=ttl), [key], deadline)
             if stored:
-                await self._invalidate([(key, deadline)])
+                await self._invalidate([(key, _deadline_arg(deadline))])
                 self._settle_local(key, lease, value, deadline)
             return bool(stored)
         finally:
@@ -508,7 +513,8 @@ class CachedStore(KVStore):
         leases = [self._acquire(key) for key in keys]
         try:
             result = await self._inner_write(inner_write, keys, deadline)
-            await self._invalidate([(key, deadline) for key in keys])
+            arg = _deadline_arg(deadline)
+            await self._invalidate([(key, arg) for key in keys])
             for (key, value), lease in zip(items, leases, strict=True):
                 self._settle_local(key, lease, value, deadline)
             return result
@@ -521,10 +527,12 @@ class CachedStore(KVStore):
         try:
             return await inner_write
         except StoreUnavailableError:
-            # The write may or may not have landed: a cached copy could now be stale.
+            # The write may or may not have landed: a cached copy could now be stale, and the
+            # deadline may be the old one or the new one.
             for key in keys:
                 self._drop_local(key)
-            await self._invalidate([(key, deadline) for key in keys])
+            arg = _deadline_arg(deadline, certain=False)
+            await self._invalidate([(key, arg) for key in keys])
             raise
 
     # ------------------------------------------------------------------ the local tier
@@ -589,20 +597,21 @@ class CachedStore(KVStore):
 
     def _filled_from_inner(self, key: str, lease: _Lease, value: bytes,
                            snapshot: bytes | None) -> None:
+        """After a miss read ``value`` from the inner store; ``snapshot`` is what the key's
+        Redis slot held (None when the Redis tier was not asked: then only the local tier
+        exists, and this process knows every deadline)."""
         if snapshot is None:
             deadline = None if self._redis_configured else self._deadlines.get(key)
-        else:
-            deadline = _deadline_of(snapshot)
-            if self._tier_ok:
-                self._queue_fill(key, snapshot, value)
-        self._fill_local(key, lease, value, deadline)
+            self._fill_local(key, lease, value, deadline)
+        elif self._tier_ok:
+            self._queue_fill(key, snapshot, value)
 
     # ------------------------------------------------------------------ the Redis tier
 
     def _queue_fill(self, key: str, snapshot: bytes, value: bytes) -> None:
         """Fill Redis in the background: the reader does not wait for it, and the misses of
-        the next few milliseconds share one script call. The generation check makes a late
-        fill harmless."""
+        the next few milliseconds share one script call. The fill is conditional on the slot
+        being unchanged, so a late fill is harmless."""
         self._fills.append((key, snapshot, value))
         if len(self._fills) >= _CHUNK:
             self._start_fills()
@@ -626,7 +635,7 @@ class CachedStore(KVStore):
                 args: list[bytes | int] = [self._redis_ttl_ms, int(time.time() * 1000)]
                 for key, snapshot, value in batch:
                     encoded = key.encode()
-                    names += (self._value_prefix + encoded, self._gen_prefix + encoded)
+                    names += (self._value_prefix + encoded, self._deadline_prefix + encoded)
                     args += (snapshot, value)
                 try:
                     async with asyncio.timeout(self._timeout * 2):
@@ -640,8 +649,8 @@ class CachedStore(KVStore):
         finally:
             self._fill_task = None
 
-    async def _invalidate(self, entries: list[tuple[str, float | None]]) -> None:
-        """After an inner write: bump generations, drop Redis copies, tell other processes.
+    async def _invalidate(self, entries: list[tuple[str, str]]) -> None:
+        """After an inner write: tombstone the Redis copies, tell the other processes.
         When Redis cannot be told now, the keys are remembered and told on recovery."""
         if not self._redis_configured:
             return
@@ -653,7 +662,7 @@ class CachedStore(KVStore):
                 self._tier_down(exc)
         self._remember_missed(entries)
 
-    async def _send_invalidations(self, entries: list[tuple[str, float | None]]) -> None:
+    async def _send_invalidations(self, entries: list[tuple[str, str]]) -> None:
         assert self._client is not None
         now_ms = int(time.time() * 1000)
         calls: list[tuple[list[bytes], list[bytes | int | str]]] = []
@@ -665,10 +674,11 @@ class CachedStore(KVStore):
             for key, deadline in chunk:
                 encoded = key.encode()
                 encoded_keys.append(encoded)
-                names += (self._value_prefix + encoded, self._gen_prefix + encoded)
-                deadlines.append("" if deadline is None else int(deadline * 1000))
+                names += (self._value_prefix + encoded, self._deadline_prefix + encoded)
+                deadlines.append(deadline)
             message = self._writer_id + b"\x00" + b"\x00".join(encoded_keys)
-            calls.append((names, [self._channel, message, self._redis_ttl_ms, now_ms,
+            life = max(self._redis_ttl_ms, _TOMBSTONE_MIN_LIFE_MS)
+            calls.append((names, [self._channel, message, life, now_ms, self._new_tombstone(),
                                   *deadlines]))
         async with asyncio.timeout(self._timeout * len(calls)):
             if len(calls) == 1:
@@ -680,7 +690,11 @@ class CachedStore(KVStore):
                 await pipe.execute()
         self._counts["invalidations_sent"] += len(entries)
 
-    def _remember_missed(self, entries: list[tuple[str, float | None]]) -> None:
+    def _new_tombstone(self) -> bytes:
+        self._tombstones += 1
+        return b"%s%s.%x" % (_TOMBSTONE, self._writer_id, self._tombstones)
+
+    def _remember_missed(self, entries: list[tuple[str, str]]) -> None:
         if self._missed_all:
             return
         for key, deadline in entries:
@@ -690,21 +704,18 @@ class CachedStore(KVStore):
             self._missed_all = True
 
     async def _forget_everything(self) -> None:
-        """Too many writes went by unannounced: drop every cached value of this namespace."""
+        """Too many writes went by unannounced: tombstone every cached value of this
+        namespace, then tell every process to flush its local tier."""
         assert self._client is not None
         async with asyncio.timeout(self._timeout * 20):
-            batch: list[tuple[str, float | None]] = []
-            async for name in self._client.scan_iter(match=self._gen_prefix + b"*", count=500):
-                batch.append((name[len(self._gen_prefix):].decode(), None))
+            batch: list[tuple[str, str]] = []
+            async for name in self._client.scan_iter(match=self._value_prefix + b"*", count=500):
+                batch.append((name[len(self._value_prefix):].decode(), "?"))
                 if len(batch) >= 1000:
                     await self._send_invalidations(batch)
                     batch = []
             if batch:
                 await self._send_invalidations(batch)
-            names = [name async for name in
-                     self._client.scan_iter(match=self._value_prefix + b"*", count=500)]
-            for start in range(0, len(names), 1000):
-                await self._client.delete(*names[start:start + 1000])
             await self._client.publish(self._channel, self._writer_id + b"\x01")
 
     def _tier_down(self, exc: BaseException) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 
 def sections() -> list[str]:

@@ -78,13 +78,16 @@ async def test_reads_go_local_then_redis_then_inner_and_fill_back(ns: str) -> No
     async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as first, \
             CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as second:
         await inner.put("k", doc(1))                  # behind the cache's back: not cached
-        assert await first.get("k") == doc(1)
+        assert await first.get("k") == doc(1)         # miss: the inner store, a Redis fill
         await first.drain()
-        assert await first.get("k") == doc(1)
-        assert await second.get("k") == doc(1)
-        assert await second.get("k") == doc(1)
+        assert first.statistics()["local_entries"] == 0  # a miss cannot know the ttl
+        assert await first.get("k") == doc(1)         # Redis hit, which fills the local tier
+        assert await first.get("k") == doc(1)         # local hit
+        assert await second.get("k") == doc(1)        # Redis hit
+        assert await second.get("k") == doc(1)        # local hit
         one, two = first.statistics(), second.statistics()
-        assert (one["inner_reads"], one["redis_fills"], one["local_hits"]) == (1, 1, 1)
+        assert (one["inner_reads"], one["redis_fills"], one["redis_hits"],
+                one["local_hits"]) == (1, 1, 1, 1)
         assert (two["inner_reads"], two["redis_hits"], two["local_hits"]) == (0, 1, 1)
         assert one["redis_available"] and one["local_entries"] == 1
         assert await first.get("missing") is None
@@ -112,33 +115,78 @@ async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> Non
     async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as writer, \
             CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as reader:
         await writer.put("short", doc(1), ttl=0.5)
-        assert await reader.get("short") == doc(1)   # fills Redis and its local tier
+        assert await reader.get("short") == doc(1)   # a miss: fills Redis
         await reader.drain()
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
             assert 0 < await client.pttl(f"kvcache:{ns}:v:short") <= 500
         finally:
             await client.aclose()
-        assert await reader.get("short") == doc(1)
+        assert await reader.get("short") == doc(1)   # a Redis hit: fills the local tier
+        assert reader.statistics()["local_entries"] == 1
         await asyncio.sleep(0.7)
         assert await reader.get("short") is None
         assert await reader.get_many(["short"]) == [None]
         assert await writer.get("short") is None
 
 
+async def redis_pttl(ns: str, key: str) -> int:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return int(await client.pttl(f"kvcache:{ns}:v:{key}"))
+    finally:
+        await client.aclose()
+
+
+async def test_deadline_outlives_the_tombstone(ns: str) -> None:
+    """The tombstone is gone (Redis evicted it, say) long before the ttl ends: a reader that
+    then finds an empty slot still caps its fill by the deadline kept in Redis."""
+    inner = MemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as writer, \
+            CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as reader:
+        await writer.put("k", doc(1), ttl=0.8)
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert await client.delete(f"kvcache:{ns}:v:k") == 1
+        finally:
+            await client.aclose()
+        assert await reader.get("k") == doc(1)
+        await reader.drain()
+        assert 0 < await redis_pttl(ns, "k") <= 800      # the ttl, not redis_ttl's hour
+        await asyncio.sleep(0.9)
+        assert await reader.get("k") is None
+
+
+async def test_ambiguous_write_keeps_the_earlier_deadline(ns: str) -> None:
+    """A write that may not have landed leaves the old ttl in force for fills: capping a
+    value early is harmless, keeping an expired one is not."""
+    inner = FailingStore(MemoryStore(namespace=ns))
+    async with CachedStore(inner, redis_url=REDIS_URL) as writer, \
+            CachedStore(inner.inner, redis_url=REDIS_URL, close_inner=False) as reader:
+        await writer.put("k", doc(1), ttl=0.6)
+        inner.fail_with = ConnectionResetError("connection lost after sending the write")
+        with pytest.raises(StoreUnavailableError):
+            await writer.put("k", doc(2))                 # did not land: doc(1) keeps its ttl
+        assert await reader.get("k") == doc(1)
+        await reader.drain()
+        assert 0 < await redis_pttl(ns, "k") <= 600
+        await asyncio.sleep(0.8)
+        assert await reader.get("k") is None
+
+
 async def test_get_many_mixes_tiers_and_keeps_order(ns: str) -> None:
     inner = MemoryStore(namespace=ns)
     async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store:
         await inner.put_many([(f"k{i}", doc(i)) for i in range(6)])
-        assert await store.get("k0") == doc(0)        # local
+        assert await store.get("k0") == doc(0)        # inner; fills Redis only
+        assert await store.get("k1") == doc(1)        # inner; fills Redis only
         await store.drain()
-        store._local.pop("k0")
-        assert await store.get("k1") == doc(1)        # local; k0 only in Redis now
-        await store.drain()
+        assert await store.get("k1") == doc(1)        # Redis hit; now local too
         values = await store.get_many(["k5", "k0", "nope", "k1", "k5", "k3"])
         assert values == [doc(5), doc(0), None, doc(1), doc(5), doc(3)]
-        stats = store.statistics()
-        assert stats["redis_hits"] == 1 and stats["inner_reads"] == 2 + 3
+        stats = store.statistics()                    # k1 local, k0 Redis, the rest inner
+        assert stats["local_hits"] == 1
+        assert stats["redis_hits"] == 2 and stats["inner_reads"] == 2 + 3
 
 
 async def test_batches_use_redis_in_bulk(ns: str) -> None:

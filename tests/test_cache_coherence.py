@@ -101,6 +101,15 @@ async def raw_redis_get(name: str, redis_url: str = REDIS_URL) -> bytes | None:
         await client.aclose()
 
 
+async def cached_in_redis(ns: str, key: str, redis_url: str = REDIS_URL) -> bytes | None:
+    """The document the Redis tier holds for ``key`` (None for an empty slot or a tombstone),
+    read behind the cache's back."""
+    raw = await raw_redis_get(f"kvcache:{ns}:v:{key}", redis_url)
+    if raw is None or not raw.startswith(b"E"):
+        return None
+    return raw.partition(b"|")[2]
+
+
 # ---------------------------------------------------------------------- two stores, one Redis
 
 
@@ -125,15 +134,15 @@ async def test_read_fill_write_race_never_puts_an_older_value_back() -> None:
         await reader.drain()
         stats = reader.statistics()
         assert stats["redis_fills"] == 0 and stats["redis_fills_refused"] == 1
-        assert await raw_redis_get(f"kvcache:{ns}:v:k") is None
+        assert await cached_in_redis(ns, "k") is None
         assert await reader.get("k") == doc(2)  # not v1 from its own local tier
         async with CachedStore(shared, redis_url=REDIS_URL, close_inner=False) as third:
             assert await third.get("k") == doc(2)
 
 
-async def test_late_fill_without_the_message_is_refused_by_the_generation() -> None:
+async def test_late_fill_without_the_message_is_refused_by_the_tombstone() -> None:
     """Same race, but the reader's fill reaches Redis before the invalidation reaches the
-    reader: only the generation check stands between v1 and the Redis tier."""
+    reader: only the tombstone check stands between v1 and the Redis tier."""
     ns = namespace()
     shared = MemoryStore(namespace=ns)
     gated = GatedStore(shared)
@@ -153,7 +162,7 @@ async def test_late_fill_without_the_message_is_refused_by_the_generation() -> N
         assert await reader.get("k") == doc(2)
         await reader.drain()
         assert reader.statistics()["redis_fills"] == 1  # the fresh read did fill
-        assert await raw_redis_get(f"kvcache:{ns}:v:k") == b"1|" + doc(2)
+        assert await cached_in_redis(ns, "k") == doc(2)
 
 
 async def test_fill_before_the_write_is_invalidated_everywhere() -> None:
@@ -167,10 +176,11 @@ async def test_fill_before_the_write_is_invalidated_everywhere() -> None:
 
         await a.put("k", doc(1))
         await eventually(heard(1), "invalidation")
-        assert await b.get("k") == doc(1)
+        assert await b.get("k") == doc(1)           # miss: fills Redis
         await b.drain()
+        assert await b.get("k") == doc(1)           # Redis hit: fills the local tier
         assert await b.get("k") == doc(1)
-        assert b.statistics()["local_hits"] == 1
+        assert (b.statistics()["redis_hits"], b.statistics()["local_hits"]) == (1, 1)
         await a.put("k", doc(2))
         await eventually(heard(2), "invalidation")
         assert await b.get("k") == doc(2)
@@ -236,7 +246,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
         await shared.put("k", doc(1))
         assert await reader.get("k") == doc(1)  # cached in the reader and, after drain, Redis
         await reader.drain()
-        assert await raw_redis_get(f"kvcache:{ns}:v:k") is not None
+        assert await cached_in_redis(ns, "k") is not None
         write = (writer.put("k", doc(2)) if operation == "put" else writer.delete("k"))
         task = asyncio.create_task(write)
         await slow.writing.wait()
@@ -247,7 +257,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
             await task
         expected = doc(2) if operation == "put" else None
         assert await shared.get("k") == expected  # the write did land
-        assert await raw_redis_get(f"kvcache:{ns}:v:k") is None
+        assert await cached_in_redis(ns, "k") is None
         await eventually(lambda: reader.statistics()["invalidations_received"] >= 1,
                          "the reader hears of the cancelled write")
         assert await reader.get("k") == expected
@@ -269,6 +279,7 @@ async def child(inner_url: str, redis_url: str) -> None:
             command = json.loads(line)
             if command["op"] == "get":
                 value = await store.get(command["key"])
+                await store.drain()  # a miss's Redis fill is sent before the answer
                 reply: dict[str, Any] = {"value": value.decode() if value else None}
             elif command["op"] == "wait_invalidations":
                 while store.statistics()["invalidations_received"] < command["count"]:
@@ -319,7 +330,9 @@ async def test_two_processes_see_each_others_writes(tmp_path: Path) -> None:
             assert first["value"] == doc(1).decode()
             assert first["stats"]["inner_reads"] == 1
             again = await asyncio.to_thread(child.ask, op="get", key="session:1")
-            assert again["value"] == doc(1).decode() and again["stats"]["local_hits"] == 1
+            assert again["value"] == doc(1).decode() and again["stats"]["redis_hits"] == 1
+            third = await asyncio.to_thread(child.ask, op="get", key="session:1")
+            assert third["value"] == doc(1).decode() and third["stats"]["local_hits"] == 1
 
             latencies = []
             for n in range(2, 7):
@@ -481,7 +494,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
         await a.put("k", doc(1))
         assert await b.get("k") == doc(1)
         await b.drain()
-        assert await raw_redis_get(f"kvcache:{ns}:v:k", server.url) is not None
+        assert await cached_in_redis(ns, "k", server.url) is not None
 
         server.pause()
         started = time.perf_counter()
@@ -499,7 +512,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
                          and a.statistics()["pending_invalidations"] == 0, "a recovers")
         await eventually(lambda: b.statistics()["invalidations_received"] >= 1,
                          "b hears the replayed invalidation")
-        assert await raw_redis_get(f"kvcache:{ns}:v:k", server.url) is None
+        assert await cached_in_redis(ns, "k", server.url) is None
         assert await b.get("k") == doc(2)
         assert await a.get("k") == doc(2)
 
@@ -521,7 +534,9 @@ async def test_store_opens_and_works_while_redis_is_down(caplog: Any) -> None:
         try:
             await eventually(lambda: store.statistics()["redis_available"], "tier comes up")
             assert store.statistics()["pending_invalidations"] == 0
-            assert await store.get("k3") == doc(3)
+            assert await store.get("k3") == doc(3)   # miss: fills Redis
+            await store.drain()
+            assert await store.get("k3") == doc(3)   # Redis hit: fills the local tier
             assert await store.get("k3") == doc(3)
             assert store.statistics()["local_hits"] == 1
         finally:

@@ -3,10 +3,10 @@ every value read on both sides.
 
 - local hit: ``await store.get`` served by the in-process tier, beside a bare cachetools
   ``TTLCache.get`` of the same bytes (target: at most 5 µs per hit, absolute);
-- Redis hit (local tier off): one MGET of value + generation, beside a raw redis-py GET
-  (target ratio 1.2);
-- miss: Redis MGET, the inner store's get and the versioned fill (sent in the background),
-  beside the inner store's get plus a raw SET awaited in line (target ratio 1.3).
+- Redis hit (local tier off): one GET of the key's slot, beside a raw redis-py GET (target
+  ratio 1.2);
+- miss: a Redis GET, the inner store's get and the conditional fill (batched in the
+  background), beside the inner store's get plus a raw SET awaited in line (target ratio 1.3).
 
 Servers: Redis (KVSESSIONS_TEST_REDIS_URL) and, for the PostgreSQL miss row, PostgreSQL
 (KVSESSIONS_TEST_POSTGRES_URL). Backends for ``--only``: cache_local, cache_redis,
