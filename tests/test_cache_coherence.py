@@ -244,7 +244,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
     reader = CachedStore(shared, redis_url=REDIS_URL, close_inner=False)
     async with writer, reader:
         await shared.put("k", doc(1))
-        assert await reader.get("k") == doc(1)  # cached in the reader and, after drain, Redis
+        assert await reader.get("k") == doc(1)  # a miss: cached in Redis after drain()
         await reader.drain()
         assert await cached_in_redis(ns, "k") is not None
         write = (writer.put("k", doc(2)) if operation == "put" else writer.delete("k"))
