@@ -161,6 +161,14 @@ def _deadline_arg(deadline: float | None, *, certain: bool = True) -> str:
     return f"{'' if certain else '?'}{int(deadline * 1000)}"
 
 
+def _bounded_within(client: Redis, seconds: float) -> bool:
+    """Whether ``client``'s socket timeouts keep every call within ``seconds``."""
+    options = client.connection_pool.connection_kwargs
+    read, connect = options.get("socket_timeout"), options.get("socket_connect_timeout")
+    return all(isinstance(limit, int | float) and 0 < limit <= seconds
+               for limit in (read, connect or read))
+
+
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or value <= 0:
@@ -213,6 +221,9 @@ class CachedStore(KVStore):
             raise ConfigError("the Redis client for CachedStore must not use decode_responses")
         self._client: Redis | None = redis
         self._owns_client = redis is None
+        #: The client's own socket timeouts bound each call within ``redis_timeout``, so a
+        #: single-key read needs no timer of ours (the hit path's largest cost after the GET).
+        self._client_bounds_calls = False  # known once the client exists
         prefix = key_prefix if key_prefix is not None else f"kvcache:{self.namespace}:"
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError(f"key_prefix must be a non-empty str, not {prefix!r}")
@@ -288,6 +299,9 @@ class CachedStore(KVStore):
             self._client = aioredis.Redis.from_url(
                 self._redis_url, socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0))
+        # A client handed in may retry on its own; only ours is known not to.
+        self._client_bounds_calls = self._owns_client and _bounded_within(self._client,
+                                                                          self._timeout)
         self._invalidate_script = self._client.register_script(_INVALIDATE_LUA)
         self._fill_script = self._client.register_script(_FILL_LUA)
         first_attempt = asyncio.Event()
@@ -351,10 +365,13 @@ class CachedStore(KVStore):
             snapshot: bytes | None = None
             if self._tier_ok:
                 assert self._client is not None
+                name = self._value_prefix + key.encode()
                 try:
-                    async with asyncio.timeout(self._timeout):
-                        raw = cast(bytes | None,
-                                   await self._client.get(self._value_prefix + key.encode()))
+                    if self._client_bounds_calls:
+                        raw = cast(bytes | None, await self._client.get(name))
+                    else:
+                        async with asyncio.timeout(self._timeout):
+                            raw = cast(bytes | None, await self._client.get(name))
                 except _TIER_ERRORS as exc:
                     self._tier_down(exc)
                 else:

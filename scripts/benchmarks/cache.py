@@ -35,6 +35,9 @@ POSTGRES_URL = os.environ.get(
     "KVSESSIONS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LOCAL_HIT_TARGET_US = 5.0
 REDIS_HIT_TARGET, MISS_TARGET = 1.2, 1.3
+#: The raw client gets the per-call timeouts the tier gives its own client (redis_timeout):
+#: both sides then bound every call the same way.
+RAW_TIMEOUTS = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
 KEYS = 100
 
 
@@ -83,11 +86,11 @@ async def redis_hit(ctx: BenchContext) -> None:
     items = _values()
     keys = [key for key, _ in items]
     n = ctx.n(5_000)
-    client = Redis.from_url(REDIS_URL)
+    client = Redis.from_url(REDIS_URL, **RAW_TIMEOUTS)
     raw_prefix = f"bench:raw:{uuid.uuid4().hex[:8]}:".encode()
     try:
         await client.mset({raw_prefix + key.encode(): value for key, value in items})
-        async with CachedStore(MemoryStore(namespace="bench_cache_redis"), redis=client,
+        async with CachedStore(MemoryStore(namespace="bench_cache_redis"), redis_url=REDIS_URL,
                                local_maxsize=0) as store:
             await store.put_many(items)
             for key in keys:  # fill the Redis tier
@@ -116,9 +119,9 @@ async def miss(ctx: BenchContext, backend: str, inner: KVStore) -> None:
     n = ctx.n(2_000)
     items = _values(n)
     keys = [key for key, _ in items]
-    client = Redis.from_url(REDIS_URL)
+    client = Redis.from_url(REDIS_URL, **RAW_TIMEOUTS)
     raw_prefix = f"bench:raw:{uuid.uuid4().hex[:8]}:".encode()
-    store = CachedStore(inner, redis=client)
+    store = CachedStore(inner, redis_url=REDIS_URL)
     try:
         async with store:
             await inner.put_many(items)
