@@ -682,6 +682,7 @@ class CachedStore(KVStore):
     async def _send_invalidations(self, entries: list[tuple[str, str]]) -> None:
         assert self._client is not None
         now_ms = int(time.time() * 1000)
+        life = max(self._redis_ttl_ms, _TOMBSTONE_MIN_LIFE_MS)
         calls: list[tuple[list[bytes], list[bytes | int | str]]] = []
         for start in range(0, len(entries), _CHUNK):
             chunk = entries[start:start + _CHUNK]
@@ -694,7 +695,6 @@ class CachedStore(KVStore):
                 names += (self._value_prefix + encoded, self._deadline_prefix + encoded)
                 deadlines.append(deadline)
             message = self._writer_id + b"\x00" + b"\x00".join(encoded_keys)
-            life = max(self._redis_ttl_ms, _TOMBSTONE_MIN_LIFE_MS)
             calls.append((names, [self._channel, message, life, now_ms, self._new_tombstone(),
                                   *deadlines]))
         async with asyncio.timeout(self._timeout * len(calls)):
