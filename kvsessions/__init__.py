@@ -36,31 +36,31 @@ _LAZY: dict[str, str] = {
     "MongoDBStore": "kvsessions.kv.mongodb",
     "RedisStore": "kvsessions.kv.redis",
     # documents
-    "ChatSession": "kvsessions.models",
-    "ChatMessage": "kvsessions.models",
-    "UploadedFileRecord": "kvsessions.models",
-    "ValidatingStore": "kvsessions.validation",
+    "ChatSession": "kvsessions.documents.models",
+    "ChatMessage": "kvsessions.documents.models",
+    "UploadedFileRecord": "kvsessions.documents.models",
+    "ValidatingStore": "kvsessions.wrappers.validating",
     # sessions
-    "SessionStorage": "kvsessions.storage",
-    "MemorySessionStorage": "kvsessions.storage",
-    "FileSessionStorage": "kvsessions.storage",
-    "SQLiteSessionStorage": "kvsessions.storage",
-    "PostgreSQLSessionStorage": "kvsessions.storage",
-    "MongoDBSessionStorage": "kvsessions.storage",
-    "RedisSessionStorage": "kvsessions.storage",
-    "SessionNotFoundError": "kvsessions.storage",
-    "SessionManager": "kvsessions.manager",
+    "SessionStorage": "kvsessions.sessions.storage",
+    "MemorySessionStorage": "kvsessions.sessions.storage",
+    "FileSessionStorage": "kvsessions.sessions.storage",
+    "SQLiteSessionStorage": "kvsessions.sessions.storage",
+    "PostgreSQLSessionStorage": "kvsessions.sessions.storage",
+    "MongoDBSessionStorage": "kvsessions.sessions.storage",
+    "RedisSessionStorage": "kvsessions.sessions.storage",
+    "SessionNotFoundError": "kvsessions.sessions.storage",
+    "SessionManager": "kvsessions.sessions.manager",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
     "create_manager": "kvsessions.config",
     # caching
-    "CachedStore": "kvsessions.cache",
+    "CachedStore": "kvsessions.wrappers.cache",
     # migration
-    "migrate_storage": "kvsessions.migration",
-    "verify_migration": "kvsessions.migration",
-    "export_to_json": "kvsessions.migration",
-    "import_from_json": "kvsessions.migration",
-    "backup_storage": "kvsessions.migration",
+    "migrate_storage": "kvsessions.migration.copy",
+    "verify_migration": "kvsessions.migration.copy",
+    "export_to_json": "kvsessions.migration.copy",
+    "import_from_json": "kvsessions.migration.copy",
+    "backup_storage": "kvsessions.migration.copy",
 }
 
 __all__ = [
@@ -92,8 +92,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
-    from kvsessions.cache import CachedStore
     from kvsessions.config import StorageConfig, create_manager, create_storage
+    from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
     from kvsessions.kv.base import KVStore
     from kvsessions.kv.file import FileStore
     from kvsessions.kv.memory import MemoryStore
@@ -102,16 +102,15 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
-    from kvsessions.manager import SessionManager
-    from kvsessions.migration import (
+    from kvsessions.migration.copy import (
         backup_storage,
         export_to_json,
         import_from_json,
         migrate_storage,
         verify_migration,
     )
-    from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
-    from kvsessions.storage import (
+    from kvsessions.sessions.manager import SessionManager
+    from kvsessions.sessions.storage import (
         FileSessionStorage,
         MemorySessionStorage,
         MongoDBSessionStorage,
@@ -121,4 +120,5 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
         SessionStorage,
         SQLiteSessionStorage,
     )
-    from kvsessions.validation import ValidatingStore
+    from kvsessions.wrappers.cache import CachedStore
+    from kvsessions.wrappers.validating import ValidatingStore

@@ -1,5 +1,5 @@
 import sys
 
-from kvsessions.cli import main
+from kvsessions.cli.main import main
 
 sys.exit(main())

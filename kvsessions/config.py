@@ -19,8 +19,8 @@ from typing import Any
 
 from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.registry import open_store
-from kvsessions.manager import SessionManager
-from kvsessions.storage import SessionStorage, _path_url, _with_query
+from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
 from kvsessions.urls import parse_store_url, redact_url
 
 try:

@@ -17,7 +17,7 @@ from pathlib import Path
 # Run from a checkout without installing: the package is beside this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kvsessions.cli import main
+from kvsessions.cli.main import main
 
 _COMMANDS = {"migrate", "verify", "export", "import", "backup", "validate", "upgrade"}
 

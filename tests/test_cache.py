@@ -13,12 +13,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from kvsessions.cache import CachedStore
 from kvsessions.errors import ConfigError, StoreError, StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
-from kvsessions.kv.wrapper import StoreWrapper
+from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.cache import CachedStore
 from tests.backends.cached import REDIS_URL, forget_cache
 
 

@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.cache import CachedStore
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
-from kvsessions.kv.wrapper import StoreWrapper
+from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.cache import CachedStore
 from tests.net import free_port
 
 REDIS_URL = os.environ.get("KVSESSIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -414,13 +414,13 @@ async def own_redis() -> AsyncIterator[RedisServer]:
 
 def outage_warnings(caplog: Any) -> list[logging.LogRecord]:
     return [r for r in caplog.records
-            if r.name == "kvsessions.cache" and r.levelno == logging.WARNING]
+            if r.name == "kvsessions.wrappers.cache" and r.levelno == logging.WARNING]
 
 
 async def test_redis_stopped_mid_run_loses_nothing_and_comes_back(
     caplog: Any, own_redis: RedisServer
 ) -> None:
-    caplog.set_level(logging.INFO, logger="kvsessions.cache")
+    caplog.set_level(logging.INFO, logger="kvsessions.wrappers.cache")
     server = own_redis
     ns = namespace()
     shared = MemoryStore(namespace=ns)
@@ -482,7 +482,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
 ) -> None:
     """A slow (paused) Redis keeps its data: the value cached before the pause must not come
     back after it, because the writes made meanwhile are announced on recovery."""
-    caplog.set_level(logging.INFO, logger="kvsessions.cache")
+    caplog.set_level(logging.INFO, logger="kvsessions.wrappers.cache")
     server = own_redis
     ns = namespace()
     shared = MemoryStore(namespace=ns)
@@ -518,7 +518,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
 
 
 async def test_store_opens_and_works_while_redis_is_down(caplog: Any) -> None:
-    caplog.set_level(logging.WARNING, logger="kvsessions.cache")
+    caplog.set_level(logging.WARNING, logger="kvsessions.wrappers.cache")
     server = RedisServer()  # never started: connection refused
     ns = namespace()
     async with CachedStore(MemoryStore(namespace=ns), redis_url=server.url,

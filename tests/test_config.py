@@ -10,9 +10,9 @@ import pytest
 
 from kvsessions import config as config_module
 from kvsessions.config import StorageConfig, create_manager, create_storage
+from kvsessions.documents.models import ChatSession
 from kvsessions.errors import ConfigError, MissingDependencyError
-from kvsessions.models import ChatSession
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.storage import SessionStorage
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 from tests.backends.redis import REDIS_URL
 

@@ -14,15 +14,20 @@ import orjson
 import pytest
 
 from kvsessions import codec
+from kvsessions.documents.ids import uuid7
+from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     DocumentTooLargeError,
     UnsupportedVersionError,
     ValidationError,
 )
-from kvsessions.ids import uuid7
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
-from kvsessions.validation import ValidatingStore, load_schema, schema_names, validate_document
+from kvsessions.wrappers.validating import (
+    ValidatingStore,
+    load_schema,
+    schema_names,
+    validate_document,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,7 +308,7 @@ async def test_closing_a_lazily_used_validating_store_closes_the_inner_store(
     tmp_path: Path,
 ) -> None:
     from kvsessions.kv.registry import open_store
-    from kvsessions.storage import SessionStorage
+    from kvsessions.sessions.storage import SessionStorage
 
     inner = open_store(f"sqlite:///{tmp_path}/lazy.db")
     storage = SessionStorage(inner)  # never initialize()d: used lazily

@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.errors import ConfigError, KVSessionsError
-from kvsessions.export import render_session
-from kvsessions.manager import SessionManager
-from kvsessions.models import ChatMessage, ChatSession
-from kvsessions.storage import MemorySessionStorage, SessionStorage
+from kvsessions.sessions.exports import render_session
+from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.storage import MemorySessionStorage, SessionStorage
 from kvsessions.testing import StoreFactory
 
 

@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from kvsessions import codec
+from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from kvsessions.errors import KVSessionsError
-from kvsessions.jsonl import ExportFileError
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.migration import (
+from kvsessions.migration.copy import (
     RESERVED_PREFIX,
     MigrationProgress,
     backup_storage,
@@ -30,7 +30,7 @@ from kvsessions.migration import (
     validate_storage,
     verify_migration,
 )
-from kvsessions.models import ChatSession, UploadedFileRecord
+from kvsessions.migration.jsonl import ExportFileError
 from kvsessions.testing import StoreFactory, same_json
 from kvsessions.testing.contract import HARD_VALUES
 from tests.backends import ALL as BACKENDS

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.cli import main
-from kvsessions.commands.migration import ProgressDisplay
+from kvsessions.cli.main import main
+from kvsessions.cli.migration import ProgressDisplay
 from kvsessions.kv.registry import open_store
-from kvsessions.migration import MigrationProgress
+from kvsessions.migration.copy import MigrationProgress
 from tests.test_migration import sample_documents
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = r"""
 import asyncio, sys, kvsessions
 from kvsessions import codec, models
-from kvsessions.validation import validate_document, schema_names
+from kvsessions.wrappers.validating import validate_document, schema_names
 assert "site-packages" in kvsessions.__file__, kvsessions.__file__
 assert schema_names() == ["file.v1.json", "message.v1.json", "session.v1.json"]
 session = models.ChatSession.create("m")
@@ -47,7 +47,7 @@ def test_wheel_installs_in_a_fresh_venv_and_validates(tmp_path: Path) -> None:
     [wheel] = list(wheelhouse.glob("kvsessions-*.whl"))
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    assert "kvsessions/schemas/session.v1.json" in names
+    assert "kvsessions/documents/schemas/session.v1.json" in names
     assert "kvsessions/py.typed" in names
     assert "kvsessions/testing/contract.py" in names
     env_dir = tmp_path / "venv"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pymongo
 import pytest
 
-from kvsessions.models import ChatSession
+from kvsessions.documents.models import ChatSession
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 from tests.mongo_server import mongodb_url
 

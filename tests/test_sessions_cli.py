@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from kvsessions.cli import main
-from kvsessions.models import ChatSession, UploadedFileRecord
-from kvsessions.storage import SessionStorage
+from kvsessions.cli.main import main
+from kvsessions.documents.models import ChatSession, UploadedFileRecord
+from kvsessions.sessions.storage import SessionStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,19 +11,19 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.codec import (
+from kvsessions.documents.codec import (
     document_to_message,
     message_prefix,
     message_to_document,
     session_key,
 )
+from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import InvalidValueError, ValidationError
 from kvsessions.kv.base import KVStore
-from kvsessions.kv.wrapper import StoreWrapper
-from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
-from kvsessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
+from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
 from kvsessions.testing import StoreFactory
-from kvsessions.validation import validate_document
+from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.validating import validate_document
 
 
 class RecordingStore(StoreWrapper):

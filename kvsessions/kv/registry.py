@@ -64,7 +64,9 @@ def open_store(url: str, *, cache_url: str | None = None, **options: Any) -> KVS
         raise ConfigError(f"{cls.__name__} cannot be built from a URL")
     store: KVStore = from_url(parsed, **options)
     if cache_url is not None:
-        from kvsessions.cache import CachedStore  # lazy: redis is imported only when asked for
+        from kvsessions.wrappers.cache import (
+            CachedStore,  # lazy: redis is imported only when asked for
+        )
 
         return CachedStore(store, redis_url=cache_url)
     return store

@@ -25,10 +25,10 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 
 from benchmarks.harness import BenchContext, document
-from kvsessions.cache import CachedStore
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
+from kvsessions.wrappers.cache import CachedStore
 
 REDIS_URL = os.environ.get("KVSESSIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

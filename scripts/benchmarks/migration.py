@@ -45,7 +45,7 @@ from kvsessions.kv.mongodb import MongoDBStore
 from kvsessions.kv.postgresql import PostgreSQLStore
 from kvsessions.kv.redis import RedisStore
 from kvsessions.kv.sqlite import SQLiteStore
-from kvsessions.migration import migrate_storage
+from kvsessions.migration.copy import migrate_storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.mongo_server import SecantusServer

@@ -32,11 +32,11 @@ from typing import Any
 import orjson
 
 from benchmarks.harness import BenchContext
-from kvsessions.codec import session_to_document
+from kvsessions.documents.codec import session_to_document
+from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.values import prefix_upper_bound
-from kvsessions.models import ChatMessage, ChatSession
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.storage import SessionStorage
 
 APPEND_TARGET, LOAD_TARGET = 1.5, 1.3
 SECTION = "sessions"

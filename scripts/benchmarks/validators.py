@@ -10,9 +10,9 @@ import jsonschema
 import jsonschema_rs
 
 from benchmarks.harness import BenchContext
-from kvsessions.codec import session_to_document
-from kvsessions.models import ChatSession
-from kvsessions.validation import load_schema
+from kvsessions.documents.codec import session_to_document
+from kvsessions.documents.models import ChatSession
+from kvsessions.wrappers.validating import load_schema
 
 
 def session_document_2kb() -> dict[str, Any]:

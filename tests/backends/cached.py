@@ -13,12 +13,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from kvsessions.cache import CachedStore
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
 from kvsessions.testing import StoreFactory
 from kvsessions.urls import check_namespace
+from kvsessions.wrappers.cache import CachedStore
 
 REDIS_URL = os.environ.get("KVSESSIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.registry import open_store
 from kvsessions.testing import StoreFactory
-from kvsessions.validation import ValidatingStore
+from kvsessions.wrappers.validating import ValidatingStore
 
 
 def url_quote(namespace: str) -> str:

@@ -37,13 +37,13 @@ import asyncpg
 import orjson
 import pytest
 
-from kvsessions.codec import encode_document, message_key, message_to_document
+from kvsessions.documents.codec import encode_document, message_key, message_to_document
+from kvsessions.documents.models import ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.file import FileStore
 from kvsessions.kv.postgresql import PostgreSQLStore
 from kvsessions.kv.sqlite import SQLiteStore
-from kvsessions.models import ChatSession
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
 from tests.backends import ALL
 from tests.backends.postgresql import POSTGRES_URL

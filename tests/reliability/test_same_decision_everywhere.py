@@ -13,7 +13,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from kvsessions.codec import encode_document
+from kvsessions.documents.codec import encode_document
 from kvsessions.errors import DocumentTooLargeError, KVSessionsError, ValidationError
 from kvsessions.kv.values import MAX_DEPTH, MAX_DOCUMENT_BYTES
 from kvsessions.testing import StoreFactory, same_json

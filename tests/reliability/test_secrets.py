@@ -221,7 +221,7 @@ async def probe(url: str, cache_url: str | None = None) -> dict[str, Any]:
     {"channels": {name: text}, "errors": [exception class names]}."""
     from kvsessions.config import StorageConfig
     from kvsessions.kv.registry import open_store
-    from kvsessions.storage import SessionStorage
+    from kvsessions.sessions.storage import SessionStorage
 
     channels: dict[str, list[str]] = {"exceptions": [], "repr": [], "logs": []}
     errors: list[str] = []
@@ -334,9 +334,9 @@ async def test_password_never_shows_in_process(cases: list[Case]) -> None:
 
 def _ours(name: str) -> bool:
     import kvsessions.errors
-    import kvsessions.storage
+    import kvsessions.sessions.storage
 
-    cls = getattr(kvsessions.errors, name, None) or getattr(kvsessions.storage, name, None)
+    cls = getattr(kvsessions.errors, name, None) or getattr(kvsessions.sessions.storage, name, None)
     return isinstance(cls, type) and issubclass(cls, KVSessionsError)
 
 
@@ -403,7 +403,7 @@ def test_password_never_shows_in_cli_output(cases: list[Case], tmp_path: Path,
             else None
         if debug:  # DEBUG logging configured before the CLI's own (which then keeps it)
             code = ("import logging\nlogging.basicConfig(level=logging.DEBUG)\n"
-                    f"from kvsessions.cli import main\nsys.exit(main({argv!r}))\n")
+                    f"from kvsessions.cli.main import main\nsys.exit(main({argv!r}))\n")
         else:
             code = f"sys.argv = ['kvsessions', *{argv!r}]\nimport runpy\n" \
                    "runpy.run_module('kvsessions', run_name='__main__')\n"

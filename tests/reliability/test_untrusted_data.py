@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.codec import (
+from kvsessions.documents.codec import (
     file_key,
     file_to_document,
     message_key,
@@ -38,6 +38,7 @@ from kvsessions.codec import (
     session_key,
     session_to_document,
 )
+from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     KVSessionsError,
     StoreError,
@@ -45,10 +46,9 @@ from kvsessions.errors import (
     ValidationError,
 )
 from kvsessions.kv.base import KVStore
-from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
-from kvsessions.validation import ValidatingStore
+from kvsessions.wrappers.validating import ValidatingStore
 from tests.backends import ALL
 
 RAW_BACKENDS = ("sqlite", "file", "postgresql", "mongodb", "redis", "redis_cluster")

@@ -29,18 +29,18 @@ from typing import Any
 
 import orjson
 
-from kvsessions.codec import (
+from kvsessions.documents.codec import (
     decode_document,
     encode_document,
     message_key,
     message_to_document,
     session_key,
 )
+from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.registry import open_store
-from kvsessions.models import ChatMessage, ChatSession
-from kvsessions.storage import SessionStorage
-from kvsessions.validation import validate_document
+from kvsessions.sessions.storage import SessionStorage
+from kvsessions.wrappers.validating import validate_document
 
 #: Content sizes (bytes) and how often each is drawn: mostly small, now and then large enough
 #: that writing one takes several system calls.

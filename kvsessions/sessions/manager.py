@@ -13,11 +13,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kvsessions.documents.models import ChatSession, utc_now
 from kvsessions.errors import ConfigError
-from kvsessions.export import EXPORT_FORMATS, UnsupportedFormatError, render_session
 from kvsessions.kv.base import KVStore
-from kvsessions.models import ChatSession, utc_now
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.exports import EXPORT_FORMATS, UnsupportedFormatError, render_session
+from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["SessionManager"]
 

@@ -38,9 +38,9 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from kvsessions.errors import ConfigError, InvalidValueError, KVSessionsError
-from kvsessions.jsonl import ExportFileError, ExportReader, ExportWriter
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.values import check_prefix, prefix_upper_bound
+from kvsessions.migration.jsonl import ExportFileError, ExportReader, ExportWriter
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -59,7 +59,7 @@ __all__ = [
     "verify_migration",
 ]
 
-logger = logging.getLogger("kvsessions.migration")
+logger = logging.getLogger("kvsessions.migration.copy")
 
 #: Keys under this prefix belong to kvsessions itself (checkpoints), never to user data.
 RESERVED_PREFIX = "__kvsessions__:"
@@ -280,11 +280,11 @@ class _DocumentCheck:
         self._upgrade_document: Callable[..., dict[str, Any]] | None = None
         self._current_versions: dict[str, int] = {}
         if validate:
-            from kvsessions.validation import validate_document
+            from kvsessions.wrappers.validating import validate_document
 
             self._validate_document = validate_document
         if upgrade:
-            from kvsessions.codec import upgrade_document
+            from kvsessions.documents.codec import upgrade_document
 
             self._upgrade_document = upgrade_document
 
@@ -323,7 +323,7 @@ class _DocumentCheck:
     def note_outdated(self, items: Items) -> None:
         """Count documents older than the newest version of their kind (for ``validate``)."""
         if not self._current_versions:
-            from kvsessions.codec import CURRENT_VERSIONS
+            from kvsessions.documents.codec import CURRENT_VERSIONS
 
             self._current_versions = dict(CURRENT_VERSIONS)
         for _, value in items:
@@ -726,7 +726,7 @@ async def export_to_json(
 ) -> dict[str, Any]:
     """Write every document under ``prefix`` to a file: JSON Lines with a closing manifest
     (gzip for ``.gz``), or one JSON document for a name ending in ``.json`` (see
-    ``kvsessions.jsonl``). Streams; the file appears under its name only when complete."""
+    ``kvsessions.migration.jsonl``). Streams; the file appears under its name only when complete."""
     store = _as_store(storage, "storage")
     size = _check_batch_size(batch_size)
     check_prefix(prefix)

@@ -1,8 +1,8 @@
 """``SessionStorage``: chat sessions, their messages and file records on any key-value store.
 
-Layout (see ``kvsessions.codec``): ``session:{sid}`` holds the session head, each message is its
-own document under ``message:{sid}:{mid}`` (message ids are time-ordered, so key order is
-conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
+Layout (see ``kvsessions.documents.codec``): ``session:{sid}`` holds the session head, each
+message is its own document under ``message:{sid}:{mid}`` (message ids are time-ordered, so key
+order is conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
 
 * appending a message writes one new message document plus the head, whatever the history's
   length; ``save_session`` writes the head and only the messages this storage has not stored
@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 
-from kvsessions.codec import (
+from kvsessions.documents.codec import (
     CURRENT_VERSIONS,
     FILE_PREFIX,
     SESSION_PREFIX,
@@ -52,10 +52,7 @@ from kvsessions.codec import (
     session_key,
     session_to_document,
 )
-from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
-from kvsessions.kv.base import KVStore
-from kvsessions.kv.registry import open_store
-from kvsessions.models import (
+from kvsessions.documents.models import (
     MESSAGE_ROLES,
     SESSION_STATUSES,
     ChatMessage,
@@ -63,7 +60,10 @@ from kvsessions.models import (
     UploadedFileRecord,
     utc_now,
 )
-from kvsessions.validation import ValidatingStore, validate_document
+from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
+from kvsessions.kv.base import KVStore
+from kvsessions.kv.registry import open_store
+from kvsessions.wrappers.validating import ValidatingStore, validate_document
 
 __all__ = [
     "FileSessionStorage",

@@ -1,5 +1,5 @@
 """The ``kvsessions`` command. Each command is a thin call into the library (modules under
-``kvsessions/commands/``); errors become one line on stderr and a non-zero exit, never a
+``kvsessions/cli/``); errors become one line on stderr and a non-zero exit, never a
 traceback, and every URL shown is redacted."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ __all__ = ["Command", "main", "number_of", "positive_int"]
 #: Modules that add commands: each has ``register(subparsers)``, where every parser it adds
 #: sets ``handler`` (an async function taking the parsed arguments and returning an exit code).
 COMMAND_MODULES = (
-    "kvsessions.commands.sessions",
-    "kvsessions.commands.migration",
+    "kvsessions.cli.sessions",
+    "kvsessions.cli.migration",
 )
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]

@@ -1,6 +1,6 @@
 """The ``demo``, ``ls``, ``show``, ``stats`` and ``cleanup`` commands: thin calls into
 ``SessionStorage`` and ``SessionManager``. Every URL printed is redacted; errors reach
-``kvsessions.cli``, which prints them as one line (exit 2). A session that is not there is
+``kvsessions.cli.main``, which prints them as one line (exit 2). A session that is not there is
 exit 1."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 
-from kvsessions.cli import number_of, positive_int
+from kvsessions.cli.main import number_of, positive_int
 from kvsessions.config import StorageConfig, shown_url
+from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
 from kvsessions.errors import StoreUnavailableError
-from kvsessions.export import EXPORT_FORMATS
 from kvsessions.kv.registry import open_store
-from kvsessions.manager import SessionManager
-from kvsessions.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
-from kvsessions.storage import SessionStorage
+from kvsessions.sessions.exports import EXPORT_FORMATS
+from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["register"]
 

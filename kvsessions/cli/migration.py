@@ -1,8 +1,8 @@
 """The ``migrate``, ``verify``, ``export``, ``import``, ``backup``, ``validate`` and ``upgrade``
-commands: thin calls into ``kvsessions.migration`` with a progress display.
+commands: thin calls into ``kvsessions.migration.copy`` with a progress display.
 
 Exit codes: 0 done (and equal, and valid, where that is checked), 1 the check found differences
-or invalid documents, 2 an error (printed as one line by ``kvsessions.cli``).
+or invalid documents, 2 an error (printed as one line by ``kvsessions.cli.main``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, TextIO
 
 import orjson
 
-from kvsessions.cli import number_of, positive_int
+from kvsessions.cli.main import number_of, positive_int
 from kvsessions.errors import ConfigError, StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
-from kvsessions.migration import (
+from kvsessions.migration.copy import (
     MigrationProgress,
     backup_storage,
     count_documents,

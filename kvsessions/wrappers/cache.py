@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CachedStore"]
 
-logger = logging.getLogger("kvsessions.cache")
+logger = logging.getLogger("kvsessions.wrappers.cache")
 
 #: What a Redis call can raise when the server is down, slow or gone away.
 _TIER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)

@@ -18,13 +18,13 @@ from typing import Any
 
 import orjson
 
+from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     DocumentTooLargeError,
     UnsupportedVersionError,
     ValidationError,
 )
 from kvsessions.kv.values import MAX_DEPTH
-from kvsessions.models import ChatMessage, ChatSession, UploadedFileRecord
 
 __all__ = [
     "CURRENT_VERSIONS",

@@ -1,6 +1,6 @@
 """JSON Schema validation of versioned documents, and ``ValidatingStore``.
 
-The schemas are the files in ``kvsessions/schemas/`` (``{kind}.v{version}.json``, Draft
+The schemas are the files in ``kvsessions/documents/schemas/`` (``{kind}.v{version}.json``, Draft
 2020-12), loaded through ``importlib.resources`` so they ship inside the wheel, and compiled
 once with jsonschema-rs (chosen by measurement: see ``scripts/benchmarks/validators.py``).
 Validation never changes the document, and its errors stay short for huge documents.
@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from kvsessions.codec import (
+from kvsessions.documents.codec import (
     CURRENT_VERSIONS,
     FILE_PREFIX,
     MESSAGE_PREFIX,
@@ -26,20 +26,20 @@ from kvsessions.codec import (
 )
 from kvsessions.errors import UnsupportedVersionError, ValidationError
 from kvsessions.kv.base import KeyRange, KVStore
-from kvsessions.kv.wrapper import StoreWrapper
+from kvsessions.wrappers.base import StoreWrapper
 
 __all__ = ["ValidatingStore", "load_schema", "schema_names", "validate_document"]
 
 
 def schema_names() -> list[str]:
     """The schema files that ship with the package, e.g. ``session.v1.json``."""
-    folder = importlib.resources.files("kvsessions") / "schemas"
+    folder = importlib.resources.files("kvsessions.documents") / "schemas"
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 @functools.cache
 def load_schema(kind: str, version: int) -> dict[str, Any]:
-    path = importlib.resources.files("kvsessions") / "schemas" / f"{kind}.v{version}.json"
+    path = importlib.resources.files("kvsessions.documents") / "schemas" / f"{kind}.v{version}.json"
     try:
         schema: dict[str, Any] = orjson.loads(path.read_bytes())
     except FileNotFoundError:

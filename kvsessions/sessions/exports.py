@@ -10,8 +10,8 @@ from typing import Literal
 
 import orjson
 
+from kvsessions.documents.models import ChatSession
 from kvsessions.errors import KVSessionsError
-from kvsessions.models import ChatSession
 
 __all__ = ["EXPORT_FORMATS", "ROLE_EMOJI", "ExportFormat", "UnsupportedFormatError",
            "render_session"]

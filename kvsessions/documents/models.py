@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from kvsessions.ids import uuid7_str
+from kvsessions.documents.ids import uuid7_str
 
 __all__ = [
     "MESSAGE_ROLES",

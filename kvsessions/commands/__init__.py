@@ -1,1 +1,0 @@
-"""The command modules of ``kvsessions``: each has ``register(subparsers)``."""

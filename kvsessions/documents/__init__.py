@@ -1,0 +1,2 @@
+"""Versioned JSON documents: the typed models, the codec between models and documents, ids,
+and the JSON Schema files each document kind and version is checked against."""
