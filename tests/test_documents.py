@@ -13,7 +13,7 @@ import jsonschema
 import orjson
 import pytest
 
-from kvsessions import codec
+from kvsessions.documents import codec
 from kvsessions.documents.ids import uuid7
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions import codec
+from kvsessions.documents import codec
 from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
