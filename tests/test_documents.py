@@ -16,18 +16,14 @@ import pytest
 from kvsessions.documents import codec
 from kvsessions.documents.ids import uuid7
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
+from kvsessions.documents.validation import load_schema, schema_names, validate_document
 from kvsessions.errors import (
     DocumentTooLargeError,
     UnsupportedVersionError,
     ValidationError,
 )
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.wrappers.validating import (
-    ValidatingStore,
-    load_schema,
-    schema_names,
-    validate_document,
-)
+from kvsessions.wrappers.validating import ValidatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

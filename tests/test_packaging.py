@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = r"""
 import asyncio, sys, kvsessions
 from kvsessions.documents import codec, models
-from kvsessions.wrappers.validating import validate_document, schema_names
+from kvsessions.documents.validation import schema_names, validate_document
 assert "site-packages" in kvsessions.__file__, kvsessions.__file__
 assert schema_names() == ["file.v1.json", "message.v1.json", "session.v1.json"]
 session = models.ChatSession.create("m")

@@ -18,12 +18,12 @@ from kvsessions.documents.codec import (
     session_key,
 )
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import InvalidValueError, ValidationError
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
-from kvsessions.wrappers.validating import validate_document
 
 
 class RecordingStore(StoreWrapper):

@@ -280,7 +280,7 @@ class _DocumentCheck:
         self._upgrade_document: Callable[..., dict[str, Any]] | None = None
         self._current_versions: dict[str, int] = {}
         if validate:
-            from kvsessions.wrappers.validating import validate_document
+            from kvsessions.documents.validation import validate_document
 
             self._validate_document = validate_document
         if upgrade:

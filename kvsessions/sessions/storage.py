@@ -60,10 +60,11 @@ from kvsessions.documents.models import (
     UploadedFileRecord,
     utc_now,
 )
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
-from kvsessions.wrappers.validating import ValidatingStore, validate_document
+from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = [
     "FileSessionStorage",

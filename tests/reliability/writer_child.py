@@ -37,10 +37,10 @@ from kvsessions.documents.codec import (
     session_key,
 )
 from kvsessions.documents.models import ChatMessage, ChatSession
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.storage import SessionStorage
-from kvsessions.wrappers.validating import validate_document
 
 #: Content sizes (bytes) and how often each is drawn: mostly small, now and then large enough
 #: that writing one takes several system calls.
