@@ -37,7 +37,7 @@ from typing import IO, Any, cast
 
 import orjson
 
-from kvsessions.errors import KVSessionsError
+from kvsessions.errors import ExportFileError, KVSessionsError
 from kvsessions.kv.values import check_key, check_value
 
 __all__ = [
@@ -53,18 +53,6 @@ JSONL_FORMAT = "kvsessions-jsonl"
 JSON_FORMAT = "kvsessions-json"
 FORMAT_VERSION = 1
 _CRC_MARK = b',"crc32":'
-
-
-class ExportFileError(KVSessionsError, ValueError):
-    """An export file that is not intact (changed, truncated, reordered) or not an export.
-    ``line`` is the 1-based line where the problem was found, when there is one."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        where = f"{self.path}: line {line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}; nothing was imported")
 
 
 def is_json_document_name(path: str | os.PathLike[str]) -> bool:

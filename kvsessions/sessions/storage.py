@@ -61,7 +61,11 @@ from kvsessions.documents.models import (
     utc_now,
 )
 from kvsessions.documents.validation import validate_document
-from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
+from kvsessions.errors import (
+    InvalidValueError,
+    SessionNotFoundError,
+    ValidationError,
+)
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
 from kvsessions.wrappers.validating import ValidatingStore
@@ -81,10 +85,6 @@ __all__ = [
 _DELETE_BATCH = 500
 #: Attribute on a ChatSession object that remembers which of its messages are stored, per storage.
 _SAVED_ATTRIBUTE = "_kvsessions_saved"
-
-
-class SessionNotFoundError(KVSessionsError, LookupError):
-    """An operation needs a session that is not in the store."""
 
 
 @dataclass
