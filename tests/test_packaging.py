@@ -50,6 +50,7 @@ def test_wheel_installs_in_a_fresh_venv_and_validates(tmp_path: Path) -> None:
     assert "kvsessions/documents/schemas/session.v1.json" in names
     assert "kvsessions/py.typed" in names
     assert "kvsessions/testing/contract.py" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
