@@ -6,7 +6,8 @@ code, and the README names the test command .ci/run calls.
 Examples run per page: the ```python blocks of one page, in order, as one script (a later block
 may use what an earlier one defined), in a fresh working folder, without STORAGE_* variables.
 A block fenced as ```python no-run is shown but not run (none is, today: keep it that way where
-you can). Other fences (bash, text, sql, toml) are not run.
+you can). Of the other fences (bash, text, sql, toml), only the session commands of docs/cli.md
+are run.
 """
 
 from __future__ import annotations
@@ -147,6 +148,31 @@ def test_quick_start_writes_where_it_says(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sessions.db").is_file()
     assert "['Hello!', 'Hi there!']" in result.stdout
+
+
+def test_cli_session_examples_run(tmp_path: Path) -> None:
+    """The session commands of docs/cli.md, line by line, in a fresh working folder; SESSION_ID
+    becomes the first session `ls` lists. `demo` must write ./sessions.db, as the page says."""
+    block = next(code for info, _, code in code_blocks(DOCS / "cli.md")
+                 if info == "bash" and "kvsessions demo" in code)
+    env = example_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    session_id = None
+    for line in block.splitlines():
+        command = line.split("#", 1)[0].strip()
+        if not command:
+            continue
+        if "SESSION_ID" in command:
+            assert session_id is not None, "an `ls` example must come before `show`"
+            command = command.replace("SESSION_ID", session_id)
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, text=True,
+                                capture_output=True, timeout=120)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        if command.startswith("kvsessions demo"):
+            assert (tmp_path / "sessions.db").is_file(), "demo must write ./sessions.db"
+        if command.startswith("kvsessions ls") and session_id is None:
+            session_id = result.stdout.splitlines()[2].split()[0]
+    assert session_id is not None
 
 
 # ---------------------------------------------------------------------------- links
