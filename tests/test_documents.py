@@ -316,3 +316,11 @@ async def test_closing_a_lazily_used_validating_store_closes_the_inner_store(
     await untouched.open()
     await ValidatingStore(untouched).close()
     assert untouched._state == "closed"
+
+
+@pytest.mark.parametrize("kind", [{"a": 1}, ["session"], 7, None, True])
+async def test_allow_unknown_kinds_lets_through_a_kind_of_any_json_type(kind: object) -> None:
+    store = ValidatingStore(MemoryStore(), allow_unknown_kinds=True)
+    value = orjson.dumps({"kind": kind, "x": 1})
+    await store.put("other:1", value)
+    assert await store.get("other:1") == value

@@ -41,9 +41,7 @@ class ValidatingStore(StoreWrapper):
         self.validate_reads = validate_reads
 
     def _check(self, key: str, document: Any) -> None:
-        if self.allow_unknown_kinds and (
-            type(document) is not dict or document.get("kind") not in CURRENT_VERSIONS
-        ):
+        if self.allow_unknown_kinds and not _has_known_kind(document):
             return
         validate_document(document, key=key)
 
@@ -145,3 +143,12 @@ class ValidatingStore(StoreWrapper):
         if self.validate_reads:
             validate_document(document, key=key)
         return document
+
+
+def _has_known_kind(document: Any) -> bool:
+    """Whether ``document`` claims a kind this release has schemas for (a ``kind`` of any JSON
+    type may come from another program sharing the store)."""
+    if type(document) is not dict:
+        return False
+    kind = document.get("kind")
+    return isinstance(kind, str) and kind in CURRENT_VERSIONS
