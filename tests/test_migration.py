@@ -18,7 +18,7 @@ from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.migration.copy import (
+from kvsessions.migration import (
     RESERVED_PREFIX,
     MigrationProgress,
     backup_storage,

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from kvsessions.kv.registry import open_store
-from kvsessions.migration.copy import checkpoint_key, verify_migration
+from kvsessions.migration import checkpoint_key, verify_migration
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 
 ROOT = Path(__file__).resolve().parent.parent

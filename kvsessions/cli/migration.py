@@ -1,5 +1,5 @@
 """The ``migrate``, ``verify``, ``export``, ``import``, ``backup``, ``validate`` and ``upgrade``
-commands: thin calls into ``kvsessions.migration.copy`` with a progress display.
+commands: thin calls into ``kvsessions.migration`` with a progress display.
 
 Exit codes: 0 done (and equal, and valid, where that is checked), 1 the check found differences
 or invalid documents, 2 an error (printed as one line by ``kvsessions.cli.main``).
@@ -22,7 +22,7 @@ from kvsessions.cli.main import number_of, positive_int
 from kvsessions.errors import ConfigError, StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
-from kvsessions.migration.copy import (
+from kvsessions.migration import (
     MigrationProgress,
     backup_storage,
     count_documents,

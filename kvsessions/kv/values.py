@@ -7,7 +7,10 @@ nested deeper than MongoDB allows or larger than a BSON document) is refused her
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -18,13 +21,20 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_KEY_BYTES",
+    "RESERVED_PREFIX",
     "check_key",
     "check_prefix",
     "check_value",
     "prefix_upper_bound",
+    "reserved_keys_allowed",
 ]
 
 MAX_KEY_BYTES = 512
+#: Keys under this prefix belong to kvsessions itself (migration checkpoints), never to users.
+RESERVED_PREFIX = "__kvsessions__:"
+#: The reserved keys the running task may use (see ``reserved_keys_allowed``).
+_ALLOWED_RESERVED_KEYS: ContextVar[frozenset[str]] = ContextVar(
+    "kvsessions_allowed_reserved_keys", default=frozenset())
 #: Containers nested in one document, the top-level object counting as 1 (MongoDB keeps 100).
 MAX_DEPTH = 100
 #: Encoded JSON size; leaves room under MongoDB's 16 MiB BSON limit for the key and metadata.
@@ -48,6 +58,17 @@ def check_key(key: object, *, what: str = "key") -> str:
         raise InvalidKeyError(f"{what} must not be empty")
     _check_text(key, what)
     return key
+
+
+@contextlib.contextmanager
+def reserved_keys_allowed(*keys: str) -> Iterator[None]:
+    """Let the current task (and tasks it starts) use exactly ``keys`` under the reserved
+    prefix: kvsessions' own bookkeeping, written by the code that owns it."""
+    token = _ALLOWED_RESERVED_KEYS.set(_ALLOWED_RESERVED_KEYS.get() | frozenset(keys))
+    try:
+        yield
+    finally:
+        _ALLOWED_RESERVED_KEYS.reset(token)
 
 
 def check_prefix(prefix: object, *, what: str = "prefix") -> str:

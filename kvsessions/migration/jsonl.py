@@ -47,6 +47,7 @@ __all__ = [
     "ExportReader",
     "ExportWriter",
     "is_json_document_name",
+    "utc_timestamp",
 ]
 
 JSONL_FORMAT = "kvsessions-jsonl"
@@ -79,7 +80,8 @@ def _is_gzip_name(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".gz")
 
 
-def _now_iso() -> str:
+def utc_timestamp() -> str:
+    """Now, as the ISO 8601 UTC text (whole seconds, ``Z``) that exports and checkpoints carry."""
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -105,7 +107,7 @@ class ExportWriter:
         header: dict[str, Any] = {
             "format": JSON_FORMAT if self.json_document else JSONL_FORMAT,
             "version": FORMAT_VERSION,
-            "exported_at": _now_iso(),
+            "exported_at": utc_timestamp(),
             "source": source,
             "prefix": prefix,
         }
