@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from kvsessions.cli.main import main
-from kvsessions.cli.migration import ProgressDisplay
+from kvsessions.cli.progress import ProgressDisplay
 from kvsessions.kv.registry import open_store
 from kvsessions.migration import MigrationProgress
 from tests.test_migration import sample_documents
