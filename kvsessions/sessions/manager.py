@@ -7,12 +7,14 @@ head), expires sessions not updated for ``expiry_hours``, archives, exports and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kvsessions.atomic_file import write_file_atomically
 from kvsessions.documents.models import ChatSession, utc_now
 from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
@@ -153,13 +155,12 @@ class SessionManager:
         self, session_id: str, output_path: Path | str, format: str = "json"
     ) -> bool:
         """Write the export to ``output_path`` (UTF-8, folders created); False if there is no
-        such session."""
+        such session. The file is written on a worker thread, never on the event loop, and
+        atomically (``kvsessions.atomic_file``): it never writes through a planted symlink."""
         text = await self.export_session(session_id, format)
         if text is None:
             return False
-        path = Path(output_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        await asyncio.to_thread(_write_export, Path(output_path), text.encode("utf-8"))
         return True
 
     # ------------------------------------------------------------------ statistics
@@ -186,6 +187,11 @@ class SessionManager:
         while len(self._cache) > self.max_cached_sessions:
             _, evicted = self._cache.popitem(last=False)
             await self.storage.save_session(evicted)
+
+
+def _write_export(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomically(path, data)
 
 
 def _cache_statistics(store: KVStore) -> dict[str, Any] | None:
