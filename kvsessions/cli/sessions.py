@@ -6,6 +6,7 @@ exit 1."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -68,7 +69,7 @@ _SESSION_HEADERS = ("SESSION ID", "STATUS", "MODEL", "MESSAGES", "UPDATED (UTC)"
 # ---------------------------------------------------------------------- commands
 
 async def demo(args: argparse.Namespace) -> int:
-    url = args.url or StorageConfig.load(args.config).store_url()
+    url = args.url or (await asyncio.to_thread(StorageConfig.load, args.config)).store_url()
     shown = shown_url(url)
     async with opened_session_storage(url) as storage:
         manager = SessionManager(storage)

@@ -51,7 +51,7 @@ async def export_to_json(
                     writer.count, 0, batch[-1][0], time.perf_counter() - started))
         size_bytes = await asyncio.to_thread(writer.close)
     except BaseException:
-        writer.abort()
+        await asyncio.to_thread(writer.abort)
         raise
     return {
         "path": str(path),
@@ -81,15 +81,18 @@ async def import_from_json(
     imported = 0
     batches = reader.batches(size)
     end: Items = []
-    while True:
-        batch = await asyncio.to_thread(next, batches, end)
-        if batch is end:
-            break
-        await store.put_many(batch)
-        imported += len(batch)
-        count_kinds(counts, batch)
-        await report_progress(progress_callback, MigrationProgress(
-            imported, 0, batch[-1][0], time.perf_counter() - started))
+    try:
+        while True:
+            batch = await asyncio.to_thread(next, batches, end)
+            if batch is end:
+                break
+            await store.put_many(batch)
+            imported += len(batch)
+            count_kinds(counts, batch)
+            await report_progress(progress_callback, MigrationProgress(
+                imported, 0, batch[-1][0], time.perf_counter() - started))
+    finally:
+        await asyncio.to_thread(batches.close)  # closes the file it reads, off the loop too
     return {
         "path": str(path),
         "format": "json" if reader.json_document else "jsonl",
@@ -106,16 +109,21 @@ async def backup_storage(
 ) -> dict[str, Any]:
     """Export to ``backup_dir/kvsessions-backup-<UTC time>.jsonl.gz`` (created if needed) and
     return its path, counts, size and SHA-256. Restore with ``import_from_json``."""
-    folder = Path(backup_dir)
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    path = await asyncio.to_thread(_new_backup_path, Path(backup_dir))
+    result = await export_to_json(storage, path, prefix=prefix,
+                                  progress_callback=progress_callback)
+    result["backup_path"] = result["path"]
+    result["created_at"] = utc_timestamp()
+    return result
+
+
+def _new_backup_path(folder: Path) -> Path:
+    """A backup name not taken yet in ``folder`` (created if needed). Blocking: on a thread."""
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = folder / f"kvsessions-backup-{stamp}.jsonl.gz"
     suffix = 1
     while path.exists():
         path = folder / f"kvsessions-backup-{stamp}-{suffix}.jsonl.gz"
         suffix += 1
-    result = await export_to_json(storage, path, prefix=prefix,
-                                  progress_callback=progress_callback)
-    result["backup_path"] = result["path"]
-    result["created_at"] = utc_timestamp()
-    return result
+    return path

@@ -31,7 +31,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
@@ -342,7 +342,7 @@ class ExportReader:
 
     # ------------------------------------------------------------------ reading
 
-    def batches(self, size: int) -> Iterator[list[tuple[str, bytes]]]:
+    def batches(self, size: int) -> Generator[list[tuple[str, bytes]], None, None]:
         """Entries in batches, read again from the file (call ``check()`` first)."""
         if self._json_entries is not None:
             for start in range(0, len(self._json_entries), size):
