@@ -30,7 +30,16 @@ __all__ = [
 ]
 
 MAX_KEY_BYTES = 512
-#: Keys under this prefix belong to kvsessions itself (migration checkpoints), never to users.
+#: Keys under this prefix belong to kvsessions itself (migration checkpoints), never to users:
+#: ``check_key`` refuses them, so every store refuses to read, write or delete them.
+#:
+#: Why refuse rather than copy them: migrate, verify, export and backup must skip kvsessions'
+#: own bookkeeping (a checkpoint copied to another store would be a stale checkpoint there), and
+#: they could tell a user's key from a checkpoint only if no user could write a checkpoint's
+#: name. Refusing the whole prefix at the door makes that so on every store, so a migration that
+#: reports ``verified`` has copied every key a user could have stored, and a user key can never
+#: overwrite, or be overwritten or deleted by, a checkpoint. Only the code that owns a reserved
+#: key gets past the check, through ``reserved_keys_allowed`` naming that exact key.
 RESERVED_PREFIX = "__kvsessions__:"
 #: The reserved keys the running task may use (see ``reserved_keys_allowed``).
 _ALLOWED_RESERVED_KEYS: ContextVar[frozenset[str]] = ContextVar(
@@ -51,12 +60,16 @@ _LONG_DIGIT_RUN = b"0" * 19
 
 
 def check_key(key: object, *, what: str = "key") -> str:
-    """Return ``key`` if it is a non-empty str of at most 512 UTF-8 bytes without NUL."""
+    """Return ``key`` if it is a non-empty str of at most 512 UTF-8 bytes without NUL, not under
+    the reserved prefix (unless the running task was allowed that very key)."""
     if type(key) is not str:
         raise InvalidKeyError(f"{what} must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidKeyError(f"{what} must not be empty")
     _check_text(key, what)
+    if key.startswith(RESERVED_PREFIX) and key not in _ALLOWED_RESERVED_KEYS.get():
+        raise InvalidKeyError(f"{what} {key[:60]!r} starts with {RESERVED_PREFIX!r}, which is "
+                              "reserved for kvsessions' own bookkeeping")
     return key
 
 
