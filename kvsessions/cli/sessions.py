@@ -19,7 +19,7 @@ from kvsessions.cli.stores import opened_session_storage
 from kvsessions.config import StorageConfig, shown_url
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
 from kvsessions.sessions.exports import EXPORT_FORMATS
-from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.manager import SessionManager, check_expiry_hours
 
 __all__ = ["register"]
 
@@ -145,6 +145,7 @@ async def cleanup(args: argparse.Namespace) -> int:
     hours = args.expiry_hours
     if hours is None:
         hours = StorageConfig.load().expiry_hours
+    check_expiry_hours(hours, what="--expiry-hours")  # before any store is opened
     async with opened_session_storage(args.url) as storage:
         manager = SessionManager(storage, expiry_hours=hours)
         expired = await manager.cleanup_expired_sessions()
