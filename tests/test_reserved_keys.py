@@ -101,3 +101,17 @@ async def test_migrate_export_and_backup_carry_every_key_a_user_can_store(
     with reserved_keys_allowed(checkpoint_key("")):
         assert await store.get(checkpoint_key("")) is None
 
+
+
+async def test_reserved_keys_left_by_an_older_release_are_named_not_silently_skipped(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    source = MemoryStore(namespace="old")
+    legacy, checkpoint = RESERVED_PREFIX + "user-data", checkpoint_key("")
+    with reserved_keys_allowed(legacy, checkpoint):  # as a release before the refusal wrote
+        await source.put_many([("a", b"{}"), (legacy, b"{}"), (checkpoint, b"{}")])
+    with caplog.at_level("WARNING", logger="kvsessions.migration"):
+        result = await export_to_json(source, tmp_path / "dump.jsonl")
+    assert result["documents_exported"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "left out 1 key(s)" in warnings[0] and legacy in warnings[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import inspect
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from kvsessions.errors import InvalidValueError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.values import RESERVED_PREFIX, prefix_upper_bound
+from kvsessions.migration.checkpoint import CHECKPOINT_PREFIX
 
 __all__ = [
     "KIND_PREFIXES",
@@ -35,6 +37,9 @@ __all__ = [
     "report_progress",
     "scan_batches",
 ]
+
+
+logger = logging.getLogger("kvsessions.migration")
 
 
 def _upper(prefix: str) -> str:
@@ -133,10 +138,19 @@ async def scan_batches(
 
 
 def _drop_reserved(batch: Items) -> None:
-    """Remove reserved keys from a sorted batch (one contiguous range)."""
+    """Remove reserved keys from a sorted batch (one contiguous range). Keys there that are no
+    checkpoint can only have been written by a release that did not refuse them yet: say so,
+    since they are left out."""
     low = bisect.bisect_left(batch, RESERVED_PREFIX, key=_first)
-    if low < len(batch) and batch[low][0].startswith(RESERVED_PREFIX):
-        del batch[low:bisect.bisect_left(batch, _RESERVED_UPPER, lo=low, key=_first)]
+    if low == len(batch) or not batch[low][0].startswith(RESERVED_PREFIX):
+        return
+    high = bisect.bisect_left(batch, _RESERVED_UPPER, lo=low, key=_first)
+    foreign = [key for key, _ in batch[low:high] if not key.startswith(CHECKPOINT_PREFIX)]
+    if foreign:
+        logger.warning("left out %d key(s) under the reserved prefix %r that are not "
+                       "kvsessions' own, such as %r (written by an older release?)",
+                       len(foreign), RESERVED_PREFIX, foreign[0][:80])
+    del batch[low:high]
 
 
 async def count_documents(storage: Any, *, prefix: str = "") -> int:
