@@ -63,8 +63,12 @@ class AtomicFile:
             self.abort()
 
 
-def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> int:
-    """Replace ``path`` with ``data`` as ``AtomicFile`` does; the number of bytes written."""
+def write_file_atomically(path: str | os.PathLike[str], data: bytes, *,
+                          create_folders: bool = False) -> int:
+    """Replace ``path`` with ``data`` as ``AtomicFile`` does (creating its missing folders
+    first when asked); the number of bytes written."""
+    if create_folders:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as file:
         file.stream.write(data)
     return len(data)

@@ -173,7 +173,8 @@ class SessionManager:
         text = await self.export_session(session_id, format)
         if text is None:
             return False
-        await asyncio.to_thread(_write_export, Path(output_path), text.encode("utf-8"))
+        await asyncio.to_thread(write_file_atomically, Path(output_path), text.encode("utf-8"),
+                                create_folders=True)
         return True
 
     # ------------------------------------------------------------------ statistics
@@ -200,11 +201,6 @@ class SessionManager:
         while len(self._cache) > self.max_cached_sessions:
             _, evicted = self._cache.popitem(last=False)
             await self.storage.save_session(evicted)
-
-
-def _write_export(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomically(path, data)
 
 
 def _cache_statistics(store: KVStore) -> dict[str, Any] | None:
