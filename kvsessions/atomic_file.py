@@ -27,8 +27,11 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                    suffix=".partial")
+        try:
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                        suffix=".partial")
+        except OSError as exc:  # name the file asked for, not the random temporary name
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
         self.temporary_path = Path(name)
         self.stream: BinaryIO = os.fdopen(fd, "wb")
 

@@ -139,3 +139,10 @@ async def test_a_manifest_with_extra_fields_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(ExportFileError, match="malformed manifest"):
         await import_from_json(MemoryStore(namespace="t"), path)
+
+
+def test_a_missing_folder_is_reported_with_the_name_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as caught:
+        AtomicFile(tmp_path / "missing" / "dump.jsonl")
+    assert caught.value.filename == str(tmp_path / "missing" / "dump.jsonl")
+    assert ".partial" not in str(caught.value)
