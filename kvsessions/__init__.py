@@ -59,10 +59,10 @@ _LAZY: dict[str, str] = {
     "CachedStore": "kvsessions.wrappers.cache",
     # migration
     "migrate_storage": "kvsessions.migration.copy",
-    "verify_migration": "kvsessions.migration.copy",
-    "export_to_json": "kvsessions.migration.copy",
-    "import_from_json": "kvsessions.migration.copy",
-    "backup_storage": "kvsessions.migration.copy",
+    "verify_migration": "kvsessions.migration.verify",
+    "export_to_json": "kvsessions.migration.export",
+    "import_from_json": "kvsessions.migration.export",
+    "backup_storage": "kvsessions.migration.export",
 }
 
 # Written out, not computed from _LAZY, so that type checkers see every public name.
@@ -137,13 +137,9 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
-    from kvsessions.migration.copy import (
-        backup_storage,
-        export_to_json,
-        import_from_json,
-        migrate_storage,
-        verify_migration,
-    )
+    from kvsessions.migration.copy import migrate_storage
+    from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
+    from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
     from kvsessions.sessions.storage import (
         FileSessionStorage,

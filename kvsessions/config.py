@@ -19,7 +19,7 @@ from typing import Any
 
 from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.registry import open_store
-from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.manager import EXPIRY_HOURS_RULE, MAX_EXPIRY_HOURS, SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
 from kvsessions.urls import parse_store_url, redact_url
 
@@ -128,8 +128,8 @@ def _hours(value: Any, origin: str) -> float | int:
             number = float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:
             number = None
-    if number is None or not number > 0 or number == float("inf"):
-        raise ConfigError(f"{origin}={value!r} is not allowed: use a number of hours > 0")
+    if number is None or not 0 < number <= MAX_EXPIRY_HOURS:
+        raise ConfigError(f"{origin}={value!r} is not allowed: use {EXPIRY_HOURS_RULE}")
     return number
 
 
