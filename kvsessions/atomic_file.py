@@ -4,9 +4,11 @@ redirect.
 The content goes to a temporary file in the target's folder, created with ``O_CREAT | O_EXCL |
 O_NOFOLLOW`` under an unpredictable name (``tempfile.mkstemp``): a symlink or file planted at a
 guessable name cannot capture the data, since a name that exists already is never opened, and
-a link is never followed. It is fsynced, renamed over the target (a rename replaces a symlink at
-the target, it does not write through it) and the folder is fsynced, so a crash leaves the old
-file or the new one, never a torn one. The file is private to its owner (mode 0600): exports
+a link is never followed. It is fsynced, renamed over the target and the folder is fsynced, so a
+crash leaves the old file or the new one, never a torn one. The target must be new or a regular
+file: a symlink, named pipe, device (``/dev/full``) or folder there is refused with
+``ConfigError`` before anything is written, since renaming over it would silently replace
+something that was never a file of ours. The file is private to its owner (mode 0600): exports
 hold conversations. Blocking I/O: call from a worker thread in async code.
 """
 
@@ -14,12 +16,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-__all__ = ["AtomicFile", "write_file_atomically"]
+from kvsessions.errors import ConfigError
+
+__all__ = ["AtomicFile", "check_destination", "named_error", "write_file_atomically"]
+
+#: What a destination that is not a regular file is, by its file type.
+_FILE_TYPES = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def named_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` naming ``path`` (the file the user asked for), not a temporary file."""
+    return type(exc)(exc.errno, exc.strerror, str(path))
+
+
+def check_destination(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``path`` that exists and is not a regular file (``ConfigError``)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise named_error(exc, path) from None
+    if stat.S_ISREG(mode):
+        return
+    what = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+    raise ConfigError(f"{os.fspath(path)} is {what}: write to a new or a regular file instead "
+                      "(nothing was written)")
 
 
 class AtomicFile:
@@ -27,11 +62,12 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        check_destination(self.path)
         try:
             fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
                                         suffix=".partial")
         except OSError as exc:  # name the file asked for, not the random temporary name
-            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
+            raise named_error(exc, self.path) from None
         self.temporary_path = Path(name)
         self.stream: BinaryIO = os.fdopen(fd, "wb")
 
@@ -42,7 +78,11 @@ class AtomicFile:
             os.fsync(self.stream.fileno())
             size = os.fstat(self.stream.fileno()).st_size
             self.stream.close()
+            check_destination(self.path)  # again: something may have appeared there meanwhile
             os.replace(self.temporary_path, self.path)
+        except OSError as exc:
+            self.abort()
+            raise named_error(exc, self.path) from None
         except BaseException:
             self.abort()
             raise

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from kvsessions.atomic_file import AtomicFile, write_file_atomically
+from kvsessions.errors import ConfigError
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.migration import ExportFileError, export_to_json, import_from_json
 from kvsessions.sessions.manager import SessionManager
@@ -58,7 +59,7 @@ async def test_export_never_writes_through_a_planted_symlink(tmp_path: Path, nam
     assert sorted(await target.keys()) == sorted(documents)
 
 
-async def test_export_replaces_a_symlink_at_the_destination_instead_of_following_it(
+async def test_export_refuses_a_symlink_at_the_destination_and_leaves_it(
     tmp_path: Path
 ) -> None:
     victim = _victim(tmp_path)
@@ -67,11 +68,11 @@ async def test_export_replaces_a_symlink_at_the_destination_instead_of_following
     source = MemoryStore(namespace="a")
     await populate(source, sample_documents(sessions=1, messages=1, files=0))
 
-    await export_to_json(source, destination)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        await export_to_json(source, destination)
 
     assert victim.read_bytes() == VICTIM_TEXT
-    assert not destination.is_symlink()
-    assert destination.read_bytes().startswith(b'{"format":"kvsessions-jsonl"')
+    assert destination.is_symlink()
 
 
 async def test_session_export_to_file_never_follows_a_symlink(tmp_path: Path) -> None:
@@ -84,11 +85,14 @@ async def test_session_export_to_file_never_follows_a_symlink(tmp_path: Path) ->
     session.add_message("user", "hello")
     await manager.auto_save(session)
 
-    assert await manager.export_to_file(session.session_id, destination, "markdown")
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        await manager.export_to_file(session.session_id, destination, "markdown")
 
     assert victim.read_bytes() == VICTIM_TEXT
-    assert not destination.is_symlink()
-    assert "hello" in destination.read_text(encoding="utf-8")
+    assert destination.is_symlink()
+    regular = tmp_path / "session-copy.md"
+    assert await manager.export_to_file(session.session_id, regular, "markdown")
+    assert "hello" in regular.read_text(encoding="utf-8")
 
 
 def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

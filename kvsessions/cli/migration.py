@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+from kvsessions.atomic_file import check_destination
 from kvsessions.cli.main import number_of, positive_int
 from kvsessions.cli.progress import ProgressDisplay
 from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store
@@ -31,6 +32,7 @@ from kvsessions.migration import (
     validate_storage,
     verify_migration,
 )
+from kvsessions.migration.jsonl import STDOUT
 
 __all__ = ["register"]
 
@@ -59,8 +61,8 @@ def _display(args: argparse.Namespace) -> ProgressDisplay:
     return ProgressDisplay(args.command, interval=args.progress_interval, enabled=not args.quiet)
 
 
-def _emit_json(result: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+def _emit_json(result: dict[str, Any], stream: TextIO | None = None) -> None:
+    (stream or sys.stdout).write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _show_keys(title: str, keys: list[str], total: int) -> None:
@@ -145,17 +147,22 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
+    if args.file != STDOUT:  # before the store is opened: a refused file costs nothing
+        await asyncio.to_thread(check_destination, args.file)
     display = _display(args)
     async with opened_store(args.url, args.connect_timeout) as store, \
             _counting_total(display, store, args.prefix):
         with display:
             result = await export_to_json(store, args.file, prefix=args.prefix,
                                           batch_size=args.batch_size, progress_callback=display)
+    to_stdout = args.file == STDOUT  # then stdout holds the export and nothing else
     if args.json:
-        _emit_json(result)
+        _emit_json(result, sys.stderr if to_stdout else sys.stdout)
     else:
-        print(f"exported {result['documents_exported']:,} documents to {result['path']} "
-              f"({result['size_bytes']:,} bytes, sha256 {result['sha256'][:16]}...)")
+        where = "standard output" if to_stdout else result["path"]
+        print(f"exported {result['documents_exported']:,} documents to {where} "
+              f"({result['size_bytes']:,} bytes, sha256 {result['sha256'][:16]}...)",
+              file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 

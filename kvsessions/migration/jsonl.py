@@ -21,7 +21,7 @@ and a newline, in order) catch removed lines and truncation. Values are written 
 canonical form, so both formats hash the same documents to the same SHA-256. A ``.gz`` suffix
 means gzip. Files are written through ``kvsessions.atomic_file`` (an unpredictable temporary name,
 never a planted link), fsynced and renamed, so a crashed export never leaves a file that looks
-complete.
+complete; the name ``-`` means standard output (JSON Lines, as a pipe takes it).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import sys
 import zlib
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
@@ -38,13 +39,14 @@ from typing import IO, Any, cast
 
 import orjson
 
-from kvsessions.atomic_file import AtomicFile
+from kvsessions.atomic_file import AtomicFile, named_error
 from kvsessions.errors import ExportFileError, KVSessionsError
 from kvsessions.kv.values import check_key, check_value
 
 __all__ = [
     "JSONL_FORMAT",
     "JSON_FORMAT",
+    "STDOUT",
     "ExportFileError",
     "ExportReader",
     "ExportWriter",
@@ -55,6 +57,8 @@ __all__ = [
 JSONL_FORMAT = "kvsessions-jsonl"
 JSON_FORMAT = "kvsessions-json"
 FORMAT_VERSION = 1
+#: The export file name that means standard output.
+STDOUT = "-"
 _CRC_MARK = b',"crc32":'
 
 
@@ -90,13 +94,15 @@ class ExportWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, source: str = "", prefix: str = "") -> None:
         self.path = Path(path)
-        self.json_document = is_json_document_name(self.path)
+        self.to_stdout = os.fspath(path) == STDOUT
+        self.json_document = is_json_document_name(self.path) and not self.to_stdout
         self.count = 0
         self._sha = hashlib.sha256()
-        self._file = AtomicFile(self.path)
-        self._raw: IO[bytes] = self._file.stream
+        self._file = None if self.to_stdout else AtomicFile(self.path)
+        self._raw: IO[bytes] = sys.stdout.buffer if self._file is None else self._file.stream
         self._out: IO[bytes] = self._raw
-        if _is_gzip_name(self.path):
+        self._bytes_written = 0
+        if _is_gzip_name(self.path) and not self.to_stdout:
             self._out = cast(IO[bytes], gzip.GzipFile(
                 fileobj=self._raw, mode="wb", compresslevel=6, mtime=0))
         header: dict[str, Any] = {
@@ -107,11 +113,18 @@ class ExportWriter:
             "prefix": prefix,
         }
         encoded = orjson.dumps(header)
-        if self.json_document:
-            self._out.write(encoded[:-1] + b',"documents":[\n')
-        else:
-            self._out.write(encoded + b"\n")
         self._last_key: str | None = None
+        if self.json_document:
+            self._write(encoded[:-1] + b',"documents":[\n')
+        else:
+            self._write(encoded + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._out.write(data)
+        except OSError as exc:  # a full disk: name the user's file, not the temporary one
+            raise named_error(exc, self.path) from None
+        self._bytes_written += len(data)
 
     def write(self, items: list[tuple[str, bytes]]) -> None:
         """Append entries (key, stored value bytes); keys must ascend across calls."""
@@ -129,7 +142,7 @@ class ExportWriter:
             else:
                 lines.append(line + b"\n")
             self.count += 1
-        self._out.write(b"".join(lines))
+        self._write(b"".join(lines))
 
     @property
     def sha256(self) -> str:
@@ -139,16 +152,21 @@ class ExportWriter:
         """Write the closing manifest, make the file durable and give it its name; its size."""
         if self.json_document:
             tail = orjson.dumps({"count": self.count, "sha256": self.sha256})
-            self._out.write(b"\n]," + tail[1:] + b"\n")
+            self._write(b"\n]," + tail[1:] + b"\n")
         else:
             manifest = {"manifest": {"count": self.count, "sha256": self.sha256}}
-            self._out.write(orjson.dumps(manifest) + b"\n")
+            self._write(orjson.dumps(manifest) + b"\n")
+        if self._file is None:
+            self._raw.flush()
+            return self._bytes_written
         if self._out is not self._raw:
             self._out.close()
         return self._file.commit()
 
     def abort(self) -> None:
         """Drop the partial file (after an error or a cancellation)."""
+        if self._file is None:  # what reached standard output stays there, without a manifest
+            return
         with contextlib.suppress(Exception):  # best effort: an error is already on its way
             self._out.close()
         self._file.abort()
