@@ -15,7 +15,7 @@ import pytest
 
 from kvsessions.documents import codec
 from kvsessions.documents.models import ChatSession, UploadedFileRecord
-from kvsessions.errors import KVSessionsError
+from kvsessions.errors import ConfigError, KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.kv.memory import MemoryStore
 from kvsessions.kv.values import reserved_keys_allowed
@@ -193,7 +193,8 @@ async def test_verify_and_export_skip_reserved_keys(tmp_path: Path) -> None:
         copy = MemoryStore(namespace="c")
         result = await migrate_storage(destination, copy, batch_size=size, validate=False)
         assert result["documents_copied"] == 1
-        again = await migrate_storage(source, copy, batch_size=size, validate=False)
+        again = await migrate_storage(source, copy, batch_size=size, validate=False,
+                                      merge=True)
         assert again["documents_copied"] == 15 and again["verified"] is True
         assert not [key for key in await copy.keys() if key.startswith(RESERVED_PREFIX)]
 
@@ -309,11 +310,13 @@ async def test_resume_after_a_crash_loses_nothing_and_redoes_only_the_last_batch
     assert (await contents(destination)).keys() == documents.keys()
 
 
-async def test_a_finished_migration_starts_over_next_time() -> None:
+async def test_a_finished_migration_starts_over_next_time_when_merging() -> None:
     source, destination = MemoryStore(namespace="a"), MemoryStore(namespace="b")
     await populate(source, {f"k{i}": b"{}" for i in range(30)})
     await migrate_storage(source, destination, batch_size=7, validate=False)
-    again = await migrate_storage(source, destination, batch_size=7, validate=False)
+    with pytest.raises(ConfigError, match="already holds documents"):
+        await migrate_storage(source, destination, batch_size=7, validate=False)
+    again = await migrate_storage(source, destination, batch_size=7, validate=False, merge=True)
     assert again["resumed_from"] is None and again["documents_copied"] == 30
 
 

@@ -101,7 +101,7 @@ def test_migrate_verify_and_resume_flags(capsys: Any, tmp_path: Path, source_url
     assert code == 1 and "NOT equal" in out and victim in out
 
     code, out, _ = run_cli(capsys, "migrate", source_url, destination, "--no-resume",
-                           "--no-verify", "--no-validate", "--json")
+                           "--no-verify", "--no-validate", "--json", "--merge")
     result = orjson.loads(out)
     assert code == 0 and result["verified"] is None and result["documents_copied"] == 38
     assert result["invalid_documents"] == 0 and result["validated"] is False

@@ -96,7 +96,8 @@ async def test_migrate_export_and_backup_carry_every_key_a_user_can_store(
         documents)
     assert sorted(await restored.keys()) == sorted(documents)
     # A migration into this store keeps its checkpoint to itself and leaves none behind.
-    back = await migrate_storage(destination, store, batch_size=3, validate=False)
+    back = await migrate_storage(destination, store, batch_size=3, validate=False,
+                                 merge=True)
     assert back["verified"] is True
     with reserved_keys_allowed(checkpoint_key("")):
         assert await store.get(checkpoint_key("")) is None

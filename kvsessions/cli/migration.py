@@ -114,7 +114,7 @@ async def _migrate(args: argparse.Namespace) -> int:
                 source, destination, verify=args.verify, progress_callback=display,
                 batch_size=args.batch_size, resume=args.resume, prefix=args.prefix,
                 upgrade=args.upgrade, validate=args.validate, dry_run=args.dry_run,
-                concurrency=args.concurrency)
+                concurrency=args.concurrency, merge=args.merge)
     if args.json:
         _emit_json(result)
     else:
@@ -269,6 +269,9 @@ def register(subparsers: Any) -> None:
                          help="skip comparing both stores afterwards")
     migrate.add_argument("--no-validate", dest="validate", action="store_false",
                          help="skip checking documents against their schemas")
+    migrate.add_argument("--merge", action="store_true",
+                         help="copy into a destination that already holds other documents "
+                              "(refused otherwise)")
     migrate.add_argument("--dry-run", action="store_true",
                          help="read and check everything, write nothing")
     migrate.add_argument("--concurrency", type=positive_int, default=None, metavar="N",

@@ -8,6 +8,12 @@ never runs ahead of the data on any store, atomic batches or not. A killed run r
 and copies at most one batch again (puts overwrite, so nothing is duplicated). A run that
 finishes deletes its checkpoint, so the next run copies everything again.
 
+A destination that already holds documents under the prefix, which no earlier run of this
+migration wrote, is refused before anything is written (``merge=True`` copies into it anyway):
+another application's ``session:1`` mixed into the copy would break the sessions read there.
+The first write of a run is its checkpoint (with no last key), so that a run interrupted in its
+first batch is still recognised as this migration's when run again.
+
 Documents that fail validation (or cannot be upgraded) are copied unchanged and reported in
 ``invalid_documents`` / ``invalid``: a migration never drops data on its own. Expiry times (ttl)
 are not copied: the KV contract has no way to read them.
@@ -23,7 +29,7 @@ from typing import Any
 
 from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
-from kvsessions.kv.values import check_prefix
+from kvsessions.kv.values import RESERVED_PREFIX, check_prefix
 from kvsessions.migration.batches import (
     Items,
     MigrationProgress,
@@ -38,6 +44,7 @@ from kvsessions.migration.batches import (
 )
 from kvsessions.migration.checkpoint import (
     checkpoint_key,
+    claim_destination,
     delete_checkpoint,
     encode_checkpoint,
     put_many_with_checkpoint,
@@ -67,12 +74,15 @@ async def migrate_storage(
     validate: bool = True,
     dry_run: bool = False,
     concurrency: int | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Copy every document under ``prefix`` from ``source`` to ``destination`` (see the module
     docstring for resuming). ``dry_run`` reads and checks everything and writes nothing.
     ``concurrency`` batches are written at once while the scan reads ahead; None tries one and
     then two writes in flight on the first batches and keeps the faster (two help a server
     with cores to spare, such as PostgreSQL; they slow down one that shares this machine's).
+    ``merge`` copies into a destination that already holds other documents under ``prefix``
+    (refused with ``ConfigError`` otherwise, before anything is written).
 
     Counts are of this run (a resumed run counts from its checkpoint); ``verified`` is None when
     ``verify`` is false, else whether verify found both sides equal (details in
@@ -91,7 +101,14 @@ async def migrate_storage(
     ckey = checkpoint_key(prefix)
     identity = {"source": repr(src), "prefix": prefix, "upgrade": upgrade}
 
-    start = await read_checkpoint(dst, ckey, identity, resume=resume, dry_run=dry_run)
+    start = await read_checkpoint(dst, ckey, identity, resume=resume)
+    if not start.claimed and not merge:
+        await _refuse_occupied(dst, prefix)
+    if not dry_run:
+        if start.stale:
+            await delete_checkpoint(dst, ckey)
+        if start.last_key is None:
+            await claim_destination(dst, ckey, identity)
     resumed_from, copied_before = start.last_key, start.copied
 
     # The checkpoint rides in each batch: read one document less, so that a put_many holds
@@ -135,6 +152,31 @@ async def migrate_storage(
         result["verification"] = verification
     result["duration_seconds"] = time.perf_counter() - started
     return result
+
+
+#: How many of the documents found in an occupied destination the refusal names.
+_SHOWN_OCCUPANTS = 3
+
+
+async def _refuse_occupied(destination: KVStore, prefix: str) -> None:
+    """``ConfigError`` naming the first documents under ``prefix``, when there are any."""
+    found: list[str] = []
+    last: str | None = None
+    while len(found) <= _SHOWN_OCCUPANTS:  # short scans: a big destination is not read whole
+        keys = [key async for key, _ in destination.scan(prefix, start_after=last, limit=16)]
+        if not keys:
+            break
+        found += [key for key in keys if not key.startswith(RESERVED_PREFIX)]
+        last = keys[-1]
+    if not found:
+        return
+    shown = ", ".join(repr(key[:80]) for key in found[:_SHOWN_OCCUPANTS])
+    more = " and more" if len(found) > _SHOWN_OCCUPANTS else ""
+    under = f" under {prefix!r}" if prefix else ""
+    raise ConfigError(
+        f"the destination {destination!r} already holds documents{under} that this migration "
+        f"did not write ({shown}{more}); nothing was written: migrate into an empty store, or "
+        "merge into this one on purpose (--merge, merge=True)")
 
 
 class _CheckpointedWriter:
