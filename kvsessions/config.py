@@ -192,6 +192,8 @@ class StorageConfig:
                               f"max_pool_size={self.max_pool_size}")
         if self.url is None:
             self._check_store_choice()
+        else:  # the url chooses the store: the backend shown is the one it names
+            self.backend = _backend_of_url(self.url, self.backend)
 
     def _check_store_choice(self) -> None:
         if self.connection_string is None:
@@ -290,6 +292,12 @@ class StorageConfig:
     def _build(cls, settings: dict[str, Setting]) -> StorageConfig:
         values = {name: _CHECKS[name](raw, origin) for name, (raw, origin) in settings.items()}
         return cls(**values)
+
+
+def _backend_of_url(url: str, default: str) -> str:
+    """The backend whose schemes include ``url``'s (``default`` for a scheme of none)."""
+    scheme = parse_store_url(url).scheme
+    return next((name for name, schemes in BACKENDS.items() if scheme in schemes), default)
 
 
 def _environment_settings(environ: Mapping[str, str]) -> dict[str, Setting]:

@@ -89,8 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kvsessions {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"kvsessions {args.command}: error: {redact_url(str(exc))}", file=sys.stderr)
+        print(f"kvsessions {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
         return 2
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``path: reason`` for a file error (not Python's ``[Errno 2] ...``), redacted."""
+    if exc.filename is not None and exc.strerror:
+        return redact_url(f"{exc.filename}: {exc.strerror}")
+    return redact_url(exc.strerror or str(exc))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,20 @@ def validate_document(document: Any, *, key: str | None = None) -> None:
         # The only patterns and formats in the schemas are the UTC timestamps; say so.
         shown = repr(error.instance)[:60]
         message = f"{shown} is not an ISO 8601 UTC timestamp like 2026-11-21T10:00:00Z"
+    elif error.schema_path and error.schema_path[-1] == "enum":
+        message = _not_one_of(error.instance, error.kind.options)
     else:
         message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
     raise ValidationError(message, key=key, path=path, kind=kind)
+
+
+def _not_one_of(value: Any, allowed: list[Any]) -> str:
+    """Every allowed value named (jsonschema-rs names two and counts the rest): a reader
+    should not have to open the schema to learn that "tool" is a role."""
+    listed = ", ".join(orjson.dumps(option).decode() for option in allowed)
+    shown = orjson.dumps(value).decode() if _short_json(value) else repr(value)[:60] + "..."
+    return f"{shown} is not one of {listed}"
+
+
+def _short_json(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) and len(str(value)) <= 60

@@ -27,6 +27,8 @@ both the same).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -59,6 +61,7 @@ try:
     from pymongo import AsyncMongoClient, ReplaceOne, WriteConcern
     from pymongo import errors as mongo_errors
     from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
+    from pymongo.uri_parser import parse_uri
 except ImportError:  # exercised in a subprocess by the tests
     HAVE_PYMONGO = False
 else:
@@ -264,6 +267,7 @@ class MongoDBStore(KVStore):
         if database is None:
             client = self._given_client
             if client is None:
+                await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
                 client = self._own_client = self._new_client()
             database = client.get_database(self._database_name)
         try:
@@ -275,8 +279,13 @@ class MongoDBStore(KVStore):
                 codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
                 write_concern=write_concern,
             )
-        except BaseException:
+        except BaseException as exc:
             await self._close()
+            if HAVE_PYMONGO and isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
+                # Its text ends in a topology dump of several hundred characters: keep the reason.
+                reason = self._scrub(str(exc).split(", Timeout:")[0])
+                raise StoreUnavailableError(f"open failed: {self!r} is unavailable ({reason})"
+                                            ) from None
             raise
         self._collection = collection
         self._ttl_index_ready = False
@@ -505,6 +514,36 @@ class MongoDBStore(KVStore):
         if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
             return StoreError
         return None
+
+
+async def _refuse_unreachable(url: str, timeout: float, shown: str) -> None:
+    """Fail at once, as PostgreSQL and Redis do, when no host of a ``mongodb://`` URL accepts a
+    connection: PyMongo would retry for its whole server selection timeout, then report the
+    topology. (``mongodb+srv://`` hosts come from DNS, and a socket path has no port: both are
+    left to PyMongo.)"""
+    if not url.startswith("mongodb://"):
+        return
+    try:
+        nodes = parse_uri(url)["nodelist"]
+    except Exception:  # PyMongo reports a malformed URL itself, in its own words
+        return
+    reasons = []
+    for host, port in nodes:
+        if "/" in host:
+            return
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except ConnectionRefusedError:
+            reasons.append(f"{host}:{port}: connection refused")
+            continue
+        except (OSError, TimeoutError) as exc:
+            reasons.append(f"{host}:{port}: {getattr(exc, 'strerror', None) or 'no answer'}")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise StoreUnavailableError(f"open failed: {shown} is unavailable ({'; '.join(reasons)})")
 
 
 # ---------------------------------------------------------------------- URL helpers
