@@ -227,9 +227,16 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
     plain = io.StringIO()
     lines = ProgressDisplay("export", stream=plain, interval=0)
     lines(MigrationProgress(100, 0, "k", 2.0))
-    lines.finish()
-    assert plain.getvalue().splitlines() == ["export: 100 documents, 50 docs/s"] * 2
+    lines.finish()  # what was shown last is not shown again
+    assert plain.getvalue().splitlines() == ["export: 100 documents, 50 docs/s"]
     assert "\r" not in plain.getvalue()
+
+    closing = io.StringIO()  # no interval asked for: the closing line only
+    lines = ProgressDisplay("export", stream=closing)
+    lines(MigrationProgress(100, 0, "k", 2.0))
+    lines(MigrationProgress(300, 0, "k", 3.0))
+    lines.finish()
+    assert closing.getvalue().splitlines() == ["export: 300 documents, 100 docs/s"]
 
 
 def test_scripts_migrate_py_is_the_same_command(tmp_path: Path, source_url: str) -> None:

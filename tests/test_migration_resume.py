@@ -47,10 +47,10 @@ async def check_checkpoint_not_ahead(source_url: str, destination_url: str) -> i
     async with open_store(source_url) as source, open_store(destination_url) as destination:
         with reserved_keys_allowed(checkpoint_key("")):
             raw = await destination.get(checkpoint_key(""))
-        if raw is None:
+        state = orjson.loads(raw) if raw is not None else {}
+        last = state.get("last_key")
+        if last is None:  # none, or a run that has not finished its first batch
             return 0
-        state = orjson.loads(raw)
-        last = state["last_key"]
         behind: list[tuple[str, bytes]] = []
         async for key, value in source.scan():
             if key > last:

@@ -9,22 +9,32 @@ import asyncio
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from kvsessions import __version__
 from kvsessions.errors import KVSessionsError
 from kvsessions.urls import redact_url
 
-__all__ = ["Command", "main", "number_of", "positive_int"]
+__all__ = ["Command", "main", "number_of", "plural", "positive_int"]
+
+logger = logging.getLogger("kvsessions.cli")
 
 #: Modules that add commands: each has ``register(subparsers)``, where every parser it adds
-#: sets ``handler`` (an async function taking the parsed arguments and returning an exit code).
+#: sets ``handler`` (an async function taking the parsed arguments and returning an exit code)
+#: and may set ``when_interrupted`` (what running it again after Ctrl-C does).
 COMMAND_MODULES = (
     "kvsessions.cli.sessions",
     "kvsessions.cli.migration",
 )
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``1,000 documents``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def positive_int(text: str) -> int:
@@ -59,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat sessions on any key-value store. Every STORE argument is a URL, "
         "e.g. sqlite:///path/sessions.db, postgresql://user@host/db, redis://host:6379/0.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what is opened and done (on stderr)")
+    parser.add_argument("--version", action="version", version=f"kvsessions {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -80,17 +92,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     handler: Command = args.handler
+    started = time.perf_counter()
     try:
-        return asyncio.run(handler(args))
+        code = asyncio.run(handler(args))
     except KVSessionsError as exc:
         print(f"kvsessions {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"kvsessions {args.command}: interrupted", file=sys.stderr)
+        again = getattr(args, "when_interrupted", None)
+        print(f"kvsessions {args.command}: interrupted{'; ' + again if again else ''}",
+              file=sys.stderr)
         return 130
     except OSError as exc:
         print(f"kvsessions {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
         return 2
+    logger.info("%s done in %.2f s (exit code %d)", args.command,
+                time.perf_counter() - started, code)
+    return code
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from kvsessions.atomic_file import check_destination
-from kvsessions.cli.main import number_of, positive_int
+from kvsessions.cli.main import number_of, plural, positive_int
 from kvsessions.cli.progress import ProgressDisplay
 from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store
 from kvsessions.errors import ConfigError
@@ -87,7 +87,8 @@ def _show_invalid(result: dict[str, Any]) -> None:
 
 def _show_verification(verification: dict[str, Any]) -> None:
     if verification["ok"]:
-        print(f"verify: equal ({verification['source_count']:,} documents on each side)")
+        print(f"verify: equal ({plural(verification['source_count'], 'document')} on each "
+              "side)")
         return
     print(f"verify: NOT equal (source {verification['source_count']:,}, destination "
           f"{verification['destination_count']:,}, matching {verification['matching']:,})")
@@ -120,14 +121,18 @@ async def _migrate(args: argparse.Namespace) -> int:
     else:
         verb = "would copy" if result["dry_run"] else "copied"
         copied, seconds = result["documents_copied"], result["duration_seconds"]
-        print(f"{verb} {copied:,} documents ({result['sessions_migrated']:,} sessions, "
-              f"{result['messages_migrated']:,} messages, {result['files_migrated']:,} files) "
+        print(f"{verb} {plural(copied, 'document')} "
+              f"({plural(result['sessions_migrated'], 'session')}, "
+              f"{plural(result['messages_migrated'], 'message')}, "
+              f"{plural(result['files_migrated'], 'file')}) "
               f"in {seconds:.2f} s ({_rate(copied, seconds)})")
         if result["resumed_from"] is not None:
             print(f"resumed after {result['resumed_from']!r} "
-                  f"({result['documents_copied_before_resume']:,} documents copied before)")
+                  f"({plural(result['documents_copied_before_resume'], 'document')} copied "
+                  "before)")
         if result["documents_upgraded"]:
-            print(f"upgraded {result['documents_upgraded']:,} documents to the newest version")
+            print(f"upgraded {plural(result['documents_upgraded'], 'document')} to the newest "
+                  "version")
         _show_invalid(result)
         if result["verification"] is not None:
             _show_verification(result["verification"])
@@ -160,7 +165,7 @@ async def _export(args: argparse.Namespace) -> int:
         _emit_json(result, sys.stderr if to_stdout else sys.stdout)
     else:
         where = "standard output" if to_stdout else result["path"]
-        print(f"exported {result['documents_exported']:,} documents to {where} "
+        print(f"exported {plural(result['documents_exported'], 'document')} to {where} "
               f"({result['size_bytes']:,} bytes, sha256 {result['sha256'][:16]}...)",
               file=sys.stderr if to_stdout else sys.stdout)
     return 0
@@ -175,7 +180,8 @@ async def _import(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result)
     else:
-        print(f"imported {result['documents_imported']:,} documents from {result['path']} "
+        print(f"imported {plural(result['documents_imported'], 'document')} from "
+              f"{result['path']} "
               f"(checked: count and sha256 {result['sha256'][:16]}... match)")
     return 0
 
@@ -190,14 +196,16 @@ async def _backup(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result)
     else:
-        print(f"backup written: {result['path']} ({result['documents_exported']:,} documents, "
+        print(f"backup written: {result['path']} "
+              f"({plural(result['documents_exported'], 'document')}, "
               f"{result['size_bytes']:,} bytes)")
     return 0
 
 
 async def _validate(args: argparse.Namespace) -> int:
     display = _display(args)
-    async with opened_store(args.url, args.connect_timeout) as store:
+    async with opened_store(args.url, args.connect_timeout) as store, \
+            _counting_total(display, store, args.prefix):
         with display:
             result = await validate_storage(store, prefix=args.prefix,
                                             batch_size=args.batch_size,
@@ -205,7 +213,7 @@ async def _validate(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result)
     else:
-        print(f"checked {result['documents_checked']:,} documents: "
+        print(f"checked {plural(result['documents_checked'], 'document')}: "
               f"{result['invalid_documents']:,} invalid, "
               f"{result['outdated_documents']:,} of an older version (kvsessions upgrade)")
         for entry in result["invalid"][:_SHOWN_KEYS]:
@@ -215,14 +223,15 @@ async def _validate(args: argparse.Namespace) -> int:
 
 async def _upgrade(args: argparse.Namespace) -> int:
     display = _display(args)
-    async with opened_store(args.url, args.connect_timeout) as store:
+    async with opened_store(args.url, args.connect_timeout) as store, \
+            _counting_total(display, store, args.prefix):
         with display:
             result = await upgrade_storage(store, prefix=args.prefix, batch_size=args.batch_size,
                                            progress_callback=display)
     if args.json:
         _emit_json(result)
     else:
-        print(f"checked {result['documents_checked']:,} documents, upgraded "
+        print(f"checked {plural(result['documents_checked'], 'document')}, upgraded "
               f"{result['documents_upgraded']:,} to the newest version")
         _show_invalid(result)
     return 0
@@ -244,7 +253,7 @@ def _common(parser: argparse.ArgumentParser, *, prefix: bool = True, progress: b
     if progress:
         parser.add_argument("--progress-interval", type=_seconds_type, default=None, metavar="S",
                             help="seconds between progress updates (default: 0.1 on a "
-                                 "terminal, 2 otherwise)")
+                                 "terminal; elsewhere only the closing line)")
         parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     parser.add_argument("--connect-timeout", type=_seconds_type, default=DEFAULT_CONNECT_TIMEOUT,
                         metavar="S", help="give up connecting after S seconds (default 10)")
@@ -252,14 +261,21 @@ def _common(parser: argparse.ArgumentParser, *, prefix: bool = True, progress: b
                         help="print the result dictionary as JSON")
 
 
+#: What each command's positional arguments are.
+_SOURCE_HELP = "the store to read, e.g. sqlite:////srv/app/sessions.db or postgresql://user@host/db"
+_DESTINATION_HELP = "the store to write to (a URL, as SRC_URL)"
+_STORE_HELP = "the store, e.g. sqlite:////srv/app/sessions.db or redis://host:6379/0"
+
+
 def register(subparsers: Any) -> None:
     """Add the migration commands to the ``kvsessions`` parser."""
     migrate = subparsers.add_parser(
         "migrate", help="copy every document from one store to another (resumable)",
         description="Copy every document from SRC_URL to DST_URL in key order. An interrupted "
-        "run (Ctrl-C, crash, kill -9) resumes where it stopped when run again.")
-    migrate.add_argument("source", metavar="SRC_URL")
-    migrate.add_argument("destination", metavar="DST_URL")
+        "run (Ctrl-C, crash, kill -9) resumes where it stopped when run again. A destination "
+        "that already holds other documents is refused unless --merge is given.")
+    migrate.add_argument("source", metavar="SRC_URL", help=_SOURCE_HELP)
+    migrate.add_argument("destination", metavar="DST_URL", help=_DESTINATION_HELP)
     migrate.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                          help="continue after the checkpoint of an interrupted run "
                               "(default: yes)")
@@ -278,46 +294,72 @@ def register(subparsers: Any) -> None:
                          help="batches written at once (default: measure 1 and 2, keep the "
                               "faster)")
     _common(migrate)
-    migrate.set_defaults(handler=_migrate)
+    migrate.set_defaults(handler=_migrate, when_interrupted="run the same command again to "
+                         "resume where it stopped")
 
     verify = subparsers.add_parser(
-        "verify", help="compare two stores document by document (exit 0 only when equal)")
-    verify.add_argument("source", metavar="SRC_URL")
-    verify.add_argument("destination", metavar="DST_URL")
+        "verify", help="compare two stores document by document (exit 0 only when equal)",
+        description="Walk both stores in key order side by side and list the documents "
+        "missing from DST_URL, different in it, or only in it. Exit 0 when both hold the same "
+        "documents, 1 when they differ. Changes nothing.")
+    verify.add_argument("source", metavar="SRC_URL", help=_SOURCE_HELP)
+    verify.add_argument("destination", metavar="DST_URL", help="the store to compare with")
     verify.add_argument("--upgrade", action="store_true",
                         help="compare the source's documents upgraded to the newest version")
     _common(verify, progress=False)
     verify.set_defaults(handler=_verify)
 
     export = subparsers.add_parser(
-        "export", help="write a store to a JSON Lines file (.gz: gzip; .json: one document)")
-    export.add_argument("url", metavar="URL")
-    export.add_argument("file", metavar="FILE")
+        "export", help="write a store to a JSON Lines file (.gz: gzip; .json: one document)",
+        description="Write every document of a store to FILE, with a closing count and "
+        "SHA-256 that import checks. FILE ending in .gz is gzipped; .json (or .json.gz) "
+        "holds one JSON document; - writes JSON Lines to standard output. FILE must be new "
+        "or a regular file; it appears only when complete. Changes nothing in the store.")
+    export.add_argument("url", metavar="URL", help=_STORE_HELP)
+    export.add_argument("file", metavar="FILE",
+                        help="the export file to write (new or a regular file), or - for "
+                             "standard output")
     _common(export)
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=_export, when_interrupted="no export file was written; run "
+                        "it again to start over")
 
     import_ = subparsers.add_parser(
-        "import", help="load an export file into a store (checked whole before any write)")
-    import_.add_argument("url", metavar="URL")
-    import_.add_argument("file", metavar="FILE")
+        "import", help="load an export file into a store (checked whole before any write)",
+        description="Check FILE whole (every line's checksum, key order, the closing count "
+        "and SHA-256), then put its documents into the store. A damaged file is refused, "
+        "naming the line, and nothing is written. Documents already stored under the same "
+        "keys are overwritten; others are kept.")
+    import_.add_argument("url", metavar="URL", help=_STORE_HELP)
+    import_.add_argument("file", metavar="FILE",
+                         help="an export file written by kvsessions export or backup")
     _common(import_, prefix=False)
-    import_.set_defaults(handler=_import)
+    import_.set_defaults(handler=_import, when_interrupted="run it again to import the whole "
+                         "file (documents already imported are written again, unchanged)")
 
     backup = subparsers.add_parser(
-        "backup", help="write a timestamped gzip export into a folder")
-    backup.add_argument("url", metavar="URL")
-    backup.add_argument("directory", metavar="DIR")
+        "backup", help="write a timestamped gzip export into a folder",
+        description="Export every document to DIR/kvsessions-backup-<UTC time>.jsonl.gz "
+        "(DIR is created if needed). Restore with kvsessions import.")
+    backup.add_argument("url", metavar="URL", help=_STORE_HELP)
+    backup.add_argument("directory", metavar="DIR", help="the folder that keeps the backups")
     _common(backup, batch=False)
-    backup.set_defaults(handler=_backup)
+    backup.set_defaults(handler=_backup, when_interrupted="no backup file was written; run it "
+                        "again to start over")
 
     validate = subparsers.add_parser(
-        "validate", help="check every document against its schema (exit 1 if any is invalid)")
-    validate.add_argument("url", metavar="URL")
+        "validate", help="check every document against its schema (exit 1 if any is invalid)",
+        description="Check every document against the JSON Schema of its kind and version "
+        "and list the invalid ones with the field and the reason. Exit 0 when all are valid, "
+        "1 otherwise. Changes nothing.")
+    validate.add_argument("url", metavar="URL", help=_STORE_HELP)
     _common(validate)
     validate.set_defaults(handler=_validate)
 
     upgrade = subparsers.add_parser(
-        "upgrade", help="rewrite every document of an older version as the newest version")
-    upgrade.add_argument("url", metavar="URL")
+        "upgrade", help="rewrite every document of an older version as the newest version",
+        description="Rewrite every document stored in an older version of its schema as the "
+        "newest version, in place; documents already at the newest version are left alone.")
+    upgrade.add_argument("url", metavar="URL", help=_STORE_HELP)
     _common(upgrade)
-    upgrade.set_defaults(handler=_upgrade)
+    upgrade.set_defaults(handler=_upgrade, when_interrupted="run it again to finish: documents "
+                         "already upgraded are left alone")

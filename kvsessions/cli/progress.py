@@ -1,5 +1,6 @@
 """The progress display of long commands: a one-line bar (documents, docs/s, ETA) on a
-terminal, plain lines every few seconds otherwise."""
+terminal; elsewhere (a log, a pipe) one closing line, or a line every ``interval`` seconds
+when an interval is asked for."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ __all__ = ["ProgressDisplay"]
 
 
 class ProgressDisplay:
-    """A one-line bar (documents, docs/s, ETA) on a terminal, plain lines every ``interval``
-    seconds otherwise. Written by hand: no dependency for one line of text."""
+    """A one-line bar (documents, docs/s, ETA) on a terminal, redrawn every ``interval``
+    seconds (default 0.1); elsewhere plain lines every ``interval`` seconds when one is given,
+    and the closing line only when not. Each state is written once. Written by hand: no
+    dependency for one line of text. ``total`` (set by the caller, or carried by the progress
+    reports) gives the bar its ETA."""
 
     def __init__(self, label: str, *, stream: TextIO | None = None,
                  interval: float | None = None, enabled: bool = True) -> None:
@@ -23,22 +27,27 @@ class ProgressDisplay:
         self.label = label
         self.enabled = enabled
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if interval is not None else (0.1 if self.tty else 2.0)
+        #: Seconds between updates; None: no updates, only the closing line.
+        self.interval = interval if interval is not None else (0.1 if self.tty else None)
         self.total: int | None = None
         self._last_shown = 0.0
         self._last: MigrationProgress | None = None
+        self._shown: MigrationProgress | None = None
         self._drawn = False
 
     def __call__(self, progress: MigrationProgress) -> None:
         self._last = progress
+        if progress.total is not None and self.total is None:
+            self.total = progress.total
         now = time.monotonic()
-        if now - self._last_shown >= self.interval:
+        if self.interval is not None and now - self._last_shown >= self.interval:
             self._last_shown = now
             self._show(progress)
 
     def _show(self, progress: MigrationProgress) -> None:
         if not self.enabled:
             return
+        self._shown = progress
         rate = progress.documents_per_second
         total = self.total
         if self.tty:
@@ -77,7 +86,9 @@ class ProgressDisplay:
         self.finish()
 
     def finish(self) -> None:
-        if self._last is not None and (self._drawn or not self.tty):
+        """Show the last state (unless it is what is shown already) and end the line."""
+        if self._last is not None and self._last is not self._shown \
+                and (self._drawn or not self.tty):
             self._show(self._last)
         if self._drawn:
             self.stream.write("\n")

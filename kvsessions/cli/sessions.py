@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from kvsessions.cli.main import number_of, positive_int
+from kvsessions.cli.main import number_of, plural, positive_int
 from kvsessions.cli.stores import opened_session_storage
 from kvsessions.config import StorageConfig, shown_url
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
@@ -66,10 +67,39 @@ def _session_rows(sessions: Sequence[ChatSession]) -> list[list[str]]:
 _SESSION_HEADERS = ("SESSION ID", "STATUS", "MODEL", "MESSAGES", "UPDATED (UTC)")
 
 
+async def _store_url(args: argparse.Namespace) -> str:
+    """The URL given, else the configured store's (``STORAGE_URL`` and the other ``STORAGE_*``
+    variables, or ``--config``), else ``sessions.db`` in the working folder."""
+    if args.url:
+        return str(args.url)
+    return (await asyncio.to_thread(StorageConfig.load, args.config)).store_url()
+
+
+_MASKED_PASSWORD = re.compile(r":\*\*\*@")
+_MASKED_OPTION = re.compile(r"([?&])[^=&]+=\*\*\*(&|$)")
+
+
+def _try_lines(args: argparse.Namespace, shown: str, session_id: str) -> list[str]:
+    """Commands to paste next. A masked password cannot be pasted: then the commands read the
+    same configuration the demo did, or show the URL without it and say to add it."""
+    header = "Try:"
+    if "***" in shown:
+        if not args.url:
+            where = f" --config '{args.config}'" if args.config else ""
+            return ["Try (they read the same configuration):",
+                    *(f"  kvsessions {command}{where}{rest}" for command, rest in
+                      (("ls", ""), ("show", f" {session_id}"), ("stats", "")))]
+        shown = _MASKED_OPTION.sub(lambda m: m.group(1) if m.group(2) else "",
+                                   _MASKED_PASSWORD.sub("@", shown))
+        header = "Try (with your password in the URL):"
+    return [header, f"  kvsessions ls '{shown}'", f"  kvsessions show '{shown}' {session_id}",
+            f"  kvsessions stats '{shown}'"]
+
+
 # ---------------------------------------------------------------------- commands
 
 async def demo(args: argparse.Namespace) -> int:
-    url = args.url or (await asyncio.to_thread(StorageConfig.load, args.config)).store_url()
+    url = await _store_url(args)
     shown = shown_url(url)
     async with opened_session_storage(url) as storage:
         manager = SessionManager(storage)
@@ -91,50 +121,56 @@ async def demo(args: argparse.Namespace) -> int:
     print(_table(_SESSION_HEADERS, _session_rows(made), right={3}))
     print(f"\nFile record {record.file_id}: {record.display_name} ({record.mime_type}, "
           f"{record.size:,} bytes), expires {record.expires_at:%Y-%m-%d %H:%M} UTC")
-    print("\nTry:")
-    print(f"  kvsessions ls '{shown}'")
-    print(f"  kvsessions show '{shown}' {made[0].session_id}")
-    print(f"  kvsessions stats '{shown}'")
+    print()
+    print("\n".join(_try_lines(args, shown, made[0].session_id)))
     return 0
 
 
 async def list_command(args: argparse.Namespace) -> int:
-    async with opened_session_storage(args.url) as storage:
+    url = await _store_url(args)
+    async with opened_session_storage(url) as storage:
         sessions = await storage.list_sessions(status=args.status, limit=args.limit)
+        total = len(sessions)
+        if total == args.limit:  # there may be more: count them all (the heads only)
+            by_status = (await storage.statistics())["sessions_by_status"]
+            total = by_status.get(args.status, 0) if args.status else sum(by_status.values())
     what = f"{args.status} session" if args.status else "session"
     if not sessions:
-        print(f"No {what}s in {shown_url(args.url)}")
+        print(f"No {what}s in {shown_url(url)}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
-    more = " (the most recently updated; --limit shows more)" \
-        if len(sessions) == args.limit else ""
-    plural = "" if len(sessions) == 1 else "s"
-    print(f"\n{len(sessions)} {what}{plural} in {shown_url(args.url)}{more}")
+    if total > len(sessions):
+        print(f"\n{len(sessions):,} of {plural(total, what)} in {shown_url(url)} (the most "
+              "recently updated; --limit shows more)")
+    else:
+        print(f"\n{plural(total, what)} in {shown_url(url)}")
     return 0
 
 
 async def show(args: argparse.Namespace) -> int:
-    async with opened_session_storage(args.url) as storage:
+    url = await _store_url(args)
+    async with opened_session_storage(url) as storage:
         manager = SessionManager(storage, auto_save_enabled=False)
         text = await manager.export_session(args.session_id, format=args.format)
     if text is None:
-        print(f"kvsessions show: no session {args.session_id!r} in {shown_url(args.url)}",
+        print(f"kvsessions show: no session {args.session_id!r} in {shown_url(url)}",
               file=sys.stderr)
         return 1
-    sys.stdout.write(text)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
 async def stats(args: argparse.Namespace) -> int:
-    async with opened_session_storage(args.url) as storage:
+    url = await _store_url(args)
+    async with opened_session_storage(url) as storage:
         result = await storage.statistics()
     if args.json:
-        print(orjson.dumps({"store": shown_url(args.url), **result},
+        print(orjson.dumps({"store": shown_url(url), **result},
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     by_status = ", ".join(f"{name} {count:,}" for name, count in
                           result["sessions_by_status"].items())
-    print(f"Store:     {shown_url(args.url)}")
+    print(f"Store:     {shown_url(url)}")
     print(f"Sessions:  {result['total_sessions']:,} ({by_status})")
     print(f"Messages:  {result['total_messages']:,}")
     print(f"Files:     {result['total_files']:,} ({result['expired_files']:,} expired)")
@@ -162,9 +198,21 @@ async def cleanup(args: argparse.Namespace) -> int:
 
 _hours_type = number_of("hours", allow_zero=False)
 
+#: Where a command without a URL looks: the same configuration as demo's.
+_CONFIGURED = ("the store (default: the configured one: STORAGE_URL or the other STORAGE_* "
+               "variables, or --config; with nothing configured sessions.db here), e.g. "
+               "sqlite:////srv/app/sessions.db or postgresql://user@host/db")
+
+
+def _configured_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", nargs="?", default=None, help=_CONFIGURED)
+    parser.add_argument("--config", metavar="PATH",
+                        help="a YAML or TOML file with a storage section (used without URL)")
+
+
 def register(subparsers: Any) -> None:
     """Add the session commands to the ``kvsessions`` parser."""
-    url_help = "the store, e.g. sqlite:///path/sessions.db or postgresql://user@host/db"
+    url_help = "the store, e.g. sqlite:////srv/app/sessions.db or postgresql://user@host/db"
 
     parser = subparsers.add_parser(
         "demo", help="write a few example sessions and a file record into a store",
@@ -179,18 +227,22 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser(
         "ls", help="list sessions, most recently updated first",
-        description="List session heads as a table, most recently updated first.")
-    parser.add_argument("url", metavar="URL", help=url_help)
-    parser.add_argument("--status", choices=SESSION_STATUSES, help="only sessions with S")
+        description="List session heads as a table, most recently updated first, and how "
+        "many there are. Without URL the configured store is read, as demo writes it.")
+    _configured_store(parser)
+    parser.add_argument("--status", choices=SESSION_STATUSES, metavar="S",
+                        help=f"only sessions with status S: {', '.join(SESSION_STATUSES)}")
     parser.add_argument("--limit", type=positive_int, default=100, metavar="N",
                         help="show at most N sessions (default 100)")
     parser.set_defaults(handler=list_command)
 
     parser = subparsers.add_parser(
         "show", help="print one session with its messages",
-        description="Print a session in the export format chosen (exit 1 if there is none).")
-    parser.add_argument("url", metavar="URL", help=url_help)
-    parser.add_argument("session_id", metavar="SESSION_ID")
+        description="Print a session in the export format chosen (exit 1 if there is none). "
+        "Without URL the configured store is read.")
+    _configured_store(parser)
+    parser.add_argument("session_id", metavar="SESSION_ID",
+                        help="the session's id, as ls lists it")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="markdown",
                         help="markdown (default), text or json")
     parser.set_defaults(handler=show)
@@ -198,8 +250,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "stats", help="count sessions by status, messages and file records",
         description="Count sessions by status, their messages (from the session heads) and "
-        "file records.")
-    parser.add_argument("url", metavar="URL", help=url_help)
+        "file records. Without URL the configured store is read.")
+    _configured_store(parser)
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.set_defaults(handler=stats)
 

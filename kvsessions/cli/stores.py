@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from kvsessions.config import shown_url
@@ -16,6 +18,8 @@ from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "opened_session_storage", "opened_store"]
 
+logger = logging.getLogger("kvsessions.cli")
+
 #: Seconds allowed for connecting to a store before the command gives up with one line.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -23,6 +27,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 @contextlib.asynccontextmanager
 async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[object]],
                      close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    logger.info("opening %s", shown_url(url))
+    started = time.perf_counter()
     try:
         await asyncio.wait_for(connect(), timeout)
     except TimeoutError:
@@ -35,10 +41,12 @@ async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[o
         with contextlib.suppress(Exception):
             await close()
         raise
+    logger.info("opened %s in %.2f s", shown_url(url), time.perf_counter() - started)
     try:
         yield
     finally:
         await close()
+        logger.info("closed %s", shown_url(url))
 
 
 @contextlib.asynccontextmanager

@@ -71,6 +71,8 @@ class MigrationProgress:
     documents_before: int
     last_key: str | None
     elapsed_seconds: float
+    #: Documents the whole run will handle, when known before it ends (an import knows it).
+    total: int | None = None
 
     @property
     def documents_per_second(self) -> float:

@@ -90,7 +90,7 @@ async def import_from_json(
             imported += len(batch)
             count_kinds(counts, batch)
             await report_progress(progress_callback, MigrationProgress(
-                imported, 0, batch[-1][0], time.perf_counter() - started))
+                imported, 0, batch[-1][0], time.perf_counter() - started, reader.count))
     finally:
         await asyncio.to_thread(batches.close)  # closes the file it reads, off the loop too
     return {
