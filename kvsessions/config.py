@@ -28,8 +28,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     yaml = None  # type: ignore[assignment]
 
-__all__ = ["BACKENDS", "ENVIRONMENT", "StorageConfig", "create_manager", "create_storage",
-           "shown_url"]
+__all__ = ["BACKENDS", "ENVIRONMENT", "POOL_OPTIONS", "StorageConfig", "create_manager",
+           "create_storage", "shown_url"]
 
 #: Backends by name, with the URL schemes a ``connection_string`` of each may use.
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -54,6 +54,15 @@ ENVIRONMENT: dict[str, str] = {
     "STORAGE_EXPIRY_HOURS": "expiry_hours",
     "STORAGE_CACHE_URL": "cache_url",
 }
+#: The URL options that carry the pool sizes, by backend (None: the store has no such knob).
+#: Backends not named here keep no pool: pool sizes set for them are refused, not ignored.
+POOL_OPTIONS: dict[str, tuple[str | None, str]] = {
+    "postgresql": ("min_pool_size", "max_pool_size"),
+    "mongodb": ("minPoolSize", "maxPoolSize"),
+    "redis": (None, "max_connections"),
+}
+_POOL_SETTINGS = ("min_pool_size", "max_pool_size")
+_VARIABLE_OF = {setting: variable for variable, setting in ENVIRONMENT.items()}
 #: Settings that choose the store; set in a higher source they override a lower source's url.
 _STORE_CHOICE = ("backend", "connection_string", "database_path")
 _SECRET_OPTIONS = frozenset({"password", "pass", "pwd", "secret", "token"})
@@ -171,7 +180,8 @@ class StorageConfig:
 
     ``database_path`` is the SQLite file (default ``sessions.db``) or, for ``file``, the folder
     (default ``sessions``). ``options`` become URL options (e.g. ``namespace``; for MongoDB
-    ``database_name``)."""
+    ``database_name``). The pool sizes apply where the store has a pool (``POOL_OPTIONS``;
+    Redis takes ``max_pool_size`` only); set for a store without one, they are refused."""
 
     backend: str = "sqlite"
     connection_string: str | None = None
@@ -187,6 +197,14 @@ class StorageConfig:
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
             setattr(self, name, check(getattr(self, name), name))
+        defaults = {item.name: item.default for item in fields(self)}
+        #: Pool sizes set on purpose (those of another value than the default, and those
+        #: read from a source): applied to a given url too, refused where there is no pool.
+        self._pool_sizes_given = frozenset(
+            name for name in _POOL_SETTINGS if getattr(self, name) != defaults[name])
+        if "min_pool_size" not in self._pool_sizes_given:
+            # A maximum alone, below the default minimum, lowers the minimum: not an error.
+            self.min_pool_size = min(self.min_pool_size, self.max_pool_size)
         if self.min_pool_size > self.max_pool_size:
             raise ConfigError(f"min_pool_size={self.min_pool_size} is above "
                               f"max_pool_size={self.max_pool_size}")
@@ -194,6 +212,26 @@ class StorageConfig:
             self._check_store_choice()
         else:  # the url chooses the store: the backend shown is the one it names
             self.backend = _backend_of_url(self.url, self.backend)
+        self._check_pool_sizes_apply()
+
+    def _check_pool_sizes_apply(self) -> None:
+        given = [f"{name} ({_VARIABLE_OF[name]})" for name in _POOL_SETTINGS
+                 if name in self._pool_sizes_given]
+        knobs = POOL_OPTIONS.get(self.backend)
+        if given and knobs is None:
+            raise ConfigError(f"{' and '.join(given)} set, but backend {self.backend!r} keeps "
+                              "no connection pool: leave the pool sizes unset")
+        if knobs is not None and knobs[0] is None and "min_pool_size" in self._pool_sizes_given:
+            raise ConfigError("min_pool_size (STORAGE_MIN_POOL_SIZE) set, but Redis opens "
+                              "connections as they are needed: leave it unset (max_pool_size "
+                              "caps them)")
+
+    def _pool_options(self, only_given: bool) -> dict[str, str]:
+        """The pool sizes as the URL options of this backend's store."""
+        knobs = POOL_OPTIONS.get(self.backend, (None, None))
+        return {option: str(getattr(self, name)) for name, option in zip(_POOL_SETTINGS, knobs,
+                                                                        strict=True)
+                if option is not None and (name in self._pool_sizes_given or not only_given)}
 
     def _check_store_choice(self) -> None:
         if self.connection_string is None:
@@ -232,10 +270,16 @@ class StorageConfig:
 
     def store_url(self) -> str:
         """The URL of the store this configuration names."""
-        if self.url is not None:
-            return self.url
-        options = {k: (str(v).lower() if isinstance(v, bool) else str(v))
-                   for k, v in self.options.items() if v is not None}
+        if self.url is not None:  # pool sizes set on purpose join it, unless it has its own
+            written = parse_store_url(self.url).options
+            pools = {k: v for k, v in self._pool_options(only_given=True).items()
+                     if k not in written}
+            return _with_query(self.url, **pools) if pools else self.url
+        # PostgreSQL has always had the seed's 5 and 20; the others keep their drivers' defaults
+        # unless pool sizes are set.
+        options = {**self._pool_options(only_given=self.backend != "postgresql"),
+                   **{k: (str(v).lower() if isinstance(v, bool) else str(v))
+                      for k, v in self.options.items() if v is not None}}
         if self.backend == "sqlite":
             path = self.database_path or "sessions.db"
             base = "sqlite:///:memory:" if path == ":memory:" else _path_url("sqlite", path)
@@ -248,8 +292,6 @@ class StorageConfig:
         elif self.backend == "postgresql":
             assert self.connection_string is not None
             base = self.connection_string
-            options = {"min_pool_size": str(self.min_pool_size),
-                       "max_pool_size": str(self.max_pool_size), **options}
         else:  # mongodb
             assert self.connection_string is not None
             base = self.connection_string
@@ -291,7 +333,12 @@ class StorageConfig:
     @classmethod
     def _build(cls, settings: dict[str, Setting]) -> StorageConfig:
         values = {name: _CHECKS[name](raw, origin) for name, (raw, origin) in settings.items()}
-        return cls(**values)
+        config = cls(**values)
+        given = {name for name in settings if name in _POOL_SETTINGS}
+        if given - config._pool_sizes_given:  # set to the default value, but set on purpose
+            config._pool_sizes_given |= given
+            config._check_pool_sizes_apply()
+        return config
 
 
 def _backend_of_url(url: str, default: str) -> str:
