@@ -21,7 +21,7 @@ from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.manager import EXPIRY_HOURS_RULE, MAX_EXPIRY_HOURS, SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
-from kvsessions.urls import parse_store_url, redact_url
+from kvsessions.urls import parse_store_url, redact_url, url_secrets
 
 try:
     import yaml
@@ -76,6 +76,8 @@ Setting = tuple[Any, str]  # (raw value, where it came from: shown in errors)
 def shown_url(url: str) -> str:
     """``url`` with its password masked, keeping the ``//`` of ``sqlite:///path``-style URLs
     (``redact_url`` drops it when the host is empty), so that it can be pasted back."""
+    if "@" not in url and not url_secrets(url):
+        return url  # nothing to hide: exactly as written (``sqlite:////srv/x.db`` included)
     shown = redact_url(url)
     scheme, separator, _ = url.partition("://")
     if separator and not shown.startswith(scheme + "://") and shown.startswith(scheme + ":"):

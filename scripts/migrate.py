@@ -2,7 +2,7 @@
 """Copy every document from one store to another, for operators: the same code as
 ``kvsessions migrate`` (resumable, verified, with a progress bar).
 
-    python scripts/migrate.py sqlite:///var/lib/app/sessions.db postgresql://app@db/app
+    python scripts/migrate.py sqlite:////var/lib/app/sessions.db postgresql://app@db/app
     python scripts/migrate.py verify SRC_URL DST_URL       # any migration command works too
 
 Run it again after an interruption (Ctrl-C, crash, kill -9): it continues after the last

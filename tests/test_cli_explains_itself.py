@@ -135,7 +135,7 @@ def test_ls_show_stats_read_the_configured_store(demo_url: str, tmp_path: Path) 
     counted = run_kvsessions("stats", env=env, cwd=tmp_path)
     assert "Sessions:  3 (active 2, archived 1, expired 0)" in counted.stdout
     # Also the seed's variables, and a configuration file.
-    path = demo_url.removeprefix("sqlite://")
+    path = demo_url.removeprefix("sqlite:///")
     seed_style = run_kvsessions("stats", env={"STORAGE_BACKEND": "sqlite",
                                               "STORAGE_DATABASE_PATH": path}, cwd=tmp_path)
     assert "Sessions:  3 (" in seed_style.stdout

@@ -28,7 +28,7 @@ def test_defaults_are_sqlite_in_the_working_folder(tmp_path: Path,
     config = StorageConfig.load(environ={})
     assert (config.backend, config.auto_save, config.expiry_hours) == ("sqlite", True, 72)
     assert (config.min_pool_size, config.max_pool_size) == (5, 20)
-    assert config.store_url() == f"sqlite://{tmp_path}/sessions.db"
+    assert config.store_url() == f"sqlite:///{tmp_path}/sessions.db"
 
 
 def test_environment(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_environment(tmp_path: Path) -> None:
     assert config.store_url() == \
         "postgresql://app:s3cret@db:5432/chat?min_pool_size=2&max_pool_size=8"
     sqlite = StorageConfig.from_env({"STORAGE_DATABASE_PATH": str(tmp_path / "x.db")})
-    assert sqlite.store_url() == f"sqlite://{tmp_path}/x.db"
+    assert sqlite.store_url() == f"sqlite:///{tmp_path}/x.db"
 
 
 def test_url_wins_over_backend_and_connection_string() -> None:
@@ -162,7 +162,7 @@ def test_load_environment_over_file_over_defaults(tmp_path: Path) -> None:
         ("redis://127.0.0.1:6379/2", 9, False)
     assert (config.min_pool_size, config.max_pool_size) == (5, 20)
     chosen = StorageConfig.load(path, environ={"STORAGE_DATABASE_PATH": str(tmp_path / "e.db")})
-    assert chosen.url is None and chosen.store_url() == f"sqlite://{tmp_path}/e.db"
+    assert chosen.url is None and chosen.store_url() == f"sqlite:///{tmp_path}/e.db"
 
 
 def test_repr_never_shows_a_password() -> None:

@@ -137,6 +137,19 @@ def test_python_examples_run(page: Path, tmp_path: Path) -> None:
                             cwd=tmp_path, env=example_env(), text=True, capture_output=True,
                             timeout=300)
     assert result.returncode == 0, f"{relative(page)}:\n{result.stdout}\n{result.stderr}"
+    # A relative SQLite URL lands in the working folder, as the stores page says.
+    for name in sorted({name for _, code in blocks for name in _RELATIVE_SQLITE.findall(code)}):
+        assert (tmp_path / name).is_file(), f"{relative(page)}: sqlite:///{name} is not ./{name}"
+
+
+#: A relative SQLite URL in an example: sqlite:/// then no further slash, variable or :memory:.
+_RELATIVE_SQLITE = re.compile(r"sqlite:///(?![/:{$])([^\"'?\s#]+)")
+
+
+def test_some_example_uses_a_relative_sqlite_url() -> None:
+    found = [page for page in PAGES for _, code in python_blocks(page)
+             if _RELATIVE_SQLITE.search(code)]
+    assert DOCS / "stores.md" in found
 
 
 def test_quick_start_writes_where_it_says(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def _kvsessions(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProces
 
 
 def test_cleanup_refuses_it_in_one_line_with_exit_2(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path}/s.db"
+    url = f"sqlite:///{tmp_path}/s.db"
     result = _kvsessions("cleanup", url, "--expiry-hours", "1e8", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

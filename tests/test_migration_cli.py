@@ -27,7 +27,7 @@ SECRET = "hunter2-secret"
 
 
 def sqlite_url(path: Path, namespace: str = "kv") -> str:
-    return f"sqlite://{path}?namespace={namespace}"
+    return f"sqlite:///{path}?namespace={namespace}"
 
 
 def fill(url: str, documents: dict[str, bytes]) -> None:

@@ -93,7 +93,7 @@ def destinations(request: Any, tmp_path: Path) -> Any:
 
     def make(kind: str) -> str:
         if kind == "sqlite":
-            return f"sqlite://{tmp_path / 'destination.db'}?namespace=kv"
+            return f"sqlite:///{tmp_path / 'destination.db'}?namespace=kv"
         table = "resume_" + uuid.uuid4().hex[:12]
         tables.add(table)
         return f"{POSTGRES_URL}?namespace={table}"
@@ -109,7 +109,7 @@ def test_kill_9_at_random_points_then_resume(
 ) -> None:
     seed = int(os.environ.get("KVSESSIONS_TEST_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
-    source_url = f"sqlite://{tmp_path / 'source.db'}?namespace=kv"
+    source_url = f"sqlite:///{tmp_path / 'source.db'}?namespace=kv"
     destination_url = destinations(destination_kind)
     asyncio.run(fill(source_url))
 

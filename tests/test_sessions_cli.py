@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path}/cli.db"
+    return f"sqlite:///{tmp_path}/cli.db"
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +89,7 @@ def test_demo_defaults_to_sqlite_in_the_working_folder(
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert (tmp_path / "sessions.db").exists()
-    assert f"sqlite://{tmp_path}/sessions.db" in out
+    assert f"sqlite:///{tmp_path}/sessions.db" in out
 
 
 def test_demo_uses_the_configured_store(

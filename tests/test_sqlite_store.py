@@ -36,7 +36,7 @@ async def test_wal_and_synchronous_normal_by_default(tmp_path: Path) -> None:
 
 
 async def test_durability_strict_gives_synchronous_full(tmp_path: Path) -> None:
-    store = open_store(f"sqlite://{tmp_path}/db.sqlite?durability=strict&busy_timeout=1234")
+    store = open_store(f"sqlite:///{tmp_path}/db.sqlite?durability=strict&busy_timeout=1234")
     assert isinstance(store, SQLiteStore)
     async with store:
         assert await pragma(store, "synchronous") == 2  # FULL
@@ -46,16 +46,16 @@ async def test_durability_strict_gives_synchronous_full(tmp_path: Path) -> None:
 
 
 def test_url_options_and_bad_urls(tmp_path: Path) -> None:
-    store = open_store(f"sqlite://{tmp_path}/x.db?namespace=app&batch_size=7")
+    store = open_store(f"sqlite:///{tmp_path}/x.db?namespace=app&batch_size=7")
     assert isinstance(store, SQLiteStore)
     assert (store.namespace, store.scan_batch_size, store.path) == (
         "app", 7, str(tmp_path / "x.db"))
     assert "SQLiteStore" in repr(store) and "app" in repr(store)
-    for bad in (f"sqlite://{tmp_path}/x.db?durability=sometimes",
-                f"sqlite://{tmp_path}/x.db?busy_timeout=soon",
-                f"sqlite://{tmp_path}/x.db?batch_size=0",
-                f"sqlite://{tmp_path}/x.db?colour=red",
-                f"sqlite://{tmp_path}/x.db?namespace=a;drop",
+    for bad in (f"sqlite:///{tmp_path}/x.db?durability=sometimes",
+                f"sqlite:///{tmp_path}/x.db?busy_timeout=soon",
+                f"sqlite:///{tmp_path}/x.db?batch_size=0",
+                f"sqlite:///{tmp_path}/x.db?colour=red",
+                f"sqlite:///{tmp_path}/x.db?namespace=a;drop",
                 "sqlite://host/x.db", "sqlite:///"):
         with pytest.raises(ConfigError):
             open_store(bad)

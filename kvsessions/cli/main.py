@@ -66,8 +66,10 @@ def number_of(unit: str, *, allow_zero: bool) -> Callable[[str], float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvsessions",
-        description="Chat sessions on any key-value store. Every STORE argument is a URL, "
-        "e.g. sqlite:///path/sessions.db, postgresql://user@host/db, redis://host:6379/0.",
+        description="Chat sessions on any key-value store. Every store argument is a URL, "
+        "e.g. sqlite:///sessions.db (relative to the working folder), "
+        "sqlite:////srv/app/sessions.db (absolute), postgresql://user@host/db, "
+        "redis://host:6379/0, or the path of a SQLite file.",
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what is opened and done (on stderr)")

@@ -19,7 +19,7 @@ import orjson
 from kvsessions.atomic_file import check_destination
 from kvsessions.cli.main import number_of, plural, positive_int
 from kvsessions.cli.progress import ProgressDisplay
-from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store
+from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store, store_argument
 from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
 from kvsessions.migration import (
@@ -262,9 +262,11 @@ def _common(parser: argparse.ArgumentParser, *, prefix: bool = True, progress: b
 
 
 #: What each command's positional arguments are.
-_SOURCE_HELP = "the store to read, e.g. sqlite:////srv/app/sessions.db or postgresql://user@host/db"
-_DESTINATION_HELP = "the store to write to (a URL, as SRC_URL)"
-_STORE_HELP = "the store, e.g. sqlite:////srv/app/sessions.db or redis://host:6379/0"
+_SOURCE_HELP = ("the store to read: a URL (sqlite:///sessions.db, sqlite:////srv/app/sessions.db, "
+                "postgresql://user@host/db, ...) or a SQLite file's path")
+_DESTINATION_HELP = "the store to write to (a URL or a SQLite file's path, as SRC_URL)"
+_STORE_HELP = ("the store: a URL (sqlite:///sessions.db, redis://host:6379/0, ...) or a SQLite "
+               "file's path")
 
 
 def register(subparsers: Any) -> None:
@@ -274,8 +276,10 @@ def register(subparsers: Any) -> None:
         description="Copy every document from SRC_URL to DST_URL in key order. An interrupted "
         "run (Ctrl-C, crash, kill -9) resumes where it stopped when run again. A destination "
         "that already holds other documents is refused unless --merge is given.")
-    migrate.add_argument("source", metavar="SRC_URL", help=_SOURCE_HELP)
-    migrate.add_argument("destination", metavar="DST_URL", help=_DESTINATION_HELP)
+    migrate.add_argument("source", metavar="SRC_URL", type=store_argument,
+                           help=_SOURCE_HELP)
+    migrate.add_argument("destination", metavar="DST_URL", type=store_argument,
+                         help=_DESTINATION_HELP)
     migrate.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                          help="continue after the checkpoint of an interrupted run "
                               "(default: yes)")
@@ -302,8 +306,10 @@ def register(subparsers: Any) -> None:
         description="Walk both stores in key order side by side and list the documents "
         "missing from DST_URL, different in it, or only in it. Exit 0 when both hold the same "
         "documents, 1 when they differ. Changes nothing.")
-    verify.add_argument("source", metavar="SRC_URL", help=_SOURCE_HELP)
-    verify.add_argument("destination", metavar="DST_URL", help="the store to compare with")
+    verify.add_argument("source", metavar="SRC_URL", type=store_argument,
+                          help=_SOURCE_HELP)
+    verify.add_argument("destination", metavar="DST_URL", type=store_argument,
+                        help="the store to compare with")
     verify.add_argument("--upgrade", action="store_true",
                         help="compare the source's documents upgraded to the newest version")
     _common(verify, progress=False)
@@ -315,7 +321,7 @@ def register(subparsers: Any) -> None:
         "SHA-256 that import checks. FILE ending in .gz is gzipped; .json (or .json.gz) "
         "holds one JSON document; - writes JSON Lines to standard output. FILE must be new "
         "or a regular file; it appears only when complete. Changes nothing in the store.")
-    export.add_argument("url", metavar="URL", help=_STORE_HELP)
+    export.add_argument("url", metavar="URL", type=store_argument, help=_STORE_HELP)
     export.add_argument("file", metavar="FILE",
                         help="the export file to write (new or a regular file), or - for "
                              "standard output")
@@ -329,7 +335,7 @@ def register(subparsers: Any) -> None:
         "and SHA-256), then put its documents into the store. A damaged file is refused, "
         "naming the line, and nothing is written. Documents already stored under the same "
         "keys are overwritten; others are kept.")
-    import_.add_argument("url", metavar="URL", help=_STORE_HELP)
+    import_.add_argument("url", metavar="URL", type=store_argument, help=_STORE_HELP)
     import_.add_argument("file", metavar="FILE",
                          help="an export file written by kvsessions export or backup")
     _common(import_, prefix=False)
@@ -340,7 +346,7 @@ def register(subparsers: Any) -> None:
         "backup", help="write a timestamped gzip export into a folder",
         description="Export every document to DIR/kvsessions-backup-<UTC time>.jsonl.gz "
         "(DIR is created if needed). Restore with kvsessions import.")
-    backup.add_argument("url", metavar="URL", help=_STORE_HELP)
+    backup.add_argument("url", metavar="URL", type=store_argument, help=_STORE_HELP)
     backup.add_argument("directory", metavar="DIR", help="the folder that keeps the backups")
     _common(backup, batch=False)
     backup.set_defaults(handler=_backup, when_interrupted="no backup file was written; run it "
@@ -351,7 +357,7 @@ def register(subparsers: Any) -> None:
         description="Check every document against the JSON Schema of its kind and version "
         "and list the invalid ones with the field and the reason. Exit 0 when all are valid, "
         "1 otherwise. Changes nothing.")
-    validate.add_argument("url", metavar="URL", help=_STORE_HELP)
+    validate.add_argument("url", metavar="URL", type=store_argument, help=_STORE_HELP)
     _common(validate)
     validate.set_defaults(handler=_validate)
 
@@ -359,7 +365,7 @@ def register(subparsers: Any) -> None:
         "upgrade", help="rewrite every document of an older version as the newest version",
         description="Rewrite every document stored in an older version of its schema as the "
         "newest version, in place; documents already at the newest version are left alone.")
-    upgrade.add_argument("url", metavar="URL", help=_STORE_HELP)
+    upgrade.add_argument("url", metavar="URL", type=store_argument, help=_STORE_HELP)
     _common(upgrade)
     upgrade.set_defaults(handler=_upgrade, when_interrupted="run it again to finish: documents "
                          "already upgraded are left alone")

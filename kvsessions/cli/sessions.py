@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from kvsessions.cli.main import number_of, plural, positive_int
-from kvsessions.cli.stores import opened_session_storage
+from kvsessions.cli.stores import opened_session_storage, store_argument
 from kvsessions.config import StorageConfig, shown_url
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
 from kvsessions.sessions.exports import EXPORT_FORMATS
@@ -199,20 +199,22 @@ async def cleanup(args: argparse.Namespace) -> int:
 _hours_type = number_of("hours", allow_zero=False)
 
 #: Where a command without a URL looks: the same configuration as demo's.
-_CONFIGURED = ("the store (default: the configured one: STORAGE_URL or the other STORAGE_* "
-               "variables, or --config; with nothing configured sessions.db here), e.g. "
-               "sqlite:////srv/app/sessions.db or postgresql://user@host/db")
+_CONFIGURED = ("the store: a URL (e.g. sqlite:///sessions.db, postgresql://user@host/db) or a "
+               "SQLite file's path; default: the configured one (STORAGE_URL or the other "
+               "STORAGE_* variables, or --config), else sessions.db here")
 
 
 def _configured_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", metavar="URL", nargs="?", default=None, help=_CONFIGURED)
+    parser.add_argument("url", metavar="URL", nargs="?", default=None, type=store_argument,
+                        help=_CONFIGURED)
     parser.add_argument("--config", metavar="PATH",
                         help="a YAML or TOML file with a storage section (used without URL)")
 
 
 def register(subparsers: Any) -> None:
     """Add the session commands to the ``kvsessions`` parser."""
-    url_help = "the store, e.g. sqlite:////srv/app/sessions.db or postgresql://user@host/db"
+    url_help = ("the store: a URL (sqlite:///sessions.db, postgresql://user@host/db, ...) or a "
+                "SQLite file's path")
 
     parser = subparsers.add_parser(
         "demo", help="write a few example sessions and a file record into a store",
@@ -220,7 +222,8 @@ def register(subparsers: Any) -> None:
         "record, then print what was made and where. Without --url the configured store is "
         "used (STORAGE_URL and the other STORAGE_* variables, or --config); with nothing "
         "configured that is sessions.db (SQLite) in the working folder.")
-    parser.add_argument("--url", help="the store to write to (default: the configured one)")
+    parser.add_argument("--url", type=store_argument,
+                        help="the store to write to (default: the configured one)")
     parser.add_argument("--config", metavar="PATH",
                         help="a YAML or TOML file with a storage section")
     parser.set_defaults(handler=demo)
@@ -259,7 +262,7 @@ def register(subparsers: Any) -> None:
         "cleanup", help="expire stale sessions and delete expired file records",
         description="Mark active sessions not updated for the expiry time as expired (they "
         "stay stored) and delete file records whose expiry has passed.")
-    parser.add_argument("url", metavar="URL", help=url_help)
+    parser.add_argument("url", metavar="URL", type=store_argument, help=url_help)
     parser.add_argument("--expiry-hours", type=_hours_type, default=None, metavar="H",
                         help="expire sessions not updated for H hours (default: "
                              "STORAGE_EXPIRY_HOURS, else 72)")

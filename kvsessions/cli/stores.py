@@ -9,6 +9,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import quote
 
 from kvsessions.config import shown_url
 from kvsessions.errors import StoreUnavailableError
@@ -16,9 +18,25 @@ from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.storage import SessionStorage
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "opened_session_storage", "opened_store"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "opened_session_storage", "opened_store", "store_argument"]
 
 logger = logging.getLogger("kvsessions.cli")
+
+#: Endings that make a bare store argument clearly a SQLite file.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
+
+
+def store_argument(text: str) -> str:
+    """argparse type of a store argument: a URL, or a bare path that is clearly a SQLite file
+    (an existing file, or a name ending in .db, .sqlite, .sqlite3 or .db3): ``sessions.db`` is
+    ``sqlite:///sessions.db``, ``/srv/app.db`` is ``sqlite:////srv/app.db``. Anything else is
+    left as given, for the URL check to refuse in its own words."""
+    if "://" in text or not text.strip():
+        return text
+    if text.lower().endswith(SQLITE_SUFFIXES) or Path(text).is_file():
+        return "sqlite:///" + quote(text, safe="/")
+    return text
+
 
 #: Seconds allowed for connecting to a store before the command gives up with one line.
 DEFAULT_CONNECT_TIMEOUT = 10.0

@@ -1,8 +1,10 @@
 # ruff: noqa: S608  -- SQL is built only from the checked namespace identifier and "?" marks
 """SQLite through aiosqlite: one table per namespace, in WAL mode, in key order.
 
-``sqlite:///abs/path.db?namespace=NAME&busy_timeout=30000&durability=normal&batch_size=1000``
-(``sqlite:///:memory:`` gives a private in-memory database that lives until ``close()``).
+``sqlite:///path.db?namespace=NAME&busy_timeout=30000&durability=normal&batch_size=1000``
+(``sqlite:///:memory:`` gives a private in-memory database that lives until ``close()``). The
+path after ``sqlite:///`` is read as SQLAlchemy reads it: ``sqlite:///sessions.db`` is relative
+to the working folder, ``sqlite:////srv/app/sessions.db`` (four slashes) is absolute.
 
 Why it is built this way:
 
@@ -24,6 +26,8 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +53,7 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger("kvsessions.kv.sqlite")
 MEMORY = ":memory:"
 _DURABILITY = {"normal": 1, "strict": 2}  # PRAGMA synchronous values: NORMAL, FULL
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -117,12 +122,9 @@ class SQLiteStore(KVStore):
     def from_url(cls, url: StoreURL, **options: Any) -> SQLiteStore:
         if url.host or url.port:
             raise ConfigError(
-                f"{url.redacted}: a SQLite URL has no host; write sqlite:///absolute/path.db")
-        path = url.path
-        if path in ("/" + MEMORY, MEMORY):
-            path = MEMORY
-        elif not path.startswith("/") or path == "/":
-            raise ConfigError(f"{url.redacted}: expected sqlite:///absolute/path.db")
+                f"{url.redacted}: a SQLite URL has no host; write sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db")
+        path = _database_path(url)
         namespace = url.namespace_option(DEFAULT_NAMESPACE)
         settings: dict[str, Any] = {
             "busy_timeout": url.int_option("busy_timeout", 30_000),
@@ -340,3 +342,23 @@ class SQLiteStore(KVStore):
         if isinstance(exc, ValueError) and "closed" in str(exc).lower():
             return StoreUnavailableError  # aiosqlite's worker thread has stopped
         return None
+
+
+def _database_path(url: StoreURL) -> str:
+    """The file a URL names, as SQLAlchemy reads it: what follows ``sqlite:///``, so a relative
+    path (``sqlite:///sessions.db``, resolved against the working folder when opened) or an
+    absolute one (``sqlite:////srv/app/sessions.db``). Releases before this one read the first
+    form as absolute: when the relative file does not exist and the absolute one does, say so
+    (a new, empty database is about to be made beside the user's data)."""
+    if url.path in ("/" + MEMORY, MEMORY):
+        return MEMORY
+    if not url.path.startswith("/") or url.path == "/":
+        raise ConfigError(f"{url.redacted}: expected sqlite:///relative/path.db or "
+                          "sqlite:////absolute/path.db")
+    path = url.path[1:]
+    if not path.startswith("/") and not os.path.lexists(path) \
+            and os.path.isfile(os.path.join("/", path)):
+        logger.warning("%s is %s in the working folder, which does not exist yet; /%s does: "
+                       "for that one write sqlite:////%s (four slashes)", url.redacted, path,
+                       path, path)
+    return path

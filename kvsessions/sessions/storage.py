@@ -472,8 +472,10 @@ def _with_query(url: str, **params: str | int | None) -> str:
 
 
 def _path_url(scheme: str, path: str | os.PathLike[str]) -> str:
+    """The URL of a file or folder, absolute: ``sqlite:////abs/x.db`` (after ``sqlite:///``
+    comes the path, as SQLAlchemy reads it) and ``file:///abs/folder``."""
     absolute = str(Path(path).expanduser().absolute())
-    return f"{scheme}://{quote(absolute)}"
+    return f"{scheme}://{'/' if scheme == 'sqlite' else ''}{quote(absolute)}"
 
 
 class SQLiteSessionStorage(SessionStorage):

@@ -44,7 +44,7 @@ def store_urls(tmp_path: Path) -> dict[str, str]:
     """One URL per durable store (query options follow with '&')."""
     return {
         "file": f"file://{tmp_path}/files?namespace=dur",
-        "sqlite": f"sqlite://{tmp_path}/dur.sqlite?namespace=dur",
+        "sqlite": f"sqlite:///{tmp_path}/dur.sqlite?namespace=dur",
         "postgresql": f"{POSTGRES_URL}?namespace=dur",
         "mongodb": "mongodb://127.0.0.1:1/kvsessions_test?namespace=dur",
         "redis": f"{REDIS_URL}?namespace=dur",
@@ -76,7 +76,7 @@ async def test_sqlite_profiles_read_back_from_the_connection(tmp_path: Path) -> 
     """normal: WAL + synchronous=NORMAL (1); strict: WAL + synchronous=FULL (2), read back."""
     expected = {"normal": 1, "strict": 2}
     for profile, synchronous in expected.items():
-        store = open_store(f"sqlite://{tmp_path}/{profile}.sqlite?durability={profile}")
+        store = open_store(f"sqlite:///{tmp_path}/{profile}.sqlite?durability={profile}")
         assert isinstance(store, SQLiteStore)
         async with store:
             await store.put("k", VALUE)

@@ -70,7 +70,7 @@ def test_any_text_outside_the_pattern_is_refused(namespace: str) -> None:
         check_namespace(namespace)
 
 
-@pytest.mark.parametrize("scheme", ["memory://", "sqlite:///tmp/x.db", "file:///tmp/x",
+@pytest.mark.parametrize("scheme", ["memory://", "sqlite:////tmp/x.db", "file:///tmp/x",
                                     "postgresql://u@127.0.0.1/db", "mongodb://127.0.0.1/db",
                                     "redis://127.0.0.1:6379/0"])
 @pytest.mark.parametrize("namespace", ["", "a;drop", "x'--", "system.users", "a%00b", "a.b"])

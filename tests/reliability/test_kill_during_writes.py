@@ -85,7 +85,7 @@ def make_target(adapter: str, tmp_path: Path) -> Target:
         return Target(f"file://{root}?namespace={namespace}", folder=root / namespace)
     if adapter == "sqlite":
         path = tmp_path / "crash.db"
-        return Target(f"sqlite://{path}?namespace={namespace}", sqlite_path=path)
+        return Target(f"sqlite:///{path}?namespace={namespace}", sqlite_path=path)
     if adapter == "postgresql":
         return Target(_with_options(POSTGRES_URL, f"namespace={namespace}&max_pool_size=2"),
                       cleanup=lambda: asyncio.run(drop_tables(POSTGRES_URL, {namespace})))

@@ -142,14 +142,14 @@ def build_cases(tmp: Path) -> list[Case]:
         Case("redis+cluster", "bad-port", f"redis+cluster://:{ENCODED}@127.0.0.1:99999"),
         # Embedded stores have no password: one in the URL is refused, unprinted
         Case("sqlite", "userinfo", f"sqlite://kvs_user:{ENCODED}@localhost{tmp}/s.db"),
-        Case("sqlite", "query", f"sqlite://{tmp}/s.db?password={ENCODED}"),
+        Case("sqlite", "query", f"sqlite:///{tmp}/s.db?password={ENCODED}"),
         Case("file", "userinfo", f"file://kvs_user:{ENCODED}@localhost{tmp}/files"),
         Case("file", "query", f"file://{tmp}/files?password={ENCODED}"),
         Case("unknown", "scheme", f"kvsnosuchdb://kvs_user:{ENCODED}@127.0.0.1/db"),
         # The cache tier's Redis URL (the store itself is a plain SQLite file)
-        Case("cache", "unreachable", f"sqlite://{tmp}/c1.db",
+        Case("cache", "unreachable", f"sqlite:///{tmp}/c1.db",
              cache_url=f"redis://kvs_user:{ENCODED}@127.0.0.1:1/0"),
-        Case("cache", "bad-auth", f"sqlite://{tmp}/c2.db",
+        Case("cache", "bad-auth", f"sqlite:///{tmp}/c2.db",
              cache_url=f"redis://kvs_user:{MINIMAL}@{redis}/0"),
     ]
     for scheme, driver in DRIVERS.items():
@@ -157,7 +157,7 @@ def build_cases(tmp: Path) -> list[Case]:
                 "mongodb": f"mongodb://kvs_user:{ENCODED}@{mongo}{mongo_db}",
                 "redis": f"redis://:{ENCODED}@{redis}/0",
                 "redis+cluster": f"redis+cluster://:{ENCODED}@{cluster}",
-                "sqlite": f"sqlite://{tmp}/d.db?password={ENCODED}"}[scheme]
+                "sqlite": f"sqlite:///{tmp}/d.db?password={ENCODED}"}[scheme]
         cases.append(Case(scheme, f"missing-{driver}", base))
     return cases
 
@@ -385,7 +385,7 @@ def test_password_never_shows_in_cli_output(cases: list[Case], tmp_path: Path,
     """``python -m kvsessions`` (and the same with DEBUG logging configured first) for every
     case: stdout and stderr. Each case runs ``ls`` and, in turn, one of the other commands
     (every command with ``--soak 2`` or more)."""
-    other = f"sqlite://{tmp_path}/other.db"
+    other = f"sqlite:///{tmp_path}/other.db"
     runs: list[tuple[Case, list[str], bool]] = []
     for index, case in enumerate(cases):
         if case.cache_url is not None:
