@@ -106,6 +106,7 @@ def test_demo_uses_the_configured_store(
 
 
 def test_show_a_missing_session(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    assert run(capsys, "demo", "--url", url)[0] == 0
     code, out, err = run(capsys, "show", url, "no-such-id")
     assert code == 1 and out == ""
     assert err.strip() == f"kvsessions show: no session 'no-such-id' in {url}"

@@ -108,7 +108,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         raise ConfigError("source and destination are the same URL")
     display = _display(args)
     async with opened_store(args.source, args.connect_timeout) as source, \
-            opened_store(args.destination, args.connect_timeout) as destination, \
+            opened_store(args.destination, args.connect_timeout, create=True) as destination, \
             _counting_total(display, source, args.prefix):
         with display:
             result = await migrate_storage(
@@ -173,7 +173,7 @@ async def _export(args: argparse.Namespace) -> int:
 
 async def _import(args: argparse.Namespace) -> int:
     display = _display(args)
-    async with opened_store(args.url, args.connect_timeout) as store:
+    async with opened_store(args.url, args.connect_timeout, create=True) as store:
         with display:
             result = await import_from_json(store, args.file, batch_size=args.batch_size,
                                             progress_callback=display)

@@ -101,7 +101,7 @@ def _try_lines(args: argparse.Namespace, shown: str, session_id: str) -> list[st
 async def demo(args: argparse.Namespace) -> int:
     url = await _store_url(args)
     shown = shown_url(url)
-    async with opened_session_storage(url) as storage:
+    async with opened_session_storage(url, create=True) as storage:
         manager = SessionManager(storage)
         made = []
         for model, status, turns in DEMO_CONVERSATIONS:

@@ -1,6 +1,8 @@
 """Opening the store a command's URL names, within a connect timeout: a server that never
 answers becomes one line naming the (redacted) URL, not a hang, and whatever was opened is
-closed again on every way out."""
+closed again on every way out. Only commands that write a new store (``demo``, ``import``, the
+destination of ``migrate``) may create one: the others look first
+(``kvsessions.cli.existing``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from kvsessions.cli.existing import check_store_exists
 from kvsessions.config import shown_url
 from kvsessions.errors import StoreUnavailableError
 from kvsessions.kv.base import KVStore
@@ -68,18 +71,25 @@ async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[o
 
 
 @contextlib.asynccontextmanager
-async def opened_store(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT
-                       ) -> AsyncIterator[KVStore]:
-    """The store ``url`` names, connected within ``timeout`` seconds, closed afterwards."""
+async def opened_store(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, *,
+                       create: bool = False) -> AsyncIterator[KVStore]:
+    """The store ``url`` names, connected within ``timeout`` seconds, closed afterwards; one
+    that does not exist is refused unless ``create``."""
     store = open_store(url)
+    if not create:
+        await asyncio.to_thread(check_store_exists, store, shown_url(url))
     async with _connected(url, timeout, store.open, store.close):
         yield store
 
 
 @contextlib.asynccontextmanager
-async def opened_session_storage(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT
-                                 ) -> AsyncIterator[SessionStorage]:
-    """A ``SessionStorage`` on the store ``url`` names, initialised within ``timeout`` s."""
-    storage = SessionStorage(open_store(url))
+async def opened_session_storage(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, *,
+                                 create: bool = False) -> AsyncIterator[SessionStorage]:
+    """A ``SessionStorage`` on the store ``url`` names, initialised within ``timeout`` s; one
+    that does not exist is refused unless ``create``."""
+    store = open_store(url)
+    if not create:
+        await asyncio.to_thread(check_store_exists, store, shown_url(url))
+    storage = SessionStorage(store)
     async with _connected(url, timeout, storage.initialize, storage.close):
         yield storage

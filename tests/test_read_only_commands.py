@@ -1,0 +1,92 @@
+"""Commands that read a store never create or change anything (issue 15, items 3 and 6): a store
+that does not exist, a folder given as a SQLite file, and another application's SQLite file
+are each one error line, and afterwards the disk holds exactly what it held before."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.cli import one_error_line, run_kvsessions
+
+#: Each read-only command with the arguments that follow its store (``{out}``: a new file).
+READERS = [
+    ("ls", []), ("show", ["some-session-id"]), ("stats", []), ("validate", []),
+    ("export", ["{out}/dump.jsonl"]), ("backup", ["{out}/backups"]), ("upgrade", []),
+    ("cleanup", []),
+]
+
+
+def _argv(command: str, store: str, rest: list[str], out: Path) -> list[str]:
+    return [command, store, *(arg.format(out=out) for arg in rest)]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its content: what "nothing changed" compares."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(("command", "rest"), READERS)
+@pytest.mark.parametrize("store", ["sqlite:///data/missing.db", "data/missing.db",
+                                   "file:///{work}/data/folder-store"])
+def test_a_store_that_does_not_exist_is_one_line_and_nothing_is_made(
+    tmp_path: Path, command: str, rest: list[str], store: str
+) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    store = store.format(work=work)
+
+    line = one_error_line(run_kvsessions(*_argv(command, store, rest, out), cwd=work), command)
+
+    assert "no kvsessions store at" in line and "does not exist" in line
+    assert _tree(tmp_path) == {"out": b"<dir>", "work": b"<dir>"}
+
+
+def test_verify_and_migrate_look_at_the_stores_they_only_read(tmp_path: Path) -> None:
+    missing, other = "sqlite:///missing.db", "sqlite:///other.db"
+    for argv in (["verify", missing, other], ["verify", other, missing],
+                 ["migrate", missing, other]):
+        line = one_error_line(run_kvsessions(*argv, cwd=tmp_path), argv[0])
+        assert "no kvsessions store at sqlite:///" in line and "does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def foreign_database(tmp_path: Path) -> Path:
+    """Another application's SQLite file: its own table, its own rows, its journal mode."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO users (name) VALUES ('ada'), ('grace')")
+    return path
+
+
+@pytest.mark.parametrize(("command", "rest"), [*READERS, ("verify", ["sqlite:///x.db"]),
+                                               ("migrate", ["sqlite:///x.db"])])
+def test_another_applications_sqlite_file_is_left_as_it_was(
+    tmp_path: Path, foreign_database: Path, command: str, rest: list[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    before = hashlib.sha256(foreign_database.read_bytes()).hexdigest()
+
+    done = run_kvsessions(*_argv(command, "app.db", rest, out), cwd=tmp_path)
+
+    line = one_error_line(done, command)
+    assert "has no table 'kvsessions'" in line and "'users'" in line
+    assert hashlib.sha256(foreign_database.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "out"]
+    assert list(out.iterdir()) == []
+
+
+def test_a_folder_given_as_a_sqlite_file_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "srv" / "app"
+    folder.mkdir(parents=True)
+    line = one_error_line(run_kvsessions("ls", f"sqlite:///{folder}"), "ls")
+    assert f"{folder} is a folder" in line
+    assert list(folder.iterdir()) == []
