@@ -78,6 +78,7 @@ def test_cleanup_refuses_it_in_one_line_with_exit_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "STORAGE_EXPIRY_HOURS='1e8' is not allowed" in result.stderr
 
+    assert _kvsessions("demo", "--url", url, cwd=tmp_path).returncode == 0  # a store to clean
     result = _kvsessions("cleanup", url, "--expiry-hours", str(MAX_EXPIRY_HOURS), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Marked 0 sessions expired" in result.stdout
