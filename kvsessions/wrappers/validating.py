@@ -140,6 +140,13 @@ class ValidatingStore(StoreWrapper):
         self._check_bytes(key, value)
         return await self.inner._put_if_absent(key, value, ttl)
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        if new is not None:
+            self._check_bytes(key, new)
+        return await self.inner._compare_and_set(key, expected, new, ttl)
+
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         for key, value in items:
             self._check_bytes(key, value)
