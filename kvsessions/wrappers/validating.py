@@ -16,14 +16,8 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from kvsessions.documents.codec import (
-    CURRENT_VERSIONS,
-    FILE_PREFIX,
-    MESSAGE_PREFIX,
-    SESSION_PREFIX,
-    decode_document,
-    encode_document,
-)
+from kvsessions.documents.codec import CURRENT_VERSIONS, decode_document, encode_document
+from kvsessions.documents.keys import kind_of_key
 from kvsessions.errors import UnsupportedVersionError, ValidationError
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.wrappers.base import StoreWrapper
@@ -54,10 +48,6 @@ def _validator(kind: str, version: int) -> Any:
     return jsonschema_rs.validator_for(load_schema(kind, version), validate_formats=True)
 
 
-#: The key layout's prefixes and the kind of document each may hold.
-_KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file"}
-
-
 def validate_document(document: Any, *, key: str | None = None) -> None:
     """Raise ``ValidationError`` naming the key, the field path and the reason when
     ``document`` does not match the schema of its kind and version."""
@@ -76,7 +66,7 @@ def validate_document(document: Any, *, key: str | None = None) -> None:
         raise UnsupportedVersionError(
             f"version {version} is newer than this release reads (newest: "
             f"{CURRENT_VERSIONS[kind]})", key=key, path="v", kind=kind)
-    expected = _KIND_OF_PREFIX.get(key.partition(":")[0] + ":") if key else None
+    expected = kind_of_key(key) if key else None
     if expected is not None and kind != expected:
         raise ValidationError(f"a {kind!r} document under a {expected!r} key", key=key,
                               path="kind", kind=kind)
@@ -184,13 +174,13 @@ class ValidatingStore(StoreWrapper):
         """The document under ``key`` at the newest version, validated; None if missing."""
         await self._ready()
         value = await self.inner.get(key)
-        return None if value is None else self._decode(key, value)
+        return None if value is None else self.decode(key, value)
 
     async def get_documents(self, keys: Iterable[str]) -> list[dict[str, Any] | None]:
         await self._ready()
         key_list = list(keys)
         values = await self.inner.get_many(key_list)
-        return [None if v is None else self._decode(k, v)
+        return [None if v is None else self.decode(k, v)
                 for k, v in zip(key_list, values, strict=True)]
 
     async def scan_documents(
@@ -204,7 +194,7 @@ class ValidatingStore(StoreWrapper):
         await self._ready()
         async for key, value in self.inner.scan(prefix, start_after=start_after, limit=limit,
                                                 reverse=reverse):
-            yield key, self._decode(key, value)
+            yield key, self.decode(key, value)
 
     def encode(self, key: str, document: dict[str, Any]) -> bytes:
         """Validate and encode a document for writing (the newest version only)."""
@@ -223,7 +213,8 @@ class ValidatingStore(StoreWrapper):
         await self._ready()
         await self.inner.put_many([(k, self.encode(k, d)) for k, d in items], ttl=ttl)
 
-    def _decode(self, key: str, value: bytes) -> dict[str, Any]:
+    def decode(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored value as a document of the newest version, validated (on reads)."""
         document = decode_document(value, key=key)
         if self.validate_reads:
             validate_document(document, key=key)
