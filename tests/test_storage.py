@@ -16,7 +16,8 @@ from kvsessions.documents.keys import message_key, message_prefix, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import InvalidValueError, ValidationError
 from kvsessions.kv.base import KVStore
-from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
+from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.validating import validate_document
@@ -519,7 +520,7 @@ _MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
 def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
     document = _valid_message_document()
     _MUTATIONS[name](document)
-    fast = _message_from_document(orjson.loads(orjson.dumps(document)))
+    fast = message_from_document(orjson.loads(orjson.dumps(document)))
     try:
         validate_document(document)
         full: ChatMessage | None = document_to_message(document)

@@ -13,27 +13,9 @@ order is conversation order), and ``file:{fid}`` holds an uploaded-file record. 
 * listing sessions reads heads only.
 
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
-``compare_and_set`` from the head just read, repeated from a fresh read when another writer
-got in first. Hence:
-
-* ``message_count`` is exact once the writers are done: a head's count grows by exactly the
-  number of message documents a writer created (each with ``put_if_absent``, so a message
-  stored twice counts once), and no increment is lost to a concurrent append or save;
-* ``save_session`` merges with what others wrote: fields this object changed since it was
-  loaded or last saved here are written, the others keep the stored value, ``updated_at``
-  never goes back (unless this object set it back), and the count is the stored count plus
-  the messages this save created;
-* ``delete_session`` first marks the head ``deleting`` (such a session reads as absent), then
-  deletes the messages, then the head. An append or save that finds the mark, or finds the
-  head gone, removes the messages it wrote and fails (``SessionNotFoundError``; a save returns
-  False), so a deleted session never comes back, whole or in part, and no message outlives
-  its session. A save of an object that was loaded, listed or saved here before its session
-  was deleted (or deleted and created anew, told apart by ``created_at``) returns False and
-  writes nothing; an object never stored here creates the session. A delete that was
-  interrupted is finished by running ``delete_session`` again.
-
-A writer killed between its message write and its head update leaves that message uncounted;
-a full ``load_session`` reports the number of messages stored.
+``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
+``message_count`` is exact once the writers are done, saves merge with what others wrote, and a
+deleted session never comes back.
 
 Every document is validated (``ValidatingStore``) before anything of a save is written, so an
 invalid session or message raises ``ValidationError`` naming the field and stores nothing.
@@ -45,7 +27,6 @@ import asyncio
 import heapq
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -55,7 +36,6 @@ from urllib.parse import parse_qsl, quote, urlencode
 import orjson
 
 from kvsessions.documents.codec import (
-    CURRENT_VERSIONS,
     decode_document,
     document_to_file,
     document_to_message,
@@ -77,7 +57,6 @@ from kvsessions.documents.keys import (
     session_key,
 )
 from kvsessions.documents.models import (
-    MESSAGE_ROLES,
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
@@ -87,6 +66,15 @@ from kvsessions.documents.models import (
 from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
+from kvsessions.sessions.heads import (
+    DELETING,
+    Head,
+    SavedState,
+    head_fields,
+    is_stale,
+    merged_head,
+)
+from kvsessions.sessions.message_reader import message_from_document
 from kvsessions.wrappers.validating import ValidatingStore, validate_document
 
 __all__ = [
@@ -106,31 +94,10 @@ _DELETE_BATCH = 500
 _WRITE_CONCURRENCY = 32
 #: Attribute on a ChatSession object that remembers what one storage stored of it.
 _SAVED_ATTRIBUTE = "_kvsessions_saved"
-#: The status a head has while its session is being deleted (never a model's status).
-DELETING = "deleting"
-#: Head fields a save writes when this object changed them, else keeps as stored.
-_MERGED_FIELDS = ("model", "created_at", "status", "metadata")
 
 
 class SessionNotFoundError(KVSessionsError, LookupError):
     """An operation needs a session that is not in the store."""
-
-
-@dataclass
-class _SavedMessages:
-    """What one storage stored of one session object: the message ids, how many leading
-    messages of ``session.messages`` were all stored (so a save looks only at the messages
-    after them: O(new messages), not O(history)), and the object's head fields as of its last
-    load or save here (None: never stored through this storage)."""
-
-    ids: set[str] = field(default_factory=set)
-    prefix: int = 0
-    last_id: str | None = None
-    base: dict[str, Any] | None = None
-
-
-#: A head as read: the stored bytes (for compare_and_set) and the decoded document.
-_Head = tuple[bytes, dict[str, Any]]
 
 
 class SessionStorage:
@@ -197,20 +164,20 @@ class SessionStorage:
         mine = session_to_document(session)
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
         head = await self._read_head(session.session_id)
-        if _stale(head, saved):
+        if is_stale(head, saved):
             return False
         return await outlive_cancellation(
             self._save(session, saved, unsaved, messages, mine, head))
 
-    async def _save(self, session: ChatSession, saved: _SavedMessages,
+    async def _save(self, session: ChatSession, saved: SavedState,
                     unsaved: list[ChatMessage], messages: list[tuple[str, bytes]],
-                    mine: dict[str, Any], head: _Head | None) -> bool:
+                    mine: dict[str, Any], head: Head | None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
         no message is left stored and uncounted."""
         created = await self._create_messages(messages)
         head_key = session_key(session.session_id)
         while True:
-            if _stale(head, saved):
+            if is_stale(head, saved):
                 await self._remove(created)
                 return False
             if head is None:
@@ -220,14 +187,14 @@ class SessionStorage:
                     break
             else:
                 stored, current = head
-                document = _merged(current, mine, saved.base, len(created))
+                document = merged_head(current, mine, saved.base, len(created))
                 if document == current or await self._raw.compare_and_set(
                         head_key, stored, self._documents.encode(head_key, document)):
                     break
             head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
         self._mark_prefix(session, saved)
-        saved.base = _fields(mine)
+        saved.base = head_fields(mine)
         session.message_count = document["message_count"]
         return True
 
@@ -269,7 +236,7 @@ class SessionStorage:
         await outlive_cancellation(self._append(session_id, key, value, message, head))
 
     async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
-                      head: _Head | None) -> None:
+                      head: Head | None) -> None:
         created = await self._raw.put_if_absent(key, value)
         head_key = session_key(session_id)
         while True:
@@ -289,7 +256,7 @@ class SessionStorage:
                 return
             head = await self._read_head(session_id)
 
-    async def _read_head(self, session_id: str) -> _Head | None:
+    async def _read_head(self, session_id: str) -> Head | None:
         """The head of ``session_id`` as stored (any status), or None. A head found only under
         the key an earlier release used for this id raises ``legacy_key_error``."""
         key = session_key(session_id)
@@ -331,7 +298,7 @@ class SessionStorage:
         saved = self._saved(session)
         saved.ids.update(message.message_id for message in session.messages)
         self._mark_prefix(session, saved)
-        saved.base = _fields(head)
+        saved.base = head_fields(head)
         return session
 
     async def load_messages(
@@ -385,7 +352,7 @@ class SessionStorage:
         """A head read by a listing, as a session object that this storage knows is stored
         (so that saving it after its session was deleted does not bring it back)."""
         session = document_to_session(document, key=key)
-        self._saved(session).base = _fields(document)
+        self._saved(session).base = head_fields(document)
         return session
 
     async def _head_candidates(
@@ -457,7 +424,7 @@ class SessionStorage:
         saved = self._saved(session)
         if saved.base is None or self._unsaved(session, saved):
             return True
-        return _fields(session_to_document(session)) != saved.base
+        return head_fields(session_to_document(session)) != saved.base
 
     # ------------------------------------------------------------------ files
 
@@ -538,10 +505,10 @@ class SessionStorage:
         stop_at: str | None = None,
     ) -> list[ChatMessage]:
         """Messages of one scan, each parsed once. A document in the form this release writes
-        is checked field by field on the spot (``_message_from_document``); anything else
+        is checked field by field on the spot (``message_from_document``); anything else
         takes the full path (upcast, JSON Schema), which names what is wrong."""
         messages: list[ChatMessage] = []
-        append, loads, fast = messages.append, orjson.loads, _message_from_document
+        append, loads, fast = messages.append, orjson.loads, message_from_document
         async for page in self._raw.scan_pages(prefix, start_after=start_after, limit=limit,
                                                reverse=reverse):
             for key, value in page:
@@ -560,18 +527,18 @@ class SessionStorage:
                 append(message)
         return messages
 
-    def _saved(self, session: ChatSession) -> _SavedMessages:
-        registry: dict[object, _SavedMessages] | None = getattr(session, _SAVED_ATTRIBUTE, None)
+    def _saved(self, session: ChatSession) -> SavedState:
+        registry: dict[object, SavedState] | None = getattr(session, _SAVED_ATTRIBUTE, None)
         if registry is None:
             registry = {}
             setattr(session, _SAVED_ATTRIBUTE, registry)
         saved = registry.get(self._token)
         if saved is None:
-            saved = registry[self._token] = _SavedMessages()
+            saved = registry[self._token] = SavedState()
         return saved
 
     @staticmethod
-    def _unsaved(session: ChatSession, saved: _SavedMessages) -> list[ChatMessage]:
+    def _unsaved(session: ChatSession, saved: SavedState) -> list[ChatMessage]:
         """The messages to store; ``ValidationError`` when two messages share an id (one key
         cannot hold both, and counting both would make the count wrong)."""
         messages = session.messages
@@ -593,93 +560,9 @@ class SessionStorage:
         return unsaved
 
     @staticmethod
-    def _mark_prefix(session: ChatSession, saved: _SavedMessages) -> None:
+    def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
         saved.prefix = len(session.messages)
         saved.last_id = session.messages[-1].message_id if session.messages else None
-
-
-_MESSAGE_FIELD_COUNT = 8  # kind, v, message_id, session_id, role, content, created_at, metadata
-_ROLES = frozenset(MESSAGE_ROLES)
-#: The fast path knows message version 1 only; once a newer one exists, every read of a v1
-#: document must be upcast, so the fast path switches itself off (-1 matches no version).
-_FAST_MESSAGE_VERSION = 1 if CURRENT_VERSIONS["message"] == 1 else -1
-_from_iso = datetime.fromisoformat
-
-
-def _message_from_document(document: Any) -> ChatMessage | None:
-    """The message of a ``message`` v1 document that meets ``message.v1.json``, checked here
-    field by field at a fraction of the schema check's cost; None for anything this fast path
-    is not sure of (which then takes the full path and gets a precise error). That this accepts
-    only what the schema accepts is pinned down by tests/test_storage.py."""
-    if type(document) is not dict or len(document) != _MESSAGE_FIELD_COUNT:
-        return None
-    try:  # eight fields, all of these present: exactly the schema's fields
-        kind, version = document["kind"], document["v"]
-        message_id, session_id = document["message_id"], document["session_id"]
-        role, content = document["role"], document["content"]
-        created, metadata = document["created_at"], document["metadata"]
-    except KeyError:
-        return None
-    if (kind != "message" or type(version) is not int or version != _FAST_MESSAGE_VERSION
-            or type(message_id) is not str or not 0 < len(message_id) <= 200
-            or type(session_id) is not str or not 0 < len(session_id) <= 200
-            or type(role) is not str or role not in _ROLES or type(content) is not str
-            or type(metadata) is not dict or type(created) is not str):
-        return None
-    # The timestamp in the shape this release writes, YYYY-MM-DDTHH:MM:SS[.ffffff]Z in ASCII;
-    # fromisoformat then checks the digits and ranges (which the schema's pattern bounds too).
-    size = len(created)
-    if not ((size == 20 or (size == 27 and created[19] == ".")) and created[-1] == "Z"
-            and created[4] == "-" and created[7] == "-" and created[10] == "T"
-            and created[13] == ":" and created[16] == ":" and created.isascii()):
-        return None
-    try:
-        moment = _from_iso(created)
-    except ValueError:
-        return None
-    return ChatMessage(message_id, session_id, role, content, moment, metadata)
-
-
-def _fields(document: dict[str, Any]) -> dict[str, Any]:
-    """The head fields a save compares, as values (timestamps parsed, metadata copied), so
-    that later changes to the object are seen and spellings of one instant are equal."""
-    fields = {name: document[name] for name in ("model", "status")}
-    for name in ("created_at", "updated_at"):
-        fields[name] = parse_timestamp(document[name], path=name)
-    fields["metadata"] = orjson.loads(orjson.dumps(document["metadata"]))
-    return fields
-
-
-def _stale(head: _Head | None, saved: _SavedMessages) -> bool:
-    """Whether a save of this object must write nothing: its session is being deleted, or
-    was deleted (and maybe created anew: another ``created_at``) after this storage stored,
-    loaded or listed it. An object never stored here may create the session."""
-    if head is None:
-        return saved.base is not None
-    current = head[1]
-    if current["status"] == DELETING:
-        return True
-    return saved.base is not None and parse_timestamp(
-        current["created_at"], path="created_at") != saved.base["created_at"]
-
-
-def _merged(current: dict[str, Any], mine: dict[str, Any], base: dict[str, Any] | None,
-            created: int) -> dict[str, Any]:
-    """The head a save writes over ``current``: the fields this object changed since
-    ``base`` (all of them without a base), the stored value of the others, the later
-    ``updated_at`` (or this object's, when it set it back), and the stored count plus the
-    messages this save created."""
-    merged = dict(current)
-    changed = _fields(mine)
-    for name in _MERGED_FIELDS:
-        if base is None or changed[name] != base[name]:
-            merged[name] = mine[name]
-    updated = changed["updated_at"]
-    set_back = base is not None and updated < base["updated_at"]
-    if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
-        merged["updated_at"] = mine["updated_at"]
-    merged["message_count"] = current["message_count"] + created
-    return merged
 
 
 def _check_limit(limit: object, name: str) -> None:
