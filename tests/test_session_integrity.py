@@ -22,7 +22,7 @@ from kvsessions.documents.keys import (
     upgrade_key_layout,
 )
 from kvsessions.documents.models import ChatMessage, ChatSession
-from kvsessions.errors import StoreError, ValidationError
+from kvsessions.errors import InvalidKeyError, StoreError, ValidationError
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
@@ -135,7 +135,7 @@ async def test_earlier_layout_is_reported_then_upgraded(pair: Pair) -> None:
                  (message_key("plain", plain.messages[0].message_id),
                   message_to_document(plain.messages[0]))]
     await storage.store.put_many([(key, orjson.dumps(doc)) for key, doc in documents])
-    with pytest.raises(StoreError, match="kvsessions upgrade"):
+    with pytest.raises(StoreError, match="upgrade_key_layout"):
         await storage.load_session("team:42")
     with pytest.raises(StoreError, match="kvsessions upgrade"):
         await storage.append_message("team:42", ChatMessage.create("team:42", "user", "x"))
@@ -291,6 +291,16 @@ async def test_a_retried_append_counts_once(pair: Pair) -> None:
 
 
 # ----------------------------------------------------------- item 5: duplicate message ids
+
+async def test_an_id_too_long_once_encoded_is_refused_before_anything_is_written(
+    pair: Pair,
+) -> None:
+    storage, _ = pair
+    session = session_with("short", "fine", "too long", message_ids=("m1", ":" * 200))
+    with pytest.raises(InvalidKeyError, match="512"):
+        await storage.save_session(session)
+    assert await stored_keys(storage) == []
+
 
 async def test_duplicate_message_ids_in_one_save_store_nothing(pair: Pair) -> None:
     storage, _ = pair

@@ -133,7 +133,8 @@ def legacy_key_of_document(document: Any) -> str | None:
 def legacy_key_error(what: str) -> StoreError:
     """The error for a document found only under its legacy key."""
     return StoreError(f"{what} is stored under the key layout of an earlier release (its id "
-                      "holds ':' or '%'); run `kvsessions upgrade URL` once to move it")
+                      "holds ':' or '%'); move it once with `kvsessions upgrade URL` "
+                      "(kvsessions.documents.keys.upgrade_key_layout)")
 
 
 async def upgrade_key_layout(store: KVStore) -> int:

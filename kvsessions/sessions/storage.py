@@ -66,6 +66,7 @@ from kvsessions.documents.models import (
 from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
+from kvsessions.kv.values import check_key
 from kvsessions.sessions.heads import (
     DELETING,
     Head,
@@ -158,7 +159,7 @@ class SessionStorage:
         unsaved = self._unsaved(session, saved)
         messages: list[tuple[str, bytes]] = []
         for message in unsaved:
-            key = message_key(session.session_id, message.message_id)
+            key = check_key(message_key(session.session_id, message.message_id))
             document = self._message_document(session.session_id, message)
             messages.append((key, self._documents.encode(key, document)))
         mine = session_to_document(session)
