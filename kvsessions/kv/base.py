@@ -12,9 +12,9 @@ object. On every adapter:
 * ``compare_and_set(key, expected, new)`` is the conditional write: atomically, if the key's
   live value is ``expected`` (None: no live value) it becomes ``new`` (None: deleted) and the
   call returns True; otherwise nothing changes and it returns False. ``expected`` is bytes the
-  caller read from this store (``get`` or ``scan``); stores that keep JSON natively (JSONB,
-  BSON) compare documents, so equal documents in other spellings match. Of many concurrent
-  calls from one ``expected`` value exactly one wins, across processes too. It is what keeps
+  caller read from this store (``get`` or ``scan``), which match for as long as the value is
+  unchanged (PostgreSQL compares jsonb documents, so other spellings match there too). Of many
+  concurrent calls from one ``expected`` value exactly one wins, across processes too. It keeps
   session heads, counts and deletions exact under concurrent writers without locks: read,
   compute the new value, compare-and-set, and read again on False.
 * ``ttl`` is in seconds; an expired key is invisible to ``get``, ``get_many``, ``scan``,
