@@ -281,6 +281,25 @@ async def test_saves_racing_appends_keep_every_count(pair: Pair) -> None:
     assert await assert_exact(second, "mixed") == 31
 
 
+async def test_a_stale_copy_writes_only_what_it_changed(pair: Pair) -> None:
+    first, second = pair
+    await first.save_session(session_with("merge", "start"))
+    stale, fresh = await first.load_session("merge"), await second.load_session("merge")
+    assert stale is not None and fresh is not None
+    fresh.status = "archived"
+    fresh.metadata = {"owner": "b"}
+    assert await second.save_session(fresh) is True
+    stale.add_message("user", "late but kept")
+    stale.model = "other-model"
+    assert await first.save_session(stale) is True
+    merged = await second.load_session("merge")
+    assert merged is not None
+    assert (merged.status, merged.metadata, merged.model) == ("archived", {"owner": "b"},
+                                                             "other-model")
+    assert merged.updated_at == stale.updated_at
+    assert await assert_exact(second, "merge") == 2
+
+
 async def test_a_retried_append_counts_once(pair: Pair) -> None:
     storage, _ = pair
     await storage.save_session(session_with("retry"))

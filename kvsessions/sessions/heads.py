@@ -26,10 +26,9 @@ a full ``load_session`` reports the number of messages stored.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from kvsessions.documents.codec import parse_timestamp
 
@@ -64,7 +63,7 @@ def head_fields(document: dict[str, Any]) -> dict[str, Any]:
     fields = {name: document[name] for name in ("model", "status")}
     for name in ("created_at", "updated_at"):
         fields[name] = parse_timestamp(document[name], path=name)
-    fields["metadata"] = orjson.loads(orjson.dumps(document["metadata"]))
+    fields["metadata"] = copy.deepcopy(document["metadata"])
     return fields
 
 
