@@ -396,8 +396,9 @@ async def _drop_redis_keys(client: Any, pattern: str) -> None:
 
 
 def _sqlite_url(durability: str) -> Callable[[Path, str], str]:
-    return lambda folder, ns: (f"sqlite:///{folder / 'kvsessions.db'}?namespace={ns}"
-                               f"&durability={durability}")
+    """Each durability in its own file, as each peer has its own."""
+    return lambda folder, ns: (f"sqlite:///{folder / f'kvsessions_{durability}.db'}"
+                               f"?namespace={ns}&durability={durability}")
 
 
 def contestants(redis_up: bool, tag: str) -> list[Peer]:
@@ -464,13 +465,14 @@ def report(ctx: BenchContext, operation: str, players: list[Peer], rates: dict[s
                 note=f"ours = {ours}; peer {1e6 / rates[peer.name]:,.0f} µs/op")
     local = [p for p in peers if "Redis" not in p.name
              and (p.per_message or not operation.startswith("load"))]
-    for ours, candidates, goal in (
-            ("kvsessions sqlite", local, target),
-            ("kvsessions sqlite strict", [p for p in local if p.fsyncs], STRICT_TARGET)):
+    for label, ours, candidates, goal in (
+            ("best peer", "kvsessions sqlite", local, target),
+            ("best fsync peer", "kvsessions sqlite strict", [p for p in local if p.fsyncs],
+             STRICT_TARGET)):
         if not candidates or ours not in rates:
             continue
         best = max(candidates, key=lambda p: rates[p.name])
-        ctx.row(SECTION, operation, f"best: {best.name}", rates[ours], rates[best.name],
+        ctx.row(SECTION, operation, f"{label}: {best.name}", rates[ours], rates[best.name],
                 target=goal, note=f"ours = {ours}")
 
 
@@ -494,6 +496,9 @@ async def run(ctx: BenchContext) -> None:
         for player in players:
             await player.open(folder, stack)
         await bench(ctx, players)
+        print("peers: journal modes: " + ", ".join(
+            f"{path.name} {_journal_mode(path)}" for path in sorted(folder.rglob("*.db"))),
+            flush=True)
 
 
 async def bench(ctx: BenchContext, players: list[Peer]) -> None:
@@ -585,3 +590,12 @@ def _default_synchronous() -> int:
             return int(connection.execute("PRAGMA synchronous").fetchone()[0])
         finally:
             connection.close()
+
+
+def _journal_mode(path: Path) -> str:
+    """The journal mode a database file is in (WAL is recorded in the file; else DELETE)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        connection.close()
