@@ -303,3 +303,61 @@ async def test_scan_reads_the_inner_store(ns: str) -> None:
         await inner.put("c", doc(3))
         assert await store.keys() == ["a", "b", "c"]
         assert [k async for k, _ in store.scan(reverse=True, limit=2)] == ["c", "b"]
+
+
+# ---------------------------------------------------------------------- a failed open
+
+_FAILED_OPEN_CHILD = """
+import asyncio, sys
+from kvsessions.kv.registry import open_store
+from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.cache import CachedStore
+
+class BrokenOpen(StoreWrapper):
+    async def _open(self):
+        await self.inner.open()
+        raise OSError("the disk went away half way through open")
+
+async def main(mode, folder):
+    inner = open_store(f"sqlite:///{folder}/cache.db")  # an aiosqlite thread once opened
+    if mode == "inner fails":
+        store = CachedStore(BrokenOpen(inner), redis_url=sys.argv[3])
+    elif mode == "redis url refused":
+        store = CachedStore(inner, redis_url="http://127.0.0.1:6379/0")
+    else:  # Redis accepts but never answers, and the caller gives up on open()
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = CachedStore(inner, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=2)
+    try:
+        if mode == "open cancelled":
+            await asyncio.wait_for(store.open(), 0.3)
+        else:
+            await store.open()
+    except Exception as exc:
+        print("open failed:", type(exc).__name__, flush=True)
+    # No close(): a program that failed to open has nothing to close.
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["inner fails", "redis url refused", "open cancelled"])
+async def test_a_failed_open_closes_what_it_opened(mode: str, tmp_path: Any) -> None:
+    """Else the inner store's connections and threads outlive the failure and the process
+    never exits. The timeout only keeps a broken build from hanging the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", _FAILED_OPEN_CHILD, mode, str(tmp_path),
+                             REDIS_URL],
+            capture_output=True, text=True, timeout=60, cwd=str(root))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{mode}: the process did not exit after a failed open") from None
+    assert done.returncode == 0, done.stderr
+    failed, returned = done.stdout.splitlines()
+    assert failed.startswith("open failed: ") and returned == "returned"

@@ -100,7 +100,7 @@ class TierMonitor:
         self._outage_logged = False
         self._watcher: asyncio.Task[None] | None = None
         self.state = TierState.CONNECTING
-        self.enter(TierState.LOCAL_ONLY if redis is None else TierState.CONNECTING)
+        self.reset()
 
     def enter(self, state: TierState) -> None:
         self.state = state
@@ -125,6 +125,13 @@ class TierMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+
+    def reset(self) -> None:
+        """Back to the state before ``start`` (an open that failed half way)."""
+        if self.redis is not None:
+            self.redis.discard_fills()
+        self.local.clear()
+        self.enter(TierState.LOCAL_ONLY if self.redis is None else TierState.CONNECTING)
 
     def close(self) -> None:
         if self.redis is not None:

@@ -168,11 +168,26 @@ class CachedStore(StoreWrapper):
             await KVStore.close(self)
 
     async def _open(self) -> None:
-        await self.inner.open()
-        if self._redis is None:
-            return
-        self._redis.connect()
-        await self._tiers.start(first_wait=self._redis.timeout * 6)
+        try:
+            await self.inner.open()
+            if self._redis is not None:
+                self._redis.connect()
+                await self._tiers.start(first_wait=self._redis.timeout * 6)
+        except BaseException:
+            # Failed or cancelled half way: close what was opened, or its connections and
+            # threads (an SQLite store's) keep the process alive; nobody will close us.
+            await self._undo_open()
+            raise
+
+    async def _undo_open(self) -> None:
+        await self._tiers.stop()
+        self._tiers.reset()
+        try:
+            if self._redis is not None:
+                await self._redis.close()
+        finally:
+            if self._close_inner:
+                await self.inner.close()
 
     async def _close(self) -> None:
         await self._tiers.stop()
