@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from kvsessions.errors import ConfigError, StoreError, StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.memory import MemoryStore
+from kvsessions.kv.redis import RedisStore
 from kvsessions.kv.registry import open_store
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.cache import CachedStore
@@ -119,7 +120,7 @@ async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> Non
         await reader.drain()
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert 0 < await client.pttl(f"kvcache:{ns}:v:short") <= 500
+            assert 0 < await client.pttl(f"{reader.key_prefix}v:short") <= 500
         finally:
             await client.aclose()
         assert await reader.get("short") == doc(1)   # a Redis hit: fills the local tier
@@ -130,10 +131,10 @@ async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> Non
         assert await writer.get("short") is None
 
 
-async def redis_pttl(ns: str, key: str) -> int:
+async def redis_pttl(store: CachedStore, key: str) -> int:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        return int(await client.pttl(f"kvcache:{ns}:v:{key}"))
+        return int(await client.pttl(f"{store.key_prefix}v:{key}"))
     finally:
         await client.aclose()
 
@@ -147,12 +148,12 @@ async def test_deadline_outlives_the_tombstone(ns: str) -> None:
         await writer.put("k", doc(1), ttl=0.8)
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert await client.delete(f"kvcache:{ns}:v:k") == 1
+            assert await client.delete(f"{reader.key_prefix}v:k") == 1
         finally:
             await client.aclose()
         assert await reader.get("k") == doc(1)
         await reader.drain()
-        assert 0 < await redis_pttl(ns, "k") <= 800      # the ttl, not redis_ttl's hour
+        assert 0 < await redis_pttl(reader, "k") <= 800      # the ttl, not redis_ttl's hour
         await asyncio.sleep(0.9)
         assert await reader.get("k") is None
 
@@ -169,7 +170,7 @@ async def test_ambiguous_write_keeps_the_earlier_deadline(ns: str) -> None:
             await writer.put("k", doc(2))                 # did not land: doc(1) keeps its ttl
         assert await reader.get("k") == doc(1)
         await reader.drain()
-        assert 0 < await redis_pttl(ns, "k") <= 600
+        assert 0 < await redis_pttl(reader, "k") <= 600
         await asyncio.sleep(0.8)
         assert await reader.get("k") is None
 
@@ -361,3 +362,81 @@ async def test_a_failed_open_closes_what_it_opened(mode: str, tmp_path: Any) -> 
     assert done.returncode == 0, done.stderr
     failed, returned = done.stdout.splitlines()
     assert failed.startswith("open failed: ") and returned == "returned"
+
+
+# ---------------------------------------------------------------------- whose cache is it
+
+
+async def test_two_databases_with_one_namespace_never_see_each_other(tmp_path: Any) -> None:
+    """The default key prefix names the inner store, not only its namespace: two SQLite files
+    both using namespace ``chat`` share one Redis without serving each other's documents."""
+    urls = [f"sqlite:///{tmp_path}/{name}.db?namespace=chat" for name in ("a", "b")]
+    for n, url in enumerate(urls):
+        async with open_store(url) as plain:      # behind the cache's back: nothing cached
+            await plain.put("session:1", doc(n))
+    first, second = (CachedStore(open_store(url), redis_url=REDIS_URL) for url in urls)
+    try:
+        async with first, second:
+            assert await first.get("session:1") == doc(0)     # a miss: fills Redis
+            await first.drain()
+            assert await first.get("session:1") == doc(0)     # a Redis hit now
+            assert first.statistics()["redis_hits"] == 1
+            assert await second.get("session:1") == doc(1)    # its own file, not a's entry
+            assert second.statistics()["redis_hits"] == 0
+            await second.put("session:1", doc(2))
+            await second.delete("session:1")
+            await asyncio.sleep(0.05)
+            assert first.statistics()["invalidations_received"] == 0  # not its channel
+            first._local.clear()
+            assert await first.get("session:1") == doc(0)
+        # The same file, spelled another way, in another process: one cache.
+        again = CachedStore(open_store(f"sqlite:///{tmp_path}/x/../a.db?namespace=chat"),
+                            redis_url=REDIS_URL)
+        assert again.key_prefix == first.key_prefix
+    finally:
+        await forget_cache(["chat"])
+
+
+def test_the_default_prefix_names_the_database_without_secrets() -> None:
+    def prefix(url: str) -> str | None:
+        return CachedStore(open_store(url), redis_url=REDIS_URL).key_prefix
+
+    one = prefix("postgresql://alice:pw-one@db.example:5432/app?namespace=chat")
+    assert one is not None and one.startswith("kvcache:chat:") and "pw-one" not in one
+    # Same database and namespace, another user and pool: one cache, as it must be.
+    assert prefix("postgresql://bob:pw-two@DB.example:5432/app?namespace=chat"
+                  "&max_pool_size=3") == one
+    for other in ("postgresql://alice:pw-one@db.example:5432/other?namespace=chat",
+                  "postgresql://alice:pw-one@db.example:5433/app?namespace=chat",
+                  "postgresql://alice:pw-one@db2.example:5432/app?namespace=chat",
+                  "postgresql://alice:pw-one@db.example:5432/app?namespace=chat2",
+                  "redis://db.example:5432/0?namespace=chat"):
+        assert prefix(other) != one, other
+    assert prefix("memory://?namespace=chat") != prefix("memory://?namespace=chat")
+    with pytest.raises(ConfigError, match="key_prefix"):
+        CachedStore(RedisStore(client=aioredis.Redis.from_url(REDIS_URL), namespace="chat"),
+                    redis_url=REDIS_URL)  # a client handed in: where is its database?
+
+
+async def test_prefix_is_settable_from_the_cache_url(ns: str, tmp_path: Any) -> None:
+    from kvsessions.config import StorageConfig, create_storage
+
+    inner_url = f"sqlite:///{tmp_path}/s.db?namespace={ns}"
+    store = open_store(inner_url, cache_url=f"{REDIS_URL}?prefix=kvcache:{ns}:mine:")
+    assert isinstance(store, CachedStore) and store.key_prefix == f"kvcache:{ns}:mine:"
+    async with store:
+        await store.put("k", doc(1))
+        store._local.clear()
+        assert await store.get("k") == doc(1)
+        await store.drain()
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert (await client.get(f"kvcache:{ns}:mine:v:k") or b"").endswith(doc(1))
+        finally:
+            await client.aclose()
+    config = StorageConfig.from_env({"STORAGE_URL": inner_url,
+                                     "STORAGE_CACHE_URL": f"{REDIS_URL}?prefix=kvcache:{ns}:env:"})
+    cached = create_storage(config).store
+    assert isinstance(cached, CachedStore) and cached.key_prefix == f"kvcache:{ns}:env:"
+    with pytest.raises(ConfigError, match="give one"):
+        CachedStore(MemoryStore(), redis_url=f"{REDIS_URL}?prefix=a:", key_prefix="b:")

@@ -101,10 +101,11 @@ async def raw_redis_get(name: str, redis_url: str = REDIS_URL) -> bytes | None:
         await client.aclose()
 
 
-async def cached_in_redis(ns: str, key: str, redis_url: str = REDIS_URL) -> bytes | None:
+async def cached_in_redis(store: CachedStore, key: str,
+                          redis_url: str = REDIS_URL) -> bytes | None:
     """The document the Redis tier holds for ``key`` (None for an empty slot or a tombstone),
     read behind the cache's back."""
-    raw = await raw_redis_get(f"kvcache:{ns}:v:{key}", redis_url)
+    raw = await raw_redis_get(f"{store.key_prefix}v:{key}", redis_url)
     if raw is None or not raw.startswith(b"E"):
         return None
     return raw.partition(b"|")[2]
@@ -134,7 +135,7 @@ async def test_read_fill_write_race_never_puts_an_older_value_back() -> None:
         await reader.drain()
         stats = reader.statistics()
         assert stats["redis_fills"] == 0 and stats["redis_fills_refused"] == 1
-        assert await cached_in_redis(ns, "k") is None
+        assert await cached_in_redis(reader, "k") is None
         assert await reader.get("k") == doc(2)  # not v1 from its own local tier
         async with CachedStore(shared, redis_url=REDIS_URL, close_inner=False) as third:
             assert await third.get("k") == doc(2)
@@ -162,7 +163,7 @@ async def test_late_fill_without_the_message_is_refused_by_the_tombstone() -> No
         assert await reader.get("k") == doc(2)
         await reader.drain()
         assert reader.statistics()["redis_fills"] == 1  # the fresh read did fill
-        assert await cached_in_redis(ns, "k") == doc(2)
+        assert await cached_in_redis(reader, "k") == doc(2)
 
 
 async def test_fill_before_the_write_is_invalidated_everywhere() -> None:
@@ -246,7 +247,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
         await shared.put("k", doc(1))
         assert await reader.get("k") == doc(1)  # a miss: cached in Redis after drain()
         await reader.drain()
-        assert await cached_in_redis(ns, "k") is not None
+        assert await cached_in_redis(reader, "k") is not None
         write = (writer.put("k", doc(2)) if operation == "put" else writer.delete("k"))
         task = asyncio.create_task(write)
         await slow.writing.wait()
@@ -257,7 +258,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
             await task
         expected = doc(2) if operation == "put" else None
         assert await shared.get("k") == expected  # the write did land
-        assert await cached_in_redis(ns, "k") is None
+        assert await cached_in_redis(reader, "k") is None
         await eventually(lambda: reader.statistics()["invalidations_received"] >= 1,
                          "the reader hears of the cancelled write")
         assert await reader.get("k") == expected
@@ -494,7 +495,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
         await a.put("k", doc(1))
         assert await b.get("k") == doc(1)
         await b.drain()
-        assert await cached_in_redis(ns, "k", server.url) is not None
+        assert await cached_in_redis(a, "k", server.url) is not None
 
         server.pause()
         started = time.perf_counter()
@@ -512,7 +513,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
                          and a.statistics()["pending_invalidations"] == 0, "a recovers")
         await eventually(lambda: b.statistics()["invalidations_received"] >= 1,
                          "b hears the replayed invalidation")
-        assert await cached_in_redis(ns, "k", server.url) is None
+        assert await cached_in_redis(a, "k", server.url) is None
         assert await b.get("k") == doc(2)
         assert await a.get("k") == doc(2)
 

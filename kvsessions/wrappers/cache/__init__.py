@@ -6,6 +6,7 @@ processes. One idea a module:
 - ``redis_tier.py``: the Redis tier's calls (slot reads, batched fills, invalidations);
 - ``protocol.py``: the invalidation protocol shared by every process: key layout, slot
   contents, channel messages and the Lua scripts;
+- ``identity.py``: the Redis key prefix, which names the inner store (not only its namespace);
 - ``outage.py``: the tier's named states (``TierState``), what happens when Redis goes away,
   and the watcher that brings it back.
 """

@@ -45,6 +45,7 @@ from kvsessions.errors import ConfigError, MissingDependencyError, StoreUnavaila
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.urls import redact_url, url_secrets
 from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.cache.identity import default_key_prefix, split_prefix_option
 from kvsessions.wrappers.cache.local import Lease, LocalTier
 from kvsessions.wrappers.cache.outage import TierMonitor, TierState
 from kvsessions.wrappers.cache.protocol import ENTRY, CacheKeys, Writer, deadline_arg, parse_entry
@@ -110,15 +111,23 @@ class CachedStore(StoreWrapper):
             self._secrets = (*self._secrets, *url_secrets(redis_url))
         if redis is not None and redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigError("the Redis client for CachedStore must not use decode_responses")
-        prefix = key_prefix if key_prefix is not None else f"kvcache:{self.namespace}:"
-        if not isinstance(prefix, str) or not prefix:
-            raise ConfigError(f"key_prefix must be a non-empty str, not {prefix!r}")
+        if key_prefix is not None and (not isinstance(key_prefix, str) or not key_prefix):
+            raise ConfigError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
+        client_url = redis_url
+        if redis_url is not None:
+            client_url, url_prefix = split_prefix_option(redis_url)
+            if url_prefix is not None:
+                if key_prefix is not None and key_prefix != url_prefix:
+                    raise ConfigError("CachedStore got key_prefix= and a different prefix= in "
+                                      "the cache URL: give one")
+                key_prefix = url_prefix
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._local = LocalTier(local_maxsize, local_ttl, self._counts)
         self._redis: RedisTier | None = None
         if redis_url is not None or redis is not None:
+            prefix = key_prefix if key_prefix is not None else default_key_prefix(inner)
             self._redis = RedisTier(
-                url=redis_url, client=redis, keys=CacheKeys(prefix), writer=Writer(),
+                url=client_url, client=redis, keys=CacheKeys(prefix), writer=Writer(),
                 timeout=timeout, entry_ttl_ms=redis_ttl_ms, counts=self._counts,
                 on_error=self._tier_error)
         self._tiers = TierMonitor(
@@ -143,6 +152,11 @@ class CachedStore(StoreWrapper):
     @scan_batch_size.setter
     def scan_batch_size(self, size: int) -> None:
         self.inner.scan_batch_size = size
+
+    @property
+    def key_prefix(self) -> str | None:
+        """What every Redis key of this cache starts with (None without a Redis tier)."""
+        return self._redis.keys.prefix if self._redis is not None else None
 
     @property
     def state(self) -> TierState:
