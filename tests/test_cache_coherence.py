@@ -206,6 +206,78 @@ async def test_in_one_process_a_read_sees_the_last_write() -> None:
         assert await store.get("k") is None
 
 
+class StallAfterCommit(StoreWrapper):
+    """A write that lands in the inner store, then stalls before returning: its cache has
+    not invalidated anything yet."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.committed = asyncio.Event()
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self.inner._put(key, value, ttl)
+        self.committed.set()
+        await self.gate.wait()
+
+    async def _close(self) -> None:
+        pass  # the shared inner store belongs to the test
+
+
+def script_holding_client() -> tuple[Any, asyncio.Event]:
+    """A Redis client whose script calls (a reader's fills) wait until the event is set."""
+    import redis.asyncio as aioredis
+
+    release = asyncio.Event()
+
+    class HeldScripts(aioredis.Redis):
+        async def execute_command(self, *args: Any, **options: Any) -> Any:
+            if str(args[0]).upper() == "EVALSHA":
+                await release.wait()
+            return await super().execute_command(*args, **options)
+
+    return HeldScripts.from_url(REDIS_URL), release
+
+
+async def test_two_fills_of_one_key_never_bring_back_the_older_value() -> None:
+    """Issue 11 item 7. A reader misses and reads v1 (its fill is held); a writer stores v2 and
+    stalls before its invalidation; a second read misses too and returns v2. Both fills then
+    arrive, the older first: the reader must never return v1 again."""
+    ns = namespace()
+    shared = MemoryStore(namespace=ns)
+    stalling = StallAfterCommit(shared)
+    client, release = script_holding_client()
+    reader = CachedStore(shared, redis=client, close_inner=False)
+    writer = CachedStore(stalling, redis_url=REDIS_URL, close_inner=False)
+    older_seen = 0
+    try:
+        async with reader, writer:
+            for n in range(20):
+                key = f"k{n}"
+                many = n % 2 == 1
+
+                async def read(key: str = key, many: bool = many) -> bytes | None:
+                    return (await reader.get_many([key]))[0] if many else await reader.get(key)
+
+                await shared.put(key, doc(1))
+                release.clear()
+                assert await read() == doc(1)           # a miss: its fill waits
+                stalling.gate.clear()
+                stalling.committed.clear()
+                write = asyncio.create_task(writer.put(key, doc(2)))
+                await stalling.committed.wait()         # v2 stored, nothing invalidated yet
+                assert await read() == doc(2)           # a miss that reads v2
+                release.set()
+                await reader.drain()                    # the fill of v1 arrives first
+                older_seen += await read() != doc(2)
+                stalling.gate.set()
+                await write
+                assert await read() == doc(2)
+    finally:
+        await client.aclose()
+    assert older_seen == 0, f"v1 came back after v2 in {older_seen} of 20 rounds"
+
+
 class SlowWriteStore(StoreWrapper):
     """Writes wait at a gate and, like every real adapter, outlive a cancelled caller."""
 

@@ -52,11 +52,12 @@ class TierState(enum.Enum):
 
 
 class MissedWrites:
-    """Keys written while Redis could not be told, with what each write did to the key's
-    deadline; past ``limit`` keys, only the fact that everything must be invalidated."""
+    """Keys written while Redis could not be told: for each, what the writes did to its
+    deadline and the tokens of their marks that may be in Redis. Past ``limit`` keys, only
+    the fact that everything must be invalidated."""
 
     def __init__(self, limit: int) -> None:
-        self.keys: dict[str, str] = {}  # key -> its deadline argument
+        self.keys: dict[str, tuple[str, str]] = {}  # key -> (deadline argument, marks)
         self.overflowed = False
         self._limit = limit
 
@@ -66,19 +67,31 @@ class MissedWrites:
     def __bool__(self) -> bool:
         return bool(self.keys) or self.overflowed
 
-    def add(self, entries: list[tuple[str, str]]) -> None:
+    def add(self, entries: list[tuple[str, str, str]]) -> None:
         if self.overflowed:
             return
-        for key, deadline in entries:
-            self.keys[key] = deadline
+        for key, deadline, marks in entries:
+            known = self.keys.get(key)
+            if known is not None:
+                # A write that changed nothing ('?') keeps what an earlier one did.
+                deadline = known[0] if deadline == "?" else deadline
+                marks = f"{known[1]} {marks}".strip()
+            self.keys[key] = (deadline, marks)
         if len(self.keys) > self._limit:
             self.keys.clear()
             self.overflowed = True
 
-    def put_back(self, entries: list[tuple[str, str]]) -> None:
-        """Entries taken out whose announcement failed (newer ones win)."""
-        for key, deadline in entries:
-            self.keys.setdefault(key, deadline)
+    def take(self) -> list[tuple[str, str, str]]:
+        batch = [(key, deadline, marks) for key, (deadline, marks) in self.keys.items()]
+        self.keys.clear()
+        return batch
+
+    def put_back(self, entries: list[tuple[str, str, str]]) -> None:
+        """Entries taken out whose announcement failed (those added since are newer)."""
+        newer = self.keys
+        self.keys = {}
+        self.add(entries)
+        self.add([(key, deadline, marks) for key, (deadline, marks) in newer.items()])
 
 
 class TierMonitor:
@@ -141,9 +154,22 @@ class TierMonitor:
 
     # ------------------------------------------------------------------ writes
 
-    async def announce(self, entries: list[tuple[str, str]]) -> None:
-        """After an inner write: tombstone the Redis copies, tell the other processes. When
-        Redis cannot be told now, the keys are remembered and told on recovery."""
+    async def mark(self, keys: list[str]) -> str:
+        """Before an inner write: mark its keys as being written (see ``protocol.py``); the
+        mark's token, to remove afterwards ('' when none was sent)."""
+        if self.redis is None or not self.state.announces_writes:
+            return ""
+        token = self.redis.writer.new_tombstone()
+        try:
+            await self.redis.mark(keys, token)
+        except TIER_ERRORS as exc:
+            self.down(exc)  # the marks may have landed: the announcement removes them
+        return token.decode()
+
+    async def announce(self, entries: list[tuple[str, str, str]]) -> None:
+        """After an inner write: tombstone the Redis copies, remove the write's marks, tell
+        the other processes. When Redis cannot be told now, the keys are remembered and told
+        on recovery."""
         if self.redis is None:
             return
         if self.state.announces_writes:
@@ -153,6 +179,18 @@ class TierMonitor:
             except TIER_ERRORS as exc:
                 self.down(exc)
         self.missed.add(entries)
+
+    async def release(self, keys: list[str], marks: str) -> None:
+        """After an inner write that surely did not land: only remove its marks."""
+        if self.redis is None or not marks:
+            return
+        if self.state.announces_writes:
+            try:
+                await self.redis.release(keys, marks)
+                return
+            except TIER_ERRORS as exc:
+                self.down(exc)
+        self.missed.add([(key, "?", marks) for key in keys])
 
     # ------------------------------------------------------------------ outage
 
@@ -184,8 +222,7 @@ class TierMonitor:
                 self.missed.keys.clear()
                 await self.redis.invalidate_everything()
                 continue
-            batch = list(self.missed.keys.items())
-            self.missed.keys.clear()
+            batch = self.missed.take()
             try:
                 await self.redis.invalidate(batch)
             except BaseException:

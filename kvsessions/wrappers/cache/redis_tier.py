@@ -16,6 +16,8 @@ from kvsessions.wrappers.cache.protocol import (
     CHUNK,
     FILL_LUA,
     INVALIDATE_LUA,
+    MARK_LUA,
+    RELEASE_LUA,
     TOMBSTONE_MIN_LIFE_MS,
     CacheKeys,
     Writer,
@@ -75,7 +77,9 @@ class RedisTier:
         #: The client's own socket timeouts bound each call within ``timeout``, so a
         #: single-key read needs no timer of ours (the hit path's largest cost after the GET).
         self._client_bounds_calls = False  # known once the client exists
+        self._mark_script: Any = None
         self._invalidate_script: Any = None
+        self._release_script: Any = None
         self._fill_script: Any = None
         self._fills: list[tuple[str, bytes, bytes]] = []
         self._fill_task: asyncio.Task[None] | None = None
@@ -91,7 +95,9 @@ class RedisTier:
         # A client handed in may retry on its own; only ours is known not to.
         self._client_bounds_calls = self.owns_client and _bounded_within(self.client,
                                                                           self.timeout)
+        self._mark_script = self.client.register_script(MARK_LUA)
         self._invalidate_script = self.client.register_script(INVALIDATE_LUA)
+        self._release_script = self.client.register_script(RELEASE_LUA)
         self._fill_script = self.client.register_script(FILL_LUA)
         return self.client
 
@@ -169,7 +175,7 @@ class RedisTier:
                 names: list[bytes] = []
                 args: list[bytes | int] = [self._entry_ttl_ms, int(time.time() * 1000)]
                 for key, snapshot, value in batch:
-                    names += self.keys.slot_and_deadline(key)
+                    names += self.keys.all_three(key)
                     args += (snapshot, value)
                 try:
                     async with asyncio.timeout(self.timeout * 2):
@@ -183,47 +189,74 @@ class RedisTier:
         finally:
             self._fill_task = None
 
-    # ------------------------------------------------------------------ invalidations
+    # ------------------------------------------------------------------ writes
 
-    async def invalidate(self, entries: list[tuple[str, str]]) -> None:
-        """Tombstone the slots of ``entries`` (key, deadline argument) and publish the keys,
-        in one script call per ``CHUNK`` keys, all in one round trip."""
-        assert self.client is not None
+    async def mark(self, keys: list[str], token: bytes) -> None:
+        """Before an inner write: tombstone the keys' slots with ``token`` and add it to their
+        pending writes, which refuse every fill until the write's invalidation removes it."""
+        life = self._tombstone_life_ms()
+        deadline = int(time.time() * 1000) + life
+        calls: list[tuple[list[bytes], list[bytes | int | str]]] = []
+        for start in range(0, len(keys), CHUNK):
+            names: list[bytes] = []
+            for key in keys[start:start + CHUNK]:
+                names += (self.keys.slot(key), self.keys.pending(key))
+            calls.append((names, [token, deadline, life]))
+        await self._run(self._mark_script, calls)
+
+    async def release(self, keys: list[str], marks: str) -> None:
+        """A write that surely did not land: remove its marks, nothing else."""
+        calls: list[tuple[list[bytes], list[bytes | int | str]]] = [
+            ([self.keys.pending(key) for key in keys[start:start + CHUNK]], [marks])
+            for start in range(0, len(keys), CHUNK)]
+        await self._run(self._release_script, calls)
+
+    async def invalidate(self, entries: list[tuple[str, str, str]]) -> None:
+        """Tombstone the slots of ``entries`` (key, deadline argument, marks to remove) and
+        publish the keys, in one script call per ``CHUNK`` keys, all in one round trip."""
         now_ms = int(time.time() * 1000)
-        life = max(self._entry_ttl_ms, TOMBSTONE_MIN_LIFE_MS)
+        life = self._tombstone_life_ms()
         calls: list[tuple[list[bytes], list[bytes | int | str]]] = []
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start:start + CHUNK]
             names: list[bytes] = []
-            deadlines: list[bytes | int | str] = []
+            per_entry: list[bytes | int | str] = []
             encoded_keys: list[bytes] = []
-            for key, deadline in chunk:
-                names += self.keys.slot_and_deadline(key)
+            for key, deadline, marks in chunk:
+                names += self.keys.all_three(key)
                 encoded_keys.append(key.encode())
-                deadlines.append(deadline)
+                per_entry += (deadline, marks)
             message = self.writer.invalidation_message(encoded_keys)
             calls.append((names, [self.keys.channel, message, life, now_ms,
-                                  self.writer.new_tombstone(), *deadlines]))
+                                  self.writer.new_tombstone(), *per_entry]))
+        await self._run(self._invalidate_script, calls)
+        self._counts["invalidations_sent"] += len(entries)
+
+    def _tombstone_life_ms(self) -> int:
+        return max(self._entry_ttl_ms, TOMBSTONE_MIN_LIFE_MS)
+
+    async def _run(self, script: Any,
+                   calls: list[tuple[list[bytes], list[bytes | int | str]]]) -> None:
+        """Script calls, one per chunk, in one round trip."""
         async with asyncio.timeout(self.timeout * len(calls)):
             if len(calls) == 1:
-                await self._invalidate_script(keys=calls[0][0], args=calls[0][1])
+                await script(keys=calls[0][0], args=calls[0][1])
             else:
                 assert self.client is not None
                 pipe = self.client.pipeline(transaction=False)
                 for names, args in calls:
-                    await self._invalidate_script(keys=names, args=args, client=pipe)
+                    await script(keys=names, args=args, client=pipe)
                 await pipe.execute()
-        self._counts["invalidations_sent"] += len(entries)
 
     async def invalidate_everything(self) -> None:
         """Tombstone every cached value of this prefix, then tell every process to flush its
         local tier: for when too many writes went by unannounced."""
         assert self.client is not None
         async with asyncio.timeout(self.timeout * 20):
-            batch: list[tuple[str, str]] = []
+            batch: list[tuple[str, str, str]] = []
             prefix = self.keys.value_prefix
             async for name in self.client.scan_iter(match=prefix + b"*", count=500):
-                batch.append((name[len(prefix):].decode(), "?"))
+                batch.append((name[len(prefix):].decode(), "?", ""))
                 if len(batch) >= 1000:
                     await self.invalidate(batch)
                     batch = []

@@ -1,22 +1,23 @@
 """CachedStore: an in-process LRU tier and a Redis tier in front of any store.
 
 Reads go local tier -> Redis tier -> inner store and fill the tiers on the way back. Writes go
-to the inner store first; only when it succeeded are the tiers touched, so the cache is never
-the only copy of anything and an inner error is never swallowed.
+to the inner store, which holds every value: the tiers only ever drop copies or hold copies of
+what it returned, so the cache is never the only copy of anything, and an inner error is never
+swallowed (a write that surely failed only removes its mark again).
 
 Why it never serves a stale value (the rules the tests pin down):
 
 * **Writes invalidate Redis, they do not write through.** Two writers of one key can reach the
   inner store in one order and Redis in the other; a write-through cache would then keep the
-  loser's value. Every write instead replaces the key's cached entry with a *tombstone* that
-  holds a token used only once, in one Lua script that also publishes the key on the
-  namespace's channel (``protocol.py``).
+  loser's value. Every write instead marks the key as being written before the inner write,
+  and replaces the key's cached entry with a *tombstone* after it, in one Lua script that also
+  publishes the key on the cache's channel.
 * **Fills are conditional.** A reader reads the key's Redis slot with one ``GET``: an entry is a
   hit; a tombstone or nothing is a miss, and what it saw is its snapshot. It then reads the
   inner store and fills Redis with a script that stores the value only if the slot still holds
-  that snapshot (fills are batched and sent within a few milliseconds). A fill that raced with a
-  write (read the old value, write landed, fill arrives late) finds a new tombstone and is
-  dropped, so an older value can never be put back over a newer one or over an invalidation.
+  that snapshot and no write of the key is in flight (fills are batched and sent within a few
+  milliseconds). So an older value can never be put back over a newer one or over an
+  invalidation, nor win over a newer fill: the whole argument is in ``protocol.py``.
 * **The local tier is guarded by leases** (``local.py``).
 * **Expiry:** a ttl write also records the key's deadline in Redis (kept a while past it), so
   a fill from the inner store, in any process, caps the entry's lifetime by the ttl, and the
@@ -255,6 +256,7 @@ class CachedStore(StoreWrapper):
                             return cached
                     self._counts["redis_misses"] += 1
                     snapshot = raw or b""
+                    local.drop(key)  # see "In one process" in protocol.py
             value = await self.inner.get(key)
             self._counts["inner_reads"] += 1
             if value is not None:
@@ -314,6 +316,7 @@ class CachedStore(StoreWrapper):
             self._counts["redis_misses"] += 1
             missing.append(key)
             snapshots[key] = raw or b""
+            self._local.drop(key)
         return missing, snapshots
 
     def _filled_from_inner(self, key: str, lease: Lease, value: bytes,
@@ -358,10 +361,11 @@ class CachedStore(StoreWrapper):
                                              deadline: float | None) -> bool:
         lease = self._local.acquire(key)
         try:
+            # No mark first: an absent key has no value to bring back.
             stored = await self._inner_write(
-                self.inner.put_if_absent(key, value, ttl=ttl), [key], deadline)
+                self.inner.put_if_absent(key, value, ttl=ttl), [key], deadline, "")
             if stored:
-                await self._tiers.announce([(key, deadline_arg(deadline))])
+                await self._tiers.announce([(key, deadline_arg(deadline), "")])
                 self._settle_local(key, lease, value, deadline)
             return bool(stored)
         finally:
@@ -393,9 +397,10 @@ class CachedStore(StoreWrapper):
         keys = [key for key, _ in items]
         leases = [self._local.acquire(key) for key in keys]
         try:
-            result = await self._inner_write(inner_write, keys, deadline)
+            marks = await self._tiers.mark(keys)
+            result = await self._inner_write(inner_write, keys, deadline, marks)
             arg = deadline_arg(deadline)
-            await self._tiers.announce([(key, arg) for key in keys])
+            await self._tiers.announce([(key, arg, marks) for key in keys])
             for (key, value), lease in zip(items, leases, strict=True):
                 self._settle_local(key, lease, value, deadline)
             return result
@@ -404,7 +409,7 @@ class CachedStore(StoreWrapper):
                 self._local.release(key, lease)
 
     async def _inner_write(self, inner_write: Awaitable[Any], keys: list[str],
-                           deadline: float | None) -> Any:
+                           deadline: float | None, marks: str) -> Any:
         try:
             return await inner_write
         except StoreUnavailableError:
@@ -413,7 +418,10 @@ class CachedStore(StoreWrapper):
             for key in keys:
                 self._local.drop(key)
             arg = deadline_arg(deadline, certain=False)
-            await self._tiers.announce([(key, arg) for key in keys])
+            await self._tiers.announce([(key, arg, marks) for key in keys])
+            raise
+        except Exception:
+            await self._tiers.release(keys, marks)  # it did not land: nothing changed
             raise
 
     def _settle_local(self, key: str, lease: Lease, value: bytes | None,
