@@ -440,3 +440,100 @@ async def test_prefix_is_settable_from_the_cache_url(ns: str, tmp_path: Any) -> 
     assert isinstance(cached, CachedStore) and cached.key_prefix == f"kvcache:{ns}:env:"
     with pytest.raises(ConfigError, match="give one"):
         CachedStore(MemoryStore(), redis_url=f"{REDIS_URL}?prefix=a:", key_prefix="b:")
+
+
+# ---------------------------------------------------------------------- compare-and-set
+
+
+class CasMemoryStore(MemoryStore):
+    """A memory store with the contract's compare-and-set hook, written out here (the base
+    class gets it separately). Nothing in it awaits, so it is atomic on the event loop; a
+    closed ``gate`` holds the next call after it decided, as a slow server would."""
+
+    gate: asyncio.Event | None = None
+
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        if await self._get(key) != expected:
+            swapped = False
+        else:
+            if new is None:
+                await self._delete(key)
+            else:
+                await self._put(key, new, ttl)
+            swapped = True
+        if self.gate is not None:
+            await self.gate.wait()
+        return swapped
+
+
+async def redis_holds(store: CachedStore, key: str) -> bytes | None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        raw: bytes | None = await client.get(f"{store.key_prefix}v:{key}")
+    finally:
+        await client.aclose()
+    return raw.partition(b"|")[2] if raw is not None and raw.startswith(b"E") else None
+
+
+async def cached_everywhere(store: CachedStore, key: str) -> None:
+    """Read ``key`` until it is in Redis and in the local tier."""
+    store._local.clear()
+    await store.get(key)
+    await store.drain()
+    await store.get(key)
+    assert await redis_holds(store, key) is not None and store._local.hit(key) is not None
+
+
+async def test_compare_and_set_invalidates_both_tiers_whatever_its_outcome(ns: str) -> None:
+    inner = CasMemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store, \
+            CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as other:
+        await inner.put("k", doc(1))
+        await cached_everywhere(store, "k")
+        await cached_everywhere(other, "k")
+        heard = other.statistics()["invalidations_received"]
+
+        assert await store._compare_and_set("k", doc(1), doc(2), None) is True
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(2)   # its own write, from the local tier
+        for _ in range(500):
+            if other.statistics()["invalidations_received"] > heard:
+                break
+            await asyncio.sleep(0.01)
+        assert await other.get("k") == doc(2)
+
+        # Behind the cache's back the value changes; the cache still holds doc(2), so the
+        # caller compares against it and loses. The stale copy must go all the same.
+        await cached_everywhere(store, "k")
+        await inner.put("k", doc(3))
+        assert await store.get("k") == doc(2)
+        sent = store.statistics()["invalidations_sent"]
+        assert await store._compare_and_set("k", doc(2), doc(4), None) is False
+        assert store.statistics()["invalidations_sent"] == sent + 1
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(3)
+        assert await inner.get("k") == doc(3)
+
+        assert await store._compare_and_set("k", doc(3), None, None) is True  # a delete
+        assert await store.get("k") is None and await inner.get("k") is None
+        assert await store._compare_and_set("k", None, doc(5), 60) is True    # absent -> put
+        assert await store.get("k") == doc(5)
+
+
+async def test_a_cancelled_compare_and_set_still_invalidates(ns: str) -> None:
+    inner = CasMemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store:
+        await inner.put("k", doc(1))
+        await cached_everywhere(store, "k")
+        inner.gate = asyncio.Event()
+        call = asyncio.create_task(store._compare_and_set("k", doc(1), doc(2), None))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        await asyncio.sleep(0.01)
+        inner.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await inner.get("k") == doc(2)   # it landed
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(2)

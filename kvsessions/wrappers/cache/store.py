@@ -384,6 +384,45 @@ class CachedStore(StoreWrapper):
                                         self.inner.delete_many(keys))
         return result
 
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        """The inner store's compare-and-set, then the key invalidated in both tiers like a
+        put or delete, whatever the outcome: a caller whose ``expected`` came from a stale
+        cached copy gets False, and the next read must not hand it that copy again."""
+        deadline = None if ttl is None or new is None else time.time() + ttl
+        return await outlive_cancellation(self._compare_and_set_then_invalidate(
+            key, expected, new, ttl, deadline))
+
+    async def _compare_and_set_then_invalidate(self, key: str, expected: bytes | None,
+                                               new: bytes | None, ttl: float | None,
+                                               deadline: float | None) -> bool:
+        lease = self._local.acquire(key)
+        try:
+            marks = await self._tiers.mark([key])
+            swapped = bool(await self._inner_write(
+                self._inner_compare_and_set(key, expected, new, ttl), [key], deadline, marks))
+            await self._tiers.announce([(key, deadline_arg(deadline) if swapped else "?",
+                                         marks)])
+            if swapped:
+                self._settle_local(key, lease, new, deadline)
+            else:
+                self._local.drop(key)
+            return swapped
+        finally:
+            self._local.release(key, lease)
+
+    async def _inner_compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                                     ttl: float | None) -> bool:
+        """The inner store's hook, its errors mapped as its public methods map them. The
+        contract's ``compare_and_set`` and its hook are added to ``KVStore`` separately; until
+        then the hook is looked up by name (then: ``self.inner._compare_and_set``)."""
+        hook = getattr(self.inner, "_compare_and_set")  # noqa: B009 - see the docstring
+        try:
+            return bool(await hook(key, expected, new, ttl))
+        except Exception as exc:
+            error = self.inner._map_error(exc, "compare_and_set")
+        raise error
+
     async def _write(self, items: Sequence[tuple[str, bytes | None]], deadline: float | None,
                      inner_write: Awaitable[Any]) -> Any:
         """Inner store first; then invalidate Redis and other processes, then this process.
