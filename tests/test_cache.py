@@ -367,34 +367,32 @@ async def test_a_failed_open_closes_what_it_opened(mode: str, tmp_path: Any) -> 
 # ---------------------------------------------------------------------- whose cache is it
 
 
-async def test_two_databases_with_one_namespace_never_see_each_other(tmp_path: Any) -> None:
+async def test_two_databases_with_one_namespace_never_see_each_other(ns: str,
+                                                                     tmp_path: Any) -> None:
     """The default key prefix names the inner store, not only its namespace: two SQLite files
-    both using namespace ``chat`` share one Redis without serving each other's documents."""
-    urls = [f"sqlite:///{tmp_path}/{name}.db?namespace=chat" for name in ("a", "b")]
+    with the same namespace share one Redis without serving each other's documents."""
+    urls = [f"sqlite:///{tmp_path}/{name}.db?namespace={ns}" for name in ("a", "b")]
     for n, url in enumerate(urls):
         async with open_store(url) as plain:      # behind the cache's back: nothing cached
             await plain.put("session:1", doc(n))
     first, second = (CachedStore(open_store(url), redis_url=REDIS_URL) for url in urls)
-    try:
-        async with first, second:
-            assert await first.get("session:1") == doc(0)     # a miss: fills Redis
-            await first.drain()
-            assert await first.get("session:1") == doc(0)     # a Redis hit now
-            assert first.statistics()["redis_hits"] == 1
-            assert await second.get("session:1") == doc(1)    # its own file, not a's entry
-            assert second.statistics()["redis_hits"] == 0
-            await second.put("session:1", doc(2))
-            await second.delete("session:1")
-            await asyncio.sleep(0.05)
-            assert first.statistics()["invalidations_received"] == 0  # not its channel
-            first._local.clear()
-            assert await first.get("session:1") == doc(0)
-        # The same file, spelled another way, in another process: one cache.
-        again = CachedStore(open_store(f"sqlite:///{tmp_path}/x/../a.db?namespace=chat"),
-                            redis_url=REDIS_URL)
-        assert again.key_prefix == first.key_prefix
-    finally:
-        await forget_cache(["chat"])
+    async with first, second:
+        assert await first.get("session:1") == doc(0)     # a miss: fills Redis
+        await first.drain()
+        assert await first.get("session:1") == doc(0)     # a Redis hit now
+        assert first.statistics()["redis_hits"] == 1
+        assert await second.get("session:1") == doc(1)    # its own file, not a's entry
+        assert second.statistics()["redis_hits"] == 0
+        await second.put("session:1", doc(2))
+        await second.delete("session:1")
+        await asyncio.sleep(0.05)
+        assert first.statistics()["invalidations_received"] == 0  # not its channel
+        first._local.clear()
+        assert await first.get("session:1") == doc(0)
+    # The same file, spelled another way, in another process: one cache.
+    again = CachedStore(open_store(f"sqlite:///{tmp_path}/x/../a.db?namespace={ns}"),
+                        redis_url=REDIS_URL)
+    assert again.key_prefix == first.key_prefix
 
 
 def test_the_default_prefix_names_the_database_without_secrets() -> None:
