@@ -228,10 +228,16 @@ class CachedStore(StoreWrapper):
     async def get(self, key: str) -> bytes | None:
         """A local hit skips the base class's checks: only valid keys are ever cached, and
         the local tier is off once the store is closed."""
-        if self._local.serving and type(key) is str:
-            value = self._local.hit(key)
-            if value is not None:
-                return value
+        local = self._local
+        if local.serving and type(key) is str:
+            try:  # ``LocalTier.hit``, inlined: this is the path the local tier exists for
+                entry = local.entries[key]
+            except KeyError:
+                pass
+            else:
+                if entry[0] > time.monotonic():
+                    self._counts["local_hits"] += 1
+                    return entry[1]
         return await super().get(key)
 
     async def _get(self, key: str) -> bytes | None:
