@@ -212,13 +212,13 @@ class SessionManager:
 
 def _cache_statistics(store: KVStore) -> dict[str, Any] | None:
     """``statistics()`` of the first ``CachedStore`` in a chain of wrappers, if any."""
+    from kvsessions.wrappers.cache import CachedStore  # lazy: redis is imported only when asked for
+
     seen = 0
     current: Any = store
     while current is not None and seen < 10:
-        if type(current).__name__ == "CachedStore" and callable(
-                getattr(current, "statistics", None)):
-            result: dict[str, Any] = current.statistics()
-            return result
+        if isinstance(current, CachedStore):
+            return current.statistics()
         current = getattr(current, "inner", None)
         seen += 1
     return None
