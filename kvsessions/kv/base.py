@@ -396,13 +396,12 @@ class KVStore(ABC):
     @abstractmethod
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool: ...
 
+    @abstractmethod
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
         """The atomic step of ``compare_and_set``, arguments checked; expired values count as
-        absent. Every adapter overrides it: no generic read-then-write would be atomic."""
-        raise StoreError(f"{type(self).__name__} does not implement compare_and_set, which "
-                         "the session layer needs")
+        absent. Every adapter implements it: no generic read-then-write would be atomic."""
 
     @abstractmethod
     async def _scan_page(

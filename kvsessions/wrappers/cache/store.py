@@ -419,12 +419,9 @@ class CachedStore(StoreWrapper):
 
     async def _inner_compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                      ttl: float | None) -> bool:
-        """The inner store's hook, its errors mapped as its public methods map them. The
-        contract's ``compare_and_set`` and its hook are added to ``KVStore`` separately; until
-        then the hook is looked up by name (then: ``self.inner._compare_and_set``)."""
-        hook = getattr(self.inner, "_compare_and_set")  # noqa: B009 - see the docstring
+        """The inner store's hook, its errors mapped as its public methods map them."""
         try:
-            return bool(await hook(key, expected, new, ttl))
+            return await self.inner._compare_and_set(key, expected, new, ttl)
         except Exception as exc:
             error = self.inner._map_error(exc, "compare_and_set")
         raise error
