@@ -14,6 +14,8 @@ Why it is built this way:
   autocommit mode. Every operation is one function run there, one hop from the event loop:
   a single statement commits by itself; work that needs several statements (``put_many``,
   opening) is one function too, so no other task's statement can land inside its transaction.
+  Only ``get`` runs on the event loop, on a second, read-only connection that never waits
+  for a lock (see ``_get``).
 * The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
   older release, and does not touch (or wait for) a database whose table is up to date.
 * Expired rows are filtered in every read with the current time as a parameter; a partial
@@ -82,6 +84,9 @@ class SQLiteStore(KVStore):
     """A namespace is a table; several namespaces (and processes) can share one file."""
 
     schemes = ("sqlite",)
+    #: A second connection, for ``get`` on the event loop (None for ``:memory:``, which a
+    #: second connection cannot see).
+    _reader: sqlite3.Connection | None = None
 
     def __init__(
         self,
@@ -158,13 +163,29 @@ class SQLiteStore(KVStore):
             await worker.start(lambda: sqlite3.connect(
                 self.path, timeout=self.busy_timeout / 1000, isolation_level=None))
             await worker.run(self._prepare_until_not_busy)
+            if self.path != MEMORY:
+                self._reader = await worker.run(lambda _: self._connect_reader())
         except BaseException:
             await worker.stop()
             raise
         self._conn = worker
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        """Read-only, and never waiting for a lock (busy: the read goes to the thread)."""
+        reader = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                 check_same_thread=False)
+        try:
+            reader.execute("PRAGMA query_only = 1")
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         if conn is not None:
             await conn.stop()
 
@@ -253,11 +274,25 @@ class SQLiteStore(KVStore):
     # ------------------------------------------------------------------ single keys
 
     async def _get(self, key: str) -> bytes | None:
+        """On the event loop: one primary-key lookup in WAL costs a few microseconds, less
+        than the hop to the thread, and a WAL reader never waits for a writer. Should SQLite
+        still answer busy (a checkpoint or recovery under way), the read goes to the thread,
+        which waits with ``busy_timeout``."""
         sql, params = self._sql_get, (key, time.time())
-        row = await self._in_thread(self._conn, lambda db: db.execute(sql, params).fetchone())
-        if row is None:
+        reader = self._reader
+        rows: list[Any] | None = None
+        if reader is not None:
+            try:
+                rows = reader.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        if rows is None:
+            rows = await self._in_thread(
+                self._conn, lambda db: db.execute(sql, params).fetchall())
+        if not rows:
             return None
-        return self._value(key, row[0])
+        return self._value(key, rows[0][0])
 
     def _value(self, key: str, value: object) -> bytes:
         if type(value) is bytes:
