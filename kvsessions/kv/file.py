@@ -12,10 +12,11 @@ Why it is built this way:
   expired file can never remove a fresh one written at the same moment. Writing and fsyncing
   the data happens outside the lock.
 * Nothing below the namespace folder is followed through a symlink: files and folders are
-  opened relative to a folder descriptor with ``ONOFOLLOW``; a symlink where a key's file or
-  folder should be raises ``StoreError``, and so does anything else that is not a regular
-  file (a FIFO, a socket, a folder) where a key's file should be.
-* Expired files are invisible at once and deleted when met.
+  opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
+  folder should be raises ``StoreError``.
+* Expired files are invisible at once and deleted when met. Anything that is not a regular
+  file where a key's file should be (a FIFO, a socket, a folder) is a ``StoreError`` naming
+  the key, never a hang (see ``file_layout``).
 
 Reads of single keys run on the event loop (a page-cache read costs microseconds, less than a
 thread hop); writes, batches and scan pages run on worker threads. POSIX only.
@@ -90,7 +91,7 @@ class FileStore(KVStore):
                  fsync: bool = True, durability: str = "normal") -> None:
         super().__init__(namespace=namespace)
         if os.name != "posix":  # pragma: no cover
-            raise ConfigError("the file store needs a POSIX system (ONOFOLLOW, flock)")
+            raise ConfigError("the file store needs a POSIX system (O_NOFOLLOW, flock)")
         # Both profiles fsync every write; strict only refuses to be combined with fsync off.
         if durability not in ("normal", "strict"):
             raise ConfigError(f"durability={durability!r} is not one of normal, strict")
