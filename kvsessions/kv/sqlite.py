@@ -318,6 +318,14 @@ class SQLiteStore(KVStore):
             self._conn, lambda db: purge(db.execute(sql, params)).rowcount)
         return bool(stored)
 
+    async def _maybe_purge(self) -> None:
+        """Remove expired rows now and then; reads never depend on it."""
+        now = time.time()
+        if now >= self._next_purge:
+            self._next_purge = now + _PURGE_INTERVAL
+            sql = self._sql_purge
+            await self._in_thread(self._conn, lambda db: db.execute(sql, (now,)))
+
     def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
         """For a write with a ttl, now and then: a step, run on the thread after the write in
         the same hop, that removes expired rows (reads never depend on it)."""
@@ -333,14 +341,6 @@ class SQLiteStore(KVStore):
             return cursor
 
         return purge
-
-    async def _maybe_purge(self) -> None:
-        """Remove expired rows now and then; reads never depend on it."""
-        now = time.time()
-        if now >= self._next_purge:
-            self._next_purge = now + _PURGE_INTERVAL
-            sql = self._sql_purge
-            await self._in_thread(self._conn, lambda db: db.execute(sql, (now,)))
 
     # ------------------------------------------------------------------ batches
 
