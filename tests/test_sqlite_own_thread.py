@@ -4,6 +4,7 @@ closes its store still exits."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -37,8 +38,6 @@ def held_write_lock(tmp_path: Path) -> Iterator[Path]:
         async with SQLiteStore(path, namespace="app") as store:
             await store.put("a", orjson.dumps({"n": 1}))
             await store.put("gone", orjson.dumps({}), ttl=0.01)  # expired: a purge is due
-
-    import asyncio
 
     asyncio.run(set_up())
     time.sleep(0.02)
