@@ -181,3 +181,24 @@ async def test_a_dropped_table_is_made_again(side: SQLiteSide) -> None:
         assert await store.keys() == []
         await store.put("k", b"{}")
         assert await store.keys() == ["k"]
+
+
+async def test_a_role_that_may_not_create_tables_opens_a_table_made_before_versions(
+        tmp_path: Path, namespace: str) -> None:
+    """PostgreSQL 15 gives no CREATE on schema public by default: an application role with
+    rights on its table only must keep opening a table made before layouts were versioned."""
+    side = PostgresSide(tmp_path, namespace)
+    await side.make_old_table()
+    role = f"kvs_app_{uuid.uuid4().hex[:8]}"
+    await side.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await side.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        await side.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{namespace}" TO {role}')
+        url = POSTGRES_URL.replace("postgres@", f"{role}@")
+        async with PostgreSQLStore(url, namespace=namespace, max_pool_size=2) as store:
+            assert {key: orjson.loads(value) async for key, value in store.scan()} == ROWS
+            await store.put("d", b"{}")
+            assert await store.get("d") == b"{}"
+    finally:
+        await side.execute(f'REVOKE ALL ON "{namespace}" FROM {role}')
+        await side.execute(f"DROP ROLE {role}")

@@ -262,24 +262,35 @@ class PostgreSQLStore(KVStore):
         EXISTS at once can still collide in pg_type), the version read again under it."""
         if await self._layout_version(connection) == LAYOUTS.current:
             return
-        async with connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                                     "kvsessions.layouts")
-            await connection.execute(LAYOUTS.create_sql)
-            version = await self._layout_version(connection)
-            for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
-                await connection.execute(sql)
-            if version == 0:  # a table from before versions, or someone else's
-                await self._check_columns(connection)
-            if version != LAYOUTS.current:
-                await connection.execute(LAYOUTS.record_sql, self.namespace, LAYOUTS.current)
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "kvsessions.layouts")
+                await connection.execute(LAYOUTS.create_sql)
+                version = await self._layout_version(connection)
+                for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
+                    await connection.execute(sql)
+                if version == 0:  # a table from before versions, or someone else's
+                    await self._check_columns(connection)
+                if version != LAYOUTS.current:
+                    await connection.execute(LAYOUTS.record_sql, self.namespace,
+                                             LAYOUTS.current)
+        except asyncpg.InsufficientPrivilegeError:
+            # A role that may not create tables (PostgreSQL 15's default on schema public)
+            # uses a table made before versions, which is the first layout, as it is; a
+            # table that needs a step fails with the permission error.
+            table = _quote_identifier(self.namespace)
+            if LAYOUTS.current != 1 or not await connection.fetchval(
+                    "SELECT to_regclass($1) IS NOT NULL", table):
+                raise
+            await self._check_columns(connection)
 
     async def _layout_version(self, connection: Connection) -> int:
         try:
             version = await connection.fetchval(
                 LAYOUTS.read_sql, *LAYOUTS.read_parameters(self.namespace))
-        except asyncpg.UndefinedTableError:  # no layouts table yet (outside a transaction)
-            return 0
+        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError):
+            return 0  # no layouts table yet, or not ours to read: the upgrade decides
         return 0 if version is None else int(version)
 
     async def _check_columns(self, connection: Connection) -> None:
