@@ -24,7 +24,8 @@ from benchmarks import harness
 
 def sections() -> list[str]:
     folder = Path(__file__).resolve().parent / "benchmarks"
-    return sorted(m.name for m in pkgutil.iter_modules([str(folder)]) if m.name != "harness")
+    return sorted(m.name for m in pkgutil.iter_modules([str(folder)])
+                  if m.name != "harness" and not m.name.startswith("_"))  # helpers, not sections
 
 
 async def main() -> int:

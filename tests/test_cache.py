@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from kvsessions.errors import ConfigError, StoreError, StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.memory import MemoryStore
+from kvsessions.kv.redis import RedisStore
 from kvsessions.kv.registry import open_store
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.cache import CachedStore
@@ -119,7 +120,7 @@ async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> Non
         await reader.drain()
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert 0 < await client.pttl(f"kvcache:{ns}:v:short") <= 500
+            assert 0 < await client.pttl(f"{reader.key_prefix}v:short") <= 500
         finally:
             await client.aclose()
         assert await reader.get("short") == doc(1)   # a Redis hit: fills the local tier
@@ -130,10 +131,10 @@ async def test_ttl_caps_every_tier_even_when_another_store_fills(ns: str) -> Non
         assert await writer.get("short") is None
 
 
-async def redis_pttl(ns: str, key: str) -> int:
+async def redis_pttl(store: CachedStore, key: str) -> int:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        return int(await client.pttl(f"kvcache:{ns}:v:{key}"))
+        return int(await client.pttl(f"{store.key_prefix}v:{key}"))
     finally:
         await client.aclose()
 
@@ -147,12 +148,12 @@ async def test_deadline_outlives_the_tombstone(ns: str) -> None:
         await writer.put("k", doc(1), ttl=0.8)
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert await client.delete(f"kvcache:{ns}:v:k") == 1
+            assert await client.delete(f"{reader.key_prefix}v:k") == 1
         finally:
             await client.aclose()
         assert await reader.get("k") == doc(1)
         await reader.drain()
-        assert 0 < await redis_pttl(ns, "k") <= 800      # the ttl, not redis_ttl's hour
+        assert 0 < await redis_pttl(reader, "k") <= 800      # the ttl, not redis_ttl's hour
         await asyncio.sleep(0.9)
         assert await reader.get("k") is None
 
@@ -169,7 +170,7 @@ async def test_ambiguous_write_keeps_the_earlier_deadline(ns: str) -> None:
             await writer.put("k", doc(2))                 # did not land: doc(1) keeps its ttl
         assert await reader.get("k") == doc(1)
         await reader.drain()
-        assert 0 < await redis_pttl(ns, "k") <= 600
+        assert 0 < await redis_pttl(reader, "k") <= 600
         await asyncio.sleep(0.8)
         assert await reader.get("k") is None
 
@@ -195,8 +196,9 @@ async def test_batches_use_redis_in_bulk(ns: str) -> None:
         async with CachedStore(MemoryStore(namespace=ns), redis=client) as store:
             client.commands.clear()
             await store.put_many([(f"k{i}", doc(i)) for i in range(300)])
-            assert client.commands.count("EVALSHA") == 2      # 256 keys per script call
-            assert client.commands.count("PIPELINE") == 1     # in one round trip
+            # 256 keys per script call, each phase (mark before the inner write, invalidate
+            # after it) in one round trip.
+            assert client.commands == ["PIPELINE", "EVALSHA", "EVALSHA"] * 2
             store._local.clear()
             client.commands.clear()
             assert len(await store.get_many([f"k{i}" for i in range(300)])) == 300
@@ -205,8 +207,7 @@ async def test_batches_use_redis_in_bulk(ns: str) -> None:
             assert client.commands.count("EVALSHA") == 2      # the fills, batched
             client.commands.clear()
             assert await store.delete_many([f"k{i}" for i in range(300)]) == 300
-            assert client.commands.count("EVALSHA") == 2
-            assert client.commands.count("PIPELINE") == 1
+            assert client.commands == ["PIPELINE", "EVALSHA", "EVALSHA"] * 2
         assert await client.ping()                            # handed in: still open
     finally:
         await client.aclose()
@@ -303,3 +304,234 @@ async def test_scan_reads_the_inner_store(ns: str) -> None:
         await inner.put("c", doc(3))
         assert await store.keys() == ["a", "b", "c"]
         assert [k async for k, _ in store.scan(reverse=True, limit=2)] == ["c", "b"]
+
+
+# ---------------------------------------------------------------------- a failed open
+
+_FAILED_OPEN_CHILD = """
+import asyncio, sys
+from kvsessions.kv.registry import open_store
+from kvsessions.wrappers.base import StoreWrapper
+from kvsessions.wrappers.cache import CachedStore
+
+class BrokenOpen(StoreWrapper):
+    async def _open(self):
+        await self.inner.open()
+        raise OSError("the disk went away half way through open")
+
+async def main(mode, folder):
+    inner = open_store(f"sqlite:///{folder}/cache.db")  # an aiosqlite thread once opened
+    if mode == "inner fails":
+        store = CachedStore(BrokenOpen(inner), redis_url=sys.argv[3])
+    elif mode == "redis url refused":
+        store = CachedStore(inner, redis_url="http://127.0.0.1:6379/0")
+    else:  # Redis accepts but never answers, and the caller gives up on open()
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = CachedStore(inner, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=2)
+    try:
+        if mode == "open cancelled":
+            await asyncio.wait_for(store.open(), 0.3)
+        else:
+            await store.open()
+    except Exception as exc:
+        print("open failed:", type(exc).__name__, flush=True)
+    # No close(): a program that failed to open has nothing to close.
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["inner fails", "redis url refused", "open cancelled"])
+async def test_a_failed_open_closes_what_it_opened(mode: str, tmp_path: Any) -> None:
+    """Else the inner store's connections and threads outlive the failure and the process
+    never exits. The timeout only keeps a broken build from hanging the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", _FAILED_OPEN_CHILD, mode, str(tmp_path),
+                             REDIS_URL],
+            capture_output=True, text=True, timeout=60, cwd=str(root))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{mode}: the process did not exit after a failed open") from None
+    assert done.returncode == 0, done.stderr
+    failed, returned = done.stdout.splitlines()
+    assert failed.startswith("open failed: ") and returned == "returned"
+
+
+# ---------------------------------------------------------------------- whose cache is it
+
+
+async def test_two_databases_with_one_namespace_never_see_each_other(ns: str,
+                                                                     tmp_path: Any) -> None:
+    """The default key prefix names the inner store, not only its namespace: two SQLite files
+    with the same namespace share one Redis without serving each other's documents."""
+    urls = [f"sqlite:///{tmp_path}/{name}.db?namespace={ns}" for name in ("a", "b")]
+    for n, url in enumerate(urls):
+        async with open_store(url) as plain:      # behind the cache's back: nothing cached
+            await plain.put("session:1", doc(n))
+    first, second = (CachedStore(open_store(url), redis_url=REDIS_URL) for url in urls)
+    async with first, second:
+        assert await first.get("session:1") == doc(0)     # a miss: fills Redis
+        await first.drain()
+        assert await first.get("session:1") == doc(0)     # a Redis hit now
+        assert first.statistics()["redis_hits"] == 1
+        assert await second.get("session:1") == doc(1)    # its own file, not a's entry
+        assert second.statistics()["redis_hits"] == 0
+        await second.put("session:1", doc(2))
+        await second.delete("session:1")
+        await asyncio.sleep(0.05)
+        assert first.statistics()["invalidations_received"] == 0  # not its channel
+        first._local.clear()
+        assert await first.get("session:1") == doc(0)
+    # The same file, spelled another way, in another process: one cache.
+    again = CachedStore(open_store(f"sqlite:///{tmp_path}/x/../a.db?namespace={ns}"),
+                        redis_url=REDIS_URL)
+    assert again.key_prefix == first.key_prefix
+
+
+def test_the_default_prefix_names_the_database_without_secrets() -> None:
+    def prefix(url: str) -> str | None:
+        return CachedStore(open_store(url), redis_url=REDIS_URL).key_prefix
+
+    one = prefix("postgresql://alice:pw-one@db.example:5432/app?namespace=chat")
+    assert one is not None and one.startswith("kvcache:chat:") and "pw-one" not in one
+    # Same database and namespace, another user and pool: one cache, as it must be.
+    assert prefix("postgresql://bob:pw-two@DB.example:5432/app?namespace=chat"
+                  "&max_pool_size=3") == one
+    for other in ("postgresql://alice:pw-one@db.example:5432/other?namespace=chat",
+                  "postgresql://alice:pw-one@db.example:5433/app?namespace=chat",
+                  "postgresql://alice:pw-one@db2.example:5432/app?namespace=chat",
+                  "postgresql://alice:pw-one@db.example:5432/app?namespace=chat2",
+                  "redis://db.example:5432/0?namespace=chat"):
+        assert prefix(other) != one, other
+    assert prefix("memory://?namespace=chat") != prefix("memory://?namespace=chat")
+    with pytest.raises(ConfigError, match="key_prefix"):
+        CachedStore(RedisStore(client=aioredis.Redis.from_url(REDIS_URL), namespace="chat"),
+                    redis_url=REDIS_URL)  # a client handed in: where is its database?
+
+
+async def test_prefix_is_settable_from_the_cache_url(ns: str, tmp_path: Any) -> None:
+    from kvsessions.config import StorageConfig, create_storage
+
+    inner_url = f"sqlite:///{tmp_path}/s.db?namespace={ns}"
+    store = open_store(inner_url, cache_url=f"{REDIS_URL}?prefix=kvcache:{ns}:mine:")
+    assert isinstance(store, CachedStore) and store.key_prefix == f"kvcache:{ns}:mine:"
+    async with store:
+        await store.put("k", doc(1))
+        store._local.clear()
+        assert await store.get("k") == doc(1)
+        await store.drain()
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert (await client.get(f"kvcache:{ns}:mine:v:k") or b"").endswith(doc(1))
+        finally:
+            await client.aclose()
+    config = StorageConfig.from_env({"STORAGE_URL": inner_url,
+                                     "STORAGE_CACHE_URL": f"{REDIS_URL}?prefix=kvcache:{ns}:env:"})
+    cached = create_storage(config).store
+    assert isinstance(cached, CachedStore) and cached.key_prefix == f"kvcache:{ns}:env:"
+    with pytest.raises(ConfigError, match="give one"):
+        CachedStore(MemoryStore(), redis_url=f"{REDIS_URL}?prefix=a:", key_prefix="b:")
+
+
+# ---------------------------------------------------------------------- compare-and-set
+
+
+class CasMemoryStore(MemoryStore):
+    """A memory store with the contract's compare-and-set hook, written out here (the base
+    class gets it separately). Nothing in it awaits, so it is atomic on the event loop; a
+    closed ``gate`` holds the next call after it decided, as a slow server would."""
+
+    gate: asyncio.Event | None = None
+
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        if await self._get(key) != expected:
+            swapped = False
+        else:
+            if new is None:
+                await self._delete(key)
+            else:
+                await self._put(key, new, ttl)
+            swapped = True
+        if self.gate is not None:
+            await self.gate.wait()
+        return swapped
+
+
+async def redis_holds(store: CachedStore, key: str) -> bytes | None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        raw: bytes | None = await client.get(f"{store.key_prefix}v:{key}")
+    finally:
+        await client.aclose()
+    return raw.partition(b"|")[2] if raw is not None and raw.startswith(b"E") else None
+
+
+async def cached_everywhere(store: CachedStore, key: str) -> None:
+    """Read ``key`` until it is in Redis and in the local tier."""
+    store._local.clear()
+    await store.get(key)
+    await store.drain()
+    await store.get(key)
+    assert await redis_holds(store, key) is not None and store._local.hit(key) is not None
+
+
+async def test_compare_and_set_invalidates_both_tiers_whatever_its_outcome(ns: str) -> None:
+    inner = CasMemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store, \
+            CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as other:
+        await inner.put("k", doc(1))
+        await cached_everywhere(store, "k")
+        await cached_everywhere(other, "k")
+        heard = other.statistics()["invalidations_received"]
+
+        assert await store._compare_and_set("k", doc(1), doc(2), None) is True
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(2)   # its own write, from the local tier
+        for _ in range(500):
+            if other.statistics()["invalidations_received"] > heard:
+                break
+            await asyncio.sleep(0.01)
+        assert await other.get("k") == doc(2)
+
+        # Behind the cache's back the value changes; the cache still holds doc(2), so the
+        # caller compares against it and loses. The stale copy must go all the same.
+        await cached_everywhere(store, "k")
+        await inner.put("k", doc(3))
+        assert await store.get("k") == doc(2)
+        sent = store.statistics()["invalidations_sent"]
+        assert await store._compare_and_set("k", doc(2), doc(4), None) is False
+        assert store.statistics()["invalidations_sent"] == sent + 1
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(3)
+        assert await inner.get("k") == doc(3)
+
+        assert await store._compare_and_set("k", doc(3), None, None) is True  # a delete
+        assert await store.get("k") is None and await inner.get("k") is None
+        assert await store._compare_and_set("k", None, doc(5), 60) is True    # absent -> put
+        assert await store.get("k") == doc(5)
+
+
+async def test_a_cancelled_compare_and_set_still_invalidates(ns: str) -> None:
+    inner = CasMemoryStore(namespace=ns)
+    async with CachedStore(inner, redis_url=REDIS_URL, close_inner=False) as store:
+        await inner.put("k", doc(1))
+        await cached_everywhere(store, "k")
+        inner.gate = asyncio.Event()
+        call = asyncio.create_task(store._compare_and_set("k", doc(1), doc(2), None))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        await asyncio.sleep(0.01)
+        inner.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await inner.get("k") == doc(2)   # it landed
+        assert await redis_holds(store, "k") is None
+        assert await store.get("k") == doc(2)

@@ -101,10 +101,11 @@ async def raw_redis_get(name: str, redis_url: str = REDIS_URL) -> bytes | None:
         await client.aclose()
 
 
-async def cached_in_redis(ns: str, key: str, redis_url: str = REDIS_URL) -> bytes | None:
+async def cached_in_redis(store: CachedStore, key: str,
+                          redis_url: str = REDIS_URL) -> bytes | None:
     """The document the Redis tier holds for ``key`` (None for an empty slot or a tombstone),
     read behind the cache's back."""
-    raw = await raw_redis_get(f"kvcache:{ns}:v:{key}", redis_url)
+    raw = await raw_redis_get(f"{store.key_prefix}v:{key}", redis_url)
     if raw is None or not raw.startswith(b"E"):
         return None
     return raw.partition(b"|")[2]
@@ -134,7 +135,7 @@ async def test_read_fill_write_race_never_puts_an_older_value_back() -> None:
         await reader.drain()
         stats = reader.statistics()
         assert stats["redis_fills"] == 0 and stats["redis_fills_refused"] == 1
-        assert await cached_in_redis(ns, "k") is None
+        assert await cached_in_redis(reader, "k") is None
         assert await reader.get("k") == doc(2)  # not v1 from its own local tier
         async with CachedStore(shared, redis_url=REDIS_URL, close_inner=False) as third:
             assert await third.get("k") == doc(2)
@@ -162,7 +163,7 @@ async def test_late_fill_without_the_message_is_refused_by_the_tombstone() -> No
         assert await reader.get("k") == doc(2)
         await reader.drain()
         assert reader.statistics()["redis_fills"] == 1  # the fresh read did fill
-        assert await cached_in_redis(ns, "k") == doc(2)
+        assert await cached_in_redis(reader, "k") == doc(2)
 
 
 async def test_fill_before_the_write_is_invalidated_everywhere() -> None:
@@ -203,6 +204,78 @@ async def test_in_one_process_a_read_sees_the_last_write() -> None:
             assert (await store.get_many(["k"]))[0] == doc(n)
         await store.delete("k")
         assert await store.get("k") is None
+
+
+class StallAfterCommit(StoreWrapper):
+    """A write that lands in the inner store, then stalls before returning: its cache has
+    not invalidated anything yet."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.committed = asyncio.Event()
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self.inner._put(key, value, ttl)
+        self.committed.set()
+        await self.gate.wait()
+
+    async def _close(self) -> None:
+        pass  # the shared inner store belongs to the test
+
+
+def script_holding_client() -> tuple[Any, asyncio.Event]:
+    """A Redis client whose script calls (a reader's fills) wait until the event is set."""
+    import redis.asyncio as aioredis
+
+    release = asyncio.Event()
+
+    class HeldScripts(aioredis.Redis):
+        async def execute_command(self, *args: Any, **options: Any) -> Any:
+            if str(args[0]).upper() == "EVALSHA":
+                await release.wait()
+            return await super().execute_command(*args, **options)
+
+    return HeldScripts.from_url(REDIS_URL), release
+
+
+async def test_two_fills_of_one_key_never_bring_back_the_older_value() -> None:
+    """Issue 11 item 7. A reader misses and reads v1 (its fill is held); a writer stores v2 and
+    stalls before its invalidation; a second read misses too and returns v2. Both fills then
+    arrive, the older first: the reader must never return v1 again."""
+    ns = namespace()
+    shared = MemoryStore(namespace=ns)
+    stalling = StallAfterCommit(shared)
+    client, release = script_holding_client()
+    reader = CachedStore(shared, redis=client, close_inner=False)
+    writer = CachedStore(stalling, redis_url=REDIS_URL, close_inner=False)
+    older_seen = 0
+    try:
+        async with reader, writer:
+            for n in range(20):
+                key = f"k{n}"
+                many = n % 2 == 1
+
+                async def read(key: str = key, many: bool = many) -> bytes | None:
+                    return (await reader.get_many([key]))[0] if many else await reader.get(key)
+
+                await shared.put(key, doc(1))
+                release.clear()
+                assert await read() == doc(1)           # a miss: its fill waits
+                stalling.gate.clear()
+                stalling.committed.clear()
+                write = asyncio.create_task(writer.put(key, doc(2)))
+                await stalling.committed.wait()         # v2 stored, nothing invalidated yet
+                assert await read() == doc(2)           # a miss that reads v2
+                release.set()
+                await reader.drain()                    # the fill of v1 arrives first
+                older_seen += await read() != doc(2)
+                stalling.gate.set()
+                await write
+                assert await read() == doc(2)
+    finally:
+        await client.aclose()
+    assert older_seen == 0, f"v1 came back after v2 in {older_seen} of 20 rounds"
 
 
 class SlowWriteStore(StoreWrapper):
@@ -246,7 +319,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
         await shared.put("k", doc(1))
         assert await reader.get("k") == doc(1)  # a miss: cached in Redis after drain()
         await reader.drain()
-        assert await cached_in_redis(ns, "k") is not None
+        assert await cached_in_redis(reader, "k") is not None
         write = (writer.put("k", doc(2)) if operation == "put" else writer.delete("k"))
         task = asyncio.create_task(write)
         await slow.writing.wait()
@@ -257,7 +330,7 @@ async def test_a_cancelled_write_still_invalidates_the_cached_value(operation: s
             await task
         expected = doc(2) if operation == "put" else None
         assert await shared.get("k") == expected  # the write did land
-        assert await cached_in_redis(ns, "k") is None
+        assert await cached_in_redis(reader, "k") is None
         await eventually(lambda: reader.statistics()["invalidations_received"] >= 1,
                          "the reader hears of the cancelled write")
         assert await reader.get("k") == expected
@@ -472,7 +545,7 @@ async def test_redis_stopped_mid_run_loses_nothing_and_comes_back(
         await b.drain()
         for key in expected:
             if key.startswith("b:"):
-                a._local.pop(key, None)  # force the Redis tier
+                a._local.drop(key)  # force the Redis tier
                 assert await a.get(key) == expected[key]
         assert a.statistics()["redis_hits"] > hits_before  # the tier is in use again
 
@@ -494,7 +567,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
         await a.put("k", doc(1))
         assert await b.get("k") == doc(1)
         await b.drain()
-        assert await cached_in_redis(ns, "k", server.url) is not None
+        assert await cached_in_redis(a, "k", server.url) is not None
 
         server.pause()
         started = time.perf_counter()
@@ -512,7 +585,7 @@ async def test_paused_redis_missed_invalidations_are_replayed(
                          and a.statistics()["pending_invalidations"] == 0, "a recovers")
         await eventually(lambda: b.statistics()["invalidations_received"] >= 1,
                          "b hears the replayed invalidation")
-        assert await cached_in_redis(ns, "k", server.url) is None
+        assert await cached_in_redis(a, "k", server.url) is None
         assert await b.get("k") == doc(2)
         assert await a.get("k") == doc(2)
 

@@ -13,6 +13,7 @@ from kvsessions.config import StorageConfig, create_manager, create_storage
 from kvsessions.documents.models import ChatSession
 from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.sessions.storage import SessionStorage
+from kvsessions.wrappers.cache import CachedStore
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 from tests.backends.redis import REDIS_URL
 
@@ -196,7 +197,7 @@ async def test_create_storage_on_postgresql_with_a_cache() -> None:
                            min_pool_size=1, max_pool_size=2, options={"namespace": namespace},
                            cache_url=REDIS_URL)
     storage = create_storage(config)
-    assert type(storage.store).__name__ == "CachedStore"
+    assert isinstance(storage.store, CachedStore)
     try:
         async with storage:
             session = ChatSession.create("m")

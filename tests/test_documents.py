@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from kvsessions.documents import codec
+from kvsessions.documents import keys as layout
 from kvsessions.documents.ids import uuid7
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.documents.validation import load_schema, schema_names, validate_document
@@ -184,10 +185,10 @@ def test_upcasters_run_one_step_at_a_time(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_key_layout_sorts_messages_in_conversation_order() -> None:
     session = sample_session()
-    keys = [codec.message_key(session.session_id, m.message_id) for m in session.messages]
+    keys = [layout.message_key(session.session_id, m.message_id) for m in session.messages]
     assert keys == sorted(keys)
-    assert all(k.startswith(codec.message_prefix(session.session_id)) for k in keys)
-    assert codec.session_key("s1") == "session:s1" and codec.file_key("f") == "file:f"
+    assert all(k.startswith(layout.message_prefix(session.session_id)) for k in keys)
+    assert layout.session_key("s1") == "session:s1" and layout.file_key("f") == "file:f"
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -256,7 +257,7 @@ async def test_validating_store_refuses_invalid_writes_and_keeps_what_was_there(
     async with ValidatingStore(MemoryStore()) as store:
         session = sample_session()
         good = codec.session_to_document(session)
-        key = codec.session_key(session.session_id)
+        key = layout.session_key(session.session_id)
         await store.put_document(key, good)
         bad = {**good, "status": "weird"}
         with pytest.raises(ValidationError, match="status"):
@@ -291,10 +292,10 @@ async def test_validating_store_refuses_invalid_stored_documents_on_read() -> No
 async def test_validating_store_documents_api() -> None:
     async with ValidatingStore(MemoryStore()) as store:
         session = sample_session()
-        documents = [(codec.message_key(session.session_id, m.message_id),
+        documents = [(layout.message_key(session.session_id, m.message_id),
                       codec.message_to_document(m)) for m in session.messages]
         await store.put_documents(documents)
-        got = [d async for _, d in store.scan_documents(codec.message_prefix(session.session_id))]
+        got = [d async for _, d in store.scan_documents(layout.message_prefix(session.session_id))]
         assert got == [d for _, d in documents]
         assert await store.get_documents([documents[1][0], "message:none"]) == [
             documents[1][1], None]

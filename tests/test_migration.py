@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from kvsessions.documents import codec
+from kvsessions.documents import keys as layout
 from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from kvsessions.errors import ConfigError, KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
@@ -53,14 +54,14 @@ def sample_documents(sessions: int = 3, messages: int = 8, files: int = 2) -> di
         for m in range(messages):
             message = session.add_message("user" if m % 2 == 0 else "assistant",
                                           f"message {m} of session {s} \u0000 ok")
-            documents[codec.message_key(session.session_id, message.message_id)] = \
+            documents[layout.message_key(session.session_id, message.message_id)] = \
                 codec.encode_document(codec.message_to_document(message))
-        documents[codec.session_key(session.session_id)] = \
+        documents[layout.session_key(session.session_id)] = \
             codec.encode_document(codec.session_to_document(session))
     for f in range(files):
         record = UploadedFileRecord.create(f"files/{f}", f"https://example.invalid/{f}",
                                            f"report {f}.pdf", 1000 + f, "application/pdf")
-        documents[codec.file_key(record.file_id)] = \
+        documents[layout.file_key(record.file_id)] = \
             codec.encode_document(codec.file_to_document(record))
     for name, value in HARD_VALUES.items():
         documents[f"hard:{name}"] = orjson.dumps(value)

@@ -81,7 +81,7 @@ async def test_two_namespaces_are_two_tables_in_one_file(tmp_path: Path) -> None
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"one", "two"}
+        assert tables == {"one", "two", "kvsessions-layouts"}
         assert db.execute("SELECT count(*) FROM two").fetchone()[0] == 1
 
 

@@ -15,12 +15,8 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from kvsessions.documents.codec import (
-    CURRENT_VERSIONS,
-    FILE_PREFIX,
-    MESSAGE_PREFIX,
-    SESSION_PREFIX,
-)
+from kvsessions.documents.codec import CURRENT_VERSIONS
+from kvsessions.documents.keys import kind_of_key
 from kvsessions.errors import UnsupportedVersionError, ValidationError
 
 __all__ = ["load_schema", "schema_names", "validate_document"]
@@ -49,10 +45,6 @@ def _validator(kind: str, version: int) -> Any:
     return jsonschema_rs.validator_for(load_schema(kind, version), validate_formats=True)
 
 
-#: The key layout's prefixes and the kind of document each may hold.
-_KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file"}
-
-
 def validate_document(document: Any, *, key: str | None = None) -> None:
     """Raise ``ValidationError`` naming the key, the field path and the reason when
     ``document`` does not match the schema of its kind and version."""
@@ -71,7 +63,7 @@ def validate_document(document: Any, *, key: str | None = None) -> None:
         raise UnsupportedVersionError(
             f"version {version} is newer than this release reads (newest: "
             f"{CURRENT_VERSIONS[kind]})", key=key, path="v", kind=kind)
-    expected = _KIND_OF_PREFIX.get(key.partition(":")[0] + ":") if key else None
+    expected = kind_of_key(key) if key else None
     if expected is not None and kind != expected:
         raise ValidationError(f"a {kind!r} document under a {expected!r} key", key=key,
                               path="kind", kind=kind)

@@ -1,27 +1,22 @@
 """A folder of files, one a key: ``file:///abs/dir?namespace=NAME`` keeps NAME's keys in
-``/abs/dir/NAME/``.
+``/abs/dir/NAME/``. Which file holds a key, and what a file holds: see ``file_layout``.
 
 Why it is built this way:
 
-* A key's file name is the lowercase hex of its UTF-8 bytes: one-to-one (no case folding or
-  Unicode normalisation can merge two keys), made of ``[0-9a-f]`` only (no ``..``, ``/``,
-  ``CON`` or other reserved name can arise), and sorted like the keys (hex preserves byte
-  order). Hex longer than 240 characters is cut into 240-character folder names ending in
-  ``.d`` and a last part ending in ``.json``, so no name exceeds the file-system limit and a
-  file never shares a name with a folder.
 * Writes go to ``.tmp-<pid>-<random>`` in the target folder, are fsynced, renamed over the
   final name and the folder is fsynced: a reader sees the old file or the new one. A failed
   write raises. Opening removes temp files whose writing process is gone.
 * Renames, deletions and the removal of expired files in a namespace are serialised by an
   ``flock`` on ``.lock`` (and a thread lock within the process): that makes ``put_if_absent``
-  atomic across processes even when it replaces an expired file, and it means removing an
-  expired file can never remove a fresh one written at the same moment. Writing and fsyncing
-  the data happens outside the lock.
+  and ``compare_and_set`` atomic across processes even when they replace an expired file, and
+  it means removing an expired file can never remove a fresh one written at the same moment.
+  Writing and fsyncing the data happens outside the lock.
 * Nothing below the namespace folder is followed through a symlink: files and folders are
   opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
   folder should be raises ``StoreError``.
-* A file starts with one header line, ``kvs1 <expiry or ->``, then the JSON value. Expired
-  files are invisible at once and deleted when met.
+* Expired files are invisible at once and deleted when met. Anything that is not a regular
+  file where a key's file should be (a FIFO, a socket, a folder) is a ``StoreError`` naming
+  the key, never a hang (see ``file_layout``).
 
 Reads of single keys run on the event loop (a page-cache read costs microseconds, less than a
 thread hop); writes, batches and scan pages run on worker threads. POSIX only.
@@ -34,8 +29,8 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,41 +45,30 @@ from kvsessions.kv.base import (
     expires_at,
     outlive_cancellation,
 )
+from kvsessions.kv.file_layout import (
+    CLOEXEC,
+    DIR_NAME,
+    DIR_SUFFIX,
+    DIRECTORY,
+    FILE_NAME,
+    FILE_SUFFIX,
+    LOCK_NAME,
+    NOFOLLOW,
+    PART,
+    TEMP_NAME,
+    TEMP_PREFIX,
+    Found,
+    decode_key,
+    encode_header,
+    key_to_parts,
+    read_file,
+)
 from kvsessions.urls import StoreURL
 
 __all__ = ["FileStore", "key_to_parts"]
 
 _T = TypeVar("_T")
-
-PART = 240  # hex characters in one path component
-FILE_SUFFIX, DIR_SUFFIX = ".json", ".d"
-TEMP_PREFIX = ".tmp-"
-LOCK_NAME = ".lock"
-_MAGIC = b"kvs1 "
-_FILE_NAME = re.compile(r"(?:[0-9a-f]{2}){1,120}\.json")
-_DIR_NAME = re.compile(r"[0-9a-f]{240}\.d")
-_TEMP_NAME = re.compile(r"\.tmp-(\d+)-[0-9a-f]+")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def key_to_parts(key: str) -> tuple[list[str], str]:
-    """The folder names and the file name that hold ``key`` (relative to the namespace)."""
-    hexed = key.encode("utf-8").hex()
-    parts = [hexed[i:i + PART] for i in range(0, len(hexed), PART)]
-    return [p + DIR_SUFFIX for p in parts[:-1]], parts[-1] + FILE_SUFFIX
-
-
-def _decode_key(hexed: str) -> str | None:
-    try:
-        return bytes.fromhex(hexed).decode("utf-8")
-    except ValueError:
-        return None
-
-
-def _encode_header(deadline: float | None) -> bytes:
-    return _MAGIC + (b"-" if deadline is None else repr(deadline).encode()) + b"\n"
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,10 +79,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class _Symlink(Exception):
-    pass
 
 
 class FileStore(KVStore):
@@ -153,13 +133,13 @@ class FileStore(KVStore):
 
     def _open_sync(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        root_fd = os.open(self.root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        root_fd = os.open(self.root, os.O_RDONLY | DIRECTORY | CLOEXEC)
         try:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.namespace, 0o700, dir_fd=root_fd)
             try:
-                self._dir_fd = os.open(self.namespace, os.O_RDONLY | _DIRECTORY | _NOFOLLOW
-                                       | _CLOEXEC, dir_fd=root_fd)
+                self._dir_fd = os.open(self.namespace, os.O_RDONLY | DIRECTORY | NOFOLLOW
+                                       | CLOEXEC, dir_fd=root_fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise StoreError(f"{self!r}: {self.folder} is not a plain folder "
@@ -167,7 +147,7 @@ class FileStore(KVStore):
                 raise
         finally:
             os.close(root_fd)
-        self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
+        self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC,
                                 0o600, dir_fd=self._dir_fd)
         self._remove_dead_temp_files(self._dir_fd)
 
@@ -182,11 +162,11 @@ class FileStore(KVStore):
         with os.scandir(dir_fd) as entries:
             names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
         for name, is_dir in names:
-            match = _TEMP_NAME.fullmatch(name)
+            match = TEMP_NAME.fullmatch(name)
             if match and not is_dir and not _pid_alive(int(match.group(1))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dir_fd)
-            elif is_dir and _DIR_NAME.fullmatch(name):
+            elif is_dir and DIR_NAME.fullmatch(name):
                 sub = self._open_dir(dir_fd, name)
                 try:
                     self._remove_dead_temp_files(sub)
@@ -207,7 +187,7 @@ class FileStore(KVStore):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
         try:
-            return os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC,
+            return os.open(name, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC | _NONBLOCK,
                            dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -249,37 +229,9 @@ class FileStore(KVStore):
 
     # ------------------------------------------------------------------ reading
 
-    def _read_file(self, dir_fd: int, name: str, key: str) -> tuple[bytes, float | None] | None:
-        """(value, expiry) of ``key``'s file ``name``, or None when it does not exist."""
-        try:
-            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StoreError(f"{self!r}: the file of key {key!r} is a symlink; refusing "
-                                 "to follow it") from None
-            raise
-        try:
-            # Files are replaced, never changed in place: the size is final.
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size + 1)
-            while len(data) < size:
-                more = os.read(fd, size - len(data) + 1)
-                if not more:
-                    break
-                data += more
-        finally:
-            os.close(fd)
-        newline = data.find(b"\n", 0, 64)
-        if not data.startswith(_MAGIC) or newline < 0:
-            raise StoreError(f"{self!r}: the file of key {key!r} is not a kvsessions file")
-        stamp = data[len(_MAGIC):newline]
-        try:
-            deadline = None if stamp == b"-" else float(stamp)
-        except ValueError:
-            raise StoreError(f"{self!r}: the file of key {key!r} has a bad header") from None
-        return data[newline + 1:], deadline
+    def _read_file(self, dir_fd: int, name: str, key: str, *,
+                   damaged_ok: bool = False) -> Found | None:
+        return read_file(dir_fd, name, key, repr(self), damaged_ok=damaged_ok)
 
     def _read_live(self, key: str, now: float) -> tuple[bytes | None, bool]:
         """The live value of ``key`` and whether an expired file was seen."""
@@ -331,10 +283,10 @@ class FileStore(KVStore):
     def _write_temp(self, dir_fd: int, value: bytes, deadline: float | None) -> str:
         """A fsynced temp file holding the header and ``value``; its name."""
         name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600,
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o600,
                      dir_fd=dir_fd)
         try:
-            data = memoryview(_encode_header(deadline) + value)
+            data = memoryview(encode_header(deadline) + value)
             while data:
                 data = data[os.write(fd, data):]
             if self.fsync:
@@ -346,6 +298,15 @@ class FileStore(KVStore):
             raise
         os.close(fd)
         return name
+
+    def _refuse_folder(self, dir_fd: int, name: str, key: str) -> None:
+        """A rename replaces a file, a FIFO or a symlink at ``name``, but not a folder: say so
+        (a ``StoreError`` naming the key) rather than the OS error, which reads as an outage."""
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise StoreError(f"{self!r}: the file of key {key!r} is a folder, not a "
+                                 "regular file (placed there by something other than "
+                                 "kvsessions); remove it")
 
     def _sync_dir(self, dir_fd: int) -> None:
         if self.fsync:
@@ -364,6 +325,8 @@ class FileStore(KVStore):
                         if found is not None and (found[1] is None or found[1] > time.time()):
                             os.unlink(temp, dir_fd=dir_fd)
                             return False
+                    else:
+                        self._refuse_folder(dir_fd, name, key)
                     os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -378,10 +341,43 @@ class FileStore(KVStore):
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self._run(self._put_sync, key, value, expires_at(ttl), True)
 
+    def _compare_and_set_sync(self, key: str, expected: bytes | None, new: bytes | None,
+                              deadline: float | None) -> bool:
+        """The new value is written and fsynced to a temp file first; the comparison and the
+        rename (or unlink) then happen under the namespace lock, which every rename and unlink
+        of this namespace takes, in every process: nothing can change the file in between."""
+        with self._key_dir(key, create=new is not None) as where:
+            if where is None:  # no folder, so no file: the value is absent
+                return expected is None
+            dir_fd, name = where
+            temp = None if new is None else self._write_temp(dir_fd, new, deadline)
+            try:
+                with self._locked():
+                    found = self._read_file(dir_fd, name, key)
+                    live = found is not None and (found[1] is None or found[1] > time.time())
+                    if (found[0] if found is not None and live else None) != expected:
+                        return False
+                    if temp is not None:
+                        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                        temp = None
+                    elif found is not None:
+                        os.unlink(name, dir_fd=dir_fd)
+            finally:
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp, dir_fd=dir_fd)
+            self._sync_dir(dir_fd)
+            return True
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        return await self._run(self._compare_and_set_sync, key, expected, new, expires_at(ttl))
+
     def _put_many_sync(self, items: list[tuple[str, bytes]], deadline: float | None) -> None:
         """All temp files written and fsynced first, then renamed under one lock: a failure
         before the renames changes nothing."""
-        staged: list[list[Any]] = []  # [folder fd, temp name or None once renamed, name]
+        staged: list[list[Any]] = []  # [folder fd, temp name or None once renamed, name, key]
         try:
             for key, value in items:
                 dirs, name = key_to_parts(key)
@@ -391,17 +387,19 @@ class FileStore(KVStore):
                     if dir_fd != self._dir_fd:
                         os.close(dir_fd)
                     dir_fd = child
-                entry: list[Any] = [dir_fd, None, name]
+                entry: list[Any] = [dir_fd, None, name, key]
                 staged.append(entry)
                 entry[1] = self._write_temp(dir_fd, value, deadline)
             with self._locked():
+                for entry in staged:  # checked before the first rename: all or nothing
+                    self._refuse_folder(entry[0], entry[2], entry[3])
                 for entry in staged:
                     os.replace(entry[1], entry[2], src_dir_fd=entry[0], dst_dir_fd=entry[0])
                     entry[1] = None
             for dir_fd in dict.fromkeys(entry[0] for entry in staged):
                 self._sync_dir(dir_fd)
         finally:
-            for dir_fd, temp, _ in staged:
+            for dir_fd, temp, _, _ in staged:
                 if temp is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(temp, dir_fd=dir_fd)
@@ -413,23 +411,26 @@ class FileStore(KVStore):
 
     def _delete_sync(self, keys: list[str]) -> int:
         """Unlink under the lock, then fsync the folders: an acknowledged delete must not come
-        back after a power cut (once for the namespace folder, however many keys)."""
+        back after a power cut (once for the namespace folder, however many keys). Every file
+        is read before the first unlink, so a key whose file is not a file (a FIFO, a folder)
+        fails the call before anything is removed."""
         count = 0
         sync_root = False
         with self._locked():
             now = time.time()
+            present: list[str] = []
             for key in keys:
                 with self._key_dir(key) as where:
-                    if where is None:
-                        continue
-                    try:
-                        found = self._read_file(*where, key)
-                    except StoreError:  # unreadable (not ours): deleting it is the repair
-                        found = (b"", None)
-                    if found is None:
-                        continue
-                    os.unlink(where[1], dir_fd=where[0])
+                    # A damaged file is deleted (the repair); what is not a file raises.
+                    found = None if where is None else self._read_file(*where, key,
+                                                                       damaged_ok=True)
+                if found is not None:
+                    present.append(key)
                     count += found[1] is None or found[1] > now
+            for key in present:
+                with self._key_dir(key) as where:
+                    assert where is not None  # folders are only removed under this lock
+                    os.unlink(where[1], dir_fd=where[0])
                     if where[0] == self._dir_fd:
                         sync_root = True
                     else:
@@ -456,9 +457,9 @@ class FileStore(KVStore):
             with os.scandir(dir_fd) as entries:
                 names = [(e.name, e.is_symlink()) for e in entries]
             for name, is_link in names:
-                if _FILE_NAME.fullmatch(name):
+                if FILE_NAME.fullmatch(name):
                     hexed = prefix + name[:-len(FILE_SUFFIX)]
-                elif _DIR_NAME.fullmatch(name):
+                elif DIR_NAME.fullmatch(name):
                     hexed = prefix + name[:-len(DIR_SUFFIX)]
                     # every key below starts with ``hexed`` and is longer
                     if hexed < lower[:len(hexed)] or (upper is not None and hexed >= upper):
@@ -474,7 +475,7 @@ class FileStore(KVStore):
                     continue
                 else:
                     continue  # temp files, the lock, anything not ours
-                key = _decode_key(hexed)
+                key = decode_key(hexed)
                 if key is not None and key in key_range:
                     keys.append(key)
 

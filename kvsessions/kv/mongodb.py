@@ -6,12 +6,9 @@ Stored shape, readable and queryable in mongosh::
 
 The value's fields sit at the top level beside ``_id``, so a document nested 100 levels deep
 (the most ``values.py`` accepts) is stored 100 levels deep, within MongoDB's limit. Field names
-that MongoDB restricts or that BSON cannot hold are escaped, percent-style, and only those:
-``%`` -> ``%25``, ``.`` -> ``%2E``, NUL -> ``%00``, a leading ``$`` -> ``%24``, the empty name
--> ``%``, and at the top level a field of the value named ``_id`` or ``_expires_at`` gets its
-leading ``_`` as ``%5F``. Every escaped name contains ``%`` and every ``%`` of the original is
-escaped, so reading undoes it exactly. Strings may hold NUL (BSON strings are length-prefixed);
-integers are int64 (``values.py`` refuses larger ones); floats stay doubles.
+that MongoDB restricts or that BSON cannot hold are escaped, and only those (``mongodb_names``);
+names written by other programs are read as they are. Strings may hold NUL (BSON strings are
+length-prefixed); integers are int64 (``values.py`` refuses larger ones); floats stay doubles.
 
 ``ttl`` sets ``_expires_at`` under a sparse TTL index (``expireAfterSeconds=0``, created with
 the first write that has a ttl), so MongoDB removes expired documents in the background; every
@@ -29,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -53,6 +49,14 @@ from kvsessions.kv.base import (
     expires_at,
     outlive_cancellation,
 )
+from kvsessions.kv.mongodb_names import (
+    EXPIRES_FIELD,
+    escape_names,
+    has_escaped_name,
+    has_non_finite,
+    needs_escape,
+    unescape_names,
+)
 from kvsessions.urls import StoreURL, redact_url, url_secrets
 
 try:
@@ -69,8 +73,6 @@ else:
 
 __all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
-#: The date field the TTL index watches.
-EXPIRES_FIELD = "_expires_at"
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _OWN_OPTIONS = ("namespace", "database", "connect_timeout", "durability")
@@ -78,107 +80,9 @@ _DURABILITY = ("normal", "strict")
 _TTL_INDEX = "kvsessions_expires_at_ttl"
 # MongoDB refuses these characters (and NUL) in database names.
 _BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
-_RESERVED_TOP = frozenset({"_id", EXPIRES_FIELD})
-_NEEDS_ESCAPE = re.compile(r"\A(?:\$|\Z)|[.%\x00]").search
-_ESCAPE_SEQUENCE = re.compile(r"%([0-9A-Fa-f]{2})")
-
-
-# ---------------------------------------------------------------------- field names
-
-def _escape_name(name: str, top: bool) -> str:
-    if not name:
-        return "%"
-    escaped = name.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
-    if escaped[0] == "$":
-        escaped = "%24" + escaped[1:]
-    elif top and name in _RESERVED_TOP:
-        escaped = "%5F" + escaped[1:]
-    return escaped
-
-
-def _unescape_name(name: str) -> str:
-    if name == "%":
-        return ""
-    return _ESCAPE_SEQUENCE.sub(lambda match: chr(int(match[1], 16)), name)
-
-
-def _plain_object(node: dict[str, Any]) -> bool:
-    """True when no field name in ``node`` needs escaping (the fast path: nothing to copy)."""
-    for name, child in node.items():
-        if not name or name[0] == "$" or "." in name or "%" in name or "\x00" in name:
-            return False
-        kind = type(child)
-        if (kind is dict and not _plain_object(child)) or (
-                kind is list and not _plain_array(child)):
-            return False
-    return True
-
-
-def _plain_array(items: list[Any]) -> bool:
-    for child in items:
-        kind = type(child)
-        if (kind is dict and not _plain_object(child)) or (
-                kind is list and not _plain_array(child)):
-            return False
-    return True
-
-
-def _has_escaped_name(node: Any) -> bool:
-    if type(node) is dict:
-        return any("%" in name or _has_escaped_name(child) for name, child in node.items())
-    if type(node) is list:
-        return any(_has_escaped_name(child) for child in node)
-    return False
-
-
-def _has_non_finite(node: Any) -> bool:
-    """NaN or an infinity anywhere in a stored document (orjson writes them as null)."""
-    kind = type(node)
-    if kind is float:
-        return not math.isfinite(node)
-    if kind is dict:
-        return any(_has_non_finite(child) for child in node.values())
-    if kind is list:
-        return any(_has_non_finite(child) for child in node)
-    return False
-
-
-def _escape_node(node: Any) -> Any:
-    if type(node) is dict:
-        return {
-            (_escape_name(name, False) if _NEEDS_ESCAPE(name) else name): _escape_node(child)
-            for name, child in node.items()
-        }
-    if type(node) is list:
-        return [_escape_node(child) for child in node]
-    return node
-
-
-def _unescape_node(node: Any) -> Any:
-    if type(node) is dict:
-        return {
-            (_unescape_name(name) if "%" in name else name): _unescape_node(child)
-            for name, child in node.items()
-        }
-    if type(node) is list:
-        return [_unescape_node(child) for child in node]
-    return node
-
-
-def escape_names(document: dict[str, Any]) -> dict[str, Any]:
-    """The value's fields with every name MongoDB restricts escaped (see the module docstring);
-    top-level names ``_id`` and ``_expires_at`` too, since the stored document uses them."""
-    return {
-        (_escape_name(name, True) if _NEEDS_ESCAPE(name) or name in _RESERVED_TOP else name):
-            _escape_node(child)
-        for name, child in document.items()
-    }
-
-
-def unescape_names(document: dict[str, Any]) -> dict[str, Any]:
-    """Undo ``escape_names`` exactly."""
-    result: dict[str, Any] = _unescape_node(document)
-    return result
+#: Keys in one ``$in`` list: 40,000 keys of 512 bytes would pass MongoDB's 16 MiB limit on
+#: one command; 5,000 stay below 3 MB.
+_IN_CHUNK = 5000
 
 
 # ---------------------------------------------------------------------- the store
@@ -332,7 +236,7 @@ class MongoDBStore(KVStore):
     @staticmethod
     def _to_stored(key: str, value: bytes, ttl: float | None) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(value)
-        if "_id" in document or EXPIRES_FIELD in document or not _plain_object(document):
+        if needs_escape(document):
             document = escape_names(document)
         stored = {"_id": key, **document}
         if ttl is not None:
@@ -359,11 +263,11 @@ class MongoDBStore(KVStore):
         except TypeError as exc:  # orjson.JSONEncodeError
             raise StoreError(f"MongoDB document {key!r} holds a value JSON has no form for "
                              f"({exc}); written by something other than kvsessions?") from None
-        if b"null" in value and _has_non_finite(stored):
+        if b"null" in value and has_non_finite(stored):
             raise StoreError(f"MongoDB document {key!r} holds NaN or an infinity, which JSON "
                              "has no form for; written by something other than kvsessions?")
         # Every escaped name holds a '%'; a '%' in the text alone needs nothing undone.
-        if b"%" in value and _has_escaped_name(stored):
+        if b"%" in value and has_escaped_name(stored):
             value = orjson.dumps(unescape_names(stored))
         return value
 
@@ -380,9 +284,10 @@ class MongoDBStore(KVStore):
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         found: dict[str, bytes | None] = {}
-        async for stored in self._collection.find({"_id": {"$in": keys}}):
-            key = stored["_id"]
-            found[key] = self._to_value(stored)
+        for chunk in _chunks(list(dict.fromkeys(keys))):
+            async for stored in self._collection.find({"_id": {"$in": chunk}}):
+                key = stored["_id"]
+                found[key] = self._to_value(stored)
         return [found.get(key) for key in keys]
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
@@ -420,9 +325,12 @@ class MongoDBStore(KVStore):
         return bool(result.deleted_count)
 
     async def _delete_many(self, keys: list[str]) -> int:
-        result = await outlive_cancellation(
-            self._collection.delete_many({"_id": {"$in": keys}, **self._live()}))
-        return int(result.deleted_count)
+        count = 0
+        for chunk in _chunks(keys):
+            result = await outlive_cancellation(
+                self._collection.delete_many({"_id": {"$in": chunk}, **self._live()}))
+            count += int(result.deleted_count)
+        return count
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         # One atomic step: the filter matches only an expired document, which is replaced; with
@@ -437,6 +345,30 @@ class MongoDBStore(KVStore):
         except mongo_errors.DuplicateKeyError:
             return False
         return True
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        """Read the stored document, compare its value with ``expected`` here (the bytes
+        ``get`` returns), then one write filtered on the whole document as read (``$literal``,
+        so no string in it is read as a field path). The server applies a filtered write to
+        one document atomically: if anything changed it since the read, nothing is written."""
+        if expected is None:
+            if new is None:
+                return await self._get(key) is None
+            return await self._put_if_absent(key, new, ttl)
+        stored = await self._collection.find_one({"_id": key})
+        if stored is None or self._to_value(dict(stored)) != expected:
+            return False
+        unchanged = {"_id": key, "$expr": {"$eq": ["$$ROOT", {"$literal": stored}]}}
+        if new is None:
+            result = await outlive_cancellation(self._collection.delete_one(unchanged))
+            return bool(result.deleted_count)
+        if ttl is not None and not self._ttl_index_ready:
+            await self._ensure_ttl_index()
+        result = await outlive_cancellation(
+            self._collection.replace_one(unchanged, self._to_stored(key, new, ttl)))
+        return bool(result.matched_count)
 
     def _range_cursor(self, key_range: KeyRange, reverse: bool, batch_size: int,
                       limit: int = 0) -> Any:
@@ -514,6 +446,10 @@ class MongoDBStore(KVStore):
         if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
             return StoreError
         return None
+
+
+def _chunks(keys: list[str]) -> list[list[str]]:
+    return [keys[start:start + _IN_CHUNK] for start in range(0, len(keys), _IN_CHUNK)]
 
 
 async def _refuse_unreachable(url: str, timeout: float, shown: str) -> None:

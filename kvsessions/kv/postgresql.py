@@ -11,37 +11,33 @@ Why it is built this way:
   expires_at timestamptz)``. The "C" collation compares bytes, which for UTF-8 is the
   contract's order, and lets a prefix become an index range (``prefix <= key < bound``, never
   LIKE). Scans are keyset pages over that index, so the first page costs the same at any size.
-* Documents go into JSONB without a second serialisation: our connections carry a binary jsonb
-  codec that passes the caller's bytes through (binary jsonb is a version byte, then the text).
-* JSONB cannot keep every JSON document exactly: it refuses ``\\u0000`` in strings and it
-  stores numbers as decimals, so ``1e16`` comes back as the integer ``10000000000000000`` and
-  ``-0.0`` as ``0.0``. Such documents (see ``jsonb_loses``) also keep their exact bytes in
-  ``raw``; ``value`` then holds a queryable
-  copy (NULs as U+FFFD) and reads return ``raw``. Every other document has ``raw`` NULL.
+* Documents go into JSONB without a second serialisation (``postgresql_jsonb``). Documents
+  JSONB cannot keep exactly (see ``jsonb_loses``) also keep their exact bytes in ``raw``;
+  ``value`` then holds a queryable copy (NULs as U+FFFD) and reads return ``raw``. Every other
+  document has ``raw`` NULL.
+* The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
+  older release, under an advisory lock, and only reads when the table is up to date.
 * Expiry is on the server's clock (``now()``), for writers and readers alike, so clients with
   skewed clocks agree. Expired rows are filtered in every read and removed by later writes;
   ``DELETE FROM <table> WHERE expires_at <= now()`` purges the rest.
 * Every operation is one statement, so one round trip: ``put_if_absent`` is an upsert whose
   update only fires on an expired row, ``put_many`` one ``unnest`` insert (chunks of
   ``batch_size`` in one transaction above that), ``delete_many`` one ``DELETE ... = ANY``.
-* The store keeps its own small pool of asyncpg connections: taking an idle one is a list pop,
-  where ``asyncpg.Pool`` adds an acquire/release cycle (and a reset query) measured at 30 % of
-  a point read. A caller's ``asyncpg.Pool`` (``pool=``) is used as it is and never closed; its
-  connections are not given our codec, so queries convert with ``jsonb_send``/``convert_from``.
+* The store keeps its own small pool of asyncpg connections (``postgresql_pool``). A caller's
+  ``asyncpg.Pool`` (``pool=``) is used as it is and never closed; its connections are not given
+  our codec, so queries convert with ``jsonb_send``/``convert_from``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
-import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import orjson
 
 from kvsessions.errors import (
     ConfigError,
@@ -51,6 +47,11 @@ from kvsessions.errors import (
     StoreUnavailableError,
 )
 from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore
+from kvsessions.kv.postgresql_jsonb import decode_jsonb, encode_jsonb, jsonb_loses
+from kvsessions.kv.postgresql_jsonb import split_exact as _split
+from kvsessions.kv.postgresql_pool import CallerPool, Connection, OwnPool, PoolTimeoutError
+from kvsessions.kv.table_layouts import TableLayouts
+from kvsessions.kv.table_layouts import quote_identifier as _quote_identifier
 from kvsessions.urls import StoreURL, parse_store_url
 
 try:
@@ -58,74 +59,26 @@ try:
 except ImportError:
     asyncpg = None
 
-__all__ = ["PostgreSQLStore"]
-
-Connection: TypeAlias = Any  # asyncpg.Connection or a pool's proxy of one (asyncpg is untyped)
+__all__ = ["PostgreSQLStore", "jsonb_loses"]
 
 _DURABILITY = ("normal", "strict")
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
-#: Seconds a cancelled call waits for the server to finish or abandon its statement.
-_SETTLE_TIMEOUT = 5.0
-
-# ---------------------------------------------------------------------------------- lossless
-
-_NUL_ESCAPE = b"\\u0000"
-#: A digit followed by an exponent mark: the only way a JSON number has an exponent.
-_EXPONENT = re.compile(rb"[0-9][eE]")
-
-
-def jsonb_loses(value: bytes) -> bool:
-    """True when JSONB would not give ``value`` back as an equal document.
-
-    JSONB refuses NUL in strings; it keeps a number as a decimal, which returns a float written
-    with an exponent and no fraction left (``1e16``, ``1.5e300``) as an integer, and ``-0.0``
-    as ``0.0``. Floats written without an exponent, and those whose decimal keeps a fraction
-    (``2.5e-7`` is stored as ``0.00000025``), come back exactly. So: one substring test for
-    NUL, then a walk of the decoded document for floats (its cost grows with the number of
-    values, not with the length of strings); the exponent test runs only when an integral float
-    is found, and may fire on a string ("3e4f"), which only costs a needless exact copy.
-    """
-    if _NUL_ESCAPE in value:
-        return True
-    stack: list[Any] = [orjson.loads(value)]
-    exponent: bool | None = None
-    while stack:
-        node = stack.pop()
-        kind = type(node)
-        if kind is dict:
-            stack.extend(node.values())
-        elif kind is list:
-            stack.extend(node)
-        elif kind is float and node.is_integer():
-            if node == 0.0 and math.copysign(1.0, node) < 0:
-                return True
-            if exponent is None:
-                exponent = _EXPONENT.search(value) is not None
-            if exponent:
-                return True
-    return False
-
-
-def queryable_copy(value: bytes) -> bytes:
-    """The document JSONB can hold: each ``\\u0000`` escape becomes ``\\ufffd``. (After an
-    escaped backslash the text "u0000" becomes "ufffd": still valid, only this copy changes.)"""
-    return value.replace(_NUL_ESCAPE, b"\\ufffd")
-
-
-def _split(value: bytes) -> tuple[bytes, bytes | None]:
-    """(value for the jsonb column, exact bytes for ``raw`` or None)."""
-    if jsonb_loses(value):
-        return queryable_copy(value), value
-    return value, None
-
 
 # ---------------------------------------------------------------------------------- SQL
 
 
+#: The table's layouts, oldest first (see ``table_layouts``). Append only.
+LAYOUTS = TableLayouts([
+    (  # 1: key order by bytes ("C"), JSONB values, exact bytes where JSONB would change them
+        'CREATE TABLE IF NOT EXISTS {table} (key text COLLATE "C" PRIMARY KEY, '
+        "value jsonb NOT NULL, raw bytea, expires_at timestamptz)",
+    ),
+], dialect="postgresql")
+
+
 @dataclass(frozen=True, slots=True)
 class _Statements:
-    create: str
     columns: str
     get: str
     get_many: str
@@ -136,10 +89,6 @@ class _Statements:
     delete_many: str
     #: scan[(reverse, lower_inclusive, bounded)]
     scan: dict[tuple[bool, bool, bool], str]
-
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _statements(table_name: str, *, with_codec: bool) -> _Statements:
@@ -170,8 +119,6 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
                     f"SELECT key, {read} FROM {table} WHERE {where} AND {live} "
                     f"ORDER BY key {order} LIMIT $2")
     return _Statements(
-        create=(f"CREATE TABLE IF NOT EXISTS {table} (key text COLLATE \"C\" PRIMARY KEY, "
-                "value jsonb NOT NULL, raw bytea, expires_at timestamptz)"),
         columns=("SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.collname "
                  "FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
@@ -194,152 +141,6 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
 
 _EXPECTED_COLUMNS = {"key": "text", "value": "jsonb", "raw": "bytea",
                      "expires_at": "timestamp with time zone"}
-
-
-# ---------------------------------------------------------------------------------- pools
-
-
-class PoolTimeoutError(TimeoutError):
-    """Every connection stayed busy for ``acquire_timeout`` seconds (back-pressure)."""
-
-
-class _OwnPool:
-    """``min_size``..``max_size`` connections made by the store. An idle one is taken without
-    an await; a semaphore bounds the total and makes callers queue, for ``acquire_timeout``."""
-
-    def __init__(self, connect: Callable[[], Awaitable[Connection]], min_size: int,
-                 max_size: int, acquire_timeout: float) -> None:
-        self._connect = connect
-        self._min_size = min_size
-        self._max_size = max_size
-        self._acquire_timeout = acquire_timeout
-        self._idle: list[Connection] = []
-        self._open: set[Connection] = set()
-        self._slots = asyncio.Semaphore(max_size)
-        self._closed = False
-
-    async def start(self) -> Connection:
-        """Make ``min_size`` connections (at least one, returned checked out for setup)."""
-        first = await self._new_connection()
-        await self._slots.acquire()
-        extra = await asyncio.gather(
-            *(self._new_connection() for _ in range(self._min_size - 1)),
-            return_exceptions=True)
-        for result in extra:
-            if isinstance(result, BaseException):
-                raise result
-            self._idle.append(result)
-        return first
-
-    async def _new_connection(self) -> Connection:
-        connection = await self._connect()
-        self._open.add(connection)
-        return connection
-
-    async def acquire(self) -> Connection:
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._acquire_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise PoolTimeoutError(
-                    f"no connection became free within {self._acquire_timeout:g} s "
-                    f"(max_pool_size={self._max_size}); raise max_pool_size or "
-                    "acquire_timeout") from None
-        else:
-            await self._slots.acquire()
-        try:
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.is_closed():
-                    return connection
-                self._open.discard(connection)
-            return await self._new_connection()
-        except BaseException:
-            self._slots.release()
-            raise
-
-    async def release(self, connection: Connection, error: BaseException | None) -> None:
-        if isinstance(error, asyncio.CancelledError) and not self._closed:
-            error = await _settle_after_cancel(connection, error)
-        if not self._closed and (error is None or _still_usable(connection, error)):
-            self._idle.append(connection)
-        else:
-            self._open.discard(connection)
-            connection.terminate()
-        self._slots.release()
-
-    async def close(self) -> None:
-        self._closed = True  # a connection still in use is terminated when it comes back
-        open_connections, self._open = self._open, set()
-        idle, self._idle = set(self._idle), []
-        for connection in open_connections:
-            if connection in idle:
-                try:
-                    await connection.close(timeout=2)
-                except Exception:
-                    connection.terminate()
-
-
-class _CallerPool:
-    """A caller's ``asyncpg.Pool``: connections are borrowed per operation, never closed."""
-
-    def __init__(self, pool: Any, acquire_timeout: float) -> None:
-        self._pool = pool
-        self._acquire_timeout = acquire_timeout
-
-    async def acquire(self) -> Connection:
-        try:
-            async with asyncio.timeout(self._acquire_timeout):
-                return await self._pool.acquire()
-        except TimeoutError:
-            raise PoolTimeoutError(
-                f"no connection of the pool passed in became free within "
-                f"{self._acquire_timeout:g} s") from None
-
-    async def release(self, connection: Connection, error: BaseException | None) -> None:
-        await self._pool.release(connection)
-
-    async def close(self) -> None:
-        pass
-
-
-async def _settle_after_cancel(connection: Connection,
-                               error: BaseException) -> BaseException | None:
-    """A cancelled statement may still run on the server and, left alone, commit after the
-    caller's next statement on another connection (bringing back the value it overwrote).
-    asyncpg asks the server to cancel it and reads its outcome; one ``SELECT 1`` waits for that
-    (bounded, and shielded from a second cancellation), so the cancelled call returns only once
-    the server is done with it. None when the connection is idle again and can be kept."""
-
-    async def ping() -> BaseException | None:
-        try:
-            async with asyncio.timeout(_SETTLE_TIMEOUT):
-                await connection.fetchval("SELECT 1")
-        except Exception as exc:  # a server error (the cancel itself) keeps the connection
-            return exc
-        return error if connection.is_in_transaction() else None
-
-    try:
-        return await asyncio.shield(asyncio.ensure_future(ping()))
-    except asyncio.CancelledError:
-        return error  # cancelled again: stop waiting, drop the connection
-
-
-def _still_usable(connection: Connection, error: BaseException) -> bool:
-    """After an error the server reported, the connection is fine; after anything else
-    (cancellation, a timeout, a broken socket) its state is unknown, so it is dropped."""
-    return (isinstance(error, asyncpg.PostgresError)
-            and not isinstance(error, asyncpg.PostgresConnectionError)
-            and not connection.is_closed() and not connection.is_in_transaction())
-
-
-def _encode_jsonb(value: bytes) -> bytes:
-    return b"\x01" + value
-
-
-def _decode_jsonb(data: bytes) -> bytes:
-    return data[1:]
 
 
 # ---------------------------------------------------------------------------------- store
@@ -392,7 +193,7 @@ class PostgreSQLStore(KVStore):
         self._caller_pool = pool
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
-        self._pool: _OwnPool | _CallerPool | None = None
+        self._pool: OwnPool | CallerPool | None = None
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> PostgreSQLStore:
@@ -411,19 +212,19 @@ class PostgreSQLStore(KVStore):
             try:
                 await connection.set_type_codec(
                     "jsonb", schema="pg_catalog", format="binary",
-                    encoder=_encode_jsonb, decoder=_decode_jsonb)
+                    encoder=encode_jsonb, decoder=decode_jsonb)
             except BaseException:
                 connection.terminate()
                 raise
         return connection
 
     async def _open(self) -> None:
-        pool: _OwnPool | _CallerPool
+        pool: OwnPool | CallerPool
         if self._caller_pool is not None:
-            pool = _CallerPool(self._caller_pool, self.acquire_timeout)
+            pool = CallerPool(self._caller_pool, self.acquire_timeout)
             connection = await pool.acquire()
         else:
-            pool = _OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
+            pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
                             self.acquire_timeout)
             try:
                 connection = await pool.start()
@@ -457,17 +258,45 @@ class PostgreSQLStore(KVStore):
             raise ConfigError(f"durability=strict needs fsync=on, but {self!r} has fsync={fsync}")
 
     async def _ensure_table(self, connection: Connection) -> None:
-        """Create the table unless it exists; check it if it does. Concurrent openers take an
-        advisory lock, since two CREATE TABLE IF NOT EXISTS can still collide in pg_type."""
-        table = _quote_identifier(self.namespace)
-        rows = await connection.fetch(self._sql.columns, table)
-        if not rows:
+        """Bring the table to the newest layout. When it is up to date this only reads; else
+        the steps run in one transaction under one advisory lock (two CREATE TABLE IF NOT
+        EXISTS at once can still collide in pg_type), the version read again under it."""
+        if await self._layout_version(connection) == LAYOUTS.current:
+            return
+        try:
             async with connection.transaction():
                 await connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    f"kvsessions.create_table.{self.namespace}")
-                await connection.execute(self._sql.create)
-            rows = await connection.fetch(self._sql.columns, table)
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "kvsessions.layouts")
+                await connection.execute(LAYOUTS.create_sql)
+                version = await self._layout_version(connection)
+                for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
+                    await connection.execute(sql)
+                if version == 0:  # a table from before versions, or someone else's
+                    await self._check_columns(connection)
+                if version != LAYOUTS.current:
+                    await connection.execute(LAYOUTS.record_sql, self.namespace,
+                                             LAYOUTS.current)
+        except asyncpg.InsufficientPrivilegeError:
+            # A role that may not create tables (PostgreSQL 15's default on schema public)
+            # uses a table made before versions, which is the first layout, as it is; a
+            # table that needs a step fails with the permission error.
+            table = _quote_identifier(self.namespace)
+            if LAYOUTS.current != 1 or not await connection.fetchval(
+                    "SELECT to_regclass($1) IS NOT NULL", table):
+                raise
+            await self._check_columns(connection)
+
+    async def _layout_version(self, connection: Connection) -> int:
+        try:
+            version = await connection.fetchval(
+                LAYOUTS.read_sql, *LAYOUTS.read_parameters(self.namespace))
+        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError):
+            return 0  # no layouts table yet, or not ours to read: the upgrade decides
+        return 0 if version is None else int(version)
+
+    async def _check_columns(self, connection: Connection) -> None:
+        """A table made before layout versions must be a kvsessions table with byte order."""
+        rows = await connection.fetch(self._sql.columns, _quote_identifier(self.namespace))
         found = {name: (kind, collation) for name, kind, collation in rows}
         for name, kind in _EXPECTED_COLUMNS.items():
             if name not in found or found[name][0] != kind:
@@ -521,6 +350,44 @@ class PostgreSQLStore(KVStore):
         document, raw = _split(value)
         stored = await self._run("fetchval", self._sql.put_if_absent, key, document, raw, ttl)
         return stored is True
+
+    @functools.cached_property
+    def _cas_sql(self) -> tuple[str, str]:
+        """(update, delete) statements of ``compare_and_set``; each matches the row only while
+        its live value equals the expected document: jsonb equality, plus the exact bytes for a
+        row that keeps them in ``raw`` (see ``jsonb_loses``). Under READ COMMITTED a
+        concurrent writer of the row makes the statement wait and re-check its WHERE on the
+        new row version, so of many concurrent calls from one value exactly one matches."""
+        table = _quote_identifier(self.namespace)
+        if self._caller_pool is None:
+            old_value, new_value = "$2::jsonb", "$4::jsonb"
+        else:
+            old_value = "convert_from($2::bytea, 'UTF8')::jsonb"
+            new_value = "convert_from($4::bytea, 'UTF8')::jsonb"
+        matches = (f"key = $1 AND (expires_at IS NULL OR expires_at > now()) "
+                   f"AND value = {old_value} AND (raw IS NULL OR raw = $3::bytea)")
+        update = (f"UPDATE {table} SET value = {new_value}, raw = $5::bytea, "
+                  f"expires_at = now() + $6::float8 * interval '1 second' "
+                  f"WHERE {matches} RETURNING true")
+        delete = f"DELETE FROM {table} WHERE {matches} RETURNING true"
+        return update, delete
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        if expected is None:
+            if new is None:
+                return await self._get(key) is None
+            return await self._put_if_absent(key, new, ttl)
+        old_document, old_raw = _split(expected)
+        update, delete = self._cas_sql
+        if new is None:
+            found = await self._run("fetchval", delete, key, old_document, old_raw)
+        else:
+            new_document, new_raw = _split(new)
+            found = await self._run("fetchval", update, key, old_document, old_raw,
+                                    new_document, new_raw, ttl)
+        return found is True
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         size = self.scan_batch_size

@@ -163,6 +163,35 @@ return foreign
 """
 
 
+# compare_and_set. KEYS: value key, index, expiry set. ARGV: expected ('' = absent), new
+# ('' = delete), member, px ('' = no ttl), prefix. A value is a non-empty JSON object, so ''
+# never stands for one. Runs as one script on one slot: nothing runs between GET and the write.
+_COMPARE_AND_SET_LUA = _EXPIRY_LUA + """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if current ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+if ARGV[2] == '' then
+  if current then
+    redis.call('DEL', KEYS[1])
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    redis.call('ZREM', KEYS[3], ARGV[3])
+  end
+  return 1
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
+return 1
+"""
+
+
 class _Script:
     """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
 
@@ -183,6 +212,7 @@ _WRITE_MANY_TTL = _Script(_WRITE_MANY_TTL_LUA)
 _PUT_MANY = _Script(_PUT_MANY_LUA)
 _DELETE = _Script(_DELETE_LUA)
 _CLEAN = _Script(_CLEAN_LUA)
+_COMPARE_AND_SET = _Script(_COMPARE_AND_SET_LUA)
 
 
 def _require_driver() -> None:
@@ -410,6 +440,22 @@ class RedisStore(KVStore):
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self._write(key, value, ttl, nx=True)
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        member = key.encode()
+        keys = [self._value_prefix + member, self._index_key, self._expiry_key]
+        px = "" if ttl is None else _milliseconds(ttl)
+        try:
+            swapped = await self._run(_COMPARE_AND_SET, keys, [
+                b"" if expected is None else expected, b"" if new is None else new, member,
+                px, self._value_prefix])
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise self._foreign(key) from None
+        return bool(swapped)
 
     async def _write(self, key: str, value: bytes, ttl: float | None, *, nx: bool) -> bool:
         member = key.encode()

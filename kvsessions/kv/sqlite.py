@@ -1,5 +1,5 @@
 # ruff: noqa: S608  -- SQL is built only from the checked namespace identifier and "?" marks
-"""SQLite through aiosqlite: one table per namespace, in WAL mode, in key order.
+"""SQLite on a thread of our own: one table per namespace, in WAL mode, in key order.
 
 ``sqlite:///path.db?namespace=NAME&busy_timeout=30000&durability=normal&batch_size=1000``
 (``sqlite:///:memory:`` gives a private in-memory database that lives until ``close()``). The
@@ -12,42 +12,44 @@ Why it is built this way:
   ordered scan reads the B-tree front to back. The key column uses SQLite's BINARY collation,
   which compares UTF-8 bytes: exactly the contract's order. Prefixes become key ranges
   (``prefix <= key < prefix_upper_bound(prefix)``); there is no LIKE anywhere.
-* The connection is in autocommit mode: a single statement commits by itself in one thread hop.
-  Work that needs several statements (``put_many``, opening) runs as one function on
-  aiosqlite's worker thread, so no other task's statement can land inside the transaction.
+* Each store has one ``sqlite3`` connection on one daemon thread (``sqlite_worker``), in
+  autocommit mode. Every operation is one function run there, one hop from the event loop:
+  a single statement commits by itself; work that needs several statements (``put_many``,
+  opening) is one function too, so no other task's statement can land inside its transaction.
+  Only ``get`` runs on the event loop, on a second, read-only connection that never waits
+  for a lock (see ``_get``).
+* The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
+  older release, and does not touch (or wait for) a database whose table is up to date.
 * Expired rows are filtered in every read with the current time as a parameter; a partial
   index on ``expires_at`` makes the periodic purge cheap.
 * Contention between processes never reaches the caller as "database is locked": writes take
   the write lock at their first statement (``BEGIN IMMEDIATE`` or a single autocommit write,
   both waited for by ``busy_timeout``), and the steps of opening a fresh file, which SQLite may
   refuse with SQLITE_BUSY without waiting, are retried until ``busy_timeout`` runs out.
+  Opening a set-up table only reads (WAL readers never wait for a writer); the purge of expired
+  rows at open is skipped when another connection holds the write lock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kvsessions.errors import (
     ConfigError,
     KVSessionsError,
-    MissingDependencyError,
     StoreError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.sqlite_worker import SQLiteWorker
+from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.urls import StoreURL
-
-try:
-    import aiosqlite
-except ImportError:  # pragma: no cover - aiosqlite is a core dependency
-    aiosqlite = None  # type: ignore[assignment]
 
 __all__ = ["SQLiteStore"]
 
@@ -61,6 +63,16 @@ _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _IN_CHUNK = 500
 #: Seconds between purges of expired rows, each done on a write.
 _PURGE_INTERVAL = 60.0
+
+#: The table's layouts, oldest first (see ``table_layouts``). Append only.
+LAYOUTS = TableLayouts([
+    (  # 1: rows in key order (BINARY: UTF-8 byte order) and the index the purge reads
+        "CREATE TABLE IF NOT EXISTS {table} (key TEXT NOT NULL PRIMARY KEY, "
+        "value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID",
+        'CREATE INDEX IF NOT EXISTS "{name}__expires" ON {table} (expires_at) '
+        "WHERE expires_at IS NOT NULL",
+    ),
+])
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -77,6 +89,9 @@ class SQLiteStore(KVStore):
     """A namespace is a table; several namespaces (and processes) can share one file."""
 
     schemes = ("sqlite",)
+    #: A second connection, for ``get`` on the event loop (None for ``:memory:``, which a
+    #: second connection cannot see).
+    _reader: sqlite3.Connection | None = None
 
     def __init__(
         self,
@@ -88,8 +103,6 @@ class SQLiteStore(KVStore):
         batch_size: int = 1000,
     ) -> None:
         super().__init__(namespace=namespace)
-        if aiosqlite is None:  # pragma: no cover
-            raise MissingDependencyError("aiosqlite", "sqlite", purpose="the SQLite store")
         if durability not in _DURABILITY:
             raise ConfigError(
                 f"durability={durability!r} is not known; use one of {', '.join(_DURABILITY)}")
@@ -101,7 +114,7 @@ class SQLiteStore(KVStore):
         self.busy_timeout = busy_timeout
         self.durability = durability
         self.scan_batch_size = batch_size
-        self._conn: Any = None
+        self._conn: SQLiteWorker | None = None
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
         live = "(expires_at IS NULL OR expires_at > ?)"
@@ -142,24 +155,60 @@ class SQLiteStore(KVStore):
 
     async def _open(self) -> None:
         if self.path != MEMORY:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = aiosqlite.connect(
-            self.path, timeout=self.busy_timeout / 1000, isolation_level=None)
-        await conn
+            folder = Path(self.path)
+            if folder.is_dir():
+                raise ConfigError(f"{self!r}: {self.path} is a folder; give the path of a "
+                                  "database file (sqlite:///folder/name.db)")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        worker = SQLiteWorker(f"kvsessions-sqlite-{self.namespace}")
         try:
-            await self._with_busy_retry(lambda: self._in_thread(conn, self._prepare))
+            await worker.start(lambda: sqlite3.connect(
+                self.path, timeout=self.busy_timeout / 1000, isolation_level=None))
+            await worker.run(self._prepare_until_not_busy)
+            if self.path != MEMORY:
+                self._reader = await worker.run(lambda _: self._connect_reader())
         except BaseException:
-            await conn.close()
+            await worker.stop()
             raise
-        self._conn = conn
+        self._conn = worker
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        """Read-only, and never waiting for a lock (busy: the read goes to the thread)."""
+        reader = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                 check_same_thread=False)
+        try:
+            reader.execute("PRAGMA query_only = 1")
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         if conn is not None:
-            await conn.close()
+            await conn.stop()
+
+    def _prepare_until_not_busy(self, db: sqlite3.Connection) -> None:
+        """Retry what SQLite refuses with SQLITE_BUSY without calling the busy handler
+        (switching to WAL, reading a schema that another process is changing)."""
+        deadline = time.monotonic() + self.busy_timeout / 1000
+        delay = 0.005
+        while True:
+            try:
+                return self._prepare(db)
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        """Runs on the worker thread: pragmas, WAL, the table and its expiry index."""
+        """Runs on the worker thread: pragmas, WAL, then the table at its newest layout."""
         db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout)}")
         if self.path != MEMORY:
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -171,46 +220,78 @@ class SQLiteStore(KVStore):
         if actual != wanted:
             raise StoreError(
                 f"{self!r}: PRAGMA synchronous reads {actual} after setting {wanted}")
+        if self._layout_version(db) != LAYOUTS.current:
+            self._upgrade_layout(db)
+        self._purge_unless_locked(db)
+
+    def _layout_version(self, db: sqlite3.Connection) -> int:
+        """The table's layout version, read without a lock (0: no row yet)."""
+        try:
+            row = db.execute(LAYOUTS.read_sql, LAYOUTS.read_parameters(self.namespace)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return 0
+        return 0 if row is None else int(row[0])
+
+    def _upgrade_layout(self, db: sqlite3.Connection) -> None:
+        """The missing steps and the new version in one write transaction; the version is read
+        again under the write lock, so of processes opening at once one runs each step."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} (key TEXT NOT NULL PRIMARY KEY, "
-                "value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID")
-            db.execute(
-                f'CREATE INDEX IF NOT EXISTS "{self.namespace}__expires" ON {self._table} '
-                "(expires_at) WHERE expires_at IS NOT NULL")
-            db.execute(self._sql_purge, (time.time(),))
+            db.execute(LAYOUTS.create_sql)
+            version = self._layout_version(db)
+            for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
+                db.execute(sql)
+            if version != LAYOUTS.current:
+                db.execute(LAYOUTS.record_sql, (self.namespace, LAYOUTS.current))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        self._next_purge = time.time() + _PURGE_INTERVAL
 
-    async def _with_busy_retry(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """Retry what SQLite refuses with SQLITE_BUSY without calling the busy handler
-        (switching to WAL, reading a schema that another process is changing)."""
-        deadline = time.monotonic() + self.busy_timeout / 1000
-        delay = 0.005
-        while True:
-            try:
-                return await attempt()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+    def _purge_unless_locked(self, db: sqlite3.Connection) -> None:
+        """Remove expired rows now, unless another connection holds the write lock: opening
+        never waits for a writer for this (later writes purge)."""
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute(self._sql_purge, (time.time(),))
+            self._next_purge = time.time() + _PURGE_INTERVAL
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            self._next_purge = 0.0
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout)}")
 
     @staticmethod
-    async def _in_thread(conn: Any, function: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``function(sqlite3_connection)`` on aiosqlite's worker thread, as one hop that
-        no other task's statement can interleave with."""
-        result: _T = await conn._execute(lambda: function(conn._conn))
-        return result
+    async def _in_thread(conn: SQLiteWorker | None,
+                         function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``function(sqlite3_connection)`` on the store's thread, as one hop that no
+        other task's statement can interleave with."""
+        assert conn is not None
+        return await conn.run(function)
 
     # ------------------------------------------------------------------ single keys
 
     async def _get(self, key: str) -> bytes | None:
-        rows = await self._conn.execute_fetchall(self._sql_get, (key, time.time()))
+        """On the event loop: one primary-key lookup in WAL costs a few microseconds, less
+        than the hop to the thread, and a WAL reader never waits for a writer. Should SQLite
+        still answer busy (a checkpoint or recovery under way), the read goes to the thread,
+        which waits with ``busy_timeout``."""
+        sql, params = self._sql_get, (key, time.time())
+        reader = self._reader
+        rows: list[Any] | None = None
+        if reader is not None:
+            try:
+                rows = reader.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        if rows is None:
+            rows = await self._in_thread(
+                self._conn, lambda db: db.execute(sql, params).fetchall())
         if not rows:
             return None
         return self._value(key, rows[0][0])
@@ -223,9 +304,9 @@ class SQLiteStore(KVStore):
             "(written by something other than kvsessions?)")
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
-        await self._conn.execute_fetchall(self._sql_put, (key, value, expires_at(ttl)))
-        if ttl is not None:
-            await self._maybe_purge()
+        sql, params = self._sql_put, (key, value, expires_at(ttl))
+        purge = self._purge_due(ttl)
+        await self._in_thread(self._conn, lambda db: purge(db.execute(sql, params)))
 
     async def _delete(self, key: str) -> bool:
         sql, now = self._sql_delete, time.time()
@@ -234,52 +315,106 @@ class SQLiteStore(KVStore):
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
-        stored = await self._in_thread(self._conn, lambda db: db.execute(sql, params).rowcount)
+        purge = self._purge_due(ttl)
+        stored = await self._in_thread(
+            self._conn, lambda db: purge(db.execute(sql, params)).rowcount)
+        return bool(stored)
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        """Read, compare and write inside one ``BEGIN IMMEDIATE`` on the worker thread: the
+        write lock is held from the read on, so no other connection or process writes
+        between them."""
+        table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
+        upsert = self._sql_put
+
+        def swap(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(f"SELECT value FROM {table} WHERE key = ? AND {live}",
+                                 (key, now)).fetchone()
+                current = None if row is None else self._value(key, row[0])
+                swapped = current == expected
+                if swapped and new is not None:
+                    db.execute(upsert, (key, new, deadline))
+                elif swapped and current is not None:
+                    db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return swapped
+
+        swapped = await self._in_thread(self._conn, swap)
         if ttl is not None:
             await self._maybe_purge()
-        return bool(stored)
+        return swapped
 
     async def _maybe_purge(self) -> None:
         """Remove expired rows now and then; reads never depend on it."""
         now = time.time()
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_INTERVAL
-            await self._conn.execute_fetchall(self._sql_purge, (now,))
+            sql = self._sql_purge
+            await self._in_thread(self._conn, lambda db: db.execute(sql, (now,)))
+
+    def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
+        """For a write with a ttl, now and then: a step, run on the thread after the write in
+        the same hop, that removes expired rows (reads never depend on it)."""
+        now = time.time()
+        if ttl is None or now < self._next_purge:
+            return _unchanged
+        self._next_purge = now + _PURGE_INTERVAL
+        sql = self._sql_purge
+
+        def purge(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
+            assert cursor.connection is not None
+            cursor.connection.execute(sql, (now,))
+            return cursor
+
+        return purge
 
     # ------------------------------------------------------------------ batches
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
-        found: dict[str, bytes] = {}
-        now = time.time()
+        table, live, now = self._table, self._live, time.time()
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start:start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = await self._conn.execute_fetchall(
-                f"SELECT key, value FROM {self._table} WHERE key IN ({marks}) AND {self._live}",
-                (*chunk, now))
-            for key, value in rows:
-                found[key] = self._value(key, value)
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            """Every chunk in one hop, in one read transaction (one snapshot)."""
+            if len(unique) <= _IN_CHUNK:
+                return _select_in(db, table, live, unique, now)
+            db.execute("BEGIN")
+            try:
+                return [row for start in range(0, len(unique), _IN_CHUNK)
+                        for row in _select_in(db, table, live,
+                                              unique[start:start + _IN_CHUNK], now)]
+            finally:
+                db.execute("COMMIT")
+
+        found = {key: self._value(key, value)
+                 for key, value in await self._in_thread(self._conn, read)}
         return [found.get(key) for key in keys]
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         deadline = expires_at(ttl)
         rows = [(key, value, deadline) for key, value in items]
         sql = self._sql_put
+        purge = self._purge_due(ttl)
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(sql, rows)
-                db.execute("COMMIT")
+                purge(db.execute("COMMIT"))
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
 
         await self._in_thread(self._conn, write)
-        if ttl is not None:
-            await self._maybe_purge()
 
     async def _delete_many(self, keys: list[str]) -> int:
         table, live, now = self._table, self._live, time.time()
@@ -320,7 +455,7 @@ class SQLiteStore(KVStore):
         order = "DESC" if reverse else "ASC"
         sql = (f"SELECT key, value FROM {self._table} WHERE {' AND '.join(where)} "
                f"AND {self._live} ORDER BY key {order} LIMIT ?")
-        rows = await self._conn.execute_fetchall(sql, params)
+        rows = await self._in_thread(self._conn, lambda db: db.execute(sql, params).fetchall())
         for key, value in rows:
             if type(value) is not bytes:
                 self._value(key, value)
@@ -340,8 +475,19 @@ class SQLiteStore(KVStore):
         if isinstance(exc, sqlite3.Error):
             return StoreError
         if isinstance(exc, ValueError) and "closed" in str(exc).lower():
-            return StoreUnavailableError  # aiosqlite's worker thread has stopped
+            return StoreUnavailableError  # the store's thread has stopped
         return None
+
+
+def _select_in(db: sqlite3.Connection, table: str, live: str, keys: list[str],
+               now: float) -> list[Any]:
+    marks = ", ".join("?" * len(keys))
+    sql = f"SELECT key, value FROM {table} WHERE key IN ({marks}) AND {live}"
+    return db.execute(sql, (*keys, now)).fetchall()
+
+
+def _unchanged(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
+    return cursor
 
 
 def _database_path(url: StoreURL) -> str:

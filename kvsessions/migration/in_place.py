@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kvsessions.documents.keys import upgrade_key_layout
 from kvsessions.migration.batches import (
     MigrationProgress,
     Prefetch,
@@ -58,9 +59,11 @@ async def upgrade_storage(
     storage: Any, *, prefix: str = "", batch_size: int = 1000,
     progress_callback: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Rewrite, in place, every document of an older version as the newest version. Documents
-    that cannot be upgraded are left as they are and reported. Expiry times are not kept on the
-    rewritten documents (the contract cannot read them)."""
+    """Rewrite, in place, every document of an older version as the newest version, and move
+    documents an earlier release stored under legacy keys (ids holding ``:`` or ``%``) to the
+    keys of this layout (``upgrade_key_layout``). Documents that cannot be upgraded are left as
+    they are and reported. Expiry times are not kept on the rewritten documents (the contract
+    cannot read them)."""
     store = as_store(storage, "storage")
     size = check_batch_size(batch_size)
     started = time.perf_counter()
@@ -75,9 +78,11 @@ async def upgrade_storage(
             checked += len(batch)
             await report_progress(progress_callback, MigrationProgress(
                 checked, 0, batch[-1][0], time.perf_counter() - started))
+    moved = await upgrade_key_layout(store) if prefix == "" else 0
     return {
         "documents_checked": checked,
         "documents_upgraded": check.upgraded,
+        "keys_moved": moved,
         "invalid_documents": check.invalid_count,
         "invalid": check.invalid,
         "duration_seconds": time.perf_counter() - started,

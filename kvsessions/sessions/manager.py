@@ -91,10 +91,13 @@ class SessionManager:
         }
 
     async def shutdown(self) -> None:
-        """Save every session in memory (only what is new in each), then forget them. The
-        storage stays open: whoever made it closes it."""
+        """Save the sessions in memory that changed since they were loaded or saved (only
+        what is new in each), then forget them: an unchanged session is not written, so one
+        deleted elsewhere meanwhile stays deleted. The storage stays open: whoever made it
+        closes it."""
         for session in list(self._cache.values()):
-            await self.storage.save_session(session)
+            if self.storage.has_changes(session):
+                await self.storage.save_session(session)
         self._cache.clear()
 
     # ------------------------------------------------------------------ sessions
@@ -127,14 +130,17 @@ class SessionManager:
         return await self.storage.save_session(session)
 
     async def archive_session(self, session_id: str) -> bool:
-        """Mark the session archived (it stays stored); False if there is no such session."""
+        """Mark the session archived (it stays stored); False if there is no such session
+        (also when it was deleted elsewhere after this manager loaded it)."""
         session = await self.get_session(session_id)
         if session is None:
             return False
         session.status = "archived"
         session.updated_at = max(session.updated_at, utc_now())
-        await self.storage.save_session(session)
-        return True
+        if await self.storage.save_session(session):
+            return True
+        self._cache.pop(session_id, None)
+        return False
 
     async def cleanup_expired_sessions(self) -> int:
         """Mark active sessions not updated for ``expiry_hours`` as expired (they stay stored,
@@ -200,18 +206,19 @@ class SessionManager:
         self._cache.move_to_end(session.session_id)
         while len(self._cache) > self.max_cached_sessions:
             _, evicted = self._cache.popitem(last=False)
-            await self.storage.save_session(evicted)
+            if self.storage.has_changes(evicted):
+                await self.storage.save_session(evicted)
 
 
 def _cache_statistics(store: KVStore) -> dict[str, Any] | None:
     """``statistics()`` of the first ``CachedStore`` in a chain of wrappers, if any."""
+    from kvsessions.wrappers.cache import CachedStore  # lazy: redis is imported only when asked for
+
     seen = 0
     current: Any = store
     while current is not None and seen < 10:
-        if type(current).__name__ == "CachedStore" and callable(
-                getattr(current, "statistics", None)):
-            result: dict[str, Any] = current.statistics()
-            return result
+        if isinstance(current, CachedStore):
+            return current.statistics()
         current = getattr(current, "inner", None)
         seen += 1
     return None

@@ -62,6 +62,13 @@ class ValidatingStore(StoreWrapper):
         self._check_bytes(key, value)
         return await self.inner._put_if_absent(key, value, ttl)
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        if new is not None:
+            self._check_bytes(key, new)
+        return await self.inner._compare_and_set(key, expected, new, ttl)
+
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         for key, value in items:
             self._check_bytes(key, value)
@@ -99,13 +106,13 @@ class ValidatingStore(StoreWrapper):
         """The document under ``key`` at the newest version, validated; None if missing."""
         await self._ready()
         value = await self.inner.get(key)
-        return None if value is None else self._decode(key, value)
+        return None if value is None else self.decode(key, value)
 
     async def get_documents(self, keys: Iterable[str]) -> list[dict[str, Any] | None]:
         await self._ready()
         key_list = list(keys)
         values = await self.inner.get_many(key_list)
-        return [None if v is None else self._decode(k, v)
+        return [None if v is None else self.decode(k, v)
                 for k, v in zip(key_list, values, strict=True)]
 
     async def scan_documents(
@@ -119,7 +126,7 @@ class ValidatingStore(StoreWrapper):
         await self._ready()
         async for key, value in self.inner.scan(prefix, start_after=start_after, limit=limit,
                                                 reverse=reverse):
-            yield key, self._decode(key, value)
+            yield key, self.decode(key, value)
 
     def encode(self, key: str, document: dict[str, Any]) -> bytes:
         """Validate and encode a document for writing (the newest version only)."""
@@ -138,7 +145,8 @@ class ValidatingStore(StoreWrapper):
         await self._ready()
         await self.inner.put_many([(k, self.encode(k, d)) for k, d in items], ttl=ttl)
 
-    def _decode(self, key: str, value: bytes) -> dict[str, Any]:
+    def decode(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored value as a document of the newest version, validated (on reads)."""
         document = decode_document(value, key=key)
         if self.validate_reads:
             validate_document(document, key=key)

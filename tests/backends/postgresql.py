@@ -25,6 +25,9 @@ async def drop_tables(url: str, namespaces: set[str]) -> None:
     try:
         for namespace in sorted(namespaces):
             await connection.execute(f'DROP TABLE IF EXISTS "{namespace}"')
+        if await connection.fetchval("SELECT to_regclass('\"kvsessions-layouts\"')"):
+            await connection.execute('DELETE FROM "kvsessions-layouts" WHERE name = ANY($1)',
+                                     sorted(namespaces))
     finally:
         await connection.close()
 

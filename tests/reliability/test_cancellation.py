@@ -37,7 +37,8 @@ import asyncpg
 import orjson
 import pytest
 
-from kvsessions.documents.codec import encode_document, message_key, message_to_document
+from kvsessions.documents.codec import encode_document, message_to_document
+from kvsessions.documents.keys import message_key
 from kvsessions.documents.models import ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.file import FileStore
@@ -218,9 +219,10 @@ async def postgresql_leaks(store: PostgreSQLStore) -> Counter[str]:
     return faults
 
 
-def sqlite_leaks(store: SQLiteStore) -> Counter[str]:
+async def sqlite_leaks(store: SQLiteStore) -> Counter[str]:
     faults: Counter[str] = Counter()
-    faults["open_transactions"] += bool(store._conn._conn.in_transaction)
+    assert store._conn is not None
+    faults["open_transactions"] += await store._conn.run(lambda db: db.in_transaction)
     other = sqlite3.connect(store.path, timeout=0, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # at once, or "database is locked"
@@ -288,7 +290,7 @@ async def leaks(adapter: str, store: Any) -> Counter[str]:
     if adapter == "postgresql":
         return await postgresql_leaks(store)
     if adapter == "sqlite":
-        return sqlite_leaks(store)
+        return await sqlite_leaks(store)
     if adapter == "file":
         return file_leaks(store)
     if adapter == "mongodb":

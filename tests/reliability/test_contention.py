@@ -151,7 +151,7 @@ def test_eight_processes_write_500_documents_each_to_one_fresh_file(tmp_path: Pa
         rows = db.execute("SELECT key, value FROM contended").fetchall()
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
                                                "WHERE type = 'table'")}
-    assert tables == {"contended", *(f"own{w}" for w in range(PROCESSES))}
+    assert tables == {"contended", "kvsessions-layouts", *(f"own{w}" for w in range(PROCESSES))}
     stored = dict(rows)
     assert len(stored) == PROCESSES * count + 1  # + the one "race" winner
     for worker in range(PROCESSES):

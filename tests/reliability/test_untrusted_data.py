@@ -30,14 +30,8 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.documents.codec import (
-    file_key,
-    file_to_document,
-    message_key,
-    message_to_document,
-    session_key,
-    session_to_document,
-)
+from kvsessions.documents.codec import file_to_document, message_to_document, session_to_document
+from kvsessions.documents.keys import file_key, message_key, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     KVSessionsError,

@@ -29,13 +29,8 @@ from typing import Any
 
 import orjson
 
-from kvsessions.documents.codec import (
-    decode_document,
-    encode_document,
-    message_key,
-    message_to_document,
-    session_key,
-)
+from kvsessions.documents.codec import decode_document, encode_document, message_to_document
+from kvsessions.documents.keys import message_key, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import KVSessionsError
