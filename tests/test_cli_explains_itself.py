@@ -22,6 +22,7 @@ import pytest
 
 import kvsessions
 from kvsessions.documents import codec
+from kvsessions.documents import keys as layout
 from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 from tests.cli import KVSESSIONS, fill, run_kvsessions
@@ -37,11 +38,11 @@ def one_of_each() -> dict[str, bytes]:
     record = UploadedFileRecord.create("files/x", "https://files.example.invalid/x", "x.pdf",
                                        10, "application/pdf")
     return {
-        codec.session_key(session.session_id):
+        layout.session_key(session.session_id):
             codec.encode_document(codec.session_to_document(session)),
-        codec.message_key(session.session_id, message.message_id):
+        layout.message_key(session.session_id, message.message_id):
             codec.encode_document(codec.message_to_document(message)),
-        codec.file_key(record.file_id): codec.encode_document(codec.file_to_document(record)),
+        layout.file_key(record.file_id): codec.encode_document(codec.file_to_document(record)),
     }
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,34 @@ def test_a_folder_given_as_a_sqlite_file_is_one_line(tmp_path: Path) -> None:
     line = one_error_line(run_kvsessions("ls", f"sqlite:///{folder}"), "ls")
     assert f"{folder} is a folder" in line
     assert list(folder.iterdir()) == []
+
+
+#: Seed 003's own example, failing before it closes its storage.
+NEVER_CLOSED = """
+import asyncio, sys
+from kvsessions import SessionManager, SQLiteSessionStorage
+
+async def main():
+    storage = SQLiteSessionStorage(sys.argv[1])
+    await storage.initialize()
+    manager = SessionManager(storage)
+    session = await manager.create_session("gemini-2.5-flash")
+    session.add_message("user", "hello")
+    await manager.auto_save(session)
+    raise RuntimeError("the application failed before closing its storage")
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_never_closes_its_sqlite_storage_exits(tmp_path: Path) -> None:
+    try:
+        done = subprocess.run([sys.executable, "-c", NEVER_CLOSED, str(tmp_path / "s.db")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process never exited: the SQLite thread kept it alive")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(
+        "RuntimeError: the application failed before closing its storage")
+    listing = run_kvsessions("ls", f"sqlite:///{tmp_path}/s.db")
+    assert "1 session in" in listing.stdout  # what it saved before failing is there
