@@ -4,15 +4,21 @@ are each one error line, and afterwards the disk holds exactly what it held befo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
+from tests.backends.postgresql import POSTGRES_URL
 from tests.cli import one_error_line, run_kvsessions
+from tests.mongo_server import mongodb_url
 
 #: Each read-only command with the arguments that follow its store (``{out}``: a new file).
 READERS = [
@@ -123,3 +129,41 @@ def test_a_process_that_never_closes_its_sqlite_storage_exits(tmp_path: Path) ->
         "RuntimeError: the application failed before closing its storage")
     listing = run_kvsessions("ls", f"sqlite:///{tmp_path}/s.db")
     assert "1 session in" in listing.stdout  # what it saved before failing is there
+
+
+@pytest.mark.parametrize("command", ["ls", "stats", "validate", "export"])
+def test_a_server_store_that_does_not_exist_is_not_created(tmp_path: Path, command: str) -> None:
+    namespace = "absent_" + uuid.uuid4().hex[:12]
+    for url, exists in ((f"{POSTGRES_URL}?namespace={namespace}", _postgres_table_exists),
+                        (_mongodb_url(namespace), _mongodb_collection_exists)):
+        argv = [command, url, *([str(tmp_path / "dump.jsonl")] if command == "export" else [])]
+        line = one_error_line(run_kvsessions(*argv), command)
+        assert "no kvsessions store at" in line and namespace in line
+        assert not exists(namespace)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _mongodb_url(namespace: str) -> str:
+    parts = urlsplit(mongodb_url())
+    query = f"{parts.query}&namespace={namespace}" if parts.query else f"namespace={namespace}"
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def _postgres_table_exists(name: str) -> bool:
+    async def look() -> bool:
+        connection = await asyncpg.connect(POSTGRES_URL)
+        try:
+            return bool(await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
+        finally:
+            await connection.close()
+    return asyncio.run(look())
+
+
+def _mongodb_collection_exists(name: str) -> bool:
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongodb_url())
+    try:
+        return name in client.get_default_database("kvsessions").list_collection_names()
+    finally:
+        client.close()

@@ -78,6 +78,7 @@ async def opened_store(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, *,
     store = open_store(url)
     if not create:
         await asyncio.to_thread(check_store_exists, store, shown_url(url))
+        store.create_missing = False
     async with _connected(url, timeout, store.open, store.close):
         yield store
 
@@ -90,6 +91,7 @@ async def opened_session_storage(url: str, timeout: float = DEFAULT_CONNECT_TIME
     store = open_store(url)
     if not create:
         await asyncio.to_thread(check_store_exists, store, shown_url(url))
+        store.create_missing = False
     storage = SessionStorage(store)
     async with _connected(url, timeout, storage.initialize, storage.close):
         yield storage

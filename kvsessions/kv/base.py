@@ -120,6 +120,10 @@ class KVStore(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: How many documents one scan page fetches.
     scan_batch_size: int = 500
+    #: False: ``open()`` refuses (``ConfigError``) a server store whose table or collection
+    #: does not exist, instead of creating it: for commands that only read. (An embedded
+    #: store's file or folder is looked at before opening: ``kvsessions.cli.existing``.)
+    create_missing: bool = True
 
     def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = check_namespace(namespace)

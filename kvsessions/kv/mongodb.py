@@ -217,6 +217,9 @@ class MongoDBStore(KVStore):
         """A default collation other than simple would make ``_id`` compare (and be unique)
         by locale rules: keys like "a" and "A" would clash and scans leave byte order."""
         reply = await database.command("listCollections", filter={"name": self.namespace})
+        if not reply["cursor"]["firstBatch"] and not self.create_missing:
+            raise ConfigError(f"no kvsessions store at {self!r}: collection "
+                              f"{self.namespace!r} does not exist")
         for info in reply["cursor"]["firstBatch"]:
             collation = info.get("options", {}).get("collation")
             if collation and collation.get("locale") != "simple":

@@ -263,6 +263,10 @@ class PostgreSQLStore(KVStore):
         EXISTS at once can still collide in pg_type), the version read again under it."""
         if await self._layout_version(connection) == LAYOUTS.current:
             return
+        if not self.create_missing and not await connection.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", _quote_identifier(self.namespace)):
+            raise ConfigError(f"no kvsessions store at {self!r}: table {self.namespace!r} does "
+                              "not exist; nothing was created")
         try:
             async with connection.transaction():
                 await connection.execute(
