@@ -21,15 +21,14 @@ from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
-from kvsessions.urls import parse_store_url, redact_url
+from kvsessions.urls import is_secret_option, parse_store_url, redact_url
 
 try:
     import yaml
 except ImportError:  # pragma: no cover - depends on the installed extras
     yaml = None  # type: ignore[assignment]
 
-__all__ = ["BACKENDS", "ENVIRONMENT", "StorageConfig", "create_manager", "create_storage",
-           "shown_url"]
+__all__ = ["BACKENDS", "ENVIRONMENT", "StorageConfig", "create_manager", "create_storage"]
 
 #: Backends by name, with the URL schemes a ``connection_string`` of each may use.
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -56,22 +55,11 @@ ENVIRONMENT: dict[str, str] = {
 }
 #: Settings that choose the store; set in a higher source they override a lower source's url.
 _STORE_CHOICE = ("backend", "connection_string", "database_path")
-_SECRET_OPTIONS = frozenset({"password", "pass", "pwd", "secret", "token"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Setting = tuple[Any, str]  # (raw value, where it came from: shown in errors)
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password masked, keeping the ``//`` of ``sqlite:///path``-style URLs
-    (``redact_url`` drops it when the host is empty), so that it can be pasted back."""
-    shown = redact_url(url)
-    scheme, separator, _ = url.partition("://")
-    if separator and not shown.startswith(scheme + "://") and shown.startswith(scheme + ":"):
-        shown = f"{scheme}://{shown[len(scheme) + 1:]}"
-    return shown
 
 
 # ---------------------------------------------------------------------- value checks
@@ -217,9 +205,9 @@ class StorageConfig:
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name in ("url", "connection_string", "cache_url") and value is not None:
-                value = shown_url(value)
+                value = redact_url(value)
             elif item.name == "options":
-                value = {k: "***" if k.lower() in _SECRET_OPTIONS else v
+                value = {k: "***" if is_secret_option(k) else v
                          for k, v in value.items()}
             shown.append(f"{item.name}={value!r}")
         return f"StorageConfig({', '.join(shown)})"
@@ -257,7 +245,7 @@ class StorageConfig:
 
     @property
     def redacted_url(self) -> str:
-        return shown_url(self.store_url())
+        return redact_url(self.store_url())
 
     # ------------------------------------------------------------------ sources
 

@@ -64,6 +64,7 @@ def open_store(url: str, *, cache_url: str | None = None, **options: Any) -> KVS
         raise ConfigError(f"{cls.__name__} cannot be built from a URL")
     store: KVStore = from_url(parsed, **options)
     if cache_url is not None:
+        parse_store_url(cache_url)  # refused here, redacted, before the driver quotes it
         from kvsessions.wrappers.cache import (
             CachedStore,  # lazy: redis is imported only when asked for
         )
