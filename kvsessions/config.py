@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kvsessions.errors import ConfigError, MissingDependencyError
+from kvsessions.kv.options import Duration, Flag, Whole, check_pool_sizes
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
@@ -55,8 +56,6 @@ ENVIRONMENT: dict[str, str] = {
 }
 #: Settings that choose the store; set in a higher source they override a lower source's url.
 _STORE_CHOICE = ("backend", "connection_string", "database_path")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Setting = tuple[Any, str]  # (raw value, where it came from: shown in errors)
@@ -66,7 +65,7 @@ Setting = tuple[Any, str]  # (raw value, where it came from: shown in errors)
 
 def _backend(value: Any, origin: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{origin}={value!r} is not allowed: use one of {', '.join(BACKENDS)}")
+        raise ConfigError.not_allowed(origin, value, f"one of {', '.join(BACKENDS)}")
     name = _ALIASES.get(value.strip().lower(), value.strip().lower())
     if name not in BACKENDS:
         raise ConfigError(f"{origin}={value!r} is not a known backend: use one of "
@@ -78,8 +77,8 @@ def _text(value: Any, origin: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        shown = redact_url(value) if isinstance(value, str) else repr(value)
-        raise ConfigError(f"{origin}={shown!r} is not allowed: use a non-empty string")
+        shown = redact_url(value) if isinstance(value, str) else value
+        raise ConfigError.not_allowed(origin, shown, "a non-empty string")
     return value.strip()
 
 
@@ -93,42 +92,6 @@ def _url(value: Any, origin: str) -> str | None:
     return text
 
 
-def _integer(minimum: int) -> Callable[[Any, str], int]:
-    def check(value: Any, origin: str) -> int:
-        number: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            number = int(value)
-        if number is None or number < minimum:
-            raise ConfigError(f"{origin}={value!r} is not allowed: use a whole number "
-                              f">= {minimum}")
-        return number
-    return check
-
-
-def _hours(value: Any, origin: str) -> float | int:
-    number: float | int | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        try:
-            number = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            number = None
-    if number is None or not number > 0 or number == float("inf"):
-        raise ConfigError(f"{origin}={value!r} is not allowed: use a number of hours > 0")
-    return number
-
-
-def _boolean(value: Any, origin: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigError(f"{origin}={value!r} is not allowed: use true or false")
-
-
 def _options(value: Any, origin: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -137,14 +100,19 @@ def _options(value: Any, origin: str) -> dict[str, Any]:
     return dict(value)
 
 
+_MIN_POOL_SIZE = Whole("min_pool_size", 5, minimum=0)
+_MAX_POOL_SIZE = Whole("max_pool_size", 20, minimum=1)
+_AUTO_SAVE = Flag("auto_save", True)
+_EXPIRY_HOURS = Duration("expiry_hours", 72, unit="hours")
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "backend": _backend,
     "connection_string": _url,
     "database_path": _text,
-    "min_pool_size": _integer(0),
-    "max_pool_size": _integer(1),
-    "auto_save": _boolean,
-    "expiry_hours": _hours,
+    "min_pool_size": _MIN_POOL_SIZE.check,
+    "max_pool_size": _MAX_POOL_SIZE.check,
+    "auto_save": _AUTO_SAVE.check,
+    "expiry_hours": _EXPIRY_HOURS.check,
     "options": _options,
     "url": _url,
     "cache_url": _url,
@@ -164,10 +132,10 @@ class StorageConfig:
     backend: str = "sqlite"
     connection_string: str | None = None
     database_path: str | None = None
-    min_pool_size: int = 5
-    max_pool_size: int = 20
-    auto_save: bool = True
-    expiry_hours: float = 72
+    min_pool_size: int = _MIN_POOL_SIZE.default
+    max_pool_size: int = _MAX_POOL_SIZE.default
+    auto_save: bool = _AUTO_SAVE.default
+    expiry_hours: float = _EXPIRY_HOURS.default
     options: dict[str, Any] = field(default_factory=dict)
     url: str | None = None
     cache_url: str | None = None
@@ -175,9 +143,7 @@ class StorageConfig:
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
             setattr(self, name, check(getattr(self, name), name))
-        if self.min_pool_size > self.max_pool_size:
-            raise ConfigError(f"min_pool_size={self.min_pool_size} is above "
-                              f"max_pool_size={self.max_pool_size}")
+        check_pool_sizes(self.min_pool_size, self.max_pool_size)
         if self.url is None:
             self._check_store_choice()
 

@@ -1,7 +1,7 @@
 """The one exception tree of kvsessions.
 
 Every error the library raises on purpose is a ``KVSessionsError``; driver exceptions are
-mapped into this tree in one place (``KVStore._driver_errors``) and kept as ``__cause__``::
+mapped into this tree in one place (``KVStore._map_error``) and kept as ``__cause__``::
 
     KVSessionsError
     ├── ValidationError (ValueError)          a document or value is not acceptable
@@ -94,6 +94,11 @@ class InvalidKeyError(KVSessionsError, ValueError):
 
 class ConfigError(KVSessionsError, ValueError):
     """A URL, option or setting that is malformed or not allowed; the message names it."""
+
+    @classmethod
+    def not_allowed(cls, origin: str, value: object, requirement: str) -> ConfigError:
+        """The one wording for a setting whose value fails its check, wherever it is set."""
+        return cls(f"{origin}={value!r:.80} is not allowed: use {requirement}")
 
 
 class MissingDependencyError(KVSessionsError, ImportError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from kvsessions.errors import ConfigError
 
 __all__ = [
     "NAMESPACE_PATTERN",
+    "NAMESPACE_RULE",
     "StoreURL",
     "check_namespace",
     "is_secret_option",
@@ -21,6 +22,7 @@ __all__ = [
 #: What a namespace (table, collection or key prefix) may look like: safe to use as an SQL or
 #: MongoDB identifier without quoting tricks.
 NAMESPACE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+NAMESPACE_RULE = "1-63 letters, digits or '_', not starting with a digit"
 #: Option names that hold a secret: passwords, pass phrases, tokens, keys' pass words, and
 #: MongoDB's authMechanismProperties (which carries AWS session tokens).
 _SECRET_NAME = re.compile(
@@ -121,11 +123,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
 def check_namespace(namespace: str) -> str:
     """Refuse a namespace that is not a plain identifier, before any query is built from it."""
     if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
-        shown = repr(namespace)[:80]
-        raise ConfigError(
-            f"namespace {shown} is not allowed: use 1-63 letters, digits or '_', "
-            "not starting with a digit"
-        )
+        raise ConfigError.not_allowed("namespace", namespace, NAMESPACE_RULE)
     return namespace
 
 
@@ -151,62 +149,17 @@ class StoreURL:
         """Every form of the URL's password (see ``url_secrets``)."""
         return url_secrets(self.raw)
 
+    def with_options_left(self) -> str:
+        """The URL as written, with only the options still in ``options`` (those the store
+        did not take, for its driver)."""
+        parts = urlsplit(self.raw)
+        query = urlencode(self.options, quote_via=quote)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
     def __repr__(self) -> str:
         return f"StoreURL({self.redacted!r})"
 
     __str__ = __repr__
-
-    def pop_option(self, name: str, default: str | None = None) -> str | None:
-        """Take an option out so that leftovers can be reported as unknown."""
-        return self.options.pop(name, default)
-
-    def namespace_option(self, default: str) -> str:
-        """The ``namespace`` option, checked: an empty or unsafe one is refused, not defaulted."""
-        return check_namespace(self.options.pop("namespace", default))
-
-    def int_option(self, name: str, default: int, *, minimum: int = 0) -> int:
-        raw = self.options.pop(name, None)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(
-                f"option {name}={raw!r} in {self.redacted} must be a whole number"
-            ) from None
-        if value < minimum:
-            raise ConfigError(f"option {name}={value} in {self.redacted} must be >= {minimum}")
-        return value
-
-    def float_option(self, name: str, default: float | None) -> float | None:
-        raw = self.options.pop(name, None)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(
-                f"option {name}={raw!r} in {self.redacted} must be a number"
-            ) from None
-        if not value > 0:
-            raise ConfigError(f"option {name}={raw!r} in {self.redacted} must be > 0")
-        return value
-
-    def bool_option(self, name: str, default: bool) -> bool:
-        raw = self.options.pop(name, None)
-        if raw is None:
-            return default
-        lowered = raw.lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"option {name}={raw!r} in {self.redacted} must be true or false")
-
-    def check_no_options_left(self) -> None:
-        if self.options:
-            names = ", ".join(sorted(self.options))
-            raise ConfigError(f"unknown option(s) {names} in {self.redacted}")
 
 
 def parse_store_url(url: str) -> StoreURL:

@@ -28,7 +28,16 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.options import (
+    SHARED,
+    Duration,
+    Flag,
+    Text,
+    Whole,
+    batch_size_option,
+    read_options,
+)
 from kvsessions.urls import StoreURL, parse_store_url, redact_url
 
 try:
@@ -49,10 +58,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 Durability = Literal["normal", "strict"]
-_DURABILITY: tuple[str, ...] = ("normal", "strict")
-_DEFAULT_TIMEOUT = 5.0
-_DEFAULT_ACQUIRE_TIMEOUT = 10.0  # seconds a call waits for a free connection slot
-_DEFAULT_BATCH = 1000
+#: TLS options of the URL, passed to redis-py as they are (the last is a flag).
+_SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                "ssl_check_hostname")
 #: Commands in flight at once (and connections per server): redis-py's asyncio pools raise
 #: instead of waiting when they run out, so the store queues its callers itself.
 _DEFAULT_MAX_CONNECTIONS = 64
@@ -194,6 +202,12 @@ class RedisStore(KVStore):
     """Documents in Redis or Redis Cluster, ordered by a sorted-set index (see module doc)."""
 
     schemes = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+    declared_options = (
+        *SHARED, batch_size_option(1000),
+        Duration("socket_timeout", 5.0), Duration("connect_timeout", 5.0),
+        Duration("acquire_timeout", 10.0),  # seconds a call waits for a free connection slot
+        Whole("max_connections", None, minimum=1), Flag("cluster", False),
+        *(Text(name, None) for name in _SSL_OPTIONS[:-1]), Flag(_SSL_OPTIONS[-1], None))
 
     def __init__(
         self,
@@ -213,42 +227,27 @@ class RedisStore(KVStore):
         parsed = parse_store_url(url) if isinstance(url, str) else url
         if parsed is None and client is None:
             parsed = parse_store_url("redis://127.0.0.1:6379/0")
-        options = _UrlOptions(parsed)
-        url_namespace = options.text("namespace")
-        if namespace is None:
-            namespace = DEFAULT_NAMESPACE if url_namespace is None else url_namespace
-        url_durability = options.text("durability")
-        url_batch_size = options.whole("batch_size", _DEFAULT_BATCH)
-        url_max_connections = options.whole("max_connections", 0)
-        url_cluster = options.flag("cluster", False)
-        super().__init__(namespace=namespace)
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "socket_timeout": socket_timeout,
+            "connect_timeout": connect_timeout, "max_connections": max_connections,
+            "acquire_timeout": acquire_timeout, "durability": durability,
+            "batch_size": batch_size, "cluster": cluster}, parsed)
+        super().__init__(namespace=settings["namespace"])
         self._url = parsed
         self._shown_url = redact_url(parsed.raw) if parsed is not None else None
-        self._socket_timeout = _positive(
-            "socket_timeout", socket_timeout, options.number("socket_timeout", _DEFAULT_TIMEOUT))
-        self._connect_timeout = _positive(
-            "connect_timeout", connect_timeout,
-            options.number("connect_timeout", _DEFAULT_TIMEOUT))
-        self._max_connections = max_connections or url_max_connections or None
-        self._acquire_timeout = _positive(
-            "acquire_timeout", acquire_timeout,
-            options.number("acquire_timeout", _DEFAULT_ACQUIRE_TIMEOUT))
-        chosen = durability or url_durability or "normal"
-        if chosen not in _DURABILITY:
-            raise ConfigError(f"durability must be one of {', '.join(_DURABILITY)}, "
-                              f"not {chosen!r} ({self._where()})")
-        self._durability = chosen
-        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-            raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-        self.scan_batch_size = batch_size or url_batch_size
+        self._socket_timeout: float = settings["socket_timeout"]
+        self._connect_timeout: float = settings["connect_timeout"]
+        self._max_connections: int | None = settings["max_connections"]
+        self._acquire_timeout: float = settings["acquire_timeout"]
+        self._durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         if client is not None:
             self._cluster = isinstance(client, RedisCluster)
         else:
             assert parsed is not None
-            from_scheme = parsed.scheme.endswith("+cluster")
-            self._cluster = from_scheme or (url_cluster if cluster is None else cluster)
-        self._ssl = options.ssl_options() if parsed is not None else {}
-        options.check_no_options_left()
+            self._cluster = parsed.scheme.endswith("+cluster") or settings["cluster"]
+        self._ssl = {name: settings[name] for name in _SSL_OPTIONS
+                     if settings[name] is not None}
         if parsed is not None:
             self._secrets = parsed.secrets
         self._given_client = client
@@ -539,55 +538,11 @@ class RedisStore(KVStore):
         return StoreError
 
 
-class _UrlOptions:
-    """The store's query options, taken out of a URL so that leftovers are reported."""
-
-    def __init__(self, url: StoreURL | None) -> None:
-        self._url = url
-
-    def text(self, name: str) -> str | None:
-        return self._url.pop_option(name) if self._url is not None else None
-
-    def number(self, name: str, default: float) -> float:
-        if self._url is None:
-            return default
-        return self._url.float_option(name, default) or default
-
-    def whole(self, name: str, default: int) -> int:
-        return default if self._url is None else self._url.int_option(name, default, minimum=1)
-
-    def flag(self, name: str, default: bool) -> bool:
-        return default if self._url is None else self._url.bool_option(name, default)
-
-    def ssl_options(self) -> dict[str, Any]:
-        assert self._url is not None
-        found: dict[str, Any] = {}
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
-            value = self._url.pop_option(name)
-            if value is not None:
-                found[name] = value
-        if "ssl_check_hostname" in self._url.options:
-            found["ssl_check_hostname"] = self._url.bool_option("ssl_check_hostname", True)
-        return found
-
-    def check_no_options_left(self) -> None:
-        if self._url is not None:
-            self._url.check_no_options_left()
-
-
 def _pool_size(client: Any) -> int | None:
     """The connection limit of a client handed in, so the store never exceeds it."""
     pool = getattr(client, "connection_pool", client)
     size = getattr(pool, "max_connections", None)
     return size if isinstance(size, int) and size > 0 else None
-
-
-def _positive(name: str, given: float | None, default: float) -> float:
-    if given is None:
-        return default
-    if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
-        raise ConfigError(f"{name} must be a number of seconds > 0, not {given!r}")
-    return float(given)
 
 
 def _database(url: StoreURL) -> int:

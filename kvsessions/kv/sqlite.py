@@ -37,7 +37,8 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.base import KeyRange, KVStore, expires_at
+from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
 from kvsessions.urls import StoreURL
 
 try:
@@ -73,29 +74,28 @@ class SQLiteStore(KVStore):
 
     schemes = ("sqlite",)
 
+    declared_options = (*SHARED, batch_size_option(1000),
+                        Whole("busy_timeout", 30_000, minimum=0, unit="milliseconds"))
+
     def __init__(
         self,
         path: str | Path,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
-        busy_timeout: int = 30_000,
-        durability: str = "normal",
-        batch_size: int = 1000,
+        namespace: str | None = None,
+        busy_timeout: int | None = None,
+        durability: str | None = None,
+        batch_size: int | None = None,
     ) -> None:
-        super().__init__(namespace=namespace)
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "busy_timeout": busy_timeout, "durability": durability,
+            "batch_size": batch_size})
+        super().__init__(namespace=settings["namespace"])
         if aiosqlite is None:  # pragma: no cover
             raise MissingDependencyError("aiosqlite", "sqlite", purpose="the SQLite store")
-        if durability not in _DURABILITY:
-            raise ConfigError(
-                f"durability={durability!r} is not known; use one of {', '.join(_DURABILITY)}")
-        if busy_timeout < 0:
-            raise ConfigError(f"busy_timeout={busy_timeout} must be >= 0 milliseconds")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        self.busy_timeout: int = settings["busy_timeout"]
+        self.durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
-        self.busy_timeout = busy_timeout
-        self.durability = durability
-        self.scan_batch_size = batch_size
         self._conn: Any = None
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
@@ -114,7 +114,7 @@ class SQLiteStore(KVStore):
         self._live = live
 
     @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> SQLiteStore:
+    def from_url(cls, url: StoreURL, **given: Any) -> SQLiteStore:
         if url.host or url.port:
             raise ConfigError(
                 f"{url.redacted}: a SQLite URL has no host; write sqlite:///absolute/path.db")
@@ -123,15 +123,7 @@ class SQLiteStore(KVStore):
             path = MEMORY
         elif not path.startswith("/") or path == "/":
             raise ConfigError(f"{url.redacted}: expected sqlite:///absolute/path.db")
-        namespace = url.namespace_option(DEFAULT_NAMESPACE)
-        settings: dict[str, Any] = {
-            "busy_timeout": url.int_option("busy_timeout", 30_000),
-            "durability": url.pop_option("durability", "normal"),
-            "batch_size": url.int_option("batch_size", 1000, minimum=1),
-        }
-        url.check_no_options_left()
-        settings.update(options)
-        return cls(path, namespace=namespace, **settings)
+        return cls(path, **read_options(cls.declared_options, given, url))
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self.path!r}, namespace={self.namespace!r})"
