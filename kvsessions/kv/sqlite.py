@@ -69,6 +69,40 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _check_table_name(db: sqlite3.Connection, namespace: str, path: str) -> None:
+    """Each namespace gets its own table, or is refused. SQLite compares names without case
+    and gives indexes the names tables would have, so a namespace whose name another
+    namespace's table holds in another case (``Tenant_x`` beside ``tenant_x``), or an older
+    release's expiry index (``X__expires`` of ``X``), would share or break that table.
+    Refusing keeps every existing store readable: no table is renamed, and a table name
+    encoding case would have moved every namespace with a capital letter."""
+    rows = db.execute("SELECT type, name, tbl_name FROM sqlite_master "
+                      "WHERE name = ? COLLATE NOCASE", (namespace,)).fetchall()
+    for kind, name, table in rows:
+        if kind == "table" and name == namespace:
+            continue
+        if kind == "table":
+            raise ConfigError(f"namespace {namespace!r} cannot be opened in {path}: namespace "
+                              f"{name!r} has that table already (SQLite table names ignore "
+                              "case); choose another namespace")
+        raise ConfigError(f"namespace {namespace!r} cannot be opened in {path}: the {kind} "
+                          f"{name!r} of namespace {table!r} has that name; open namespace "
+                          f"{table!r} once with this release (which renames its index), or "
+                          "choose another namespace")
+
+
+def _create_expiry_index(db: sqlite3.Connection, namespace: str, table: str) -> None:
+    """The expiry index is named ``<namespace>:expires``: no namespace holds a ':', so it is
+    never the name of another namespace's table. An older release named it
+    ``<namespace>__expires``, which namespace ``<namespace>__expires`` needs: replaced."""
+    db.execute(f'CREATE INDEX IF NOT EXISTS "{namespace}:expires" ON {table} '
+               "(expires_at) WHERE expires_at IS NOT NULL")
+    old = f"{namespace}__expires"
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? "
+                  "AND tbl_name = ?", (old, namespace)).fetchone():
+        db.execute(f'DROP INDEX "{old}"')
+
+
 class SQLiteStore(KVStore):
     """A namespace is a table; several namespaces (and processes) can share one file."""
 
@@ -163,12 +197,11 @@ class SQLiteStore(KVStore):
                 f"{self!r}: PRAGMA synchronous reads {actual} after setting {wanted}")
         db.execute("BEGIN IMMEDIATE")
         try:
+            _check_table_name(db, self.namespace, self.path)
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._table} (key TEXT NOT NULL PRIMARY KEY, "
                 "value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID")
-            db.execute(
-                f'CREATE INDEX IF NOT EXISTS "{self.namespace}__expires" ON {self._table} '
-                "(expires_at) WHERE expires_at IS NOT NULL")
+            _create_expiry_index(db, self.namespace, self._table)
             db.execute(self._sql_purge, (time.time(),))
             db.execute("COMMIT")
         except BaseException:
