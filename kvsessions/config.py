@@ -19,7 +19,7 @@ from typing import Any
 
 from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.options import Duration, Flag, Whole, check_pool_sizes
-from kvsessions.kv.registry import open_store
+from kvsessions.kv.registry import BUILT_IN, open_store
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
 from kvsessions.urls import is_secret_option, parse_store_url, redact_url
@@ -32,14 +32,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 __all__ = ["BACKENDS", "ENVIRONMENT", "StorageConfig", "create_manager", "create_storage"]
 
 #: Backends by name, with the URL schemes a ``connection_string`` of each may use.
-BACKENDS: dict[str, tuple[str, ...]] = {
-    "sqlite": ("sqlite",),
-    "postgresql": ("postgresql", "postgres"),
-    "mongodb": ("mongodb", "mongodb+srv"),
-    "redis": ("redis", "rediss", "redis+cluster", "rediss+cluster"),
-    "file": ("file",),
-    "memory": ("memory",),
-}
+BACKENDS: dict[str, tuple[str, ...]] = {name: schemes for name, (_, schemes) in BUILT_IN.items()}
 _ALIASES = {"postgres": "postgresql", "mongo": "mongodb", "sqlite3": "sqlite"}
 
 #: Environment variable -> setting.

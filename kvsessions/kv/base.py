@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self, TypeVar
+from typing import Self, TypeVar
 
 from kvsessions.errors import (
     InvalidValueError,
@@ -114,8 +114,6 @@ def _check_ttl(ttl: object) -> float | None:
 class KVStore(ABC):
     """Base of every store and store wrapper. See the module docstring for the contract."""
 
-    #: URL scheme(s) this adapter is registered under (empty for wrappers).
-    schemes: ClassVar[tuple[str, ...]] = ()
     #: How many documents one scan page fetches.
     scan_batch_size: int = 500
 

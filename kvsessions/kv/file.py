@@ -104,8 +104,6 @@ class _Symlink(Exception):
 class FileStore(KVStore):
     """Each namespace is a sub-folder of ``root``; each key is one file in it."""
 
-    schemes = ("file",)
-
     declared_options = (*SHARED, batch_size_option(200), Flag("fsync", True))
 
     def __init__(self, root: str | Path, *, namespace: str | None = None,

@@ -16,8 +16,6 @@ __all__ = ["MemoryStore"]
 class MemoryStore(KVStore):
     """Keeps everything in this process; nothing survives ``close()``."""
 
-    schemes = ("memory",)
-
     declared_options = (*SHARED, batch_size_option(KVStore.scan_batch_size))
 
     def __init__(self, *, namespace: str | None = None, durability: str | None = None,

@@ -193,7 +193,6 @@ class MongoDBStore(KVStore):
     what is handed in is never closed here.
     """
 
-    schemes = ("mongodb", "mongodb+srv")
     declared_options = (*SHARED, batch_size_option(1000),
                         Duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
                         Text("database", None))

@@ -58,6 +58,7 @@ from kvsessions.kv.options import (
     read_options,
     unknown_options,
 )
+from kvsessions.kv.registry import schemes_of
 from kvsessions.urls import StoreURL, parse_store_url
 
 try:
@@ -355,7 +356,6 @@ def _decode_jsonb(data: bytes) -> bytes:
 class PostgreSQLStore(KVStore):
     """A namespace is a table in one PostgreSQL database; many processes may share it."""
 
-    schemes = ("postgresql", "postgres")
     declared_options = (
         *SHARED, batch_size_option(1000),
         Whole("min_pool_size", 1, minimum=0), Whole("max_pool_size", 10, minimum=1),
@@ -381,7 +381,7 @@ class PostgreSQLStore(KVStore):
         if url is None and pool is None:
             raise ConfigError("PostgreSQLStore needs a postgresql:// URL or pool=")
         parsed = parse_store_url(url) if url is not None else None
-        if parsed is not None and parsed.scheme not in self.schemes:
+        if parsed is not None and parsed.scheme not in schemes_of("postgresql"):
             raise ConfigError(f"{parsed.redacted!r} is not a postgresql:// URL")
         settings = read_options(self.declared_options, {
             "namespace": namespace, "min_pool_size": min_pool_size,

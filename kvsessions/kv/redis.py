@@ -201,7 +201,6 @@ def _require_driver() -> None:
 class RedisStore(KVStore):
     """Documents in Redis or Redis Cluster, ordered by a sorted-set index (see module doc)."""
 
-    schemes = ("redis", "rediss", "redis+cluster", "rediss+cluster")
     declared_options = (
         *SHARED, batch_size_option(1000),
         Duration("socket_timeout", 5.0), Duration("connect_timeout", 5.0),

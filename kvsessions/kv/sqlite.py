@@ -106,8 +106,6 @@ def _create_expiry_index(db: sqlite3.Connection, namespace: str, table: str) -> 
 class SQLiteStore(KVStore):
     """A namespace is a table; several namespaces (and processes) can share one file."""
 
-    schemes = ("sqlite",)
-
     declared_options = (*SHARED, batch_size_option(1000),
                         Whole("busy_timeout", 30_000, minimum=0, unit="milliseconds"))
 
