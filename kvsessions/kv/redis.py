@@ -18,7 +18,6 @@ a few index members whose expiry has passed, so the index does not grow with dea
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import TYPE_CHECKING, Any, Literal
 
 from kvsessions.errors import (
@@ -28,6 +27,7 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from kvsessions.kv import redis_scripts as scripts
 from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
 from kvsessions.kv.options import (
     SHARED,
@@ -64,135 +64,6 @@ _SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
 #: Commands in flight at once (and connections per server): redis-py's asyncio pools raise
 #: instead of waiting when they run out, so the store queues its callers itself.
 _DEFAULT_MAX_CONNECTIONS = 64
-#: Index members past their expiry that one ttl write removes (keeps the index bounded).
-_SWEEP_PER_WRITE = 16
-
-# Shared by the write scripts: record a ttl key's expiry, then sweep a few due members.
-# KEYS[2] = index, KEYS[3] = expiry set; px = ttl in ms; prefix = the value-key prefix.
-# The swept value keys are built in the script; they share the hash tag, so the slot.
-_EXPIRY_LUA = """
-local function track_expiry(members, px, prefix)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for i = 1, #members do
-    redis.call('ZADD', KEYS[3], now + px, members[i])
-  end
-  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, SWEEP)
-  for _, member in ipairs(due) do
-    if redis.call('EXISTS', prefix .. member) == 0 then
-      redis.call('ZREM', KEYS[2], member)
-    end
-    redis.call('ZREM', KEYS[3], member)
-  end
-end
-""".replace("SWEEP", str(_SWEEP_PER_WRITE))
-
-# The common case, lean (every argument costs the client time): KEYS: value key, index.
-# ARGV: value, member.
-_PUT_LUA = """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-return 1
-"""
-
-# KEYS: value key, index, expiry set. ARGV: value, member, px ('' = no ttl), nx ('1'), prefix.
-_WRITE_LUA = _EXPIRY_LUA + """
-local command = {'SET', KEYS[1], ARGV[1]}
-if ARGV[4] == '1' then command[#command + 1] = 'NX' end
-if ARGV[3] ~= '' then
-  command[#command + 1] = 'PX'
-  command[#command + 1] = ARGV[3]
-end
-if not redis.call(unpack(command)) then return 0 end
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-if ARGV[3] ~= '' then track_expiry({ARGV[2]}, tonumber(ARGV[3]), ARGV[5]) end
-return 1
-"""
-
-# KEYS: (index again, unused), index, expiry set, value keys...
-# ARGV: px, prefix, then member, value pairs.
-_WRITE_MANY_TTL_LUA = _EXPIRY_LUA + """
-local px = tonumber(ARGV[1])
-local members = {}
-for i = 4, #KEYS do
-  local member = ARGV[2 * (i - 4) + 3]
-  redis.call('SET', KEYS[i], ARGV[2 * (i - 4) + 4], 'PX', px)
-  redis.call('ZADD', KEYS[2], 0, member)
-  members[#members + 1] = member
-end
-track_expiry(members, px, ARGV[2])
-return #members
-"""
-
-# put_many on Redis Cluster, where redis-py's transaction pipeline is slow (it queues each
-# command through a new thread and event loop). KEYS: index, value keys...; ARGV: members...,
-# then values... (same order). MSET and ZADD in slices, within Lua's unpack limit.
-_PUT_MANY_LUA = """
-local n = #ARGV / 2
-for first = 1, n, 500 do
-  local mset, zadd = {}, {}
-  for i = first, math.min(n, first + 499) do
-    mset[#mset + 1] = KEYS[i + 1]
-    mset[#mset + 1] = ARGV[n + i]
-    zadd[#zadd + 1] = 0
-    zadd[#zadd + 1] = ARGV[i]
-  end
-  redis.call('MSET', unpack(mset))
-  redis.call('ZADD', KEYS[1], unpack(zadd))
-end
-return n
-"""
-
-# KEYS: index, expiry set, value keys... ARGV: members. Deletes values, members and expiry
-# entries; returns how many values existed.
-_DELETE_LUA = """
-local deleted = 0
-for i = 3, #KEYS do
-  deleted = deleted + redis.call('DEL', KEYS[i])
-  redis.call('ZREM', KEYS[1], ARGV[i - 2])
-  redis.call('ZREM', KEYS[2], ARGV[i - 2])
-end
-return deleted
-"""
-
-# KEYS: index, value keys... ARGV: members. Un-indexes a member only if its value is gone now;
-# returns the members whose value key holds another Redis type (MGET reads those as nil).
-_CLEAN_LUA = """
-local foreign = {}
-for i = 2, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind == 'none' then
-    redis.call('ZREM', KEYS[1], ARGV[i - 1])
-  elseif kind ~= 'string' then
-    foreign[#foreign + 1] = ARGV[i - 1]
-  end
-end
-return foreign
-"""
-
-
-class _Script:
-    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
-        try:
-            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
-
-
-_PUT = _Script(_PUT_LUA)
-_WRITE = _Script(_WRITE_LUA)
-_WRITE_MANY_TTL = _Script(_WRITE_MANY_TTL_LUA)
-_PUT_MANY = _Script(_PUT_MANY_LUA)
-_DELETE = _Script(_DELETE_LUA)
-_CLEAN = _Script(_CLEAN_LUA)
-
-
 def _require_driver() -> None:
     if redis_errors is None:
         raise MissingDependencyError("redis", "redis")
@@ -374,7 +245,7 @@ class RedisStore(KVStore):
         finally:
             self._limit.release()
 
-    async def _run(self, script: _Script, keys: list[bytes], args: list[Any]) -> Any:
+    async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
         await self._acquire()
@@ -402,7 +273,8 @@ class RedisStore(KVStore):
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         if ttl is None:
             member = key.encode()
-            await self._run(_PUT, [self._value_prefix + member, self._index_key], [value, member])
+            await self._run(scripts.PUT, [self._value_prefix + member, self._index_key],
+                            [value, member])
         else:
             await self._write(key, value, ttl, nx=False)
 
@@ -413,8 +285,8 @@ class RedisStore(KVStore):
         member = key.encode()
         keys = [self._value_prefix + member, self._index_key, self._expiry_key]
         px = "" if ttl is None else _milliseconds(ttl)
-        stored = await self._run(_WRITE, keys,
-                              [value, member, px, "1" if nx else "", self._value_prefix])
+        stored = await self._run(scripts.WRITE, keys,
+                                 [value, member, px, "1" if nx else "", self._value_prefix])
         return bool(stored)
 
     async def _delete(self, key: str) -> bool:
@@ -442,12 +314,12 @@ class RedisStore(KVStore):
                 args: list[Any] = [px, prefix]
                 for member, (_, value) in zip(members, chunk, strict=True):
                     args += (member, value)
-                await self._run(_WRITE_MANY_TTL, keys, args)
+                await self._run(scripts.WRITE_MANY_TTL, keys, args)
             return
         if self._cluster:
             for start in range(0, len(items), step):
                 members = [key.encode() for key, _ in items[start:start + step]]
-                await self._run(_PUT_MANY, [self._index_key, *[prefix + m for m in members]],
+                await self._run(scripts.PUT_MANY, [self._index_key, *[prefix + m for m in members]],
                                 [*members, *[value for _, value in items[start:start + step]]])
             return
         # One MULTI: MSET of the values and one ZADD of their members (chunked commands, so no
@@ -476,7 +348,7 @@ class RedisStore(KVStore):
             members = [key.encode() for key in keys[start:start + self.scan_batch_size]]
             script_keys = [self._index_key, self._expiry_key,
                            *[prefix + member for member in members]]
-            deleted += int(await self._run(_DELETE, script_keys, members))
+            deleted += int(await self._run(scripts.DELETE, script_keys, members))
         return deleted
 
     # ------------------------------------------------------------------ ordered scan
@@ -510,7 +382,8 @@ class RedisStore(KVStore):
         """Un-index members whose value expired or vanished, unless re-put meanwhile."""
         gone = [member for member, value in zip(members, values, strict=True) if value is None]
         prefix = self._value_prefix
-        foreign = await self._run(_CLEAN, [self._index_key, *[prefix + m for m in gone]], gone)
+        foreign = await self._run(scripts.CLEAN, [self._index_key, *[prefix + m for m in gone]],
+                                  gone)
         if foreign:
             raise self._foreign(foreign[0].decode())
 
