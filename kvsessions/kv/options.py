@@ -18,7 +18,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from kvsessions.errors import ConfigError
 from kvsessions.kv.base import DEFAULT_NAMESPACE
@@ -63,11 +63,13 @@ class Option(ABC):
 
     name: str
     default: Any
+    #: What a value must be, for kinds whose rule is fixed ("true or false").
+    rule: ClassVar[str] = ""
 
     @property
-    @abstractmethod
     def requirement(self) -> str:
         """What a value must be, as the error message says it ("a number of seconds > 0")."""
+        return self.rule
 
     @abstractmethod
     def _convert(self, value: object) -> Any:
@@ -126,9 +128,7 @@ class Whole(Option):
 
 @dataclass(frozen=True)
 class Flag(Option):
-    @property
-    def requirement(self) -> str:
-        return "true or false"
+    rule = "true or false"
 
     def _convert(self, value: object) -> bool | None:
         if isinstance(value, bool):
@@ -154,9 +154,7 @@ class Choice(Option):
 class Text(Option):
     """A non-empty string (a path, a database name): the store or its driver checks more."""
 
-    @property
-    def requirement(self) -> str:
-        return "a non-empty string"
+    rule = "a non-empty string"
 
     def _convert(self, value: object) -> str | None:
         return value if isinstance(value, str) and value.strip() else None
@@ -166,9 +164,7 @@ class Text(Option):
 class Namespace(Option):
     """The table, collection, folder or key prefix a store keeps its keys in."""
 
-    @property
-    def requirement(self) -> str:
-        return NAMESPACE_RULE
+    rule = NAMESPACE_RULE
 
     def _convert(self, value: object) -> str | None:
         try:
