@@ -145,3 +145,13 @@ def test_good_options_are_taken(tmp_path: Path) -> None:
     store = open_store("mongodb://127.0.0.1:1/db?batch_size=9&appName=x", connect_timeout=1)
     assert (store.scan_batch_size, store._connect_timeout) == (9, 1)
     assert store._url == "mongodb://127.0.0.1:1/db?appName=x"
+
+
+def test_a_keyword_wins_over_the_url_and_both_are_checked(tmp_path: Path) -> None:
+    store: Any = open_store(f"{POSTGRES_URL}?connect_timeout=2", connect_timeout=3)
+    assert store.connect_timeout == 3
+    store = open_store(f"sqlite://{tmp_path}/s.db?namespace=from_url", namespace="from_kw")
+    assert store.namespace == "from_kw"
+    # A bad URL value is refused even when a keyword would override it.
+    assert refused(f"{POSTGRES_URL}?connect_timeout=inf", connect_timeout=3) == (
+        "connect_timeout='inf' is not allowed: use a number of seconds > 0")
