@@ -155,3 +155,15 @@ def test_a_keyword_wins_over_the_url_and_both_are_checked(tmp_path: Path) -> Non
     # A bad URL value is refused even when a keyword would override it.
     assert refused(f"{POSTGRES_URL}?connect_timeout=inf", connect_timeout=3) == (
         "connect_timeout='inf' is not allowed: use a number of seconds > 0")
+
+
+def test_a_duration_may_have_a_maximum() -> None:
+    from kvsessions.kv.options import Duration
+
+    hours = Duration("expiry_hours", 72, unit="hours", maximum=1_000_000)
+    assert hours.check("1e6") == 1e6
+    for value in ("1e8", 1_000_001, math.inf):
+        with pytest.raises(ConfigError) as raised:
+            hours.check(value, "STORAGE_EXPIRY_HOURS")
+        assert str(raised.value) == (f"STORAGE_EXPIRY_HOURS={value!r} is not allowed: use a "
+                                     "number of hours > 0 and at most 1,000,000")

@@ -88,10 +88,13 @@ class Duration(Option):
     """A finite number > 0 (of seconds, unless ``unit`` says otherwise)."""
 
     unit: str = "seconds"
+    #: The largest value allowed, where a larger one would overflow time arithmetic.
+    maximum: float | None = None
 
     @property
     def requirement(self) -> str:
-        return f"a number of {self.unit} > 0"
+        most = "" if self.maximum is None else f" and at most {self.maximum:,}"
+        return f"a number of {self.unit} > 0{most}"
 
     def _convert(self, value: object) -> float | None:
         number = math.nan
@@ -102,7 +105,8 @@ class Duration(Option):
                 number = float(value)
             except ValueError:
                 return None
-        return number if math.isfinite(number) and number > 0 else None
+        too_large = self.maximum is not None and number > self.maximum
+        return number if math.isfinite(number) and number > 0 and not too_large else None
 
 
 @dataclass(frozen=True)
