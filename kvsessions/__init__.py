@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    ExportFileError,
     InvalidKeyError,
     InvalidValueError,
     KVSessionsError,
     MissingDependencyError,
+    SessionNotFoundError,
     StoreError,
     StoreUnavailableError,
+    UnsupportedFormatError,
     UnsupportedVersionError,
     ValidationError,
 )
@@ -48,7 +51,6 @@ _LAZY: dict[str, str] = {
     "PostgreSQLSessionStorage": "kvsessions.sessions.storage",
     "MongoDBSessionStorage": "kvsessions.sessions.storage",
     "RedisSessionStorage": "kvsessions.sessions.storage",
-    "SessionNotFoundError": "kvsessions.sessions.storage",
     "SessionManager": "kvsessions.sessions.manager",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
@@ -57,24 +59,57 @@ _LAZY: dict[str, str] = {
     "CachedStore": "kvsessions.wrappers.cache",
     # migration
     "migrate_storage": "kvsessions.migration.copy",
-    "verify_migration": "kvsessions.migration.copy",
-    "export_to_json": "kvsessions.migration.copy",
-    "import_from_json": "kvsessions.migration.copy",
-    "backup_storage": "kvsessions.migration.copy",
+    "verify_migration": "kvsessions.migration.verify",
+    "export_to_json": "kvsessions.migration.export",
+    "import_from_json": "kvsessions.migration.export",
+    "backup_storage": "kvsessions.migration.export",
 }
 
+# Written out, not computed from _LAZY, so that type checkers see every public name.
 __all__ = [
+    "CachedStore",
+    "ChatMessage",
+    "ChatSession",
     "ConfigError",
     "DocumentTooLargeError",
+    "ExportFileError",
+    "FileSessionStorage",
+    "FileStore",
     "InvalidKeyError",
     "InvalidValueError",
     "KVSessionsError",
+    "KVStore",
+    "MemorySessionStorage",
+    "MemoryStore",
     "MissingDependencyError",
+    "MongoDBSessionStorage",
+    "MongoDBStore",
+    "PostgreSQLSessionStorage",
+    "PostgreSQLStore",
+    "RedisSessionStorage",
+    "RedisStore",
+    "SQLiteSessionStorage",
+    "SQLiteStore",
+    "SessionManager",
+    "SessionNotFoundError",
+    "SessionStorage",
+    "StorageConfig",
     "StoreError",
     "StoreUnavailableError",
+    "UnsupportedFormatError",
     "UnsupportedVersionError",
+    "UploadedFileRecord",
+    "ValidatingStore",
     "ValidationError",
-    *_LAZY,
+    "backup_storage",
+    "create_manager",
+    "create_storage",
+    "export_to_json",
+    "import_from_json",
+    "migrate_storage",
+    "open_store",
+    "register_scheme",
+    "verify_migration",
 ]
 
 
@@ -102,13 +137,9 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
-    from kvsessions.migration.copy import (
-        backup_storage,
-        export_to_json,
-        import_from_json,
-        migrate_storage,
-        verify_migration,
-    )
+    from kvsessions.migration.copy import migrate_storage
+    from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
+    from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
     from kvsessions.sessions.storage import (
         FileSessionStorage,
@@ -116,7 +147,6 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
         MongoDBSessionStorage,
         PostgreSQLSessionStorage,
         RedisSessionStorage,
-        SessionNotFoundError,
         SessionStorage,
         SQLiteSessionStorage,
     )

@@ -20,7 +20,7 @@ from typing import Any
 from kvsessions.errors import ConfigError, MissingDependencyError
 from kvsessions.kv.options import Duration, Flag, Whole, check_pool_sizes
 from kvsessions.kv.registry import BUILT_IN, open_store
-from kvsessions.sessions.manager import SessionManager
+from kvsessions.sessions.manager import MAX_EXPIRY_HOURS, SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
 from kvsessions.urls import is_secret_option, parse_store_url, redact_url
 
@@ -96,7 +96,7 @@ def _options(value: Any, origin: str) -> dict[str, Any]:
 _MIN_POOL_SIZE = Whole("min_pool_size", 5, minimum=0)
 _MAX_POOL_SIZE = Whole("max_pool_size", 20, minimum=1)
 _AUTO_SAVE = Flag("auto_save", True)
-_EXPIRY_HOURS = Duration("expiry_hours", 72, unit="hours")
+_EXPIRY_HOURS = Duration("expiry_hours", 72, unit="hours", maximum=MAX_EXPIRY_HOURS)
 
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "backend": _backend,

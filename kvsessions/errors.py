@@ -10,6 +10,9 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     │   └── UnsupportedVersionError           a document version this release cannot read
     ├── InvalidKeyError (ValueError)          a key, prefix or cursor that breaks the key rules
     ├── ConfigError (ValueError)              a URL, setting or namespace that is not allowed
+    ├── UnsupportedFormatError (ValueError)   an export format that does not exist
+    ├── ExportFileError (ValueError)          an export file that is not intact or not an export
+    ├── SessionNotFoundError (LookupError)    an operation needs a session that is not stored
     ├── MissingDependencyError (ImportError)  an optional driver is not installed
     ├── StoreUnavailableError (ConnectionError) the server cannot be reached or went away
     └── StoreError                            the store failed in another way
@@ -19,17 +22,21 @@ Messages never contain a password: URLs are passed through ``redact_url`` first.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = [
     "ConfigError",
     "DocumentTooLargeError",
+    "ExportFileError",
     "InvalidKeyError",
     "InvalidValueError",
     "KVSessionsError",
     "MissingDependencyError",
+    "SessionNotFoundError",
     "StoreError",
     "StoreUnavailableError",
+    "UnsupportedFormatError",
     "UnsupportedVersionError",
     "ValidationError",
 ]
@@ -99,6 +106,26 @@ class ConfigError(KVSessionsError, ValueError):
     def not_allowed(cls, origin: str, value: object, requirement: str) -> ConfigError:
         """The one wording for a setting whose value fails its check, wherever it is set."""
         return cls(f"{origin}={value!r:.80} is not allowed: use {requirement}")
+
+
+class UnsupportedFormatError(KVSessionsError, ValueError):
+    """An export format that does not exist."""
+
+
+class ExportFileError(KVSessionsError, ValueError):
+    """An export file that is not intact (changed, truncated, reordered) or not an export.
+    ``line`` is the 1-based line where the problem was found, when there is one."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}: line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}; nothing was imported")
+
+
+class SessionNotFoundError(KVSessionsError, LookupError):
+    """An operation needs a session that is not in the store."""
 
 
 class MissingDependencyError(KVSessionsError, ImportError):

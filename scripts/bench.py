@@ -2,7 +2,7 @@
 """kvsessions benchmarks: every figure beside the raw driver doing the same work in the same run.
 
     python scripts/bench.py                       # every section, median of 3
-    python scripts/bench.py --section kv --only sqlite --scale 0.2
+    python scripts/bench.py --section kv_embedded --only sqlite --scale 0.2
 
 Sections live in scripts/benchmarks/ (one module each, with ``async def run(ctx)``). Servers
 must be up (bash scripts/services.sh); MongoDB runs on a SecantusDB the bench starts itself.

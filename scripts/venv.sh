@@ -11,7 +11,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.kvsessions-installed-$extras"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-  "$venv/bin/python" -m pip install -q -e "$root[$extras]" 2> >(grep -v "is ignored: it is neither" >&2)
+  # Quiet on success: the build back-end's notes about editable installs are not the user's
+  # concern. On failure everything pip said is shown.
+  log=$(mktemp)
+  if ! "$venv/bin/python" -m pip install -q -e "$root[$extras]" 2>"$log"; then
+    cat "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
   touch "$stamp"
 fi
 echo "[venv] $venv ready with kvsessions[$extras]"

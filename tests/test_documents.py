@@ -14,20 +14,17 @@ import orjson
 import pytest
 
 from kvsessions.documents import codec
+from kvsessions.documents import keys as layout
 from kvsessions.documents.ids import uuid7
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
+from kvsessions.documents.validation import load_schema, schema_names, validate_document
 from kvsessions.errors import (
     DocumentTooLargeError,
     UnsupportedVersionError,
     ValidationError,
 )
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.wrappers.validating import (
-    ValidatingStore,
-    load_schema,
-    schema_names,
-    validate_document,
-)
+from kvsessions.wrappers.validating import ValidatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,10 +185,10 @@ def test_upcasters_run_one_step_at_a_time(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_key_layout_sorts_messages_in_conversation_order() -> None:
     session = sample_session()
-    keys = [codec.message_key(session.session_id, m.message_id) for m in session.messages]
+    keys = [layout.message_key(session.session_id, m.message_id) for m in session.messages]
     assert keys == sorted(keys)
-    assert all(k.startswith(codec.message_prefix(session.session_id)) for k in keys)
-    assert codec.session_key("s1") == "session:s1" and codec.file_key("f") == "file:f"
+    assert all(k.startswith(layout.message_prefix(session.session_id)) for k in keys)
+    assert layout.session_key("s1") == "session:s1" and layout.file_key("f") == "file:f"
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -260,7 +257,7 @@ async def test_validating_store_refuses_invalid_writes_and_keeps_what_was_there(
     async with ValidatingStore(MemoryStore()) as store:
         session = sample_session()
         good = codec.session_to_document(session)
-        key = codec.session_key(session.session_id)
+        key = layout.session_key(session.session_id)
         await store.put_document(key, good)
         bad = {**good, "status": "weird"}
         with pytest.raises(ValidationError, match="status"):
@@ -295,10 +292,10 @@ async def test_validating_store_refuses_invalid_stored_documents_on_read() -> No
 async def test_validating_store_documents_api() -> None:
     async with ValidatingStore(MemoryStore()) as store:
         session = sample_session()
-        documents = [(codec.message_key(session.session_id, m.message_id),
+        documents = [(layout.message_key(session.session_id, m.message_id),
                       codec.message_to_document(m)) for m in session.messages]
         await store.put_documents(documents)
-        got = [d async for _, d in store.scan_documents(codec.message_prefix(session.session_id))]
+        got = [d async for _, d in store.scan_documents(layout.message_prefix(session.session_id))]
         assert got == [d for _, d in documents]
         assert await store.get_documents([documents[1][0], "message:none"]) == [
             documents[1][1], None]
@@ -320,3 +317,11 @@ async def test_closing_a_lazily_used_validating_store_closes_the_inner_store(
     await untouched.open()
     await ValidatingStore(untouched).close()
     assert untouched._state == "closed"
+
+
+@pytest.mark.parametrize("kind", [{"a": 1}, ["session"], 7, None, True])
+async def test_allow_unknown_kinds_lets_through_a_kind_of_any_json_type(kind: object) -> None:
+    store = ValidatingStore(MemoryStore(), allow_unknown_kinds=True)
+    value = orjson.dumps({"kind": kind, "x": 1})
+    await store.put("other:1", value)
+    assert await store.get("other:1") == value

@@ -14,11 +14,13 @@ import orjson
 import pytest
 
 from kvsessions.documents import codec
+from kvsessions.documents import keys as layout
 from kvsessions.documents.models import ChatSession, UploadedFileRecord
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.kv.memory import MemoryStore
-from kvsessions.migration.copy import (
+from kvsessions.kv.values import reserved_keys_allowed
+from kvsessions.migration import (
     RESERVED_PREFIX,
     MigrationProgress,
     backup_storage,
@@ -52,14 +54,14 @@ def sample_documents(sessions: int = 3, messages: int = 8, files: int = 2) -> di
         for m in range(messages):
             message = session.add_message("user" if m % 2 == 0 else "assistant",
                                           f"message {m} of session {s} \u0000 ok")
-            documents[codec.message_key(session.session_id, message.message_id)] = \
+            documents[layout.message_key(session.session_id, message.message_id)] = \
                 codec.encode_document(codec.message_to_document(message))
-        documents[codec.session_key(session.session_id)] = \
+        documents[layout.session_key(session.session_id)] = \
             codec.encode_document(codec.session_to_document(session))
     for f in range(files):
         record = UploadedFileRecord.create(f"files/{f}", f"https://example.invalid/{f}",
                                            f"report {f}.pdf", 1000 + f, "application/pdf")
-        documents[codec.file_key(record.file_id)] = \
+        documents[layout.file_key(record.file_id)] = \
             codec.encode_document(codec.file_to_document(record))
     for name, value in HARD_VALUES.items():
         documents[f"hard:{name}"] = orjson.dumps(value)
@@ -173,17 +175,21 @@ async def test_verify_lists_at_most_100_keys_but_counts_all() -> None:
 
 
 async def test_verify_and_export_skip_reserved_keys(tmp_path: Path) -> None:
+    """Reserved keys are kvsessions' own (users cannot write them): never copied or exported."""
     source, destination = MemoryStore(namespace="a"), MemoryStore(namespace="b")
+    reserved = [RESERVED_PREFIX + "anything"] + [RESERVED_PREFIX + f"r{i}" for i in range(5)]
     await source.put("a", b"{}")
     await destination.put("a", b"{}")
-    await destination.put(RESERVED_PREFIX + "anything", b"{}")
+    with reserved_keys_allowed(*reserved):
+        await destination.put(RESERVED_PREFIX + "anything", b"{}")
     assert (await verify_migration(source, destination))["ok"] is True
     result = await export_to_json(destination, tmp_path / "x.jsonl")
     assert result["documents_exported"] == 1
     # Reserved keys sort between upper- and lower-case keys: skip them across batch edges.
     around = [(f"A{i:02d}", b"{}") for i in range(7)] + [(f"b{i:02d}", b"{}") for i in range(7)]
     await source.put_many(around)
-    await destination.put_many([(RESERVED_PREFIX + f"r{i}", b"{}") for i in range(5)])
+    with reserved_keys_allowed(*reserved):
+        await destination.put_many([(RESERVED_PREFIX + f"r{i}", b"{}") for i in range(5)])
     for size in (1, 3, 4, 100):
         copy = MemoryStore(namespace="c")
         result = await migrate_storage(destination, copy, batch_size=size, validate=False)
@@ -258,7 +264,8 @@ class _CrashingDestination(MemoryStore):
 
 
 async def _checkpoint(store: KVStore, prefix: str = "") -> dict[str, Any] | None:
-    raw = await store.get(checkpoint_key(prefix))
+    with reserved_keys_allowed(checkpoint_key(prefix)):
+        raw = await store.get(checkpoint_key(prefix))
     return None if raw is None else dict(orjson.loads(raw))
 
 
@@ -311,21 +318,26 @@ async def test_a_finished_migration_starts_over_next_time() -> None:
     assert again["resumed_from"] is None and again["documents_copied"] == 30
 
 
+async def _plant_checkpoint(destination: KVStore, state: dict[str, Any]) -> None:
+    with reserved_keys_allowed(checkpoint_key("")):
+        await destination.put(checkpoint_key(""), orjson.dumps(state))
+
+
 async def test_no_resume_or_another_migration_ignores_the_checkpoint() -> None:
     source, destination = MemoryStore(namespace="a"), MemoryStore(namespace="b")
     await populate(source, {f"k{i:02d}": b"{}" for i in range(30)})
     stale = {"last_key": "k20", "copied": 21,
              "identity": {"source": "SomewhereElse()", "prefix": "", "upgrade": False}}
-    await destination.put(checkpoint_key(""), orjson.dumps(stale))
+    await _plant_checkpoint(destination, stale)
     result = await migrate_storage(source, destination, validate=False)
     assert result["resumed_from"] is None and result["documents_copied"] == 30
 
     stale["identity"] = {"source": repr(source), "prefix": "", "upgrade": False}
-    await destination.put(checkpoint_key(""), orjson.dumps(stale))
+    await _plant_checkpoint(destination, stale)
     result = await migrate_storage(source, destination, validate=False, resume=False)
     assert result["resumed_from"] is None and result["documents_copied"] == 30
 
-    await destination.put(checkpoint_key(""), orjson.dumps(stale))
+    await _plant_checkpoint(destination, stale)
     result = await migrate_storage(source, destination, validate=False)
     assert result["resumed_from"] == "k20" and result["documents_copied"] == 9
 

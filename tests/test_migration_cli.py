@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from kvsessions.cli.main import main
-from kvsessions.cli.migration import ProgressDisplay
+from kvsessions.cli.progress import ProgressDisplay
 from kvsessions.kv.registry import open_store
-from kvsessions.migration.copy import MigrationProgress
+from kvsessions.migration import MigrationProgress
 from tests.test_migration import sample_documents
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = r"""
 import asyncio, sys, kvsessions
 from kvsessions.documents import codec, models
-from kvsessions.wrappers.validating import validate_document, schema_names
+from kvsessions.documents.validation import schema_names, validate_document
 assert "site-packages" in kvsessions.__file__, kvsessions.__file__
 assert schema_names() == ["file.v1.json", "message.v1.json", "session.v1.json"]
 session = models.ChatSession.create("m")
@@ -50,6 +50,7 @@ def test_wheel_installs_in_a_fresh_venv_and_validates(tmp_path: Path) -> None:
     assert "kvsessions/documents/schemas/session.v1.json" in names
     assert "kvsessions/py.typed" in names
     assert "kvsessions/testing/contract.py" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"

@@ -357,6 +357,11 @@ async def test_a_pool_passed_in_is_used_and_stays_open(new_namespace: Any) -> No
             await store.put_many([("p1", b'{"a": 1}'), ("p2", b'{"b": [2]}')])
             assert [k async for k, _ in store.scan("p")] == ["p1", "p2"]
             assert await store.put_if_absent("p1", b"{}") is False
+            for name in ("nul_in_string", "floats"):  # compare_and_set's own statements
+                read = await store.get(name)
+                assert await store.compare_and_set(name, read, b'{"c": 1}') is True
+                assert await store.compare_and_set(name, read, b'{"c": 2}') is False
+                assert await store.compare_and_set(name, await store.get(name), None) is True
         assert not pool._closed
         # Our codec never lands on the caller's connections: jsonb still comes back as text.
         assert await pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == '{"a": 1}'

@@ -11,35 +11,41 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.documents.codec import (
-    document_to_message,
-    message_prefix,
-    message_to_document,
-    session_key,
-)
+from kvsessions.documents.codec import document_to_message, message_to_document
+from kvsessions.documents.keys import message_key, message_prefix, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import InvalidValueError, ValidationError
 from kvsessions.kv.base import KVStore
-from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage, _message_from_document
+from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
-from kvsessions.wrappers.validating import validate_document
 
 
 class RecordingStore(StoreWrapper):
-    """Remembers the keys of every write batch, to check what a save wrote."""
+    """Remembers every write (operation, key), to check what a save wrote."""
 
     def __init__(self, inner: KVStore) -> None:
         super().__init__(inner)
-        self.writes: list[list[str]] = []
+        self.writes: list[tuple[str, str]] = []
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.writes.append([key])
+        self.writes.append(("put", key))
         await self.inner._put(key, value, ttl)
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
-        self.writes.append([key for key, _ in items])
+        self.writes.extend(("put", key) for key, _ in items)
         await self.inner._put_many(items, ttl)
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        self.writes.append(("put_if_absent", key))
+        return await self.inner._put_if_absent(key, value, ttl)
+
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        self.writes.append(("compare_and_set", key))
+        return await self.inner._compare_and_set(key, expected, new, ttl)
 
 
 @pytest.fixture
@@ -95,15 +101,19 @@ async def test_save_writes_only_messages_not_stored_yet(
 ) -> None:
     session = conversation(3)
     await storage.save_session(session)
-    assert len(recording.writes[-1]) == 4  # three messages and the head
+    head = session_key(session.session_id)
+    assert sorted(recording.writes) == sorted(  # three new messages and a new head
+        [("put_if_absent", message_key(session.session_id, m.message_id))
+         for m in session.messages] + [("put_if_absent", head)])
     recording.writes.clear()
     new = session.add_message("user", "one more")
     await storage.save_session(session)
-    assert recording.writes == [[f"message:{session.session_id}:{new.message_id}",
-                                 session_key(session.session_id)]]
+    assert recording.writes == [("put_if_absent", f"message:{session.session_id}:"
+                                                  f"{new.message_id}"),
+                                ("compare_and_set", head)]
     recording.writes.clear()
-    await storage.save_session(session)  # nothing new: the head only
-    assert recording.writes == [[session_key(session.session_id)]]
+    await storage.save_session(session)  # nothing new: nothing written
+    assert recording.writes == []
 
 
 async def test_loaded_session_resaves_only_its_head(
@@ -116,7 +126,7 @@ async def test_loaded_session_resaves_only_its_head(
     recording.writes.clear()
     loaded.status = "archived"
     await storage.save_session(loaded)
-    assert recording.writes == [[session_key(session.session_id)]]
+    assert recording.writes == [("compare_and_set", session_key(session.session_id))]
 
 
 async def test_a_changed_message_list_is_still_saved_completely(storage: SessionStorage) -> None:
@@ -170,8 +180,9 @@ async def test_append_message_writes_one_message_and_the_head(
     recording.writes.clear()
     message = ChatMessage.create(session.session_id, "assistant", "appended")
     assert await storage.append_message(session.session_id, message) is None
-    assert recording.writes == [[f"message:{session.session_id}:{message.message_id}",
-                                 session_key(session.session_id)]]
+    assert recording.writes == [
+        ("put_if_absent", f"message:{session.session_id}:{message.message_id}"),
+        ("compare_and_set", session_key(session.session_id))]
     head = (await storage.list_sessions())[0]
     assert head.message_count == 41
     assert head.updated_at == message.created_at
@@ -509,7 +520,7 @@ _MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
 def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
     document = _valid_message_document()
     _MUTATIONS[name](document)
-    fast = _message_from_document(orjson.loads(orjson.dumps(document)))
+    fast = message_from_document(orjson.loads(orjson.dumps(document)))
     try:
         validate_document(document)
         full: ChatMessage | None = document_to_message(document)

@@ -1,5 +1,5 @@
 """The ``migrate``, ``verify``, ``export``, ``import``, ``backup``, ``validate`` and ``upgrade``
-commands: thin calls into ``kvsessions.migration.copy`` with a progress display.
+commands: thin calls into ``kvsessions.migration`` with a progress display.
 
 Exit codes: 0 done (and equal, and valid, where that is checked), 1 the check found differences
 or invalid documents, 2 an error (printed as one line by ``kvsessions.cli.main``).
@@ -10,20 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import sys
-import time
 from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
 from kvsessions.cli.main import number_of, positive_int
-from kvsessions.errors import ConfigError, StoreUnavailableError
+from kvsessions.cli.progress import ProgressDisplay
+from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store
+from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
-from kvsessions.kv.registry import open_store
-from kvsessions.migration.copy import (
-    MigrationProgress,
+from kvsessions.migration import (
     backup_storage,
     count_documents,
     export_to_json,
@@ -33,110 +31,10 @@ from kvsessions.migration.copy import (
     validate_storage,
     verify_migration,
 )
-from kvsessions.urls import redact_url
 
-__all__ = ["ProgressDisplay", "register"]
+__all__ = ["register"]
 
-#: Seconds allowed for connecting to a store before the command gives up with one line.
-DEFAULT_CONNECT_TIMEOUT = 10.0
 _SHOWN_KEYS = 10
-
-
-class ProgressDisplay:
-    """A one-line bar (documents, docs/s, ETA) on a terminal, plain lines every ``interval``
-    seconds otherwise. Written by hand: no dependency for one line of text."""
-
-    def __init__(self, label: str, *, stream: TextIO | None = None,
-                 interval: float | None = None, enabled: bool = True) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.label = label
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if interval is not None else (0.1 if self.tty else 2.0)
-        self.total: int | None = None
-        self._last_shown = 0.0
-        self._last: MigrationProgress | None = None
-        self._drawn = False
-
-    def __call__(self, progress: MigrationProgress) -> None:
-        self._last = progress
-        now = time.monotonic()
-        if now - self._last_shown >= self.interval:
-            self._last_shown = now
-            self._show(progress)
-
-    def _show(self, progress: MigrationProgress) -> None:
-        if not self.enabled:
-            return
-        rate = progress.documents_per_second
-        total = self.total
-        if self.tty:
-            if total:
-                done = min(progress.documents, total)
-                fraction = done / total if total else 1.0
-                left = (total - done) / rate if rate > 0 else None
-                eta = _clock(left) if left is not None else "?"
-                counts = f"{done:,}/{total:,} docs {fraction:4.0%}"
-            else:
-                fraction = None
-                eta = "?"
-                counts = f"{progress.documents:,} docs"
-            text = f"{counts}  {rate:,.0f} docs/s  ETA {eta}"
-            width = shutil.get_terminal_size((80, 20)).columns
-            room = width - len(self.label) - len(text) - 5
-            if fraction is not None and room >= 10:
-                bar_width = min(room, 40)
-                filled = int(bar_width * fraction)
-                bar = f"[{'#' * filled}{'.' * (bar_width - filled)}] "
-            else:
-                bar = ""
-            line = f"{self.label} {bar}{text}"[: max(width - 1, 20)]
-            self.stream.write("\r\x1b[K" + line)
-            self._drawn = True
-        else:
-            of_total = f" of {total:,}" if total else ""
-            self.stream.write(
-                f"{self.label}: {progress.documents:,}{of_total} documents, {rate:,.0f} docs/s\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self._last is not None and (self._drawn or not self.tty):
-            self._show(self._last)
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    whole = int(seconds + 0.5)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-@contextlib.asynccontextmanager
-async def _opened(url: str, timeout: float) -> AsyncIterator[KVStore]:
-    """The store a URL names, connected within ``timeout`` seconds, closed afterwards."""
-    store = open_store(url)
-    try:
-        await asyncio.wait_for(store.open(), timeout)
-    except TimeoutError:
-        await _close_quietly(store)
-        raise StoreUnavailableError(
-            f"{redact_url(url)} did not answer within {timeout:g} s "
-            "(is the server running and reachable?)") from None
-    except BaseException:
-        await _close_quietly(store)
-        raise
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def _close_quietly(store: KVStore) -> None:
-    with contextlib.suppress(Exception):
-        await store.close()
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +53,10 @@ async def _counting_total(display: ProgressDisplay, store: KVStore,
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _display(args: argparse.Namespace) -> ProgressDisplay:
+    return ProgressDisplay(args.command, interval=args.progress_interval, enabled=not args.quiet)
 
 
 def _emit_json(result: dict[str, Any]) -> None:
@@ -201,19 +103,16 @@ def _rate(count: int, seconds: float) -> str:
 async def _migrate(args: argparse.Namespace) -> int:
     if args.source == args.destination:
         raise ConfigError("source and destination are the same URL")
-    display = ProgressDisplay("migrate", interval=args.progress_interval,
-                              enabled=not args.quiet)
-    async with _opened(args.source, args.connect_timeout) as source, \
-            _opened(args.destination, args.connect_timeout) as destination, \
+    display = _display(args)
+    async with opened_store(args.source, args.connect_timeout) as source, \
+            opened_store(args.destination, args.connect_timeout) as destination, \
             _counting_total(display, source, args.prefix):
-        try:
+        with display:
             result = await migrate_storage(
                 source, destination, verify=args.verify, progress_callback=display,
                 batch_size=args.batch_size, resume=args.resume, prefix=args.prefix,
                 upgrade=args.upgrade, validate=args.validate, dry_run=args.dry_run,
                 concurrency=args.concurrency)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:
@@ -234,8 +133,8 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    async with _opened(args.source, args.connect_timeout) as source, \
-            _opened(args.destination, args.connect_timeout) as destination:
+    async with opened_store(args.source, args.connect_timeout) as source, \
+            opened_store(args.destination, args.connect_timeout) as destination:
         result = await verify_migration(source, destination, prefix=args.prefix,
                                         upgrade=args.upgrade, batch_size=args.batch_size)
     if args.json:
@@ -246,14 +145,12 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    display = ProgressDisplay("export", interval=args.progress_interval, enabled=not args.quiet)
-    async with _opened(args.url, args.connect_timeout) as store, \
+    display = _display(args)
+    async with opened_store(args.url, args.connect_timeout) as store, \
             _counting_total(display, store, args.prefix):
-        try:
+        with display:
             result = await export_to_json(store, args.file, prefix=args.prefix,
                                           batch_size=args.batch_size, progress_callback=display)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:
@@ -263,13 +160,11 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace) -> int:
-    display = ProgressDisplay("import", interval=args.progress_interval, enabled=not args.quiet)
-    async with _opened(args.url, args.connect_timeout) as store:
-        try:
+    display = _display(args)
+    async with opened_store(args.url, args.connect_timeout) as store:
+        with display:
             result = await import_from_json(store, args.file, batch_size=args.batch_size,
                                             progress_callback=display)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:
@@ -279,14 +174,12 @@ async def _import(args: argparse.Namespace) -> int:
 
 
 async def _backup(args: argparse.Namespace) -> int:
-    display = ProgressDisplay("backup", interval=args.progress_interval, enabled=not args.quiet)
-    async with _opened(args.url, args.connect_timeout) as store, \
+    display = _display(args)
+    async with opened_store(args.url, args.connect_timeout) as store, \
             _counting_total(display, store, args.prefix):
-        try:
+        with display:
             result = await backup_storage(store, args.directory, prefix=args.prefix,
                                           progress_callback=display)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:
@@ -296,15 +189,12 @@ async def _backup(args: argparse.Namespace) -> int:
 
 
 async def _validate(args: argparse.Namespace) -> int:
-    display = ProgressDisplay("validate", interval=args.progress_interval,
-                              enabled=not args.quiet)
-    async with _opened(args.url, args.connect_timeout) as store:
-        try:
+    display = _display(args)
+    async with opened_store(args.url, args.connect_timeout) as store:
+        with display:
             result = await validate_storage(store, prefix=args.prefix,
                                             batch_size=args.batch_size,
                                             progress_callback=display)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:
@@ -317,13 +207,11 @@ async def _validate(args: argparse.Namespace) -> int:
 
 
 async def _upgrade(args: argparse.Namespace) -> int:
-    display = ProgressDisplay("upgrade", interval=args.progress_interval, enabled=not args.quiet)
-    async with _opened(args.url, args.connect_timeout) as store:
-        try:
+    display = _display(args)
+    async with opened_store(args.url, args.connect_timeout) as store:
+        with display:
             result = await upgrade_storage(store, prefix=args.prefix, batch_size=args.batch_size,
                                            progress_callback=display)
-        finally:
-            display.finish()
     if args.json:
         _emit_json(result)
     else:

@@ -7,28 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import orjson
 
 from kvsessions.cli.main import number_of, positive_int
+from kvsessions.cli.stores import opened_session_storage
 from kvsessions.config import StorageConfig
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
-from kvsessions.errors import StoreUnavailableError
-from kvsessions.kv.registry import open_store
 from kvsessions.sessions.exports import EXPORT_FORMATS
-from kvsessions.sessions.manager import SessionManager
-from kvsessions.sessions.storage import SessionStorage
+from kvsessions.sessions.manager import SessionManager, check_expiry_hours
 from kvsessions.urls import redact_url
 
 __all__ = ["register"]
-
-#: Seconds allowed for connecting to a store before the command gives up with one line.
-CONNECT_TIMEOUT = 10.0
 
 #: The demo conversations: (model, status, [(role, content), ...]).
 DEMO_CONVERSATIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -50,27 +44,6 @@ DEMO_CONVERSATIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("assistant", "To archive old sessions instead of deleting them."),
     ]),
 ]
-
-
-@contextlib.asynccontextmanager
-async def _storage(url: str) -> AsyncIterator[SessionStorage]:
-    """A storage on ``url``, connected within ``CONNECT_TIMEOUT`` seconds, closed afterwards."""
-    storage = SessionStorage(open_store(url))
-    try:
-        await asyncio.wait_for(storage.initialize(), CONNECT_TIMEOUT)
-    except TimeoutError:
-        with contextlib.suppress(Exception):
-            await storage.close()
-        raise StoreUnavailableError(f"{redact_url(url)} did not answer within "
-                                    f"{CONNECT_TIMEOUT:g} s (is the server running?)") from None
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await storage.close()
-        raise
-    try:
-        yield storage
-    finally:
-        await storage.close()
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -97,9 +70,9 @@ _SESSION_HEADERS = ("SESSION ID", "STATUS", "MODEL", "MESSAGES", "UPDATED (UTC)"
 # ---------------------------------------------------------------------- commands
 
 async def demo(args: argparse.Namespace) -> int:
-    url = args.url or StorageConfig.load(args.config).store_url()
+    url = args.url or (await asyncio.to_thread(StorageConfig.load, args.config)).store_url()
     shown = redact_url(url)
-    async with _storage(url) as storage:
+    async with opened_session_storage(url) as storage:
         manager = SessionManager(storage)
         made = []
         for model, status, turns in DEMO_CONVERSATIONS:
@@ -127,7 +100,7 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 async def list_command(args: argparse.Namespace) -> int:
-    async with _storage(args.url) as storage:
+    async with opened_session_storage(args.url) as storage:
         sessions = await storage.list_sessions(status=args.status, limit=args.limit)
     what = f"{args.status} session" if args.status else "session"
     if not sessions:
@@ -142,7 +115,7 @@ async def list_command(args: argparse.Namespace) -> int:
 
 
 async def show(args: argparse.Namespace) -> int:
-    async with _storage(args.url) as storage:
+    async with opened_session_storage(args.url) as storage:
         manager = SessionManager(storage, auto_save_enabled=False)
         text = await manager.export_session(args.session_id, format=args.format)
     if text is None:
@@ -154,7 +127,7 @@ async def show(args: argparse.Namespace) -> int:
 
 
 async def stats(args: argparse.Namespace) -> int:
-    async with _storage(args.url) as storage:
+    async with opened_session_storage(args.url) as storage:
         result = await storage.statistics()
     if args.json:
         print(orjson.dumps({"store": redact_url(args.url), **result},
@@ -173,7 +146,8 @@ async def cleanup(args: argparse.Namespace) -> int:
     hours = args.expiry_hours
     if hours is None:
         hours = StorageConfig.load().expiry_hours
-    async with _storage(args.url) as storage:
+    check_expiry_hours(hours, what="--expiry-hours")  # before any store is opened
+    async with opened_session_storage(args.url) as storage:
         manager = SessionManager(storage, expiry_hours=hours)
         expired = await manager.cleanup_expired_sessions()
         files = await storage.delete_expired_files()

@@ -1,4 +1,4 @@
-"""Models <-> versioned JSON documents <-> bytes, and the key layout.
+"""Models <-> versioned JSON documents <-> bytes (the key layout is in ``keys``).
 
 Every document carries its ``kind`` and schema version ``v``. Writing always produces the newest
 version; reading an older one upcasts it in memory, one version at a time, through the
@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from kvsessions.documents.keys import session_key
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     DocumentTooLargeError,
@@ -28,30 +29,19 @@ from kvsessions.kv.values import MAX_DEPTH
 
 __all__ = [
     "CURRENT_VERSIONS",
-    "FILE_PREFIX",
-    "MESSAGE_PREFIX",
-    "SESSION_PREFIX",
     "decode_document",
     "document_to_file",
     "document_to_message",
     "document_to_session",
     "encode_document",
-    "file_key",
     "file_to_document",
     "format_timestamp",
-    "message_key",
-    "message_prefix",
     "message_to_document",
     "parse_timestamp",
     "register_upcaster",
-    "session_key",
     "session_to_document",
     "upgrade_document",
 ]
-
-SESSION_PREFIX = "session:"
-MESSAGE_PREFIX = "message:"
-FILE_PREFIX = "file:"
 
 #: The version written for each kind of document.
 CURRENT_VERSIONS: dict[str, int] = {"session": 1, "message": 1, "file": 1}
@@ -59,24 +49,6 @@ CURRENT_VERSIONS: dict[str, int] = {"session": 1, "message": 1, "file": 1}
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 #: (kind, version) -> function turning a document of that version into the next version.
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
-
-
-# ---------------------------------------------------------------------------- keys
-
-def session_key(session_id: str) -> str:
-    return SESSION_PREFIX + session_id
-
-
-def message_prefix(session_id: str) -> str:
-    return f"{MESSAGE_PREFIX}{session_id}:"
-
-
-def message_key(session_id: str, message_id: str) -> str:
-    return f"{MESSAGE_PREFIX}{session_id}:{message_id}"
-
-
-def file_key(file_id: str) -> str:
-    return FILE_PREFIX + file_id
 
 
 # ---------------------------------------------------------------------------- timestamps

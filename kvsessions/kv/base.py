@@ -9,11 +9,19 @@ object. On every adapter:
   in the order of the scan (exclusive), so ``start_after`` + ``limit`` page through a prefix
   exactly, forwards and backwards. The prefix is matched literally.
 * ``put_if_absent`` is atomic: of many concurrent calls on one absent key exactly one wins.
+* ``compare_and_set(key, expected, new)`` is the conditional write: atomically, if the key's
+  live value is ``expected`` (None: no live value) it becomes ``new`` (None: deleted) and the
+  call returns True; otherwise nothing changes and it returns False. ``expected`` is bytes the
+  caller read from this store (``get`` or ``scan``), which match for as long as the value is
+  unchanged (PostgreSQL compares jsonb documents, so other spellings match there too). Of many
+  concurrent calls from one ``expected`` value exactly one wins, across processes too. It keeps
+  session heads, counts and deletions exact under concurrent writers without locks: read,
+  compute the new value, compare-and-set, and read again on False.
 * ``ttl`` is in seconds, more than 0 and at most ``MAX_TTL`` (100 years: every store can keep
   that deadline, where MongoDB's dates end in year 9999 and PostgreSQL's intervals earlier); a
   larger one is ``InvalidValueError`` on every store, before anything is sent. An expired key
-  is invisible to ``get``, ``get_many``, ``scan``, ``delete`` and ``put_if_absent`` at once,
-  whenever the store really removes it.
+  is invisible to ``get``, ``get_many``, ``scan``, ``delete``, ``put_if_absent`` and
+  ``compare_and_set`` at once, whenever the store really removes it.
 * A value read back decodes to a JSON value equal to the one written (JSONB and BSON may change
   key order and whitespace, nothing else).
 * Bad input raises a ``KVSessionsError`` before anything is sent, and changes nothing stored;
@@ -23,7 +31,8 @@ object. On every adapter:
 
 Public methods here do the checking, lazy opening and error mapping once; an adapter fills the
 private hooks (``_open``, ``_close``, ``_get``, ``_put``, ``_delete``, ``_put_if_absent``,
-``_scan_page`` and, where the store does better than one call per key, the batch hooks).
+``_compare_and_set``, ``_scan_page`` and, where the store does better than one call per key,
+the batch hooks).
 """
 
 from __future__ import annotations
@@ -217,6 +226,33 @@ class KVStore(ABC):
             error = self._map_error(exc, "put_if_absent")
         raise error
 
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, *, ttl: float | None = None
+    ) -> bool:
+        """Atomically: if ``key``'s live value is ``expected`` (None: there is none), store
+        ``new`` (None: delete the key) with ``ttl`` and return True; else change nothing and
+        return False. ``expected`` is a value read from this store."""
+        check_key(key)
+        if expected is not None:
+            if not isinstance(expected, bytes | bytearray | memoryview):
+                raise InvalidValueError(
+                    f"expected must be bytes read from the store or None, not "
+                    f"{type(expected).__name__}", key=key)
+            expected = bytes(expected)
+        if new is not None:
+            check_value(new, key=key)
+            new = bytes(new)
+        ttl = _check_ttl(ttl)
+        if new is None and ttl is not None:
+            raise InvalidValueError("a ttl needs a value: compare_and_set with new=None "
+                                    "deletes the key", key=key)
+        await self._ready()
+        try:
+            return await self._compare_and_set(key, expected, new, ttl)
+        except Exception as exc:
+            error = self._map_error(exc, "compare_and_set")
+        raise error
+
     # ------------------------------------------------------------------ batches
 
     async def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
@@ -364,6 +400,14 @@ class KVStore(ABC):
 
     @abstractmethod
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool: ...
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        """The atomic step of ``compare_and_set``, arguments checked; expired values count as
+        absent. Every adapter overrides it: no generic read-then-write would be atomic."""
+        raise StoreError(f"{type(self).__name__} does not implement compare_and_set, which "
+                         "the session layer needs")
 
     @abstractmethod
     async def _scan_page(

@@ -14,9 +14,9 @@ Why it is built this way:
   write raises. Opening removes temp files whose writing process is gone.
 * Renames, deletions and the removal of expired files in a namespace are serialised by an
   ``flock`` on ``.lock`` (and a thread lock within the process): that makes ``put_if_absent``
-  atomic across processes even when it replaces an expired file, and it means removing an
-  expired file can never remove a fresh one written at the same moment. Writing and fsyncing
-  the data happens outside the lock.
+  and ``compare_and_set`` atomic across processes even when they replace an expired file, and
+  it means removing an expired file can never remove a fresh one written at the same moment.
+  Writing and fsyncing the data happens outside the lock.
 * Nothing below the namespace folder is followed through a symlink: files and folders are
   opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
   folder should be raises ``StoreError``.
@@ -374,6 +374,39 @@ class FileStore(KVStore):
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self._run(self._put_sync, key, value, expires_at(ttl), True)
+
+    def _compare_and_set_sync(self, key: str, expected: bytes | None, new: bytes | None,
+                              deadline: float | None) -> bool:
+        """The new value is written and fsynced to a temp file first; the comparison and the
+        rename (or unlink) then happen under the namespace lock, which every rename and unlink
+        of this namespace takes, in every process: nothing can change the file in between."""
+        with self._key_dir(key, create=new is not None) as where:
+            if where is None:  # no folder, so no file: the value is absent
+                return expected is None
+            dir_fd, name = where
+            temp = None if new is None else self._write_temp(dir_fd, new, deadline)
+            try:
+                with self._locked():
+                    found = self._read_file(dir_fd, name, key)
+                    live = found is not None and (found[1] is None or found[1] > time.time())
+                    if (found[0] if found is not None and live else None) != expected:
+                        return False
+                    if temp is not None:
+                        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                        temp = None
+                    elif found is not None:
+                        os.unlink(name, dir_fd=dir_fd)
+            finally:
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp, dir_fd=dir_fd)
+            self._sync_dir(dir_fd)
+            return True
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        return await self._run(self._compare_and_set_sync, key, expected, new, expires_at(ttl))
 
     def _put_many_sync(self, items: list[tuple[str, bytes]], deadline: float | None) -> None:
         """All temp files written and fsynced first, then renamed under one lock: a failure

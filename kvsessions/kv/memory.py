@@ -80,6 +80,19 @@ class MemoryStore(KVStore):
         await self._put(key, value, ttl)
         return True
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        # No await between the comparison and the write: atomic on the event loop.
+        current = self._live(key, time.time())
+        if current != expected:
+            return False
+        if new is not None:
+            await self._put(key, new, ttl)
+        elif current is not None:
+            self._remove(key)
+        return True
+
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:

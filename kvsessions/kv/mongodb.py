@@ -426,6 +426,30 @@ class MongoDBStore(KVStore):
             return False
         return True
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        """Read the stored document, compare its value with ``expected`` here (the bytes
+        ``get`` returns), then one write filtered on the whole document as read (``$literal``,
+        so no string in it is read as a field path). The server applies a filtered write to
+        one document atomically: if anything changed it since the read, nothing is written."""
+        if expected is None:
+            if new is None:
+                return await self._get(key) is None
+            return await self._put_if_absent(key, new, ttl)
+        stored = await self._collection.find_one({"_id": key})
+        if stored is None or self._to_value(dict(stored)) != expected:
+            return False
+        unchanged = {"_id": key, "$expr": {"$eq": ["$$ROOT", {"$literal": stored}]}}
+        if new is None:
+            result = await outlive_cancellation(self._collection.delete_one(unchanged))
+            return bool(result.deleted_count)
+        if ttl is not None and not self._ttl_index_ready:
+            await self._ensure_ttl_index()
+        result = await outlive_cancellation(
+            self._collection.replace_one(unchanged, self._to_stored(key, new, ttl)))
+        return bool(result.matched_count)
+
     def _range_cursor(self, key_range: KeyRange, reverse: bool, batch_size: int,
                       limit: int = 0) -> Any:
         """A cursor over ``key_range`` in ``_id`` order, pinned to the ``_id`` index (which

@@ -33,6 +33,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -539,6 +540,44 @@ class PostgreSQLStore(KVStore):
         document, raw = _split(value)
         stored = await self._run("fetchval", self._sql.put_if_absent, key, document, raw, ttl)
         return stored is True
+
+    @functools.cached_property
+    def _cas_sql(self) -> tuple[str, str]:
+        """(update, delete) statements of ``compare_and_set``; each matches the row only while
+        its live value equals the expected document: jsonb equality, plus the exact bytes for a
+        row that keeps them in ``raw`` (see ``jsonb_loses``). Under READ COMMITTED a
+        concurrent writer of the row makes the statement wait and re-check its WHERE on the
+        new row version, so of many concurrent calls from one value exactly one matches."""
+        table = _quote_identifier(self.namespace)
+        if self._caller_pool is None:
+            old_value, new_value = "$2::jsonb", "$4::jsonb"
+        else:
+            old_value = "convert_from($2::bytea, 'UTF8')::jsonb"
+            new_value = "convert_from($4::bytea, 'UTF8')::jsonb"
+        matches = (f"key = $1 AND (expires_at IS NULL OR expires_at > now()) "
+                   f"AND value = {old_value} AND (raw IS NULL OR raw = $3::bytea)")
+        update = (f"UPDATE {table} SET value = {new_value}, raw = $5::bytea, "
+                  f"expires_at = now() + $6::float8 * interval '1 second' "
+                  f"WHERE {matches} RETURNING true")
+        delete = f"DELETE FROM {table} WHERE {matches} RETURNING true"
+        return update, delete
+
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        if expected is None:
+            if new is None:
+                return await self._get(key) is None
+            return await self._put_if_absent(key, new, ttl)
+        old_document, old_raw = _split(expected)
+        update, delete = self._cas_sql
+        if new is None:
+            found = await self._run("fetchval", delete, key, old_document, old_raw)
+        else:
+            new_document, new_raw = _split(new)
+            found = await self._run("fetchval", update, key, old_document, old_raw,
+                                    new_document, new_raw, ttl)
+        return found is True
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         size = self.scan_batch_size

@@ -281,6 +281,22 @@ class RedisStore(KVStore):
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self._write(key, value, ttl, nx=True)
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        member = key.encode()
+        keys = [self._value_prefix + member, self._index_key, self._expiry_key]
+        px = "" if ttl is None else _milliseconds(ttl)
+        try:
+            swapped = await self._run(scripts.COMPARE_AND_SET, keys, [
+                b"" if expected is None else expected, b"" if new is None else new, member,
+                px, self._value_prefix])
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise self._foreign(key) from None
+        return bool(swapped)
+
     async def _write(self, key: str, value: bytes, ttl: float | None, *, nx: bool) -> bool:
         member = key.encode()
         keys = [self._value_prefix + member, self._index_key, self._expiry_key]

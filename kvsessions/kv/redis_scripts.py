@@ -15,7 +15,8 @@ try:
 except ImportError:  # pragma: no cover - the store refuses to start without redis
     NoScriptError = None  # type: ignore[assignment,misc]
 
-__all__ = ["CLEAN", "DELETE", "PUT", "PUT_MANY", "WRITE", "WRITE_MANY_TTL", "Script"]
+__all__ = ["CLEAN", "COMPARE_AND_SET", "DELETE", "PUT", "PUT_MANY", "WRITE", "WRITE_MANY_TTL",
+           "Script"]
 
 #: Index members past their expiry that one ttl write removes (keeps the index bounded).
 _SWEEP_PER_WRITE = 16
@@ -124,6 +125,35 @@ return foreign
 """
 
 
+# compare_and_set. KEYS: value key, index, expiry set. ARGV: expected ('' = absent), new
+# ('' = delete), member, px ('' = no ttl), prefix. A value is a non-empty JSON object, so ''
+# never stands for one. Runs as one script on one slot: nothing runs between GET and the write.
+_COMPARE_AND_SET_LUA = _EXPIRY_LUA + """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if current ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+if ARGV[2] == '' then
+  if current then
+    redis.call('DEL', KEYS[1])
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    redis.call('ZREM', KEYS[3], ARGV[3])
+  end
+  return 1
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
+return 1
+"""
+
+
 class Script:
     """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
 
@@ -144,3 +174,4 @@ WRITE_MANY_TTL = Script(_WRITE_MANY_TTL_LUA)
 PUT_MANY = Script(_PUT_MANY_LUA)
 DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
+COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)

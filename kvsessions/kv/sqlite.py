@@ -260,6 +260,38 @@ class SQLiteStore(KVStore):
             await self._maybe_purge()
         return bool(stored)
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        """Read, compare and write inside one ``BEGIN IMMEDIATE`` on the worker thread: the
+        write lock is held from the read on, so no other connection or process writes
+        between them."""
+        table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
+        upsert = self._sql_put
+
+        def swap(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(f"SELECT value FROM {table} WHERE key = ? AND {live}",
+                                 (key, now)).fetchone()
+                current = None if row is None else self._value(key, row[0])
+                swapped = current == expected
+                if swapped and new is not None:
+                    db.execute(upsert, (key, new, deadline))
+                elif swapped and current is not None:
+                    db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return swapped
+
+        swapped = await self._in_thread(self._conn, swap)
+        if ttl is not None:
+            await self._maybe_purge()
+        return swapped
+
     async def _maybe_purge(self) -> None:
         """Remove expired rows now and then; reads never depend on it."""
         now = time.time()

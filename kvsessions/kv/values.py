@@ -7,7 +7,10 @@ nested deeper than MongoDB allows or larger than a BSON document) is refused her
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -18,13 +21,29 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_KEY_BYTES",
+    "RESERVED_PREFIX",
     "check_key",
     "check_prefix",
     "check_value",
     "prefix_upper_bound",
+    "reserved_keys_allowed",
 ]
 
 MAX_KEY_BYTES = 512
+#: Keys under this prefix belong to kvsessions itself (migration checkpoints), never to users:
+#: ``check_key`` refuses them, so every store refuses to read, write or delete them.
+#:
+#: Why refuse rather than copy them: migrate, verify, export and backup must skip kvsessions'
+#: own bookkeeping (a checkpoint copied to another store would be a stale checkpoint there), and
+#: they could tell a user's key from a checkpoint only if no user could write a checkpoint's
+#: name. Refusing the whole prefix at the door makes that so on every store, so a migration that
+#: reports ``verified`` has copied every key a user could have stored, and a user key can never
+#: overwrite, or be overwritten or deleted by, a checkpoint. Only the code that owns a reserved
+#: key gets past the check, through ``reserved_keys_allowed`` naming that exact key.
+RESERVED_PREFIX = "__kvsessions__:"
+#: The reserved keys the running task may use (see ``reserved_keys_allowed``).
+_ALLOWED_RESERVED_KEYS: ContextVar[frozenset[str]] = ContextVar(
+    "kvsessions_allowed_reserved_keys", default=frozenset())
 #: Containers nested in one document, the top-level object counting as 1 (MongoDB keeps 100).
 MAX_DEPTH = 100
 #: Encoded JSON size; leaves room under MongoDB's 16 MiB BSON limit for the key and metadata.
@@ -41,13 +60,28 @@ _LONG_DIGIT_RUN = b"0" * 19
 
 
 def check_key(key: object, *, what: str = "key") -> str:
-    """Return ``key`` if it is a non-empty str of at most 512 UTF-8 bytes without NUL."""
+    """Return ``key`` if it is a non-empty str of at most 512 UTF-8 bytes without NUL, not under
+    the reserved prefix (unless the running task was allowed that very key)."""
     if type(key) is not str:
         raise InvalidKeyError(f"{what} must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidKeyError(f"{what} must not be empty")
     _check_text(key, what)
+    if key.startswith(RESERVED_PREFIX) and key not in _ALLOWED_RESERVED_KEYS.get():
+        raise InvalidKeyError(f"{what} {key[:60]!r} starts with {RESERVED_PREFIX!r}, which is "
+                              "reserved for kvsessions' own bookkeeping")
     return key
+
+
+@contextlib.contextmanager
+def reserved_keys_allowed(*keys: str) -> Iterator[None]:
+    """Let the current task (and tasks it starts) use exactly ``keys`` under the reserved
+    prefix: kvsessions' own bookkeeping, written by the code that owns it."""
+    token = _ALLOWED_RESERVED_KEYS.set(_ALLOWED_RESERVED_KEYS.get() | frozenset(keys))
+    try:
+        yield
+    finally:
+        _ALLOWED_RESERVED_KEYS.reset(token)
 
 
 def check_prefix(prefix: object, *, what: str = "prefix") -> str:

@@ -19,8 +19,9 @@ byte is reported with its line; keys are strictly ascending, so a moved or repea
 reported with its line; the closing count and SHA-256 (over every entry's ``{"key","value"}`` line
 and a newline, in order) catch removed lines and truncation. Values are written in orjson's
 canonical form, so both formats hash the same documents to the same SHA-256. A ``.gz`` suffix
-means gzip. Files are written under a temporary name, fsynced and renamed, so a crashed export
-never leaves a file that looks complete.
+means gzip. Files are written through ``kvsessions.atomic_file`` (an unpredictable temporary name,
+never a planted link), fsynced and renamed, so a crashed export never leaves a file that looks
+complete.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
 
-from kvsessions.errors import KVSessionsError
+from kvsessions.atomic_file import AtomicFile
+from kvsessions.errors import ExportFileError, KVSessionsError
 from kvsessions.kv.values import check_key, check_value
 
 __all__ = [
@@ -47,24 +49,13 @@ __all__ = [
     "ExportReader",
     "ExportWriter",
     "is_json_document_name",
+    "utc_timestamp",
 ]
 
 JSONL_FORMAT = "kvsessions-jsonl"
 JSON_FORMAT = "kvsessions-json"
 FORMAT_VERSION = 1
 _CRC_MARK = b',"crc32":'
-
-
-class ExportFileError(KVSessionsError, ValueError):
-    """An export file that is not intact (changed, truncated, reordered) or not an export.
-    ``line`` is the 1-based line where the problem was found, when there is one."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, *, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        where = f"{self.path}: line {line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}; nothing was imported")
 
 
 def is_json_document_name(path: str | os.PathLike[str]) -> bool:
@@ -79,12 +70,18 @@ def _is_gzip_name(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".gz")
 
 
-def _now_iso() -> str:
+def utc_timestamp() -> str:
+    """Now, as the ISO 8601 UTC text (whole seconds, ``Z``) that exports and checkpoints carry."""
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _entry_body(key: str, document: Any) -> bytes:
     return orjson.dumps({"key": key, "value": document})
+
+
+def _entry_line(body: bytes) -> bytes:
+    """An entry as written: its ``{"key","value"}`` body with the body's CRC-32 added last."""
+    return b"%s%s%d}" % (body[:-1], _CRC_MARK, zlib.crc32(body))
 
 
 class ExportWriter:
@@ -96,8 +93,8 @@ class ExportWriter:
         self.json_document = is_json_document_name(self.path)
         self.count = 0
         self._sha = hashlib.sha256()
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        self._raw: IO[bytes] = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._file = AtomicFile(self.path)
+        self._raw: IO[bytes] = self._file.stream
         self._out: IO[bytes] = self._raw
         if _is_gzip_name(self.path):
             self._out = cast(IO[bytes], gzip.GzipFile(
@@ -105,7 +102,7 @@ class ExportWriter:
         header: dict[str, Any] = {
             "format": JSON_FORMAT if self.json_document else JSONL_FORMAT,
             "version": FORMAT_VERSION,
-            "exported_at": _now_iso(),
+            "exported_at": utc_timestamp(),
             "source": source,
             "prefix": prefix,
         }
@@ -126,7 +123,7 @@ class ExportWriter:
             self._last_key = key
             body = _entry_body(key, orjson.loads(value))
             sha.update(body + b"\n")
-            line = b"%s%s%d}" % (body[:-1], _CRC_MARK, zlib.crc32(body))
+            line = _entry_line(body)
             if self.json_document:
                 lines.append(b",\n" + line if self.count else line)
             else:
@@ -148,18 +145,13 @@ class ExportWriter:
             self._out.write(orjson.dumps(manifest) + b"\n")
         if self._out is not self._raw:
             self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp, self.path)
-        return self.path.stat().st_size
+        return self._file.commit()
 
     def abort(self) -> None:
         """Drop the partial file (after an error or a cancellation)."""
-        for handle in (self._out, self._raw):
-            with contextlib.suppress(Exception):  # best effort: an error is already on its way
-                handle.close()
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # best effort: an error is already on its way
+            self._out.close()
+        self._file.abort()
 
 
 class ExportReader:
@@ -246,16 +238,10 @@ class ExportReader:
                     if "manifest" in record and "key" not in record:
                         manifest = record["manifest"]
                         manifest_line = lineno
-                        if type(manifest) is not dict:
+                        if set(record) != {"manifest"} or type(manifest) is not dict:
                             raise self._error("malformed manifest", lineno)
                         continue
-                    if set(record) != {"key", "value", "crc32"}:
-                        raise self._error(
-                            "not an export entry (expected key, value and crc32)", lineno)
-                    mark = line.rfind(_CRC_MARK)
-                    body = line[:mark] + b"}"
-                    if type(record["crc32"]) is not int or zlib.crc32(body) != record["crc32"]:
-                        raise self._error("checksum mismatch: the line was changed", lineno)
+                    body = self._checked_body(record, line, lineno)
                     key = record["key"]
                     value = self._check_entry(lineno, key, record["value"], previous)
                     previous = key
@@ -273,6 +259,18 @@ class ExportReader:
         if verify:
             self._check_totals(manifest.get("count"), manifest.get("sha256"), count, sha,
                                manifest_line)
+
+    def _checked_body(self, record: dict[str, Any], line: bytes, lineno: int) -> bytes:
+        """The ``{"key","value"}`` bytes the checksum covers, after checking that the line is
+        exactly those bytes and their checksum: the key and value used are the ones covered.
+        (A line parsed loosely could carry a second ``"value"`` after its checksum, which a JSON
+        parser lets win over the covered one.)"""
+        if set(record) != {"key", "value", "crc32"} or type(record["crc32"]) is not int:
+            raise self._error("not an export entry (expected key, value and crc32)", lineno)
+        body = _entry_body(record["key"], record["value"])
+        if zlib.crc32(body) != record["crc32"] or line != _entry_line(body):
+            raise self._error("checksum mismatch: the line was changed", lineno)
+        return body
 
     def _check_totals(
         self, count: object, digest: object, seen: int, sha: Any, line: int | None
@@ -332,7 +330,7 @@ class ExportReader:
 
     # ------------------------------------------------------------------ reading
 
-    def batches(self, size: int) -> Iterator[list[tuple[str, bytes]]]:
+    def batches(self, size: int) -> Generator[list[tuple[str, bytes]], None, None]:
         """Entries in batches, read again from the file (call ``check()`` first)."""
         if self._json_entries is not None:
             for start in range(0, len(self._json_entries), size):

@@ -11,7 +11,7 @@ from typing import Literal
 import orjson
 
 from kvsessions.documents.models import ChatSession
-from kvsessions.errors import KVSessionsError
+from kvsessions.errors import UnsupportedFormatError
 
 __all__ = ["EXPORT_FORMATS", "ROLE_EMOJI", "ExportFormat", "UnsupportedFormatError",
            "render_session"]
@@ -22,10 +22,6 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = ("json", "text", "markdown")
 #: The header emoji of each role in Markdown exports.
 ROLE_EMOJI = {"user": "👤", "assistant": "🤖", "system": "⚙️", "tool": "🔧"}
 _TEXT_RULE = "=" * 80
-
-
-class UnsupportedFormatError(KVSessionsError, ValueError):
-    """An export format that does not exist."""
 
 
 def render_session(session: ChatSession, format: str = "json") -> str:

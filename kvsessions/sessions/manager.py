@@ -7,19 +7,36 @@ head), expires sessions not updated for ``expiry_hours``, archives, exports and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kvsessions.atomic_file import write_file_atomically
 from kvsessions.documents.models import ChatSession, utc_now
 from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.exports import EXPORT_FORMATS, UnsupportedFormatError, render_session
 from kvsessions.sessions.storage import SessionStorage
 
-__all__ = ["SessionManager"]
+__all__ = ["EXPIRY_HOURS_RULE", "MAX_EXPIRY_HOURS", "SessionManager", "check_expiry_hours"]
+
+#: The longest expiry, about 114 years: ``now - expiry`` must stay a datetime (after year 1)
+#: for any clock from year 115 on, where 1e8 hours (11,000 years) raised OverflowError in
+#: ``startup()``, long after the value had been accepted.
+MAX_EXPIRY_HOURS = 1_000_000
+#: What an expiry must be, in the words every entry point (API, config, CLI) uses.
+EXPIRY_HOURS_RULE = f"a number of hours > 0 and at most {MAX_EXPIRY_HOURS:,}"
+
+
+def check_expiry_hours(value: object, *, what: str = "expiry_hours") -> float:
+    """``value`` if it is an expiry every time computation can hold, else ``ConfigError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value <= MAX_EXPIRY_HOURS:
+        raise ConfigError(f"{what} must be {EXPIRY_HOURS_RULE}, not {value!r}")
+    return value
 
 
 class SessionManager:
@@ -35,9 +52,7 @@ class SessionManager:
         *,
         max_cached_sessions: int = 1000,
     ) -> None:
-        if isinstance(expiry_hours, bool) or not isinstance(expiry_hours, int | float) \
-                or not expiry_hours > 0:
-            raise ConfigError(f"expiry_hours must be a number > 0, not {expiry_hours!r}")
+        check_expiry_hours(expiry_hours)
         if isinstance(max_cached_sessions, bool) or not isinstance(max_cached_sessions, int) \
                 or max_cached_sessions < 1:
             raise ConfigError(f"max_cached_sessions must be a whole number >= 1, "
@@ -76,10 +91,13 @@ class SessionManager:
         }
 
     async def shutdown(self) -> None:
-        """Save every session in memory (only what is new in each), then forget them. The
-        storage stays open: whoever made it closes it."""
+        """Save the sessions in memory that changed since they were loaded or saved (only
+        what is new in each), then forget them: an unchanged session is not written, so one
+        deleted elsewhere meanwhile stays deleted. The storage stays open: whoever made it
+        closes it."""
         for session in list(self._cache.values()):
-            await self.storage.save_session(session)
+            if self.storage.has_changes(session):
+                await self.storage.save_session(session)
         self._cache.clear()
 
     # ------------------------------------------------------------------ sessions
@@ -112,14 +130,17 @@ class SessionManager:
         return await self.storage.save_session(session)
 
     async def archive_session(self, session_id: str) -> bool:
-        """Mark the session archived (it stays stored); False if there is no such session."""
+        """Mark the session archived (it stays stored); False if there is no such session
+        (also when it was deleted elsewhere after this manager loaded it)."""
         session = await self.get_session(session_id)
         if session is None:
             return False
         session.status = "archived"
         session.updated_at = max(session.updated_at, utc_now())
-        await self.storage.save_session(session)
-        return True
+        if await self.storage.save_session(session):
+            return True
+        self._cache.pop(session_id, None)
+        return False
 
     async def cleanup_expired_sessions(self) -> int:
         """Mark active sessions not updated for ``expiry_hours`` as expired (they stay stored,
@@ -153,13 +174,13 @@ class SessionManager:
         self, session_id: str, output_path: Path | str, format: str = "json"
     ) -> bool:
         """Write the export to ``output_path`` (UTF-8, folders created); False if there is no
-        such session."""
+        such session. The file is written on a worker thread, never on the event loop, and
+        atomically (``kvsessions.atomic_file``): it never writes through a planted symlink."""
         text = await self.export_session(session_id, format)
         if text is None:
             return False
-        path = Path(output_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        await asyncio.to_thread(write_file_atomically, Path(output_path), text.encode("utf-8"),
+                                create_folders=True)
         return True
 
     # ------------------------------------------------------------------ statistics
@@ -185,7 +206,8 @@ class SessionManager:
         self._cache.move_to_end(session.session_id)
         while len(self._cache) > self.max_cached_sessions:
             _, evicted = self._cache.popitem(last=False)
-            await self.storage.save_session(evicted)
+            if self.storage.has_changes(evicted):
+                await self.storage.save_session(evicted)
 
 
 def _cache_statistics(store: KVStore) -> dict[str, Any] | None:

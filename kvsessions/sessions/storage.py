@@ -1,20 +1,21 @@
 """``SessionStorage``: chat sessions, their messages and file records on any key-value store.
 
-Layout (see ``kvsessions.documents.codec``): ``session:{sid}`` holds the session head, each
+Layout (see ``kvsessions.documents.keys``): ``session:{sid}`` holds the session head, each
 message is its own document under ``message:{sid}:{mid}`` (message ids are time-ordered, so key
 order is conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
 
-* appending a message writes one new message document plus the head, whatever the history's
-  length; ``save_session`` writes the head and only the messages this storage has not stored
-  from that session object yet, and never deletes anything another writer stored;
+* appending a message costs one get of the head, one new message document and one
+  compare-and-set of the head, whatever the history's length; ``save_session`` writes only the
+  messages this storage has not stored from that session object yet, and the head only when
+  something in it changed; it never deletes anything another writer stored;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
 * listing sessions reads heads only.
 
-``message_count`` under concurrent writers: two processes appending at once each write the head
-they computed, so the head's count is *advisory* (it may lag). A full ``load_session`` counts the
-messages actually stored and reports that; ``list_sessions`` and ``load_session(id,
-last_messages=N)`` report the head's count (at least the number of messages loaded).
+Concurrent writers, in any number of processes, need no lock: every change of a head is a
+``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
+``message_count`` is exact once the writers are done, saves merge with what others wrote, and a
+deleted session never comes back.
 
 Every document is validated (``ValidatingStore``) before anything of a save is written, so an
 invalid session or message raises ``ValidationError`` naming the field and stores nothing.
@@ -22,10 +23,10 @@ invalid session or message raises ``ValidationError`` naming the field and store
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,35 +36,48 @@ from urllib.parse import parse_qsl, quote, urlencode
 import orjson
 
 from kvsessions.documents.codec import (
-    CURRENT_VERSIONS,
-    FILE_PREFIX,
-    SESSION_PREFIX,
     decode_document,
     document_to_file,
     document_to_message,
     document_to_session,
-    file_key,
     file_to_document,
     format_timestamp,
-    message_key,
-    message_prefix,
     message_to_document,
     parse_timestamp,
-    session_key,
     session_to_document,
 )
+from kvsessions.documents.keys import (
+    FILE_PREFIX,
+    SESSION_PREFIX,
+    encode_id,
+    file_key,
+    legacy_key_error,
+    message_key,
+    message_prefix,
+    session_key,
+)
 from kvsessions.documents.models import (
-    MESSAGE_ROLES,
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
     UploadedFileRecord,
     utc_now,
 )
-from kvsessions.errors import InvalidValueError, KVSessionsError, ValidationError
-from kvsessions.kv.base import KVStore
+from kvsessions.documents.validation import validate_document
+from kvsessions.errors import InvalidValueError, SessionNotFoundError, ValidationError
+from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
-from kvsessions.wrappers.validating import ValidatingStore, validate_document
+from kvsessions.kv.values import check_key
+from kvsessions.sessions.heads import (
+    DELETING,
+    Head,
+    SavedState,
+    head_fields,
+    is_stale,
+    merged_head,
+)
+from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = [
     "FileSessionStorage",
@@ -78,23 +92,12 @@ __all__ = [
 
 #: How many keys one ``delete_many`` call removes while deleting a session's messages.
 _DELETE_BATCH = 500
-#: Attribute on a ChatSession object that remembers which of its messages are stored, per storage.
+#: Message documents one save writes at once (each with its own ``put_if_absent``).
+_WRITE_CONCURRENCY = 32
+#: Attribute on a ChatSession object that remembers what one storage stored of it.
 _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
-class SessionNotFoundError(KVSessionsError, LookupError):
-    """An operation needs a session that is not in the store."""
-
-
-@dataclass
-class _SavedMessages:
-    """Which messages of one session object one storage has stored: the ids, plus how many
-    leading messages of ``session.messages`` were all stored (so a save looks only at the
-    messages after them: O(new messages), not O(history))."""
-
-    ids: set[str] = field(default_factory=set)
-    prefix: int = 0
-    last_id: str | None = None
 
 
 class SessionStorage:
@@ -146,35 +149,130 @@ class SessionStorage:
     # ------------------------------------------------------------------ sessions
 
     async def save_session(self, session: ChatSession) -> bool:
-        """Store the head and the messages not stored yet. Nothing is written when any of them
-        is invalid; messages already stored (by anyone) are kept."""
+        """Store the messages not stored yet and merge the head (see the module docstring).
+        True when stored; False, with nothing written, when the session was deleted since
+        this object was loaded or saved here (or is being deleted). Nothing is written when
+        any document is invalid or two messages share an id; messages already stored (by
+        anyone) are kept."""
         saved = self._saved(session)
         unsaved = self._unsaved(session, saved)
-        documents = [
-            (message_key(session.session_id, message.message_id),
-             self._message_document(session.session_id, message))
-            for message in unsaved
-        ]
-        documents.append((session_key(session.session_id), session_to_document(session)))
-        await self._documents.put_documents(documents)
+        messages: list[tuple[str, bytes]] = []
+        for message in unsaved:
+            key = check_key(message_key(session.session_id, message.message_id))
+            document = self._message_document(session.session_id, message)
+            messages.append((key, self._documents.encode(key, document)))
+        mine = session_to_document(session)
+        self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
+        head = await self._read_head(session.session_id)
+        if is_stale(head, saved):
+            return False
+        return await outlive_cancellation(
+            self._save(session, saved, unsaved, messages, mine, head))
+
+    async def _save(self, session: ChatSession, saved: SavedState,
+                    unsaved: list[ChatMessage], messages: list[tuple[str, bytes]],
+                    mine: dict[str, Any], head: Head | None) -> bool:
+        """The writes of a save, run to the end even when the caller is cancelled, so that
+        no message is left stored and uncounted."""
+        created = await self._create_messages(messages)
+        head_key = session_key(session.session_id)
+        while True:
+            if is_stale(head, saved):
+                await self._remove(created)
+                return False
+            if head is None:
+                document = {**mine, "message_count": len(created)}
+                if await self._raw.put_if_absent(head_key,
+                                                  self._documents.encode(head_key, document)):
+                    break
+            else:
+                stored, current = head
+                document = merged_head(current, mine, saved.base, len(created))
+                if document == current or await self._raw.compare_and_set(
+                        head_key, stored, self._documents.encode(head_key, document)):
+                    break
+            head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
         self._mark_prefix(session, saved)
+        saved.base = head_fields(mine)
+        session.message_count = document["message_count"]
         return True
 
+    async def _create_messages(self, messages: list[tuple[str, bytes]]) -> list[str]:
+        """Store each message unless its key is taken; the keys this call created. A failure
+        removes what this call created, so no stored message goes uncounted."""
+        created: list[str] = []
+        failure: BaseException | None = None
+        for start in range(0, len(messages), _WRITE_CONCURRENCY):
+            chunk = messages[start:start + _WRITE_CONCURRENCY]
+            results = await asyncio.gather(
+                *(self._raw.put_if_absent(key, value) for key, value in chunk),
+                return_exceptions=True)
+            for (key, _), result in zip(chunk, results, strict=True):
+                if result is True:
+                    created.append(key)
+                elif isinstance(result, BaseException):
+                    failure = failure or result
+            if failure is not None:
+                await self._remove(created)
+                raise failure
+        return created
+
+    async def _remove(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            await self._raw.delete_many(keys[start:start + _DELETE_BATCH])
+
     async def append_message(self, session_id: str, message: ChatMessage) -> None:
-        """Store one message of an existing session and update its head: one get and one batch
-        write, whatever the length of the history. Raises ``SessionNotFoundError``."""
-        document = self._message_document(session_id, message)
-        head_key = session_key(session_id)
-        head = await self._documents.get_document(head_key)
-        if head is None:
+        """Store one message of an existing session and count it in the head: one get, one
+        message write and one compare-and-set, whatever the length of the history. Raises
+        ``SessionNotFoundError`` when there is no such session, or it is deleted meanwhile
+        (the message is then removed again). A message whose id is already stored is left as
+        it is and not counted again, so a retried append changes nothing."""
+        key = message_key(session_id, message.message_id)
+        value = self._documents.encode(key, self._message_document(session_id, message))
+        head = await self._read_head(session_id)
+        if head is None or head[1]["status"] == DELETING:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
-        head = dict(head)
-        head["message_count"] = head["message_count"] + 1
-        updated = parse_timestamp(head["updated_at"], key=head_key, path="updated_at")
-        head["updated_at"] = format_timestamp(max(updated, message.created_at))
-        await self._documents.put_documents(
-            [(message_key(session_id, message.message_id), document), (head_key, head)])
+        await outlive_cancellation(self._append(session_id, key, value, message, head))
+
+    async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
+                      head: Head | None) -> None:
+        created = await self._raw.put_if_absent(key, value)
+        head_key = session_key(session_id)
+        while True:
+            if head is None or head[1]["status"] == DELETING:
+                if created:
+                    await self._raw.delete(key)
+                raise SessionNotFoundError(
+                    f"session {session_id!r} was deleted while a message was appended")
+            stored, current = head
+            document = dict(current)
+            document["message_count"] = current["message_count"] + created
+            updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
+            if message.created_at > updated:
+                document["updated_at"] = format_timestamp(message.created_at)
+            if document == current or await self._raw.compare_and_set(
+                    head_key, stored, self._documents.encode(head_key, document)):
+                return
+            head = await self._read_head(session_id)
+
+    async def _read_head(self, session_id: str) -> Head | None:
+        """The head of ``session_id`` as stored (any status), or None. A head found only under
+        the key an earlier release used for this id raises ``legacy_key_error``."""
+        key = session_key(session_id)
+        value = await self._raw.get(key)
+        if value is not None:
+            document = self._documents.decode(key, value)
+            if document.get("session_id") == session_id:
+                return value, document
+        elif encode_id(session_id) == session_id:
+            return None
+        legacy_key = SESSION_PREFIX + session_id
+        legacy = await self._raw.get(legacy_key)
+        if value is not None or (legacy is not None and self._documents.decode(
+                legacy_key, legacy).get("session_id") == session_id):
+            raise legacy_key_error(f"session {session_id!r}")
+        return None
 
     async def load_session(
         self, session_id: str, *, last_messages: int | None = None
@@ -186,9 +284,10 @@ class SessionStorage:
         if last_messages is not None:
             _check_limit(last_messages, "last_messages")
         key = session_key(session_id)
-        head = await self._documents.get_document(key)
-        if head is None:
+        stored = await self._read_head(session_id)
+        if stored is None or stored[1]["status"] == DELETING:
             return None
+        head = stored[1]
         session = document_to_session(head, key=key)
         if last_messages is None:
             session.messages = await self._scan_messages(message_prefix(session_id))
@@ -199,6 +298,7 @@ class SessionStorage:
         saved = self._saved(session)
         saved.ids.update(message.message_id for message in session.messages)
         self._mark_prefix(session, saved)
+        saved.base = head_fields(head)
         return session
 
     async def load_messages(
@@ -218,8 +318,8 @@ class SessionStorage:
         if limit is not None:
             _check_limit(limit, "limit")
         prefix = message_prefix(session_id)
-        after_key = None if after is None else prefix + after
-        before_key = None if before is None else prefix + before
+        after_key = None if after is None else message_key(session_id, after)
+        before_key = None if before is None else message_key(session_id, before)
         if after_key is not None and before_key is None:
             return await self._scan_messages(prefix, start_after=after_key, limit=limit)
         messages = await self._scan_messages(prefix, start_after=before_key, limit=limit,
@@ -245,8 +345,15 @@ class SessionStorage:
                 heapq.heappush(heap, item)
             elif item[:2] > heap[0][:2]:
                 heapq.heapreplace(heap, item)
-        return [document_to_session(document, key=key)
+        return [self._listed(document, key)
                 for _, key, document in sorted(heap, key=lambda item: item[:2], reverse=True)]
+
+    def _listed(self, document: dict[str, Any], key: str) -> ChatSession:
+        """A head read by a listing, as a session object that this storage knows is stored
+        (so that saving it after its session was deleted does not bring it back)."""
+        session = document_to_session(document, key=key)
+        self._saved(session).base = head_fields(document)
+        return session
 
     async def _head_candidates(
         self, status: str | None
@@ -260,7 +367,8 @@ class SessionStorage:
             if validate:
                 validate_document(document, key=key)
             try:
-                if status is not None and document["status"] != status:
+                if document["status"] == DELETING or (
+                        status is not None and document["status"] != status):
                     continue
                 updated = parse_timestamp(document["updated_at"], key=key, path="updated_at")
             except (KeyError, TypeError):
@@ -271,12 +379,30 @@ class SessionStorage:
     async def iter_sessions(self, status: str | None = None) -> AsyncIterator[ChatSession]:
         """Every session head (no messages), in key order, streamed: for maintenance jobs."""
         async for key, document in self._documents.scan_documents(SESSION_PREFIX):
-            if status is None or document["status"] == status:
-                yield document_to_session(document, key=key)
+            if document["status"] != DELETING and (status is None
+                                                   or document["status"] == status):
+                yield self._listed(document, key)
 
     async def delete_session(self, session_id: str) -> bool:
-        """Remove the session and all its messages; True if anything was there. The messages
-        go first, the head last, so an interrupted delete can simply be run again."""
+        """Remove the session and all its messages; True if anything was there. The head is
+        marked ``deleting`` first (appends and saves then fail instead of writing), then the
+        messages go, then the head, so an interrupted delete is finished by running it
+        again."""
+        return await outlive_cancellation(self._delete_session(session_id))
+
+    async def _delete_session(self, session_id: str) -> bool:
+        head_key = session_key(session_id)
+        marked: bytes | None = None
+        while (head := await self._read_head(session_id)) is not None:
+            stored, current = head
+            if current["status"] == DELETING:
+                marked = stored
+                break
+            mark = self._documents.encode(head_key, {**current, "status": DELETING})
+            if await self._raw.compare_and_set(head_key, stored, mark):
+                marked = mark
+                break
+        existed = marked is not None
         deleted = 0
         batch: list[str] = []
         async for key, _ in self._raw.scan(message_prefix(session_id)):
@@ -286,8 +412,19 @@ class SessionStorage:
                 batch = []
         if batch:
             deleted += await self._raw.delete_many(batch)
-        head_deleted = await self._raw.delete(session_key(session_id))
-        return head_deleted or deleted > 0
+        while marked is not None and not await self._raw.compare_and_set(head_key, marked,
+                                                                        None):
+            head = await self._read_head(session_id)  # another deleter's mark, or gone
+            marked = head[0] if head is not None and head[1]["status"] == DELETING else None
+        return existed or deleted > 0
+
+    def has_changes(self, session: ChatSession) -> bool:
+        """Whether ``save_session(session)`` has anything to write: messages not stored yet,
+        or head fields changed since this storage last loaded, listed or saved the object."""
+        saved = self._saved(session)
+        if saved.base is None or self._unsaved(session, saved):
+            return True
+        return head_fields(session_to_document(session)) != saved.base
 
     # ------------------------------------------------------------------ files
 
@@ -327,6 +464,8 @@ class SessionStorage:
         by_status = dict.fromkeys(SESSION_STATUSES, 0)
         messages = 0
         async for _key, document in self._documents.scan_documents(SESSION_PREFIX):
+            if document["status"] == DELETING:
+                continue
             by_status[document["status"]] = by_status.get(document["status"], 0) + 1
             messages += document["message_count"]
         files = expired_files = 0
@@ -366,10 +505,10 @@ class SessionStorage:
         stop_at: str | None = None,
     ) -> list[ChatMessage]:
         """Messages of one scan, each parsed once. A document in the form this release writes
-        is checked field by field on the spot (``_message_from_document``); anything else
+        is checked field by field on the spot (``message_from_document``); anything else
         takes the full path (upcast, JSON Schema), which names what is wrong."""
         messages: list[ChatMessage] = []
-        append, loads, fast = messages.append, orjson.loads, _message_from_document
+        append, loads, fast = messages.append, orjson.loads, message_from_document
         async for page in self._raw.scan_pages(prefix, start_after=start_after, limit=limit,
                                                reverse=reverse):
             for key, value in page:
@@ -388,70 +527,42 @@ class SessionStorage:
                 append(message)
         return messages
 
-    def _saved(self, session: ChatSession) -> _SavedMessages:
-        registry: dict[object, _SavedMessages] | None = getattr(session, _SAVED_ATTRIBUTE, None)
+    def _saved(self, session: ChatSession) -> SavedState:
+        registry: dict[object, SavedState] | None = getattr(session, _SAVED_ATTRIBUTE, None)
         if registry is None:
             registry = {}
             setattr(session, _SAVED_ATTRIBUTE, registry)
         saved = registry.get(self._token)
         if saved is None:
-            saved = registry[self._token] = _SavedMessages()
+            saved = registry[self._token] = SavedState()
         return saved
 
     @staticmethod
-    def _unsaved(session: ChatSession, saved: _SavedMessages) -> list[ChatMessage]:
+    def _unsaved(session: ChatSession, saved: SavedState) -> list[ChatMessage]:
+        """The messages to store; ``ValidationError`` when two messages share an id (one key
+        cannot hold both, and counting both would make the count wrong)."""
         messages = session.messages
         start = saved.prefix
         if start and (start > len(messages) or messages[start - 1].message_id != saved.last_id):
             start = 0  # the list was changed other than by appending: look at all of it
-        return [m for m in messages[start:] if m.message_id not in saved.ids]
+        seen: set[str] = set()
+        unsaved: list[ChatMessage] = []
+        for message in messages[start:]:
+            message_id = message.message_id
+            if message_id in seen or (start and message_id in saved.ids):
+                raise ValidationError(
+                    f"two messages of session {session.session_id!r} have the id "
+                    f"{message_id!r}", key=message_key(session.session_id, str(message_id)),
+                    path="message_id", kind="message")
+            seen.add(message_id)
+            if message_id not in saved.ids:
+                unsaved.append(message)
+        return unsaved
 
     @staticmethod
-    def _mark_prefix(session: ChatSession, saved: _SavedMessages) -> None:
+    def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
         saved.prefix = len(session.messages)
         saved.last_id = session.messages[-1].message_id if session.messages else None
-
-
-_MESSAGE_FIELD_COUNT = 8  # kind, v, message_id, session_id, role, content, created_at, metadata
-_ROLES = frozenset(MESSAGE_ROLES)
-#: The fast path knows message version 1 only; once a newer one exists, every read of a v1
-#: document must be upcast, so the fast path switches itself off (-1 matches no version).
-_FAST_MESSAGE_VERSION = 1 if CURRENT_VERSIONS["message"] == 1 else -1
-_from_iso = datetime.fromisoformat
-
-
-def _message_from_document(document: Any) -> ChatMessage | None:
-    """The message of a ``message`` v1 document that meets ``message.v1.json``, checked here
-    field by field at a fraction of the schema check's cost; None for anything this fast path
-    is not sure of (which then takes the full path and gets a precise error). That this accepts
-    only what the schema accepts is pinned down by tests/test_storage.py."""
-    if type(document) is not dict or len(document) != _MESSAGE_FIELD_COUNT:
-        return None
-    try:  # eight fields, all of these present: exactly the schema's fields
-        kind, version = document["kind"], document["v"]
-        message_id, session_id = document["message_id"], document["session_id"]
-        role, content = document["role"], document["content"]
-        created, metadata = document["created_at"], document["metadata"]
-    except KeyError:
-        return None
-    if (kind != "message" or type(version) is not int or version != _FAST_MESSAGE_VERSION
-            or type(message_id) is not str or not 0 < len(message_id) <= 200
-            or type(session_id) is not str or not 0 < len(session_id) <= 200
-            or type(role) is not str or role not in _ROLES or type(content) is not str
-            or type(metadata) is not dict or type(created) is not str):
-        return None
-    # The timestamp in the shape this release writes, YYYY-MM-DDTHH:MM:SS[.ffffff]Z in ASCII;
-    # fromisoformat then checks the digits and ranges (which the schema's pattern bounds too).
-    size = len(created)
-    if not ((size == 20 or (size == 27 and created[19] == ".")) and created[-1] == "Z"
-            and created[4] == "-" and created[7] == "-" and created[10] == "T"
-            and created[13] == ":" and created[16] == ":" and created.isascii()):
-        return None
-    try:
-        moment = _from_iso(created)
-    except ValueError:
-        return None
-    return ChatMessage(message_id, session_id, role, content, moment, metadata)
 
 
 def _check_limit(limit: object, name: str) -> None:

@@ -147,6 +147,7 @@ class KVStoreContract:
             store.delete(bad_key),
             store.put_many([("fine", dumps({"x": 1})), (bad_key, dumps({"x": 1}))]),
             store.get_many(["fine", bad_key]),
+            store.compare_and_set(bad_key, None, dumps({"x": 1})),
         ):
             with pytest.raises(InvalidKeyError):
                 await attempt
@@ -191,6 +192,8 @@ class KVStoreContract:
             store.put("k", bad_value),
             store.put_if_absent("new", bad_value),
             store.put_many([("other", dumps({"fine": 1})), ("k", bad_value)]),
+            store.compare_and_set("k", await store.get("k"), bad_value),
+            store.compare_and_set("new", None, bad_value),
         ):
             with pytest.raises(KVSessionsError):
                 await attempt
@@ -426,6 +429,121 @@ class KVStoreContract:
         assert sum(results) == 1
         winner = results.index(True)
         assert orjson.loads(await store.get("race") or b"") == {"who": winner}
+
+    # ---------------------------------------------------------------- compare_and_set
+
+    async def test_compare_and_set(self, store: KVStore) -> None:
+        one, two = dumps({"v": 1}), dumps({"v": 2, "list": [1, "x"]})
+        assert await store.compare_and_set("k", None, None) is True  # absent, stays absent
+        assert await store.compare_and_set("k", None, one) is True  # create
+        assert await store.compare_and_set("k", None, two) is False  # not absent any more
+        assert await store.compare_and_set("k", None, None) is False
+        current = await store.get("k")
+        assert current is not None and orjson.loads(current) == {"v": 1}
+        assert await store.compare_and_set("k", dumps({"v": 3}), two) is False
+        assert orjson.loads(await store.get("k") or b"") == {"v": 1}
+        assert await store.compare_and_set("k", current, two) is True  # replace
+        assert orjson.loads(await store.get("k") or b"") == {"v": 2, "list": [1, "x"]}
+        assert await store.compare_and_set("k", current, one) is False  # stale value
+        assert await store.keys() == ["k"]
+        latest = await store.get("k")
+        assert await store.compare_and_set("k", latest, None) is True  # delete
+        assert await store.get("k") is None and await store.keys() == []
+        assert await store.compare_and_set("k", latest, one) is False  # gone
+        assert await store.get("k") is None and await store.keys() == []
+
+    async def test_compare_and_set_tells_apart_what_json_tells_apart(
+        self, store: KVStore
+    ) -> None:
+        await store.put("k", dumps({"a": 1, "b": {"c": [1, 2]}}))
+        for other in ({"a": 1.5, "b": {"c": [1, 2]}}, {"a": 1, "b": {"c": [2, 1]}},
+                      {"a": 1, "b": {"c": [1, 2], "d": None}}, {"a": 1},
+                      {"a": "1", "b": {"c": [1, 2]}}, {"a": True, "b": {"c": [1, 2]}},
+                      {"a": 1, "b": {"c": [[1, 2]]}}, {"a": [1], "b": {"c": [1, 2]}},
+                      {"a": 1, "b": {"c": [1, 2]}, "e": 0}):
+            assert await store.compare_and_set("k", dumps(other), dumps({})) is False, other
+        assert orjson.loads(await store.get("k") or b"") == {"a": 1, "b": {"c": [1, 2]}}
+
+    @pytest.mark.parametrize("name", sorted(HARD_VALUES))
+    async def test_compare_and_set_from_a_value_read_back(self, store: KVStore,
+                                                          name: str) -> None:
+        await store.put(name, dumps(HARD_VALUES[name]))
+        read = await store.get(name)
+        scanned = [value for _, value in await collect(store.scan(name))]
+        assert await store.compare_and_set(name, read, dumps({"step": 1})) is True
+        assert await store.compare_and_set(name, dumps({"step": 1}), dumps(HARD_VALUES[name]))
+        assert await store.compare_and_set(name, scanned[0], None) is True
+        assert await store.get(name) is None
+
+    async def test_compare_and_set_treats_expired_as_absent(self, store: KVStore) -> None:
+        await store.put("k", dumps({"v": 1}), ttl=0.3)
+        old = await store.get("k")
+        assert await store.compare_and_set("k", old, dumps({"v": 2}), ttl=0.3) is True
+        await asyncio.sleep(0.5)
+        assert await store.compare_and_set("k", dumps({"v": 2}), dumps({"v": 3})) is False
+        assert await store.compare_and_set("k", None, dumps({"v": 4})) is True
+        assert await store.keys() == ["k"]
+        await asyncio.sleep(0.4)  # the value written by compare_and_set has no ttl
+        assert orjson.loads(await store.get("k") or b"") == {"v": 4}
+
+    async def test_compare_and_set_bad_arguments_change_nothing(self, store: KVStore) -> None:
+        await store.put("k", dumps({"v": 1}))
+        current = await store.get("k")
+        for call in (
+            store.compare_and_set("k", "text", dumps({})),  # type: ignore[arg-type]
+            store.compare_and_set("k", {"v": 1}, dumps({})),  # type: ignore[arg-type]
+            store.compare_and_set("k", current, None, ttl=5),
+            store.compare_and_set("k", current, dumps({}), ttl=0),
+            store.compare_and_set("k", current, "{}"),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(KVSessionsError):
+                await call
+        assert await store.get("k") == current
+
+    async def test_compare_and_set_has_one_winner(self, store_factory: StoreFactory,
+                                                  store: KVStore) -> None:
+        extra = 3 if store_factory.persistent else 0
+        handles = [store] + [store_factory.new() for _ in range(extra)]
+        for handle in handles[1:]:
+            await handle.open()
+        try:
+            for expected in (None, dumps({"round": 0})):
+                if expected is not None:
+                    await store.put("race", expected)
+                    expected = await store.get("race")
+                results = await asyncio.gather(*(
+                    handles[i % len(handles)].compare_and_set(
+                        "race", expected, dumps({"who": i})) for i in range(20)))
+                assert sum(results) == 1
+                winner = results.index(True)
+                assert orjson.loads(await store.get("race") or b"") == {"who": winner}
+        finally:
+            for handle in handles[1:]:
+                await handle.close()
+
+    async def test_compare_and_set_counter_loses_no_increment(
+        self, store_factory: StoreFactory, store: KVStore
+    ) -> None:
+        """Read, add one, compare-and-set, read again on False: what the session layer does
+        for message counts. Concurrent incrementers through several handles lose nothing."""
+        extra = 2 if store_factory.persistent else 0
+        handles = [store] + [store_factory.new() for _ in range(extra)]
+        for handle in handles[1:]:
+            await handle.open()
+
+        async def increment(handle: KVStore) -> None:
+            while True:
+                current = await handle.get("counter")
+                count = 0 if current is None else orjson.loads(current)["n"]
+                if await handle.compare_and_set("counter", current, dumps({"n": count + 1})):
+                    return
+
+        try:
+            await asyncio.gather(*(increment(handles[i % len(handles)]) for i in range(30)))
+        finally:
+            for handle in handles[1:]:
+                await handle.close()
+        assert orjson.loads(await store.get("counter") or b"") == {"n": 30}
 
     async def test_many_concurrent_puts(self, store: KVStore) -> None:
         await asyncio.gather(*(store.put(f"c{i:03d}", dumps({"i": i})) for i in range(200)))

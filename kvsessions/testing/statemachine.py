@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kvsessions.testing.contract import StoreFactory, utf8_sorted
+from kvsessions.testing.contract import StoreFactory, same_json, utf8_sorted
 
 __all__ = ["run_state_machine"]
 
@@ -24,8 +24,8 @@ DOCS = st.dictionaries(st.sampled_from(["a", "$b", "c.d", ""]),
 
 
 def run_state_machine(factory: StoreFactory, *, max_examples: int = 25, steps: int = 30) -> None:
-    """Run random sequences of put, delete, put_if_absent, get_many and paged scans against a
-    store from ``factory`` and a dict, failing on the first difference."""
+    """Run random sequences of put, delete, put_if_absent, compare_and_set, get_many and paged
+    scans against a store from ``factory`` and a dict, failing on the first difference."""
 
     class StoreMatchesDict(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -68,6 +68,28 @@ def run_state_machine(factory: StoreFactory, *, max_examples: int = 25, steps: i
             stored = self.run(self.store.put_if_absent(key, value))
             assert stored == (key not in self.model)
             self.model.setdefault(key, value)
+
+        @rule(key=KEYS, expected=st.sampled_from(["current", "absent", "other"]),
+              other=DOCS, new=st.one_of(st.none(), DOCS))
+        def compare_and_set(self, key: str, expected: str, other: dict[str, Any],
+                            new: dict[str, Any] | None) -> None:
+            current = self.run(self.store.get(key))
+            if expected == "current":
+                given = current
+            elif expected == "absent":
+                given = None
+            elif key in self.model and same_json(other, orjson.loads(self.model[key])):
+                return  # equal documents may differ in bytes: only JSON-native stores match
+            else:
+                given = orjson.dumps(other)
+            value = None if new is None else orjson.dumps(new)
+            swapped = self.run(self.store.compare_and_set(key, given, value))
+            assert swapped == ((given is None and key not in self.model)
+                               or (given is not None and given == current))
+            if swapped and value is None:
+                self.model.pop(key, None)
+            elif swapped and value is not None:
+                self.model[key] = value
 
         @rule(keys=st.lists(KEYS, max_size=5))
         def get_many(self, keys: list[str]) -> None:

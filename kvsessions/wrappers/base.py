@@ -52,6 +52,11 @@ class StoreWrapper(KVStore):
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self.inner._put_if_absent(key, value, ttl)
 
+    async def _compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
+    ) -> bool:
+        return await self.inner._compare_and_set(key, expected, new, ttl)
+
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return await self.inner._get_many(keys)
 

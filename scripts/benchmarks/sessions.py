@@ -2,8 +2,8 @@
 the raw scan of the same keys, and listing sessions.
 
 * append: ``append_message`` to a session of 10,000 messages beside the same call on a session
-  of 10 (ratio = time at 10,000 / time at 10; target 1.5). Each append is one get of the head
-  and one batch write of the message and the head.
+  of 10 (ratio = time at 10,000 / time at 10; target 1.5). Each append is one get of the head,
+  one ``put_if_absent`` of the message and one ``compare_and_set`` of the head.
 * load: ``load_session`` of a 1,000-message session of 2 KB message documents (one get of the
   head, one prefix scan, JSON parse, field checks and ``ChatMessage`` objects) beside the raw
   driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each

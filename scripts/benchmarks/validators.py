@@ -12,7 +12,7 @@ import jsonschema_rs
 from benchmarks.harness import BenchContext
 from kvsessions.documents.codec import session_to_document
 from kvsessions.documents.models import ChatSession
-from kvsessions.wrappers.validating import load_schema
+from kvsessions.documents.validation import load_schema
 
 
 def session_document_2kb() -> dict[str, Any]:

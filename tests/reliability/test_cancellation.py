@@ -37,7 +37,8 @@ import asyncpg
 import orjson
 import pytest
 
-from kvsessions.documents.codec import encode_document, message_key, message_to_document
+from kvsessions.documents.codec import encode_document, message_to_document
+from kvsessions.documents.keys import message_key
 from kvsessions.documents.models import ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.file import FileStore

@@ -2,7 +2,7 @@
 
 ``durability=strict`` must set each store's safe settings at ``open()`` and refuse a server
 that contradicts them, naming the setting; ``durability=normal`` (the default) must be what
-the README's durability section says it is. Servers whose configuration a test changes are private
+docs/durability.md says it is. Servers whose configuration a test changes are private
 ones (tests/reliability/private_servers.py), never the shared ones.
 """
 
@@ -32,7 +32,7 @@ from tests.backends.redis import REDIS_URL
 from tests.mongo_server import drop_collections, mongodb_url
 from tests.reliability.private_servers import PrivatePostgres, PrivateRedis
 
-DOC = Path(__file__).resolve().parents[2] / "README.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "durability.md"
 VALUE = orjson.dumps({"kind": "session", "v": 1, "text": "kept"})
 
 
@@ -286,11 +286,11 @@ async def test_mongodb_write_concern_of_each_profile(query: str, concern: WriteC
     assert listener.sent == [on_the_wire, on_the_wire]
 
 
-# ------------------------------------------------------------------ the README section
+# ------------------------------------------------------------------ docs/durability.md
 
 
 def test_the_durability_section_states_each_default() -> None:
-    """The defaults checked above are the ones the README's durability section states."""
+    """The defaults checked above are the ones docs/durability.md states."""
     text = DOC.read_text()
     for fact in ("`synchronous=NORMAL`", "`synchronous=FULL`", "`fsync=false`",
                  "`synchronous_commit`", "`w=\"majority\", j=True`", "`appendonly yes`",

@@ -30,14 +30,8 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.documents.codec import (
-    file_key,
-    file_to_document,
-    message_key,
-    message_to_document,
-    session_key,
-    session_to_document,
-)
+from kvsessions.documents.codec import file_to_document, message_to_document, session_to_document
+from kvsessions.documents.keys import file_key, message_key, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.errors import (
     KVSessionsError,
@@ -493,8 +487,8 @@ HEAD_CORRUPTIONS: dict[str, Callable[[dict[str, Any]], Payload]] = {
 ])
 async def test_one_corrupt_head_among_many_makes_list_sessions_raise(
         tmp_path: Path, call: dict[str, Any]) -> None:
-    """The decision (README, "Data written around kvsessions"): ``list_sessions`` raises on
-    the first corrupt head it reads, naming it, even when that head would not be returned
+    """The decision (docs/security.md, "Data written around kvsessions"): ``list_sessions``
+    raises on the first corrupt head it reads, naming it, even when that head would not be returned
     (older than ``limit``, or another status): a listing that silently leaves sessions out
     hides the damage. The operator finds every bad document with ``kvsessions validate URL``
     and repairs or deletes it."""

@@ -29,18 +29,13 @@ from typing import Any
 
 import orjson
 
-from kvsessions.documents.codec import (
-    decode_document,
-    encode_document,
-    message_key,
-    message_to_document,
-    session_key,
-)
+from kvsessions.documents.codec import decode_document, encode_document, message_to_document
+from kvsessions.documents.keys import message_key, session_key
 from kvsessions.documents.models import ChatMessage, ChatSession
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.storage import SessionStorage
-from kvsessions.wrappers.validating import validate_document
 
 #: Content sizes (bytes) and how often each is drawn: mostly small, now and then large enough
 #: that writing one takes several system calls.

@@ -1,0 +1,169 @@
+"""The key layout: which key holds which document. Every key is built and read here.
+
+::
+
+    session:{sid}          the head of session sid
+    message:{sid}:{mid}    one message; message ids are time-ordered, so key order is
+                           conversation order and "the latest N" is one short reverse scan
+    file:{fid}             an uploaded-file record
+
+Each id is encoded before it goes into a key: ``%`` becomes ``%25``, ``:`` becomes ``%3A``
+and NUL (which no key may hold) ``%00``. An encoded id holds no ``:``, so in a message key the
+first ``:`` after ``message:`` ends the session part: the map from (kind, ids) to key is
+injective for every id the schemas accept, and no session's message prefix is a prefix of
+another session's keys (sessions ``team`` and ``team:42`` own ``message:team:`` and
+``message:team%3A42:``). An id without those characters is its own encoding, so its keys are
+exactly those of earlier releases.
+
+Earlier releases put ids into keys as they were. Their documents whose ids hold ``:`` or ``%``
+sit under *legacy keys*, which ``upgrade_key_layout`` moves to the keys above (``kvsessions
+upgrade`` runs it); until then ``SessionStorage`` raises an error naming that command for
+such a session instead of reading it as missing (``legacy_key_error``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from kvsessions.errors import StoreError
+from kvsessions.kv.base import KVStore
+
+__all__ = [
+    "FILE_PREFIX",
+    "MESSAGE_PREFIX",
+    "SESSION_PREFIX",
+    "decode_id",
+    "encode_id",
+    "file_key",
+    "key_of_document",
+    "kind_of_key",
+    "legacy_key_error",
+    "legacy_key_of_document",
+    "message_key",
+    "message_prefix",
+    "session_key",
+    "upgrade_key_layout",
+]
+
+SESSION_PREFIX = "session:"
+MESSAGE_PREFIX = "message:"
+FILE_PREFIX = "file:"
+
+_KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file"}
+_DECODED = {"%25": "%", "%3A": ":", "%00": "\x00"}
+_ENCODED = re.compile("%25|%3A|%00")
+#: Documents a legacy-key upgrade moves per batch.
+_UPGRADE_BATCH = 500
+
+
+def encode_id(identifier: str) -> str:
+    """``identifier`` as it appears in a key (see the module docstring)."""
+    if "%" in identifier or ":" in identifier or "\x00" in identifier:
+        return (identifier.replace("%", "%25").replace(":", "%3A")
+                .replace("\x00", "%00"))
+    return identifier
+
+
+def decode_id(part: str) -> str:
+    """The id an encoded key part stands for (the inverse of ``encode_id``)."""
+    if "%" not in part:
+        return part
+    return _ENCODED.sub(lambda match: _DECODED[match[0]], part)
+
+
+def session_key(session_id: str) -> str:
+    return SESSION_PREFIX + encode_id(session_id)
+
+
+def message_prefix(session_id: str) -> str:
+    """The prefix of exactly the keys of ``session_id``'s messages."""
+    return f"{MESSAGE_PREFIX}{encode_id(session_id)}:"
+
+
+def message_key(session_id: str, message_id: str) -> str:
+    return f"{MESSAGE_PREFIX}{encode_id(session_id)}:{encode_id(message_id)}"
+
+
+def file_key(file_id: str) -> str:
+    return FILE_PREFIX + encode_id(file_id)
+
+
+def kind_of_key(key: str) -> str | None:
+    """The kind of document the layout keeps under ``key`` (None: not a layout key)."""
+    prefix, colon, _ = key.partition(":")
+    return _KIND_OF_PREFIX.get(prefix + colon)
+
+
+def _ids(document: Any) -> tuple[str, ...] | None:
+    """The ids that place ``document`` in the layout, or None for anything else."""
+    if type(document) is not dict:
+        return None
+    names = {"session": ("session_id",), "message": ("session_id", "message_id"),
+             "file": ("file_id",)}.get(document.get("kind"))  # type: ignore[arg-type]
+    if names is None:
+        return None
+    ids = tuple(document.get(name) for name in names)
+    if not all(type(part) is str and part for part in ids):
+        return None
+    return ids  # type: ignore[return-value]
+
+
+def key_of_document(document: Any) -> str | None:
+    """The key ``document`` belongs under, from its kind and ids (None: not a layout kind)."""
+    ids = _ids(document)
+    if ids is None:
+        return None
+    if len(ids) == 2:
+        return message_key(*ids)
+    return (session_key if document["kind"] == "session" else file_key)(ids[0])
+
+
+def legacy_key_of_document(document: Any) -> str | None:
+    """The key an earlier release wrote ``document`` under (ids unencoded)."""
+    ids = _ids(document)
+    if ids is None:
+        return None
+    prefix = {"session": SESSION_PREFIX, "message": MESSAGE_PREFIX, "file": FILE_PREFIX}
+    return prefix[document["kind"]] + ":".join(ids)
+
+
+def legacy_key_error(what: str) -> StoreError:
+    """The error for a document found only under its legacy key."""
+    return StoreError(f"{what} is stored under the key layout of an earlier release (its id "
+                      "holds ':' or '%'); move it once with `kvsessions upgrade URL` "
+                      "(kvsessions.documents.keys.upgrade_key_layout)")
+
+
+async def upgrade_key_layout(store: KVStore) -> int:
+    """Move every document under a legacy key to its key; the number moved. Messages go
+    before heads, so a session appears under its new key with its messages already there.
+    A document already under its new key wins over its legacy copy (it was written later).
+    Safe to interrupt and run again; documents under keys this layout does not know, or
+    whose ids do not name the key they are under, are left alone."""
+    moved = 0
+    for prefix in (MESSAGE_PREFIX, FILE_PREFIX, SESSION_PREFIX):
+        pending: list[tuple[str, str, bytes]] = []
+        async for key, value in store.scan(prefix):
+            try:
+                document = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            target = key_of_document(document)
+            if target is None or target == key or legacy_key_of_document(document) != key:
+                continue
+            pending.append((key, target, value))
+            if len(pending) >= _UPGRADE_BATCH:
+                moved += await _move(store, pending)
+                pending = []
+        moved += await _move(store, pending)
+    return moved
+
+
+async def _move(store: KVStore, moves: list[tuple[str, str, bytes]]) -> int:
+    for legacy, target, value in moves:
+        await store.put_if_absent(target, value)
+        await store.delete(legacy)
+    return len(moves)

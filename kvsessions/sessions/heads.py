@@ -1,0 +1,99 @@
+"""How a session head changes under concurrent writers: the rules SessionStorage follows.
+
+Concurrent writers, in any number of processes, need no lock: every change of a head is a
+``compare_and_set`` from the head just read, repeated from a fresh read when another writer
+got in first. Hence:
+
+* ``message_count`` is exact once the writers are done: a head's count grows by exactly the
+  number of message documents a writer created (each with ``put_if_absent``, so a message
+  stored twice counts once), and no increment is lost to a concurrent append or save;
+* ``save_session`` merges with what others wrote: fields this object changed since it was
+  loaded or last saved here are written, the others keep the stored value, ``updated_at``
+  never goes back (unless this object set it back), and the count is the stored count plus
+  the messages this save created;
+* ``delete_session`` first marks the head ``deleting`` (such a session reads as absent), then
+  deletes the messages, then the head. An append or save that finds the mark, or finds the
+  head gone, removes the messages it wrote and fails (``SessionNotFoundError``; a save returns
+  False), so a deleted session never comes back, whole or in part, and no message outlives
+  its session. A save of an object that was loaded, listed or saved here before its session
+  was deleted (or deleted and created anew, told apart by ``created_at``) returns False and
+  writes nothing; an object never stored here creates the session. A delete that was
+  interrupted is finished by running ``delete_session`` again.
+
+A writer killed between its message write and its head update leaves that message uncounted;
+a full ``load_session`` reports the number of messages stored.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvsessions.documents.codec import parse_timestamp
+
+__all__ = ["DELETING", "Head", "SavedState", "head_fields", "is_stale", "merged_head"]
+
+#: The status a head has while its session is being deleted (never a model's status).
+DELETING = "deleting"
+#: Head fields a save writes when this object changed them, else keeps as stored.
+MERGED_FIELDS = ("model", "created_at", "status", "metadata")
+
+
+@dataclass
+class SavedState:
+    """What one storage stored of one session object: the message ids, how many leading
+    messages of ``session.messages`` were all stored (so a save looks only at the messages
+    after them: O(new messages), not O(history)), and the object's head fields as of its last
+    load or save here (None: never stored through this storage)."""
+
+    ids: set[str] = field(default_factory=set)
+    prefix: int = 0
+    last_id: str | None = None
+    base: dict[str, Any] | None = None
+
+
+#: A head as read: the stored bytes (for compare_and_set) and the decoded document.
+Head = tuple[bytes, dict[str, Any]]
+
+
+def head_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """The head fields a save compares, as values (timestamps parsed, metadata copied), so
+    that later changes to the object are seen and spellings of one instant are equal."""
+    fields = {name: document[name] for name in ("model", "status")}
+    for name in ("created_at", "updated_at"):
+        fields[name] = parse_timestamp(document[name], path=name)
+    fields["metadata"] = copy.deepcopy(document["metadata"])
+    return fields
+
+
+def is_stale(head: Head | None, saved: SavedState) -> bool:
+    """Whether a save of this object must write nothing: its session is being deleted, or
+    was deleted (and maybe created anew: another ``created_at``) after this storage stored,
+    loaded or listed it. An object never stored here may create the session."""
+    if head is None:
+        return saved.base is not None
+    current = head[1]
+    if current["status"] == DELETING:
+        return True
+    return saved.base is not None and parse_timestamp(
+        current["created_at"], path="created_at") != saved.base["created_at"]
+
+
+def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, Any] | None,
+            created: int) -> dict[str, Any]:
+    """The head a save writes over ``current``: the fields this object changed since
+    ``base`` (all of them without a base), the stored value of the others, the later
+    ``updated_at`` (or this object's, when it set it back), and the stored count plus the
+    messages this save created."""
+    merged = dict(current)
+    changed = head_fields(mine)
+    for name in MERGED_FIELDS:
+        if base is None or changed[name] != base[name]:
+            merged[name] = mine[name]
+    updated = changed["updated_at"]
+    set_back = base is not None and updated < base["updated_at"]
+    if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
+        merged["updated_at"] = mine["updated_at"]
+    merged["message_count"] = current["message_count"] + created
+    return merged
