@@ -16,10 +16,11 @@ import orjson
 
 from kvsessions.cli.main import number_of, positive_int
 from kvsessions.cli.stores import opened_session_storage
-from kvsessions.config import StorageConfig, shown_url
+from kvsessions.config import StorageConfig
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
 from kvsessions.sessions.exports import EXPORT_FORMATS
 from kvsessions.sessions.manager import SessionManager, check_expiry_hours
+from kvsessions.urls import redact_url
 
 __all__ = ["register"]
 
@@ -70,7 +71,7 @@ _SESSION_HEADERS = ("SESSION ID", "STATUS", "MODEL", "MESSAGES", "UPDATED (UTC)"
 
 async def demo(args: argparse.Namespace) -> int:
     url = args.url or (await asyncio.to_thread(StorageConfig.load, args.config)).store_url()
-    shown = shown_url(url)
+    shown = redact_url(url)
     async with opened_session_storage(url) as storage:
         manager = SessionManager(storage)
         made = []
@@ -103,13 +104,13 @@ async def list_command(args: argparse.Namespace) -> int:
         sessions = await storage.list_sessions(status=args.status, limit=args.limit)
     what = f"{args.status} session" if args.status else "session"
     if not sessions:
-        print(f"No {what}s in {shown_url(args.url)}")
+        print(f"No {what}s in {redact_url(args.url)}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
     more = " (the most recently updated; --limit shows more)" \
         if len(sessions) == args.limit else ""
     plural = "" if len(sessions) == 1 else "s"
-    print(f"\n{len(sessions)} {what}{plural} in {shown_url(args.url)}{more}")
+    print(f"\n{len(sessions)} {what}{plural} in {redact_url(args.url)}{more}")
     return 0
 
 
@@ -118,7 +119,7 @@ async def show(args: argparse.Namespace) -> int:
         manager = SessionManager(storage, auto_save_enabled=False)
         text = await manager.export_session(args.session_id, format=args.format)
     if text is None:
-        print(f"kvsessions show: no session {args.session_id!r} in {shown_url(args.url)}",
+        print(f"kvsessions show: no session {args.session_id!r} in {redact_url(args.url)}",
               file=sys.stderr)
         return 1
     sys.stdout.write(text)
@@ -129,12 +130,12 @@ async def stats(args: argparse.Namespace) -> int:
     async with opened_session_storage(args.url) as storage:
         result = await storage.statistics()
     if args.json:
-        print(orjson.dumps({"store": shown_url(args.url), **result},
+        print(orjson.dumps({"store": redact_url(args.url), **result},
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     by_status = ", ".join(f"{name} {count:,}" for name, count in
                           result["sessions_by_status"].items())
-    print(f"Store:     {shown_url(args.url)}")
+    print(f"Store:     {redact_url(args.url)}")
     print(f"Sessions:  {result['total_sessions']:,} ({by_status})")
     print(f"Messages:  {result['total_messages']:,}")
     print(f"Files:     {result['total_files']:,} ({result['expired_files']:,} expired)")
@@ -154,7 +155,7 @@ async def cleanup(args: argparse.Namespace) -> int:
     print(f"Marked {expired:,} session{'s' if expired != 1 else ''} expired (not updated since "
           f"{cutoff:%Y-%m-%d %H:%M} UTC, {hours:g} h ago)")
     print(f"Deleted {files:,} expired file record{'s' if files != 1 else ''}")
-    print(f"Store: {shown_url(args.url)}")
+    print(f"Store: {redact_url(args.url)}")
     return 0
 
 

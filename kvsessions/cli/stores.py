@@ -8,11 +8,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from kvsessions.config import shown_url
 from kvsessions.errors import StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.storage import SessionStorage
+from kvsessions.urls import redact_url
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "opened_session_storage", "opened_store"]
 
@@ -29,7 +29,7 @@ async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[o
         with contextlib.suppress(Exception):
             await close()
         raise StoreUnavailableError(
-            f"{shown_url(url)} did not answer within {timeout:g} s "
+            f"{redact_url(url)} did not answer within {timeout:g} s "
             "(is the server running and reachable?)") from None
     except BaseException:
         with contextlib.suppress(Exception):
