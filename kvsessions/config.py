@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from kvsessions.errors import ConfigError, MissingDependencyError
-from kvsessions.kv.registry import open_store
-from kvsessions.sessions.manager import EXPIRY_HOURS_RULE, MAX_EXPIRY_HOURS, SessionManager
+from kvsessions.kv.options import Duration, Flag, Whole, check_pool_sizes
+from kvsessions.kv.registry import BUILT_IN, open_store
+from kvsessions.sessions.manager import MAX_EXPIRY_HOURS, SessionManager
 from kvsessions.sessions.storage import SessionStorage, _path_url, _with_query
-from kvsessions.urls import parse_store_url, redact_url, url_secrets
+from kvsessions.urls import is_secret_option, parse_store_url, redact_url
 
 try:
     import yaml
@@ -29,17 +30,10 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     yaml = None  # type: ignore[assignment]
 
 __all__ = ["BACKENDS", "ENVIRONMENT", "POOL_OPTIONS", "StorageConfig", "create_manager",
-           "create_storage", "shown_url"]
+           "create_storage"]
 
 #: Backends by name, with the URL schemes a ``connection_string`` of each may use.
-BACKENDS: dict[str, tuple[str, ...]] = {
-    "sqlite": ("sqlite",),
-    "postgresql": ("postgresql", "postgres"),
-    "mongodb": ("mongodb", "mongodb+srv"),
-    "redis": ("redis", "rediss", "redis+cluster", "rediss+cluster"),
-    "file": ("file",),
-    "memory": ("memory",),
-}
+BACKENDS: dict[str, tuple[str, ...]] = {name: schemes for name, (_, schemes) in BUILT_IN.items()}
 _ALIASES = {"postgres": "postgresql", "mongo": "mongodb", "sqlite3": "sqlite"}
 
 #: Environment variable -> setting.
@@ -65,31 +59,16 @@ _POOL_SETTINGS = ("min_pool_size", "max_pool_size")
 _VARIABLE_OF = {setting: variable for variable, setting in ENVIRONMENT.items()}
 #: Settings that choose the store; set in a higher source they override a lower source's url.
 _STORE_CHOICE = ("backend", "connection_string", "database_path")
-_SECRET_OPTIONS = frozenset({"password", "pass", "pwd", "secret", "token"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Setting = tuple[Any, str]  # (raw value, where it came from: shown in errors)
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password masked, keeping the ``//`` of ``sqlite:///path``-style URLs
-    (``redact_url`` drops it when the host is empty), so that it can be pasted back."""
-    if "@" not in url and not url_secrets(url):
-        return url  # nothing to hide: exactly as written (``sqlite:////srv/x.db`` included)
-    shown = redact_url(url)
-    scheme, separator, _ = url.partition("://")
-    if separator and not shown.startswith(scheme + "://") and shown.startswith(scheme + ":"):
-        shown = f"{scheme}://{shown[len(scheme) + 1:]}"
-    return shown
 
 
 # ---------------------------------------------------------------------- value checks
 
 def _backend(value: Any, origin: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{origin}={value!r} is not allowed: use one of {', '.join(BACKENDS)}")
+        raise ConfigError.not_allowed(origin, value, f"one of {', '.join(BACKENDS)}")
     name = _ALIASES.get(value.strip().lower(), value.strip().lower())
     if name not in BACKENDS:
         raise ConfigError(f"{origin}={value!r} is not a known backend: use one of "
@@ -101,8 +80,8 @@ def _text(value: Any, origin: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        shown = redact_url(value) if isinstance(value, str) else repr(value)
-        raise ConfigError(f"{origin}={shown!r} is not allowed: use a non-empty string")
+        shown = redact_url(value) if isinstance(value, str) else value
+        raise ConfigError.not_allowed(origin, shown, "a non-empty string")
     return value.strip()
 
 
@@ -116,42 +95,6 @@ def _url(value: Any, origin: str) -> str | None:
     return text
 
 
-def _integer(minimum: int) -> Callable[[Any, str], int]:
-    def check(value: Any, origin: str) -> int:
-        number: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            number = int(value)
-        if number is None or number < minimum:
-            raise ConfigError(f"{origin}={value!r} is not allowed: use a whole number "
-                              f">= {minimum}")
-        return number
-    return check
-
-
-def _hours(value: Any, origin: str) -> float | int:
-    number: float | int | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        try:
-            number = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            number = None
-    if number is None or not 0 < number <= MAX_EXPIRY_HOURS:
-        raise ConfigError(f"{origin}={value!r} is not allowed: use {EXPIRY_HOURS_RULE}")
-    return number
-
-
-def _boolean(value: Any, origin: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigError(f"{origin}={value!r} is not allowed: use true or false")
-
-
 def _options(value: Any, origin: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -160,14 +103,19 @@ def _options(value: Any, origin: str) -> dict[str, Any]:
     return dict(value)
 
 
+_MIN_POOL_SIZE = Whole("min_pool_size", 5, minimum=0)
+_MAX_POOL_SIZE = Whole("max_pool_size", 20, minimum=1)
+_AUTO_SAVE = Flag("auto_save", True)
+_EXPIRY_HOURS = Duration("expiry_hours", 72, unit="hours", maximum=MAX_EXPIRY_HOURS)
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "backend": _backend,
     "connection_string": _url,
     "database_path": _text,
-    "min_pool_size": _integer(0),
-    "max_pool_size": _integer(1),
-    "auto_save": _boolean,
-    "expiry_hours": _hours,
+    "min_pool_size": _MIN_POOL_SIZE.check,
+    "max_pool_size": _MAX_POOL_SIZE.check,
+    "auto_save": _AUTO_SAVE.check,
+    "expiry_hours": _EXPIRY_HOURS.check,
     "options": _options,
     "url": _url,
     "cache_url": _url,
@@ -188,10 +136,10 @@ class StorageConfig:
     backend: str = "sqlite"
     connection_string: str | None = None
     database_path: str | None = None
-    min_pool_size: int = 5
-    max_pool_size: int = 20
-    auto_save: bool = True
-    expiry_hours: float = 72
+    min_pool_size: int = _MIN_POOL_SIZE.default
+    max_pool_size: int = _MAX_POOL_SIZE.default
+    auto_save: bool = _AUTO_SAVE.default
+    expiry_hours: float = _EXPIRY_HOURS.default
     options: dict[str, Any] = field(default_factory=dict)
     url: str | None = None
     cache_url: str | None = None
@@ -207,9 +155,7 @@ class StorageConfig:
         if "min_pool_size" not in self._pool_sizes_given:
             # A maximum alone, below the default minimum, lowers the minimum: not an error.
             self.min_pool_size = min(self.min_pool_size, self.max_pool_size)
-        if self.min_pool_size > self.max_pool_size:
-            raise ConfigError(f"min_pool_size={self.min_pool_size} is above "
-                              f"max_pool_size={self.max_pool_size}")
+        check_pool_sizes(self.min_pool_size, self.max_pool_size)
         if self.url is None:
             self._check_store_choice()
         else:  # the url chooses the store: the backend shown is the one it names
@@ -259,9 +205,9 @@ class StorageConfig:
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name in ("url", "connection_string", "cache_url") and value is not None:
-                value = shown_url(value)
+                value = redact_url(value)
             elif item.name == "options":
-                value = {k: "***" if k.lower() in _SECRET_OPTIONS else v
+                value = {k: "***" if is_secret_option(k) else v
                          for k, v in value.items()}
             shown.append(f"{item.name}={value!r}")
         return f"StorageConfig({', '.join(shown)})"
@@ -303,7 +249,7 @@ class StorageConfig:
 
     @property
     def redacted_url(self) -> str:
-        return shown_url(self.store_url())
+        return redact_url(self.store_url())
 
     # ------------------------------------------------------------------ sources
 

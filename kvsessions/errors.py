@@ -102,6 +102,11 @@ class InvalidKeyError(KVSessionsError, ValueError):
 class ConfigError(KVSessionsError, ValueError):
     """A URL, option or setting that is malformed or not allowed; the message names it."""
 
+    @classmethod
+    def not_allowed(cls, origin: str, value: object, requirement: str) -> ConfigError:
+        """The one wording for a setting whose value fails its check, wherever it is set."""
+        return cls(f"{origin}={value!r:.80} is not allowed: use {requirement}")
+
 
 class UnsupportedFormatError(KVSessionsError, ValueError):
     """An export format that does not exist."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite talks to are installed and running on 127.0.0.1:
 # PostgreSQL (5432, trust auth, database "test") and Redis (6379). Idempotent; safe to re-run.
-# MongoDB is served by SecantusDB, which the tests start themselves (tests/servers.py).
+# MongoDB is served by SecantusDB, which the tests start themselves (tests/mongo_server.py).
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*"; }

@@ -67,7 +67,8 @@ def test_url_wins_over_backend_and_connection_string() -> None:
         ({"STORAGE_MIN_POOL_SIZE": "many"}, "STORAGE_MIN_POOL_SIZE='many' is not allowed: "
                                             "use a whole number >= 0"),
         ({"STORAGE_MAX_POOL_SIZE": "0"}, "STORAGE_MAX_POOL_SIZE='0'"),
-        ({"STORAGE_MIN_POOL_SIZE": "30"}, "min_pool_size=30 is above max_pool_size=20"),
+        ({"STORAGE_MIN_POOL_SIZE": "30"}, "min_pool_size=30 is not allowed: use a whole "
+                                              "number <= max_pool_size (20)"),
         ({"STORAGE_AUTO_SAVE": "maybe"}, "STORAGE_AUTO_SAVE='maybe' is not allowed: use true"),
         ({"STORAGE_EXPIRY_HOURS": "-1"}, "STORAGE_EXPIRY_HOURS='-1' is not allowed"),
         ({"STORAGE_EXPIRY_HOURS": "soon"}, "number of hours > 0"),

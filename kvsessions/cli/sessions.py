@@ -17,10 +17,11 @@ import orjson
 
 from kvsessions.cli.main import number_of, plural, positive_int
 from kvsessions.cli.stores import opened_session_storage, store_argument
-from kvsessions.config import StorageConfig, shown_url
+from kvsessions.config import StorageConfig
 from kvsessions.documents.models import SESSION_STATUSES, ChatSession, UploadedFileRecord, utc_now
 from kvsessions.sessions.exports import EXPORT_FORMATS
 from kvsessions.sessions.manager import SessionManager, check_expiry_hours
+from kvsessions.urls import redact_url
 
 __all__ = ["register"]
 
@@ -100,7 +101,7 @@ def _try_lines(args: argparse.Namespace, shown: str, session_id: str) -> list[st
 
 async def demo(args: argparse.Namespace) -> int:
     url = await _store_url(args)
-    shown = shown_url(url)
+    shown = redact_url(url)
     async with opened_session_storage(url, create=True) as storage:
         manager = SessionManager(storage)
         made = []
@@ -136,14 +137,14 @@ async def list_command(args: argparse.Namespace) -> int:
             total = by_status.get(args.status, 0) if args.status else sum(by_status.values())
     what = f"{args.status} session" if args.status else "session"
     if not sessions:
-        print(f"No {what}s in {shown_url(url)}")
+        print(f"No {what}s in {redact_url(url)}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
     if total > len(sessions):
-        print(f"\n{len(sessions):,} of {plural(total, what)} in {shown_url(url)} (the most "
+        print(f"\n{len(sessions):,} of {plural(total, what)} in {redact_url(url)} (the most "
               "recently updated; --limit shows more)")
     else:
-        print(f"\n{plural(total, what)} in {shown_url(url)}")
+        print(f"\n{plural(total, what)} in {redact_url(url)}")
     return 0
 
 
@@ -153,7 +154,7 @@ async def show(args: argparse.Namespace) -> int:
         manager = SessionManager(storage, auto_save_enabled=False)
         text = await manager.export_session(args.session_id, format=args.format)
     if text is None:
-        print(f"kvsessions show: no session {args.session_id!r} in {shown_url(url)}",
+        print(f"kvsessions show: no session {args.session_id!r} in {redact_url(url)}",
               file=sys.stderr)
         return 1
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -165,12 +166,12 @@ async def stats(args: argparse.Namespace) -> int:
     async with opened_session_storage(url) as storage:
         result = await storage.statistics()
     if args.json:
-        print(orjson.dumps({"store": shown_url(url), **result},
+        print(orjson.dumps({"store": redact_url(url), **result},
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     by_status = ", ".join(f"{name} {count:,}" for name, count in
                           result["sessions_by_status"].items())
-    print(f"Store:     {shown_url(url)}")
+    print(f"Store:     {redact_url(url)}")
     print(f"Sessions:  {result['total_sessions']:,} ({by_status})")
     print(f"Messages:  {result['total_messages']:,}")
     print(f"Files:     {result['total_files']:,} ({result['expired_files']:,} expired)")
@@ -190,7 +191,7 @@ async def cleanup(args: argparse.Namespace) -> int:
     print(f"Marked {expired:,} session{'s' if expired != 1 else ''} expired (not updated since "
           f"{cutoff:%Y-%m-%d %H:%M} UTC, {hours:g} h ago)")
     print(f"Deleted {files:,} expired file record{'s' if files != 1 else ''}")
-    print(f"Store: {shown_url(args.url)}")
+    print(f"Store: {redact_url(args.url)}")
     return 0
 
 

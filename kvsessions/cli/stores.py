@@ -15,11 +15,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from kvsessions.cli.existing import check_store_exists
-from kvsessions.config import shown_url
 from kvsessions.errors import StoreUnavailableError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.registry import open_store
 from kvsessions.sessions.storage import SessionStorage
+from kvsessions.urls import redact_url
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "opened_session_storage", "opened_store", "store_argument"]
 
@@ -48,7 +48,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 @contextlib.asynccontextmanager
 async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[object]],
                      close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    logger.info("opening %s", shown_url(url))
+    logger.info("opening %s", redact_url(url))
     started = time.perf_counter()
     try:
         await asyncio.wait_for(connect(), timeout)
@@ -56,18 +56,18 @@ async def _connected(url: str, timeout: float, connect: Callable[[], Awaitable[o
         with contextlib.suppress(Exception):
             await close()
         raise StoreUnavailableError(
-            f"{shown_url(url)} did not answer within {timeout:g} s "
+            f"{redact_url(url)} did not answer within {timeout:g} s "
             "(is the server running and reachable?)") from None
     except BaseException:
         with contextlib.suppress(Exception):
             await close()
         raise
-    logger.info("opened %s in %.2f s", shown_url(url), time.perf_counter() - started)
+    logger.info("opened %s in %.2f s", redact_url(url), time.perf_counter() - started)
     try:
         yield
     finally:
         await close()
-        logger.info("closed %s", shown_url(url))
+        logger.info("closed %s", redact_url(url))
 
 
 @contextlib.asynccontextmanager
@@ -77,7 +77,7 @@ async def opened_store(url: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, *,
     that does not exist is refused unless ``create``."""
     store = open_store(url)
     if not create:
-        await asyncio.to_thread(check_store_exists, store, shown_url(url))
+        await asyncio.to_thread(check_store_exists, store, redact_url(url))
         store.create_missing = False
     async with _connected(url, timeout, store.open, store.close):
         yield store
@@ -90,7 +90,7 @@ async def opened_session_storage(url: str, timeout: float = DEFAULT_CONNECT_TIME
     that does not exist is refused unless ``create``."""
     store = open_store(url)
     if not create:
-        await asyncio.to_thread(check_store_exists, store, shown_url(url))
+        await asyncio.to_thread(check_store_exists, store, redact_url(url))
         store.create_missing = False
     storage = SessionStorage(store)
     async with _connected(url, timeout, storage.initialize, storage.close):

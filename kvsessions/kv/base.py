@@ -17,9 +17,11 @@ object. On every adapter:
   concurrent calls from one ``expected`` value exactly one wins, across processes too. It keeps
   session heads, counts and deletions exact under concurrent writers without locks: read,
   compute the new value, compare-and-set, and read again on False.
-* ``ttl`` is in seconds; an expired key is invisible to ``get``, ``get_many``, ``scan``,
-  ``delete``, ``put_if_absent`` and ``compare_and_set`` at once, whenever the store really
-  removes it.
+* ``ttl`` is in seconds, more than 0 and at most ``MAX_TTL`` (100 years: every store can keep
+  that deadline, where MongoDB's dates end in year 9999 and PostgreSQL's intervals earlier); a
+  larger one is ``InvalidValueError`` on every store, before anything is sent. An expired key
+  is invisible to ``get``, ``get_many``, ``scan``, ``delete``, ``put_if_absent`` and
+  ``compare_and_set`` at once, whenever the store really removes it.
 * A value read back decodes to a JSON value equal to the one written (JSONB and BSON may change
   key order and whitespace, nothing else).
 * Bad input raises a ``KVSessionsError`` before anything is sent, and changes nothing stored;
@@ -43,7 +45,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self, TypeVar
+from typing import Self, TypeVar
 
 from kvsessions.errors import (
     InvalidValueError,
@@ -54,11 +56,14 @@ from kvsessions.errors import (
 from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
-__all__ = ["DEFAULT_NAMESPACE", "KVStore", "KeyRange", "expires_at", "outlive_cancellation"]
+__all__ = ["DEFAULT_NAMESPACE", "MAX_TTL", "KVStore", "KeyRange", "expires_at",
+           "outlive_cancellation"]
 
 logger = logging.getLogger("kvsessions")
 
 DEFAULT_NAMESPACE = "kvsessions"
+#: The longest ``ttl`` (seconds) any store accepts: 100 years of 365 days.
+MAX_TTL = 100 * 365 * 86_400
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
@@ -110,14 +115,14 @@ def _check_ttl(ttl: object) -> float | None:
         raise InvalidValueError(f"ttl must be a finite number of seconds, not {ttl!r}")
     if ttl <= 0:
         raise InvalidValueError(f"ttl must be > 0 seconds, not {ttl!r}")
+    if ttl > MAX_TTL:
+        raise InvalidValueError(f"ttl must be at most {MAX_TTL} seconds (100 years), not {ttl!r}")
     return float(ttl)
 
 
 class KVStore(ABC):
     """Base of every store and store wrapper. See the module docstring for the contract."""
 
-    #: URL scheme(s) this adapter is registered under (empty for wrappers).
-    schemes: ClassVar[tuple[str, ...]] = ()
     #: How many documents one scan page fetches.
     scan_batch_size: int = 500
     #: False: ``open()`` refuses (``ConfigError``) a server store whose table or collection

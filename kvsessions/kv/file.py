@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 
 from kvsessions.errors import ConfigError, StoreError
 from kvsessions.kv.base import (
-    DEFAULT_NAMESPACE,
     KeyRange,
     KVStore,
     expires_at,
@@ -63,6 +62,7 @@ from kvsessions.kv.file_layout import (
     key_to_parts,
     read_file,
 )
+from kvsessions.kv.options import SHARED, Flag, batch_size_option, not_allowed, read_options
 from kvsessions.urls import StoreURL
 
 __all__ = ["FileStore", "key_to_parts"]
@@ -84,40 +84,37 @@ def _pid_alive(pid: int) -> bool:
 class FileStore(KVStore):
     """Each namespace is a sub-folder of ``root``; each key is one file in it."""
 
-    schemes = ("file",)
-    scan_batch_size = 200
+    declared_options = (*SHARED, batch_size_option(200), Flag("fsync", True))
 
-    def __init__(self, root: str | Path, *, namespace: str = DEFAULT_NAMESPACE,
-                 fsync: bool = True, durability: str = "normal") -> None:
-        super().__init__(namespace=namespace)
+    def __init__(self, root: str | Path, *, namespace: str | None = None,
+                 fsync: bool | None = None, durability: str | None = None,
+                 batch_size: int | None = None) -> None:
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "fsync": fsync, "durability": durability,
+            "batch_size": batch_size})
+        super().__init__(namespace=settings["namespace"])
         if os.name != "posix":  # pragma: no cover
             raise ConfigError("the file store needs a POSIX system (O_NOFOLLOW, flock)")
         # Both profiles fsync every write; strict only refuses to be combined with fsync off.
-        if durability not in ("normal", "strict"):
-            raise ConfigError(f"durability={durability!r} is not one of normal, strict")
-        if durability == "strict" and not fsync:
-            raise ConfigError("durability=strict needs fsync=true (every write fsynced before "
-                              "it returns); drop fsync=false or use durability=normal")
-        self.durability = durability
+        if settings["durability"] == "strict" and not settings["fsync"]:
+            raise not_allowed("fsync", False, "true with durability=strict (every write "
+                              "fsynced before it returns), or durability=normal")
+        self.durability = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         self.root = Path(root).expanduser().absolute()
-        self.fsync = fsync
+        self.fsync = settings["fsync"]
         self._dir_fd = -1
         self._lock_fd = -1
         self._thread_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> FileStore:
+    def from_url(cls, url: StoreURL, **given: Any) -> FileStore:
         if url.host or url.port:
             raise ConfigError(
                 f"{url.redacted}: a file URL has no host; write file:///absolute/folder")
         if not url.path.startswith("/"):
             raise ConfigError(f"{url.redacted}: expected file:///absolute/folder")
-        namespace = url.namespace_option(DEFAULT_NAMESPACE)
-        fsync = url.bool_option("fsync", True)
-        durability = url.pop_option("durability", "normal")
-        url.check_no_options_left()
-        return cls(url.path, namespace=namespace,
-                   **{"fsync": fsync, "durability": durability, **options})
+        return cls(url.path, **read_options(cls.declared_options, given, url))
 
     def __repr__(self) -> str:
         return f"FileStore(root={str(self.root)!r}, namespace={self.namespace!r})"

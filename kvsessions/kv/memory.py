@@ -6,7 +6,8 @@ import bisect
 import time
 from typing import Any
 
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.base import KeyRange, KVStore, expires_at
+from kvsessions.kv.options import SHARED, batch_size_option, not_allowed, read_options
 from kvsessions.urls import StoreURL
 
 __all__ = ["MemoryStore"]
@@ -15,18 +16,23 @@ __all__ = ["MemoryStore"]
 class MemoryStore(KVStore):
     """Keeps everything in this process; nothing survives ``close()``."""
 
-    schemes = ("memory",)
+    declared_options = (*SHARED, batch_size_option(KVStore.scan_batch_size))
 
-    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
-        super().__init__(namespace=namespace)
+    def __init__(self, *, namespace: str | None = None, durability: str | None = None,
+                 batch_size: int | None = None) -> None:
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "durability": durability, "batch_size": batch_size})
+        if settings["durability"] == "strict":
+            raise not_allowed("durability", "strict", "normal (memory:// keeps nothing after "
+                              "close(), so no write is durable)")
+        super().__init__(namespace=settings["namespace"])
+        self.scan_batch_size = settings["batch_size"]
         self._values: dict[str, tuple[bytes, float | None]] = {}
         self._sorted_keys: list[str] = []
 
     @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> MemoryStore:
-        namespace = url.namespace_option(DEFAULT_NAMESPACE)
-        url.check_no_options_left()
-        return cls(namespace=namespace, **options)
+    def from_url(cls, url: StoreURL, **given: Any) -> MemoryStore:
+        return cls(**read_options(cls.declared_options, given, url))
 
     def __repr__(self) -> str:
         return f"MemoryStore(namespace={self.namespace!r})"

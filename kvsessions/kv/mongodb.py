@@ -30,7 +30,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
@@ -43,7 +43,6 @@ from kvsessions.errors import (
     StoreUnavailableError,
 )
 from kvsessions.kv.base import (
-    DEFAULT_NAMESPACE,
     KeyRange,
     KVStore,
     expires_at,
@@ -57,7 +56,15 @@ from kvsessions.kv.mongodb_names import (
     needs_escape,
     unescape_names,
 )
-from kvsessions.urls import StoreURL, redact_url, url_secrets
+from kvsessions.kv.options import (
+    SHARED,
+    Duration,
+    Text,
+    batch_size_option,
+    read_options,
+    unknown_options,
+)
+from kvsessions.urls import StoreURL, parse_store_url, redact_url, url_secrets
 
 try:
     from bson.codec_options import CodecOptions
@@ -75,8 +82,6 @@ __all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
-_OWN_OPTIONS = ("namespace", "database", "connect_timeout", "durability")
-_DURABILITY = ("normal", "strict")
 _TTL_INDEX = "kvsessions_expires_at_ttl"
 # MongoDB refuses these characters (and NUL) in database names.
 _BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
@@ -95,8 +100,9 @@ class MongoDBStore(KVStore):
     what is handed in is never closed here.
     """
 
-    schemes = ("mongodb", "mongodb+srv")
-    scan_batch_size = 1000
+    declared_options = (*SHARED, batch_size_option(1000),
+                        Duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                        Text("database", None))
 
     def __init__(
         self,
@@ -104,60 +110,51 @@ class MongoDBStore(KVStore):
         *,
         client: Any = None,
         database: Any = None,
-        namespace: str = DEFAULT_NAMESPACE,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        durability: str = "normal",
+        namespace: str | None = None,
+        connect_timeout: float | None = None,
+        durability: str | None = None,
+        batch_size: int | None = None,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """Our options (namespace, database, connect_timeout, durability, batch_size) come out
+        of the URL; the rest are PyMongo's and stay in the URL given to the client."""
         if not HAVE_PYMONGO:
             raise MissingDependencyError("pymongo", "mongodb")
-        super().__init__(namespace=namespace)
+        parsed = parse_store_url(url) if url is not None else None
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "connect_timeout": connect_timeout,
+            "durability": durability, "batch_size": batch_size,
+            "database": database if isinstance(database, str) else None,
+        }, parsed, keep_unknown=True)
+        super().__init__(namespace=settings["namespace"])
+        if parsed is not None:
+            known = {name.lower() for name in (*URI_OPTIONS_VALIDATOR_MAP, *URI_OPTIONS_ALIAS_MAP)}
+            unknown = [name for name in parsed.options if name.lower() not in known]
+            if unknown:
+                raise unknown_options(unknown, parsed)
         if url is None and client is None and (database is None or isinstance(database, str)):
             raise ConfigError("MongoDBStore needs a mongodb:// URL, a client= or a database=")
         if client is not None and database is not None and not isinstance(database, str):
             raise ConfigError("give MongoDBStore either client= or a database object, not both")
-        if durability not in _DURABILITY:
-            raise ConfigError(f"durability must be one of {', '.join(_DURABILITY)}, "
-                              f"not {durability!r}")
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float) \
-                or not connect_timeout > 0:
-            raise ConfigError(f"connect_timeout must be a number of seconds > 0, "
-                              f"not {connect_timeout!r}")
-        self._url = url
+        self._url = parsed.with_options_left() if parsed is not None else None
         self._redacted = redact_url(url) if url is not None else None
         self._secrets = url_secrets(url) if url is not None else ()
         self._given_client = client
         self._given_database = None if isinstance(database, str) else database
-        self._database_name = _database_name(url, database if isinstance(database, str) else None)
+        self._database_name = _database_name(url, settings["database"])
         if self._given_database is not None:
             self._database_name = str(self._given_database.name)
-        self._connect_timeout = float(connect_timeout)
-        self._durability = durability
+        self._connect_timeout: float = settings["connect_timeout"]
+        self._durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         self._client_options = dict(client_options or {})
         self._own_client: Any = None
         self._collection: Any = None
         self._ttl_index_ready = False
 
     @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> MongoDBStore:
-        """Our options (namespace, database, connect_timeout, durability) come out of the URL;
-        the rest are PyMongo's and stay in the URL given to the client."""
-        if not HAVE_PYMONGO:
-            raise MissingDependencyError("pymongo", "mongodb")
-        settings: dict[str, Any] = {
-            "namespace": url.namespace_option(DEFAULT_NAMESPACE),
-            "connect_timeout": url.float_option("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            "durability": url.pop_option("durability", "normal"),
-        }
-        database = url.pop_option("database")
-        if database:
-            settings["database"] = database
-        known = {name.lower() for name in (*URI_OPTIONS_VALIDATOR_MAP, *URI_OPTIONS_ALIAS_MAP)}
-        unknown = sorted(name for name in url.options if name.lower() not in known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted}")
-        settings.update(options)
-        return cls(_without_own_options(url.raw), **settings)
+    def from_url(cls, url: StoreURL, **given: Any) -> MongoDBStore:
+        return cls(url.raw, **given)
 
     def __repr__(self) -> str:
         where = repr(self._redacted) if self._redacted is not None else "client=<given>"
@@ -501,12 +498,3 @@ def _database_name(url: str | None, option: str | None) -> str:
     if _BAD_DATABASE_NAME.search(name) or len(name.encode()) > 63:
         raise ConfigError(f"database name {name[:70]!r} is not allowed by MongoDB")
     return name
-
-
-def _without_own_options(raw: str) -> str:
-    """``raw`` minus the query options this adapter consumes (PyMongo would warn on them)."""
-    parts = urlsplit(raw)
-    pairs = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
-             if name not in _OWN_OPTIONS]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path,
-                       urlencode(pairs, quote_via=quote), parts.fragment))

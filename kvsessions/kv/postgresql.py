@@ -31,13 +31,11 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kvsessions.errors import (
     ConfigError,
@@ -46,10 +44,20 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore
+from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.options import (
+    SHARED,
+    Duration,
+    Whole,
+    batch_size_option,
+    check_pool_sizes,
+    read_options,
+    unknown_options,
+)
 from kvsessions.kv.postgresql_jsonb import decode_jsonb, encode_jsonb, jsonb_loses
 from kvsessions.kv.postgresql_jsonb import split_exact as _split
 from kvsessions.kv.postgresql_pool import CallerPool, Connection, OwnPool, PoolTimeoutError
+from kvsessions.kv.registry import schemes_of
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.table_layouts import quote_identifier as _quote_identifier
 from kvsessions.urls import StoreURL, parse_store_url
@@ -61,9 +69,9 @@ except ImportError:
 
 __all__ = ["PostgreSQLStore", "jsonb_loses"]
 
-_DURABILITY = ("normal", "strict")
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
+_UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
 
 # ---------------------------------------------------------------------------------- SQL
 
@@ -149,7 +157,11 @@ _EXPECTED_COLUMNS = {"key": "text", "value": "jsonb", "raw": "bytea",
 class PostgreSQLStore(KVStore):
     """A namespace is a table in one PostgreSQL database; many processes may share it."""
 
-    schemes = ("postgresql", "postgres")
+    declared_options = (
+        *SHARED, batch_size_option(1000),
+        Whole("min_pool_size", 1, minimum=0), Whole("max_pool_size", 10, minimum=1),
+        Duration("connect_timeout", 5.0), Duration("command_timeout", None),
+        Duration("acquire_timeout", 10.0))
 
     def __init__(
         self,
@@ -170,26 +182,25 @@ class PostgreSQLStore(KVStore):
         if url is None and pool is None:
             raise ConfigError("PostgreSQLStore needs a postgresql:// URL or pool=")
         parsed = parse_store_url(url) if url is not None else None
-        if parsed is not None and parsed.scheme not in self.schemes:
+        if parsed is not None and parsed.scheme not in schemes_of("postgresql"):
             raise ConfigError(f"{parsed.redacted!r} is not a postgresql:// URL")
-        opts = _UrlOptions(parsed)
-        super().__init__(namespace=opts.text("namespace", namespace, DEFAULT_NAMESPACE))
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "min_pool_size": min_pool_size,
+            "max_pool_size": max_pool_size, "connect_timeout": connect_timeout,
+            "command_timeout": command_timeout, "acquire_timeout": acquire_timeout,
+            "durability": durability, "batch_size": batch_size}, parsed, keep_unknown=True)
+        super().__init__(namespace=settings["namespace"])
         self._url_shown = parsed.redacted if parsed is not None else None
-        self.min_pool_size = opts.integer("min_pool_size", min_pool_size, 1, minimum=0)
-        self.max_pool_size = opts.integer("max_pool_size", max_pool_size, 10, minimum=1)
-        if self.min_pool_size > self.max_pool_size:
-            raise ConfigError(f"min_pool_size={self.min_pool_size} is above "
-                              f"max_pool_size={self.max_pool_size}")
-        self.connect_timeout = opts.required_seconds("connect_timeout", connect_timeout, 5.0)
-        self.command_timeout = opts.seconds("command_timeout", command_timeout, None)
-        self.acquire_timeout = opts.required_seconds("acquire_timeout", acquire_timeout, 10.0)
-        self.durability = opts.text("durability", durability, "normal")
-        if self.durability not in _DURABILITY:
-            raise ConfigError(f"durability={self.durability!r} is not one of "
-                              f"{', '.join(_DURABILITY)}")
-        self.scan_batch_size = opts.integer("batch_size", batch_size, 1000, minimum=1)
+        self.min_pool_size: int = settings["min_pool_size"]
+        self.max_pool_size: int = settings["max_pool_size"]
+        check_pool_sizes(self.min_pool_size, self.max_pool_size)
+        self.connect_timeout: float = settings["connect_timeout"]
+        self.command_timeout: float | None = settings["command_timeout"]
+        self.acquire_timeout: float = settings["acquire_timeout"]
+        self.durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         # What is left of the URL (sslmode, server settings, ...) is asyncpg's business.
-        self._dsn = _dsn_without(parsed, opts.taken) if parsed is not None else None
+        self._dsn = parsed.with_options_left() if parsed is not None else None
         self._caller_pool = pool
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
@@ -207,8 +218,15 @@ class PostgreSQLStore(KVStore):
 
     async def _connect(self) -> Connection:
         async with asyncio.timeout(self.connect_timeout):
-            connection = await asyncpg.connect(
-                self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout)
+            try:
+                connection = await asyncpg.connect(
+                    self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout)
+            except asyncpg.UndefinedObjectError as exc:
+                # An option neither we nor asyncpg took went to the server as a setting.
+                setting = _UNKNOWN_SETTING.search(str(exc))
+                if setting is None or self._dsn is None:
+                    raise
+                raise unknown_options([setting[1]], self._dsn) from None
             try:
                 await connection.set_type_codec(
                     "jsonb", schema="pg_catalog", format="binary",
@@ -468,67 +486,3 @@ def _columns(items: Sequence[tuple[str, bytes]]) -> tuple[list[str], list[bytes]
         documents.append(document)
         raws.append(raw)
     return keys, documents, raws
-
-
-class _UrlOptions:
-    """Our options from the URL query, overridden by keyword arguments; asyncpg gets the rest."""
-
-    def __init__(self, url: StoreURL | None) -> None:
-        self._url = url
-        self.taken: set[str] = set()
-
-    def _raw(self, name: str) -> str | None:
-        if self._url is None or name not in self._url.options:
-            return None
-        self.taken.add(name)
-        return self._url.options[name]
-
-    def _where(self) -> str:
-        return f" in {self._url.redacted}" if self._url is not None else ""
-
-    def text(self, name: str, given: str | None, default: str) -> str:
-        raw = self._raw(name)
-        if given is not None:
-            return given
-        return default if raw is None else raw  # an empty value is kept, so it is refused
-
-    def integer(self, name: str, given: int | None, default: int, *, minimum: int) -> int:
-        raw = self._raw(name)
-        value: object = given if given is not None else raw
-        if value is None:
-            return default
-        number: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            number = int(value)
-        if number is None or number < minimum:
-            raise ConfigError(
-                f"{name}={value!r}{self._where()} must be a whole number >= {minimum}")
-        return number
-
-    def seconds(self, name: str, given: float | None, default: float | None) -> float | None:
-        raw = self._raw(name)
-        value: object = given if given is not None else raw
-        if value is None:
-            return default
-        number = math.nan
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                number = float(value)
-        if not (math.isfinite(number) and number > 0):
-            raise ConfigError(f"{name}={value!r}{self._where()} must be a number of seconds > 0")
-        return number
-
-    def required_seconds(self, name: str, given: float | None, default: float) -> float:
-        value = self.seconds(name, given, default)
-        return default if value is None else value
-
-
-def _dsn_without(url: StoreURL, taken: set[str]) -> str:
-    parts = urlsplit(url.raw)
-    query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
-             if name not in taken]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))

@@ -18,7 +18,6 @@ a few index members whose expiry has passed, so the index does not grow with dea
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import TYPE_CHECKING, Any, Literal
 
 from kvsessions.errors import (
@@ -28,7 +27,17 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv import redis_scripts as scripts
+from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.options import (
+    SHARED,
+    Duration,
+    Flag,
+    Text,
+    Whole,
+    batch_size_option,
+    read_options,
+)
 from kvsessions.urls import StoreURL, parse_store_url, redact_url
 
 try:
@@ -49,172 +58,12 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 Durability = Literal["normal", "strict"]
-_DURABILITY: tuple[str, ...] = ("normal", "strict")
-_DEFAULT_TIMEOUT = 5.0
-_DEFAULT_ACQUIRE_TIMEOUT = 10.0  # seconds a call waits for a free connection slot
-_DEFAULT_BATCH = 1000
+#: TLS options of the URL, passed to redis-py as they are (the last is a flag).
+_SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                "ssl_check_hostname")
 #: Commands in flight at once (and connections per server): redis-py's asyncio pools raise
 #: instead of waiting when they run out, so the store queues its callers itself.
 _DEFAULT_MAX_CONNECTIONS = 64
-#: Index members past their expiry that one ttl write removes (keeps the index bounded).
-_SWEEP_PER_WRITE = 16
-
-# Shared by the write scripts: record a ttl key's expiry, then sweep a few due members.
-# KEYS[2] = index, KEYS[3] = expiry set; px = ttl in ms; prefix = the value-key prefix.
-# The swept value keys are built in the script; they share the hash tag, so the slot.
-_EXPIRY_LUA = """
-local function track_expiry(members, px, prefix)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for i = 1, #members do
-    redis.call('ZADD', KEYS[3], now + px, members[i])
-  end
-  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, SWEEP)
-  for _, member in ipairs(due) do
-    if redis.call('EXISTS', prefix .. member) == 0 then
-      redis.call('ZREM', KEYS[2], member)
-    end
-    redis.call('ZREM', KEYS[3], member)
-  end
-end
-""".replace("SWEEP", str(_SWEEP_PER_WRITE))
-
-# The common case, lean (every argument costs the client time): KEYS: value key, index.
-# ARGV: value, member.
-_PUT_LUA = """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-return 1
-"""
-
-# KEYS: value key, index, expiry set. ARGV: value, member, px ('' = no ttl), nx ('1'), prefix.
-_WRITE_LUA = _EXPIRY_LUA + """
-local command = {'SET', KEYS[1], ARGV[1]}
-if ARGV[4] == '1' then command[#command + 1] = 'NX' end
-if ARGV[3] ~= '' then
-  command[#command + 1] = 'PX'
-  command[#command + 1] = ARGV[3]
-end
-if not redis.call(unpack(command)) then return 0 end
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-if ARGV[3] ~= '' then track_expiry({ARGV[2]}, tonumber(ARGV[3]), ARGV[5]) end
-return 1
-"""
-
-# KEYS: (index again, unused), index, expiry set, value keys...
-# ARGV: px, prefix, then member, value pairs.
-_WRITE_MANY_TTL_LUA = _EXPIRY_LUA + """
-local px = tonumber(ARGV[1])
-local members = {}
-for i = 4, #KEYS do
-  local member = ARGV[2 * (i - 4) + 3]
-  redis.call('SET', KEYS[i], ARGV[2 * (i - 4) + 4], 'PX', px)
-  redis.call('ZADD', KEYS[2], 0, member)
-  members[#members + 1] = member
-end
-track_expiry(members, px, ARGV[2])
-return #members
-"""
-
-# put_many on Redis Cluster, where redis-py's transaction pipeline is slow (it queues each
-# command through a new thread and event loop). KEYS: index, value keys...; ARGV: members...,
-# then values... (same order). MSET and ZADD in slices, within Lua's unpack limit.
-_PUT_MANY_LUA = """
-local n = #ARGV / 2
-for first = 1, n, 500 do
-  local mset, zadd = {}, {}
-  for i = first, math.min(n, first + 499) do
-    mset[#mset + 1] = KEYS[i + 1]
-    mset[#mset + 1] = ARGV[n + i]
-    zadd[#zadd + 1] = 0
-    zadd[#zadd + 1] = ARGV[i]
-  end
-  redis.call('MSET', unpack(mset))
-  redis.call('ZADD', KEYS[1], unpack(zadd))
-end
-return n
-"""
-
-# KEYS: index, expiry set, value keys... ARGV: members. Deletes values, members and expiry
-# entries; returns how many values existed.
-_DELETE_LUA = """
-local deleted = 0
-for i = 3, #KEYS do
-  deleted = deleted + redis.call('DEL', KEYS[i])
-  redis.call('ZREM', KEYS[1], ARGV[i - 2])
-  redis.call('ZREM', KEYS[2], ARGV[i - 2])
-end
-return deleted
-"""
-
-# KEYS: index, value keys... ARGV: members. Un-indexes a member only if its value is gone now;
-# returns the members whose value key holds another Redis type (MGET reads those as nil).
-_CLEAN_LUA = """
-local foreign = {}
-for i = 2, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind == 'none' then
-    redis.call('ZREM', KEYS[1], ARGV[i - 1])
-  elseif kind ~= 'string' then
-    foreign[#foreign + 1] = ARGV[i - 1]
-  end
-end
-return foreign
-"""
-
-
-# compare_and_set. KEYS: value key, index, expiry set. ARGV: expected ('' = absent), new
-# ('' = delete), member, px ('' = no ttl), prefix. A value is a non-empty JSON object, so ''
-# never stands for one. Runs as one script on one slot: nothing runs between GET and the write.
-_COMPARE_AND_SET_LUA = _EXPIRY_LUA + """
-local current = redis.call('GET', KEYS[1])
-if current then
-  if current ~= ARGV[1] then return 0 end
-elseif ARGV[1] ~= '' then
-  return 0
-end
-if ARGV[2] == '' then
-  if current then
-    redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[2], ARGV[3])
-    redis.call('ZREM', KEYS[3], ARGV[3])
-  end
-  return 1
-end
-if ARGV[4] == '' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-end
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
-return 1
-"""
-
-
-class _Script:
-    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
-        try:
-            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
-
-
-_PUT = _Script(_PUT_LUA)
-_WRITE = _Script(_WRITE_LUA)
-_WRITE_MANY_TTL = _Script(_WRITE_MANY_TTL_LUA)
-_PUT_MANY = _Script(_PUT_MANY_LUA)
-_DELETE = _Script(_DELETE_LUA)
-_CLEAN = _Script(_CLEAN_LUA)
-_COMPARE_AND_SET = _Script(_COMPARE_AND_SET_LUA)
-
-
 def _require_driver() -> None:
     if redis_errors is None:
         raise MissingDependencyError("redis", "redis")
@@ -223,7 +72,12 @@ def _require_driver() -> None:
 class RedisStore(KVStore):
     """Documents in Redis or Redis Cluster, ordered by a sorted-set index (see module doc)."""
 
-    schemes = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+    declared_options = (
+        *SHARED, batch_size_option(1000),
+        Duration("socket_timeout", 5.0), Duration("connect_timeout", 5.0),
+        Duration("acquire_timeout", 10.0),  # seconds a call waits for a free connection slot
+        Whole("max_connections", None, minimum=1), Flag("cluster", False),
+        *(Text(name, None) for name in _SSL_OPTIONS[:-1]), Flag(_SSL_OPTIONS[-1], None))
 
     def __init__(
         self,
@@ -243,42 +97,27 @@ class RedisStore(KVStore):
         parsed = parse_store_url(url) if isinstance(url, str) else url
         if parsed is None and client is None:
             parsed = parse_store_url("redis://127.0.0.1:6379/0")
-        options = _UrlOptions(parsed)
-        url_namespace = options.text("namespace")
-        if namespace is None:
-            namespace = DEFAULT_NAMESPACE if url_namespace is None else url_namespace
-        url_durability = options.text("durability")
-        url_batch_size = options.whole("batch_size", _DEFAULT_BATCH)
-        url_max_connections = options.whole("max_connections", 0)
-        url_cluster = options.flag("cluster", False)
-        super().__init__(namespace=namespace)
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "socket_timeout": socket_timeout,
+            "connect_timeout": connect_timeout, "max_connections": max_connections,
+            "acquire_timeout": acquire_timeout, "durability": durability,
+            "batch_size": batch_size, "cluster": cluster}, parsed)
+        super().__init__(namespace=settings["namespace"])
         self._url = parsed
         self._shown_url = redact_url(parsed.raw) if parsed is not None else None
-        self._socket_timeout = _positive(
-            "socket_timeout", socket_timeout, options.number("socket_timeout", _DEFAULT_TIMEOUT))
-        self._connect_timeout = _positive(
-            "connect_timeout", connect_timeout,
-            options.number("connect_timeout", _DEFAULT_TIMEOUT))
-        self._max_connections = max_connections or url_max_connections or None
-        self._acquire_timeout = _positive(
-            "acquire_timeout", acquire_timeout,
-            options.number("acquire_timeout", _DEFAULT_ACQUIRE_TIMEOUT))
-        chosen = durability or url_durability or "normal"
-        if chosen not in _DURABILITY:
-            raise ConfigError(f"durability must be one of {', '.join(_DURABILITY)}, "
-                              f"not {chosen!r} ({self._where()})")
-        self._durability = chosen
-        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-            raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-        self.scan_batch_size = batch_size or url_batch_size
+        self._socket_timeout: float = settings["socket_timeout"]
+        self._connect_timeout: float = settings["connect_timeout"]
+        self._max_connections: int | None = settings["max_connections"]
+        self._acquire_timeout: float = settings["acquire_timeout"]
+        self._durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         if client is not None:
             self._cluster = isinstance(client, RedisCluster)
         else:
             assert parsed is not None
-            from_scheme = parsed.scheme.endswith("+cluster")
-            self._cluster = from_scheme or (url_cluster if cluster is None else cluster)
-        self._ssl = options.ssl_options() if parsed is not None else {}
-        options.check_no_options_left()
+            self._cluster = parsed.scheme.endswith("+cluster") or settings["cluster"]
+        self._ssl = {name: settings[name] for name in _SSL_OPTIONS
+                     if settings[name] is not None}
         if parsed is not None:
             self._secrets = parsed.secrets
         self._given_client = client
@@ -406,7 +245,7 @@ class RedisStore(KVStore):
         finally:
             self._limit.release()
 
-    async def _run(self, script: _Script, keys: list[bytes], args: list[Any]) -> Any:
+    async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
         await self._acquire()
@@ -434,7 +273,8 @@ class RedisStore(KVStore):
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         if ttl is None:
             member = key.encode()
-            await self._run(_PUT, [self._value_prefix + member, self._index_key], [value, member])
+            await self._run(scripts.PUT, [self._value_prefix + member, self._index_key],
+                            [value, member])
         else:
             await self._write(key, value, ttl, nx=False)
 
@@ -448,7 +288,7 @@ class RedisStore(KVStore):
         keys = [self._value_prefix + member, self._index_key, self._expiry_key]
         px = "" if ttl is None else _milliseconds(ttl)
         try:
-            swapped = await self._run(_COMPARE_AND_SET, keys, [
+            swapped = await self._run(scripts.COMPARE_AND_SET, keys, [
                 b"" if expected is None else expected, b"" if new is None else new, member,
                 px, self._value_prefix])
         except redis_errors.ResponseError as exc:
@@ -461,8 +301,8 @@ class RedisStore(KVStore):
         member = key.encode()
         keys = [self._value_prefix + member, self._index_key, self._expiry_key]
         px = "" if ttl is None else _milliseconds(ttl)
-        stored = await self._run(_WRITE, keys,
-                              [value, member, px, "1" if nx else "", self._value_prefix])
+        stored = await self._run(scripts.WRITE, keys,
+                                 [value, member, px, "1" if nx else "", self._value_prefix])
         return bool(stored)
 
     async def _delete(self, key: str) -> bool:
@@ -490,12 +330,12 @@ class RedisStore(KVStore):
                 args: list[Any] = [px, prefix]
                 for member, (_, value) in zip(members, chunk, strict=True):
                     args += (member, value)
-                await self._run(_WRITE_MANY_TTL, keys, args)
+                await self._run(scripts.WRITE_MANY_TTL, keys, args)
             return
         if self._cluster:
             for start in range(0, len(items), step):
                 members = [key.encode() for key, _ in items[start:start + step]]
-                await self._run(_PUT_MANY, [self._index_key, *[prefix + m for m in members]],
+                await self._run(scripts.PUT_MANY, [self._index_key, *[prefix + m for m in members]],
                                 [*members, *[value for _, value in items[start:start + step]]])
             return
         # One MULTI: MSET of the values and one ZADD of their members (chunked commands, so no
@@ -524,7 +364,7 @@ class RedisStore(KVStore):
             members = [key.encode() for key in keys[start:start + self.scan_batch_size]]
             script_keys = [self._index_key, self._expiry_key,
                            *[prefix + member for member in members]]
-            deleted += int(await self._run(_DELETE, script_keys, members))
+            deleted += int(await self._run(scripts.DELETE, script_keys, members))
         return deleted
 
     # ------------------------------------------------------------------ ordered scan
@@ -558,7 +398,8 @@ class RedisStore(KVStore):
         """Un-index members whose value expired or vanished, unless re-put meanwhile."""
         gone = [member for member, value in zip(members, values, strict=True) if value is None]
         prefix = self._value_prefix
-        foreign = await self._run(_CLEAN, [self._index_key, *[prefix + m for m in gone]], gone)
+        foreign = await self._run(scripts.CLEAN, [self._index_key, *[prefix + m for m in gone]],
+                                  gone)
         if foreign:
             raise self._foreign(foreign[0].decode())
 
@@ -585,55 +426,11 @@ class RedisStore(KVStore):
         return StoreError
 
 
-class _UrlOptions:
-    """The store's query options, taken out of a URL so that leftovers are reported."""
-
-    def __init__(self, url: StoreURL | None) -> None:
-        self._url = url
-
-    def text(self, name: str) -> str | None:
-        return self._url.pop_option(name) if self._url is not None else None
-
-    def number(self, name: str, default: float) -> float:
-        if self._url is None:
-            return default
-        return self._url.float_option(name, default) or default
-
-    def whole(self, name: str, default: int) -> int:
-        return default if self._url is None else self._url.int_option(name, default, minimum=1)
-
-    def flag(self, name: str, default: bool) -> bool:
-        return default if self._url is None else self._url.bool_option(name, default)
-
-    def ssl_options(self) -> dict[str, Any]:
-        assert self._url is not None
-        found: dict[str, Any] = {}
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
-            value = self._url.pop_option(name)
-            if value is not None:
-                found[name] = value
-        if "ssl_check_hostname" in self._url.options:
-            found["ssl_check_hostname"] = self._url.bool_option("ssl_check_hostname", True)
-        return found
-
-    def check_no_options_left(self) -> None:
-        if self._url is not None:
-            self._url.check_no_options_left()
-
-
 def _pool_size(client: Any) -> int | None:
     """The connection limit of a client handed in, so the store never exceeds it."""
     pool = getattr(client, "connection_pool", client)
     size = getattr(pool, "max_connections", None)
     return size if isinstance(size, int) and size > 0 else None
-
-
-def _positive(name: str, given: float | None, default: float) -> float:
-    if given is None:
-        return default
-    if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
-        raise ConfigError(f"{name} must be a number of seconds > 0, not {given!r}")
-    return float(given)
 
 
 def _database(url: StoreURL) -> int:

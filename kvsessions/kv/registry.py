@@ -10,21 +10,27 @@ from kvsessions.errors import ConfigError
 from kvsessions.kv.base import KVStore
 from kvsessions.urls import StoreURL, parse_store_url
 
-__all__ = ["known_schemes", "open_store", "register_scheme"]
+__all__ = ["BUILT_IN", "known_schemes", "open_store", "register_scheme", "schemes_of"]
 
-_SCHEMES: dict[str, str] = {
-    "memory": "kvsessions.kv.memory:MemoryStore",
-    "file": "kvsessions.kv.file:FileStore",
-    "sqlite": "kvsessions.kv.sqlite:SQLiteStore",
-    "postgresql": "kvsessions.kv.postgresql:PostgreSQLStore",
-    "postgres": "kvsessions.kv.postgresql:PostgreSQLStore",
-    "mongodb": "kvsessions.kv.mongodb:MongoDBStore",
-    "mongodb+srv": "kvsessions.kv.mongodb:MongoDBStore",
-    "redis": "kvsessions.kv.redis:RedisStore",
-    "rediss": "kvsessions.kv.redis:RedisStore",
-    "redis+cluster": "kvsessions.kv.redis:RedisStore",
-    "rediss+cluster": "kvsessions.kv.redis:RedisStore",
+#: The stores kvsessions ships: backend name -> (the class, "module:Class", and the URL schemes
+#: it takes, the usual one first). The one list of schemes: adapters and config read it here.
+BUILT_IN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sqlite": ("kvsessions.kv.sqlite:SQLiteStore", ("sqlite",)),
+    "postgresql": ("kvsessions.kv.postgresql:PostgreSQLStore", ("postgresql", "postgres")),
+    "mongodb": ("kvsessions.kv.mongodb:MongoDBStore", ("mongodb", "mongodb+srv")),
+    "redis": ("kvsessions.kv.redis:RedisStore",
+              ("redis", "rediss", "redis+cluster", "rediss+cluster")),
+    "file": ("kvsessions.kv.file:FileStore", ("file",)),
+    "memory": ("kvsessions.kv.memory:MemoryStore", ("memory",)),
 }
+
+_SCHEMES: dict[str, str] = {scheme: target for target, schemes in BUILT_IN.values()
+                            for scheme in schemes}
+
+
+def schemes_of(backend: str) -> tuple[str, ...]:
+    """The URL schemes of a built-in backend (``"postgresql"`` -> postgresql, postgres)."""
+    return BUILT_IN[backend][1]
 
 
 def register_scheme(scheme: str, target: str) -> None:
@@ -64,6 +70,7 @@ def open_store(url: str, *, cache_url: str | None = None, **options: Any) -> KVS
         raise ConfigError(f"{cls.__name__} cannot be built from a URL")
     store: KVStore = from_url(parsed, **options)
     if cache_url is not None:
+        parse_store_url(cache_url)  # refused here, redacted, before the driver quotes it
         from kvsessions.wrappers.cache import (
             CachedStore,  # lazy: redis is imported only when asked for
         )

@@ -46,7 +46,8 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import DEFAULT_NAMESPACE, KeyRange, KVStore, expires_at
+from kvsessions.kv.base import KeyRange, KVStore, expires_at
+from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
 from kvsessions.kv.sqlite_worker import SQLiteWorker
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.urls import StoreURL
@@ -69,8 +70,12 @@ LAYOUTS = TableLayouts([
     (  # 1: rows in key order (BINARY: UTF-8 byte order) and the index the purge reads
         "CREATE TABLE IF NOT EXISTS {table} (key TEXT NOT NULL PRIMARY KEY, "
         "value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID",
-        'CREATE INDEX IF NOT EXISTS "{name}__expires" ON {table} (expires_at) '
+        # Named "<namespace>:expires": no namespace holds a ':', so the index never takes the
+        # name of another namespace's table. Releases before layout versions named it
+        # "<namespace>__expires", the table name of namespace "<namespace>__expires": dropped.
+        'CREATE INDEX IF NOT EXISTS "{name}:expires" ON {table} (expires_at) '
         "WHERE expires_at IS NOT NULL",
+        'DROP INDEX IF EXISTS "{name}__expires"',
     ),
 ])
 
@@ -85,10 +90,33 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _check_table_name(db: sqlite3.Connection, namespace: str, path: str) -> None:
+    """Each namespace gets its own table, or is refused. SQLite compares names without case
+    and gives indexes the names tables would have, so a namespace whose name another
+    namespace's table holds in another case (``Tenant_x`` beside ``tenant_x``), or an older
+    release's expiry index (``X__expires`` of ``X``), would share or break that table.
+    Refusing keeps every existing store readable: no table is renamed, and a table name
+    encoding case would have moved every namespace with a capital letter."""
+    rows = db.execute("SELECT type, name, tbl_name FROM sqlite_master "
+                      "WHERE name = ? COLLATE NOCASE", (namespace,)).fetchall()
+    for kind, name, table in rows:
+        if kind == "table" and name == namespace:
+            continue
+        if kind == "table":
+            raise ConfigError(f"namespace {namespace!r} cannot be opened in {path}: namespace "
+                              f"{name!r} has that table already (SQLite table names ignore "
+                              "case); choose another namespace")
+        raise ConfigError(f"namespace {namespace!r} cannot be opened in {path}: the {kind} "
+                          f"{name!r} of namespace {table!r} has that name; open namespace "
+                          f"{table!r} once with this release (which renames its index), or "
+                          "choose another namespace")
+
+
 class SQLiteStore(KVStore):
     """A namespace is a table; several namespaces (and processes) can share one file."""
 
-    schemes = ("sqlite",)
+    declared_options = (*SHARED, batch_size_option(1000),
+                        Whole("busy_timeout", 30_000, minimum=0, unit="milliseconds"))
     #: A second connection, for ``get`` on the event loop (None for ``:memory:``, which a
     #: second connection cannot see).
     _reader: sqlite3.Connection | None = None
@@ -97,23 +125,19 @@ class SQLiteStore(KVStore):
         self,
         path: str | Path,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
-        busy_timeout: int = 30_000,
-        durability: str = "normal",
-        batch_size: int = 1000,
+        namespace: str | None = None,
+        busy_timeout: int | None = None,
+        durability: str | None = None,
+        batch_size: int | None = None,
     ) -> None:
-        super().__init__(namespace=namespace)
-        if durability not in _DURABILITY:
-            raise ConfigError(
-                f"durability={durability!r} is not known; use one of {', '.join(_DURABILITY)}")
-        if busy_timeout < 0:
-            raise ConfigError(f"busy_timeout={busy_timeout} must be >= 0 milliseconds")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        settings = read_options(self.declared_options, {
+            "namespace": namespace, "busy_timeout": busy_timeout, "durability": durability,
+            "batch_size": batch_size})
+        super().__init__(namespace=settings["namespace"])
+        self.busy_timeout: int = settings["busy_timeout"]
+        self.durability: str = settings["durability"]
+        self.scan_batch_size = settings["batch_size"]
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
-        self.busy_timeout = busy_timeout
-        self.durability = durability
-        self.scan_batch_size = batch_size
         self._conn: SQLiteWorker | None = None
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
@@ -132,21 +156,12 @@ class SQLiteStore(KVStore):
         self._live = live
 
     @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> SQLiteStore:
+    def from_url(cls, url: StoreURL, **given: Any) -> SQLiteStore:
         if url.host or url.port:
             raise ConfigError(
                 f"{url.redacted}: a SQLite URL has no host; write sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db")
-        path = _database_path(url)
-        namespace = url.namespace_option(DEFAULT_NAMESPACE)
-        settings: dict[str, Any] = {
-            "busy_timeout": url.int_option("busy_timeout", 30_000),
-            "durability": url.pop_option("durability", "normal"),
-            "batch_size": url.int_option("batch_size", 1000, minimum=1),
-        }
-        url.check_no_options_left()
-        settings.update(options)
-        return cls(path, namespace=namespace, **settings)
+        return cls(_database_path(url), **read_options(cls.declared_options, given, url))
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self.path!r}, namespace={self.namespace!r})"
@@ -239,6 +254,7 @@ class SQLiteStore(KVStore):
         again under the write lock, so of processes opening at once one runs each step."""
         db.execute("BEGIN IMMEDIATE")
         try:
+            _check_table_name(db, self.namespace, self.path)
             db.execute(LAYOUTS.create_sql)
             version = self._layout_version(db)
             for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):

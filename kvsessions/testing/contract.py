@@ -12,8 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.errors import ConfigError, InvalidKeyError, KVSessionsError, StoreError
-from kvsessions.kv.base import KVStore
+from kvsessions.errors import (
+    ConfigError,
+    InvalidKeyError,
+    InvalidValueError,
+    KVSessionsError,
+    StoreError,
+)
+from kvsessions.kv.base import MAX_TTL, KVStore
 
 __all__ = ["HARD_VALUES", "KVStoreContract", "StoreFactory", "same_json", "utf8_sorted"]
 
@@ -357,6 +363,22 @@ class KVStoreContract:
     async def test_bad_ttl_is_refused(self, store: KVStore, bad_ttl: Any) -> None:
         with pytest.raises(KVSessionsError):
             await store.put("k", dumps({}), ttl=bad_ttl)
+        assert await store.get("k") is None
+
+    async def test_ttl_limit_is_the_same_on_every_store(self, store: KVStore) -> None:
+        """Up to ``MAX_TTL`` (100 years) is kept; beyond it every store gives the same
+        ``InvalidValueError``, from every writing method, and stores nothing."""
+        await store.put("longest", dumps({"v": 1}), ttl=MAX_TTL)
+        assert await store.put_if_absent("longest2", dumps({"v": 2}), ttl=MAX_TTL) is True
+        await store.put_many([("longest3", dumps({"v": 3}))], ttl=MAX_TTL)
+        assert await store.keys() == ["longest", "longest2", "longest3"]
+        for too_long in (MAX_TTL * 1.001, 1e13, 3e11, 1e17, 1e300):
+            writes = (lambda ttl: store.put("k", dumps({}), ttl=ttl),
+                      lambda ttl: store.put_if_absent("k", dumps({}), ttl=ttl),
+                      lambda ttl: store.put_many([("k", dumps({}))], ttl=ttl))
+            for write in writes:
+                with pytest.raises(InvalidValueError, match=r"at most .* seconds"):
+                    await write(too_long)
         assert await store.get("k") is None
 
     # ---------------------------------------------------------------- batches

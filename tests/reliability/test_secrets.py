@@ -433,3 +433,140 @@ def test_every_form_of_the_password_is_found() -> None:
 
 if __name__ == "__main__" and len(sys.argv) == 2:  # manual: python test_secrets.py URL
     probe_main(sys.argv[1])
+
+
+# ---------------------------------------------------------------------- every printable character
+
+#: A password is ``HEAD + characters + TAIL``: finding either end anywhere is a leak, so a
+#: message that shows any part of the password up to or after the odd character is caught.
+HEAD, TAIL = "Qv7Kx", "Zp4Wm"
+ENDS = re.compile(f"{HEAD}|{TAIL}", re.IGNORECASE)
+PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
+#: One password per printable ASCII character, and one holding them all.
+PASSWORDS = [HEAD + char + TAIL for char in PRINTABLE] + [HEAD + PRINTABLE + TAIL]
+#: Where a refused connection is immediate (port 1): every password is also opened there.
+REFUSING = {"postgresql": "127.0.0.1:1/test?connect_timeout=2", "redis": "127.0.0.1:1/0",
+            "redis+cluster": "127.0.0.1:1", "mongodb": "127.0.0.1:1/db?connect_timeout=0.2"}
+EMBEDDED = {"sqlite": "localhost/tmp/kvs-secrets.db", "file": "localhost/tmp/kvs-secrets",
+            "memory": "localhost"}
+
+
+def password_urls(password: str) -> list[str]:
+    """The URLs a user could write with ``password``: unencoded in the userinfo, percent-encoded
+    there, and as a percent-encoded ``password`` option, for every scheme."""
+    encoded = quote(password, safe="")
+    urls = []
+    for scheme, rest in {**REFUSING, **EMBEDDED}.items():
+        host, _, query = rest.partition("?")
+        query = f"?{query}" if query else ""
+        urls += [f"{scheme}://kvs_user:{password}@{host}{query}",
+                 f"{scheme}://kvs_user:{encoded}@{host}{query}",
+                 f"{scheme}://{host}{query}{'&' if query else '?'}password={encoded}"]
+    mongo = REFUSING["mongodb"]
+    urls += [f"mongodb://{mongo}&authMechanismProperties=AWS_SESSION_TOKEN:{encoded}",
+             f"mongodb://{mongo}&tlsCertificateKeyFilePassword={encoded}"]
+    return urls
+
+
+def shown_everywhere(url: str, *, connect: bool) -> tuple[str, list[str]]:
+    """What building (and with ``connect``, opening) ``url`` every in-process way shows:
+    exception texts with their chains, repr/str of stores, storages and configs, log records.
+    Also the names of the errors raised, all of which must be ours."""
+    from kvsessions.config import StorageConfig
+    from kvsessions.kv.registry import open_store
+    from kvsessions.sessions.storage import SessionStorage
+
+    shown: list[str] = []
+    errors: list[str] = []
+
+    async def use(build: Callable[[], Any]) -> None:
+        try:
+            store = build()
+            shown.extend((repr(store), str(store), repr(SessionStorage(store))))
+            if connect:
+                try:
+                    await asyncio.wait_for(store.open(), 30)
+                finally:
+                    shown.append(repr(store))
+                    await store.close()
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+            shown.append(exception_text(exc))
+
+    async def every_way() -> None:
+        await use(lambda: open_store(url))
+        if url.startswith("redis"):
+            await use(lambda: open_store("memory://", cache_url=url))
+        scheme = url.partition("://")[0]
+        backend = _backend_of(url)
+        environments = [{"STORAGE_URL": url}, {"STORAGE_CACHE_URL": url},
+                        {"STORAGE_BACKEND": backend, "STORAGE_CONNECTION_STRING": url}]
+        for environ in environments:
+            try:
+                config = StorageConfig.from_env(environ)
+                shown.extend((repr(config), str(config), config.redacted_url))
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+                shown.append(exception_text(exc))
+        if scheme in ("postgresql", "mongodb", "redis"):
+            await use(lambda: open_store(StorageConfig(url=url).store_url()))
+
+    with everything_logged() as logs:
+        asyncio.run(every_way())
+    return "\n".join(shown + logs.lines), errors
+
+
+def test_no_printable_character_makes_the_password_show() -> None:
+    """Every printable ASCII character in a password (``#``, ``?``, ``/``, ``@``, ``%``, quotes,
+    spaces...), written unencoded or encoded, in the userinfo or as an option, on every
+    scheme: building the store, the cache tier, ``StorageConfig`` from ``STORAGE_URL``,
+    ``STORAGE_CACHE_URL`` and ``STORAGE_CONNECTION_STRING``, and opening the store against a
+    port that refuses: no part of the password shows, and every error is one of ours."""
+    failures: list[str] = []
+    for password in PASSWORDS:
+        for url in password_urls(password):
+            connect = url.split("://")[0] in ("postgresql", "redis") or password == PASSWORDS[-1]
+            text, errors = shown_everywhere(url, connect=connect)
+            leaks = [line for line in text.splitlines() if ENDS.search(line)]
+            if leaks:
+                failures.append(f"{url!r}: {leaks[:3]}")
+            untyped = [name for name in errors if not _ours(name)]
+            if untyped:
+                failures.append(f"{url!r}: raised {untyped}, not KVSessionsError")
+    assert not failures, f"{len(failures)} leaks, e.g.:\n" + "\n".join(failures[:20])
+
+
+CLI_PASSWORDS = [HEAD + char + TAIL for char in "#?/@%:& \"'\\"] + [PASSWORDS[-1]]
+
+
+def test_no_printable_character_makes_the_password_show_in_the_cli(tmp_path: Path) -> None:
+    """The command line, in a child process: the URL as an argument and as ``STORAGE_URL``
+    (``ls`` without a URL, and ``--help``), unencoded and encoded, with DEBUG logging on;
+    stdout and stderr never hold any part of the password."""
+    runs: list[tuple[list[str], dict[str, str]]] = []
+    for password in CLI_PASSWORDS:
+        for written in (password, quote(password, safe="")):
+            for scheme in ("postgresql", "redis"):
+                url = f"{scheme}://kvs_user:{written}@{REFUSING[scheme]}"
+                runs += [(["-v", "ls", url], {}), (["ls"], {"STORAGE_URL": url}),
+                         (["migrate", url, f"sqlite://{tmp_path}/o.db"], {})]
+    environ_url = f"redis://kvs_user:{quote(PASSWORDS[-1], safe='')}@127.0.0.1:1/0"
+    runs += [(["--help"], {"STORAGE_URL": environ_url}),
+             (["ls", "--help"], {"STORAGE_URL": environ_url})]
+
+    def one(run: tuple[list[str], dict[str, str]]) -> str | None:
+        argv, environ = run
+        code = (f"import os\nos.environ.update({environ!r})\n"
+                f"from kvsessions.cli.main import main\nsys.exit(main({argv!r}))\n")
+        child = run_child(code)
+        output = child.stdout + child.stderr
+        leaks = [line for line in output.splitlines() if ENDS.search(line)]
+        if leaks:
+            return f"{argv} {environ}: {leaks[:3]}"
+        if "Traceback" in child.stderr:
+            return f"{argv}: a traceback, not one line: {child.stderr[-800:]}"
+        return None
+
+    with ThreadPoolExecutor(4) as pool:
+        failures = [failure for failure in pool.map(one, runs) if failure]
+    assert not failures, "\n".join(failures)
