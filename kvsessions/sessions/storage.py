@@ -25,22 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import os
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import parse_qsl, quote, urlencode
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
 from kvsessions.documents.codec import (
     decode_document,
-    document_to_file,
     document_to_message,
     document_to_session,
-    file_to_document,
     format_timestamp,
     message_to_document,
     parse_timestamp,
@@ -50,7 +45,6 @@ from kvsessions.documents.keys import (
     FILE_PREFIX,
     SESSION_PREFIX,
     encode_id,
-    file_key,
     legacy_key_error,
     message_key,
     message_prefix,
@@ -60,14 +54,15 @@ from kvsessions.documents.models import (
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
-    UploadedFileRecord,
     utc_now,
 )
 from kvsessions.documents.validation import validate_document
-from kvsessions.errors import InvalidValueError, SessionNotFoundError, ValidationError
+from kvsessions.errors import SessionNotFoundError, ValidationError
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
+from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.heads import (
     DELETING,
     Head,
@@ -78,6 +73,22 @@ from kvsessions.sessions.heads import (
 )
 from kvsessions.sessions.message_reader import message_from_document
 from kvsessions.wrappers.validating import ValidatingStore
+
+if TYPE_CHECKING:
+    from kvsessions.sessions.conveniences import (
+        FileSessionStorage,
+        MemorySessionStorage,
+        MongoDBSessionStorage,
+        PostgreSQLSessionStorage,
+        RedisSessionStorage,
+        SQLiteSessionStorage,
+    )
+    from kvsessions.sessions.conveniences import (
+        _path_url as _path_url,
+    )
+    from kvsessions.sessions.conveniences import (
+        _with_query as _with_query,
+    )
 
 __all__ = [
     "FileSessionStorage",
@@ -90,6 +101,23 @@ __all__ = [
     "SessionStorage",
 ]
 
+#: Names this module has always offered that live in ``conveniences`` (which subclasses
+#: ``SessionStorage``, so it is imported on first use, not here: no import cycle).
+_CONVENIENCES = frozenset({
+    "FileSessionStorage", "MemorySessionStorage", "MongoDBSessionStorage",
+    "PostgreSQLSessionStorage", "RedisSessionStorage", "SQLiteSessionStorage",
+    "_path_url", "_with_query",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONVENIENCES:
+        from kvsessions.sessions import conveniences
+
+        return getattr(conveniences, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: How many keys one ``delete_many`` call removes while deleting a session's messages.
 _DELETE_BATCH = 500
 #: Message documents one save writes at once (each with its own ``put_if_absent``).
@@ -100,7 +128,7 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage:
+class SessionStorage(FileRecords):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
@@ -282,7 +310,7 @@ class SessionStorage:
         A full load reports ``message_count`` as the number of messages stored; a partial load
         reports the head's count (see the module docstring)."""
         if last_messages is not None:
-            _check_limit(last_messages, "last_messages")
+            check_limit(last_messages, "last_messages")
         key = session_key(session_id)
         stored = await self._read_head(session_id)
         if stored is None or stored[1]["status"] == DELETING:
@@ -316,7 +344,7 @@ class SessionStorage:
         window, and paging backwards with ``before=<oldest message loaded>.message_id``. Only the
         page is read, never the rest of the history."""
         if limit is not None:
-            _check_limit(limit, "limit")
+            check_limit(limit, "limit")
         prefix = message_prefix(session_id)
         after_key = None if after is None else message_key(session_id, after)
         before_key = None if before is None else message_key(session_id, before)
@@ -336,7 +364,7 @@ class SessionStorage:
         if status is not None and status not in SESSION_STATUSES:
             raise ValidationError(f"unknown status {status!r}; one of "
                                   f"{', '.join(SESSION_STATUSES)}", path="status")
-        _check_limit(limit, "limit")
+        check_limit(limit, "limit")
         if limit == 0:
             return []
         heap: list[tuple[datetime, str, dict[str, Any]]] = []
@@ -425,37 +453,6 @@ class SessionStorage:
         if saved.base is None or self._unsaved(session, saved):
             return True
         return head_fields(session_to_document(session)) != saved.base
-
-    # ------------------------------------------------------------------ files
-
-    async def save_file_record(self, file_record: UploadedFileRecord) -> bool:
-        key = file_key(file_record.file_id)
-        await self._documents.put_document(key, file_to_document(file_record))
-        return True
-
-    async def load_file_record(self, file_id: str) -> UploadedFileRecord | None:
-        key = file_key(file_id)
-        document = await self._documents.get_document(key)
-        return None if document is None else document_to_file(document, key=key)
-
-    async def list_file_records(self, limit: int = 100) -> list[UploadedFileRecord]:
-        """Up to ``limit`` records, newest id first (ids from ``UploadedFileRecord.create`` are
-        time-ordered): one short reverse scan."""
-        _check_limit(limit, "limit")
-        return [document_to_file(document, key=key) async for key, document in
-                self._documents.scan_documents(FILE_PREFIX, limit=limit, reverse=True)]
-
-    async def delete_expired_files(self) -> int:
-        """Delete the file records whose ``expires_at`` has passed; how many were deleted."""
-        now = utc_now()
-        expired: list[str] = []
-        async for key, document in self._documents.scan_documents(FILE_PREFIX):
-            if parse_timestamp(document["expires_at"], key=key, path="expires_at") <= now:
-                expired.append(key)
-        deleted = 0
-        for start in range(0, len(expired), _DELETE_BATCH):
-            deleted += await self._raw.delete_many(expired[start:start + _DELETE_BATCH])
-        return deleted
 
     # ------------------------------------------------------------------ statistics
 
@@ -563,76 +560,3 @@ class SessionStorage:
     def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
         saved.prefix = len(session.messages)
         saved.last_id = session.messages[-1].message_id if session.messages else None
-
-
-def _check_limit(limit: object, name: str) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidValueError(f"{name} must be a whole number >= 0, not {limit!r}")
-
-
-# ---------------------------------------------------------------------- conveniences
-
-def _with_query(url: str, **params: str | int | None) -> str:
-    """``url`` with the given query parameters set (None leaves a parameter alone)."""
-    base, _, query = url.partition("?")
-    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-             if k not in params or params[k] is None]
-    pairs += [(k, str(v)) for k, v in params.items() if v is not None]
-    return f"{base}?{urlencode(pairs)}" if pairs else base
-
-
-def _path_url(scheme: str, path: str | os.PathLike[str]) -> str:
-    absolute = str(Path(path).expanduser().absolute())
-    return f"{scheme}://{quote(absolute)}"
-
-
-class SQLiteSessionStorage(SessionStorage):
-    """Sessions in one SQLite file (created when missing); ``":memory:"`` for a private one."""
-
-    def __init__(self, path: str | os.PathLike[str] = "sessions.db", *,
-                 namespace: str | None = None) -> None:
-        url = "sqlite:///:memory:" if str(path) == ":memory:" else _path_url("sqlite", path)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
-
-
-class FileSessionStorage(SessionStorage):
-    """Sessions as files in a folder (one file per document), no database needed."""
-
-    def __init__(self, directory: str | os.PathLike[str], *,
-                 namespace: str | None = None) -> None:
-        url = _path_url("file", directory)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
-
-
-class MemorySessionStorage(SessionStorage):
-    """Sessions in this process only (tests, demos): nothing survives ``close()``."""
-
-    def __init__(self, *, namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query("memory://", namespace=namespace)))
-
-
-class PostgreSQLSessionStorage(SessionStorage):
-    """Sessions in a PostgreSQL table, through an asyncpg pool of the given sizes."""
-
-    def __init__(self, dsn: str, min_pool_size: int = 5, max_pool_size: int = 20, *,
-                 namespace: str | None = None) -> None:
-        url = _with_query(dsn, min_pool_size=min_pool_size, max_pool_size=max_pool_size,
-                          namespace=namespace)
-        super().__init__(open_store(url))
-
-
-class MongoDBSessionStorage(SessionStorage):
-    """Sessions in a MongoDB collection of ``database_name`` (or the URI's database)."""
-
-    def __init__(self, uri: str, database_name: str | None = None, *,
-                 namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query(uri, database=database_name,
-                                                namespace=namespace)))
-
-
-class RedisSessionStorage(SessionStorage):
-    """Sessions in Redis (or Redis Cluster with ``redis+cluster://``)."""
-
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
-                 namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
