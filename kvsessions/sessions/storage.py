@@ -24,9 +24,6 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections.abc import AsyncIterator
-from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -42,19 +39,18 @@ from kvsessions.documents.codec import (
     session_to_document,
 )
 from kvsessions.documents.keys import (
-    FILE_PREFIX,
     SESSION_PREFIX,
     encode_id,
     legacy_key_error,
     message_key,
     message_prefix,
+    session_index_keys,
     session_key,
 )
 from kvsessions.documents.models import (
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
-    utc_now,
 )
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import SessionNotFoundError, ValidationError
@@ -71,6 +67,8 @@ from kvsessions.sessions.heads import (
     is_stale,
     merged_head,
 )
+from kvsessions.sessions.index import IndexState, SessionIndex
+from kvsessions.sessions.listing import SessionListing
 from kvsessions.sessions.message_reader import message_from_document
 from kvsessions.wrappers.validating import ValidatingStore
 
@@ -128,7 +126,7 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage(FileRecords):
+class SessionStorage(SessionListing, FileRecords):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
@@ -144,6 +142,8 @@ class SessionStorage(FileRecords):
         #: The store below validation: raw bytes for scans whose documents are checked here.
         self._raw = self._documents.inner
         self._token = object()
+        self._index = SessionIndex(self._raw, self._read_head_document)
+        self._index_state = IndexState(self._raw)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -191,6 +191,7 @@ class SessionStorage(FileRecords):
             messages.append((key, self._documents.encode(key, document)))
         mine = session_to_document(session)
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
+        await self._index_state.before_write()
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
@@ -210,14 +211,20 @@ class SessionStorage(FileRecords):
                 return False
             if head is None:
                 document = {**mine, "message_count": len(created)}
-                if await self._raw.put_if_absent(head_key,
-                                                  self._documents.encode(head_key, document)):
+                encoded = self._documents.encode(head_key, document)
+                await self._index.before_change(None, document)
+                if await self._raw.put_if_absent(head_key, encoded):
+                    await self._index.after_change(session.session_id, None, document)
                     break
             else:
                 stored, current = head
                 document = merged_head(current, mine, saved.base, len(created))
-                if document == current or await self._raw.compare_and_set(
-                        head_key, stored, self._documents.encode(head_key, document)):
+                if document == current:
+                    break
+                encoded = self._documents.encode(head_key, document)
+                await self._index.before_change(current, document)
+                if await self._raw.compare_and_set(head_key, stored, encoded):
+                    await self._index.after_change(session.session_id, current, document)
                     break
             head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
@@ -258,6 +265,7 @@ class SessionStorage(FileRecords):
         it is and not counted again, so a retried append changes nothing."""
         key = message_key(session_id, message.message_id)
         value = self._documents.encode(key, self._message_document(session_id, message))
+        await self._index_state.before_write()
         head = await self._read_head(session_id)
         if head is None or head[1]["status"] == DELETING:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
@@ -279,8 +287,12 @@ class SessionStorage(FileRecords):
             updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
             if message.created_at > updated:
                 document["updated_at"] = format_timestamp(message.created_at)
-            if document == current or await self._raw.compare_and_set(
-                    head_key, stored, self._documents.encode(head_key, document)):
+            if document == current:
+                return
+            encoded = self._documents.encode(head_key, document)
+            await self._index.before_change(current, document)
+            if await self._raw.compare_and_set(head_key, stored, encoded):
+                await self._index.after_change(session_id, current, document)
                 return
             head = await self._read_head(session_id)
 
@@ -355,61 +367,12 @@ class SessionStorage(FileRecords):
         messages.reverse()
         return messages
 
-    async def list_sessions(
-        self, status: str | None = None, limit: int = 100
-    ) -> list[ChatSession]:
-        """Session heads (``messages`` empty, ``message_count`` from the head), most recently
-        updated first. Reads and checks every head once (there is no index), keeping only the
-        ``limit`` newest in memory; a damaged head raises ``ValidationError`` naming it."""
-        if status is not None and status not in SESSION_STATUSES:
-            raise ValidationError(f"unknown status {status!r}; one of "
-                                  f"{', '.join(SESSION_STATUSES)}", path="status")
-        check_limit(limit, "limit")
-        if limit == 0:
-            return []
-        heap: list[tuple[datetime, str, dict[str, Any]]] = []
-        async for item in self._head_candidates(status):
-            if len(heap) < limit:
-                heapq.heappush(heap, item)
-            elif item[:2] > heap[0][:2]:
-                heapq.heapreplace(heap, item)
-        return [self._listed(document, key)
-                for _, key, document in sorted(heap, key=lambda item: item[:2], reverse=True)]
-
     def _listed(self, document: dict[str, Any], key: str) -> ChatSession:
         """A head read by a listing, as a session object that this storage knows is stored
         (so that saving it after its session was deleted does not bring it back)."""
         session = document_to_session(document, key=key)
         self._saved(session).base = head_fields(document)
         return session
-
-    async def _head_candidates(
-        self, status: str | None
-    ) -> AsyncIterator[tuple[datetime, str, dict[str, Any]]]:
-        """(updated_at, key, document) of every head with ``status``, each parsed and checked
-        once. Every head read is checked, also those not returned: a listing that silently
-        leaves out a damaged session would hide the damage."""
-        validate = self._documents.validate_reads
-        async for key, value in self._raw.scan(SESSION_PREFIX):
-            document = decode_document(value, key=key)
-            if validate:
-                validate_document(document, key=key)
-            try:
-                if document["status"] == DELETING or (
-                        status is not None and document["status"] != status):
-                    continue
-                updated = parse_timestamp(document["updated_at"], key=key, path="updated_at")
-            except (KeyError, TypeError):
-                validate_document(document, key=key)  # raises, naming the field
-                raise
-            yield updated, key, document
-
-    async def iter_sessions(self, status: str | None = None) -> AsyncIterator[ChatSession]:
-        """Every session head (no messages), in key order, streamed: for maintenance jobs."""
-        async for key, document in self._documents.scan_documents(SESSION_PREFIX):
-            if document["status"] != DELETING and (status is None
-                                                   or document["status"] == status):
-                yield self._listed(document, key)
 
     async def delete_session(self, session_id: str) -> bool:
         """Remove the session and all its messages; True if anything was there. The head is
@@ -440,11 +403,37 @@ class SessionStorage(FileRecords):
                 batch = []
         if batch:
             deleted += await self._raw.delete_many(batch)
+        last_mark = marked
         while marked is not None and not await self._raw.compare_and_set(head_key, marked,
                                                                         None):
             head = await self._read_head(session_id)  # another deleter's mark, or gone
             marked = head[0] if head is not None and head[1]["status"] == DELETING else None
+            last_mark = marked or last_mark
+        if last_mark is not None:
+            await self._remove_entries(session_id, self._documents.decode(head_key, last_mark))
         return existed or deleted > 0
+
+    async def _remove_entries(self, session_id: str, mark: dict[str, Any]) -> None:
+        """Remove the entries a deleted head had (its status before the mark is not kept, so
+        those of every status), then settle them (``kvsessions.sessions.index``)."""
+        updated = parse_timestamp(mark["updated_at"], path="updated_at")
+        entries = sorted({entry for status in SESSION_STATUSES
+                          for entry in session_index_keys(session_id, status, updated)})
+        await self._raw.delete_many(entries)
+        await self._index.settle(session_id, entries)
+
+    def _read_head_document(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored head, decoded and checked once (``ValidationError`` naming what is wrong:
+        a listing that silently left out a damaged session would hide the damage)."""
+        document = decode_document(value, key=key)
+        if self._documents.validate_reads:
+            validate_document(document, key=key)
+        try:
+            document["status"], document["updated_at"], document["session_id"]
+        except (KeyError, TypeError):
+            validate_document(document, key=key)  # raises, naming the field
+            raise
+        return document
 
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
@@ -453,34 +442,6 @@ class SessionStorage(FileRecords):
         if saved.base is None or self._unsaved(session, saved):
             return True
         return head_fields(session_to_document(session)) != saved.base
-
-    # ------------------------------------------------------------------ statistics
-
-    async def statistics(self) -> dict[str, Any]:
-        """Counts from the heads and file records (message counts are the heads' counts)."""
-        by_status = dict.fromkeys(SESSION_STATUSES, 0)
-        messages = 0
-        async for _key, document in self._documents.scan_documents(SESSION_PREFIX):
-            if document["status"] == DELETING:
-                continue
-            by_status[document["status"]] = by_status.get(document["status"], 0) + 1
-            messages += document["message_count"]
-        files = expired_files = 0
-        now = utc_now()
-        async for key, document in self._documents.scan_documents(FILE_PREFIX):
-            files += 1
-            if parse_timestamp(document["expires_at"], key=key, path="expires_at") <= now:
-                expired_files += 1
-        return {
-            "total_sessions": sum(by_status.values()),
-            "sessions_by_status": by_status,
-            "active_sessions": by_status["active"],
-            "archived_sessions": by_status["archived"],
-            "expired_sessions": by_status["expired"],
-            "total_messages": messages,
-            "total_files": files,
-            "expired_files": expired_files,
-        }
 
     # ------------------------------------------------------------------ internals
 
