@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -99,17 +100,21 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 async def list_command(args: argparse.Namespace) -> int:
+    """One page of session heads; the command for the next page is printed under it."""
     async with opened_session_storage(args.url) as storage:
-        sessions = await storage.list_sessions(status=args.status, limit=args.limit)
+        sessions, cursor = await storage.page_sessions(status=args.status, limit=args.limit,
+                                                       before=args.before)
     what = f"{args.status} session" if args.status else "session"
     if not sessions:
-        print(f"No {what}s in {shown_url(args.url)}")
+        print(f"No {'more ' if args.before else ''}{what}s in {shown_url(args.url)}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
-    more = " (the most recently updated; --limit shows more)" \
-        if len(sessions) == args.limit else ""
     plural = "" if len(sessions) == 1 else "s"
-    print(f"\n{len(sessions)} {what}{plural} in {shown_url(args.url)}{more}")
+    print(f"\n{len(sessions)} {what}{plural} in {shown_url(args.url)}")
+    if cursor is not None:
+        status = f" --status {args.status}" if args.status else ""
+        print(f"next page: kvsessions ls {shlex.quote(shown_url(args.url))}{status} "
+              f"--limit {args.limit} --before {shlex.quote(cursor)}")
     return 0
 
 
@@ -184,6 +189,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--status", choices=SESSION_STATUSES, help="only sessions with S")
     parser.add_argument("--limit", type=positive_int, default=100, metavar="N",
                         help="show at most N sessions (default 100)")
+    parser.add_argument("--before", metavar="CURSOR",
+                        help="the page after the one that printed this cursor")
     parser.set_defaults(handler=list_command)
 
     parser = subparsers.add_parser(
