@@ -371,7 +371,7 @@ class SessionStorage(SessionListing, FileRecords):
         """A head read by a listing, as a session object that this storage knows is stored
         (so that saving it after its session was deleted does not bring it back)."""
         session = document_to_session(document, key=key)
-        self._saved(session).base = head_fields(document)
+        self._saved(session).base = head_fields(document, decoded=True)
         return session
 
     async def delete_session(self, session_id: str) -> bool:

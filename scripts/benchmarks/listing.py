@@ -5,7 +5,8 @@
   is the same call at the smallest size, so the ratio is "time at this size / time at the
   smallest" (target 1.5); the note gives the time per call against the absolute target
   (SQLite 3 ms, PostgreSQL and Redis 6 ms).
-* archived: ``list_sessions(status="archived", limit=100)`` with 1% of sessions archived.
+* archived: ``list_sessions(status="archived", limit=100)`` with 1% of sessions archived,
+  beside ``list_sessions(limit=100)`` at the same size (the issue: "costs the same").
 * cleanup: ``SessionManager.cleanup_expired_sessions()`` with 1,000 expired sessions among the
   largest size (one run; ops/s = expired sessions marked per second).
 * append: ``append_message`` with the index beside the same call with the index writes turned
@@ -128,6 +129,7 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore) -> None:
     calls = max(5, ctx.n(50))
     stored = 0
     smallest: dict[str | None, float] = {}
+    all_rate = 0.0
     for size in sizes:
         started = time.perf_counter()
         await fill(store, stored, size, spread)
@@ -142,15 +144,21 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore) -> None:
                     assert len(await storage.list_sessions(status, limit=100)) == expected
 
             rate = await ctx.rate(calls, listing)
-            smallest.setdefault(status, rate)
             ms = 1000 / rate
             verdict = "ok" if ms <= MS_TARGET[backend] else "MISS"
-            what = "list_sessions(limit=100)" if status is None else \
-                'list_sessions("archived", limit=100), 1% archived'
-            ctx.row(SECTION, f"{what} of {size:,}", backend, rate, smallest[status],
-                    target=GROWTH_TARGET,
-                    note=f"{ms:.2f} ms/call, target {MS_TARGET[backend]:g} ms: {verdict}; "
-                         f"raw = the same at {sizes[0]:,}")
+            if status is None:
+                smallest.setdefault(status, rate)
+                all_rate = rate
+                ctx.row(SECTION, f"list_sessions(limit=100) of {size:,}", backend, rate,
+                        smallest[status], target=GROWTH_TARGET,
+                        note=f"{ms:.2f} ms/call, target {MS_TARGET[backend]:g} ms: {verdict}; "
+                             f"raw = the same at {sizes[0]:,}")
+            else:
+                ctx.row(SECTION, f'list_sessions("archived", limit=100) of {size:,}, 1% '
+                        f"archived", backend, rate, all_rate, target=GROWTH_TARGET,
+                        note=f"{ms:.2f} ms/call ({expected} listed), target "
+                             f"{MS_TARGET[backend]:g} ms: {verdict}; raw = all statuses at "
+                             f"this size")
     await bench_cleanup(ctx, backend, storage, store, stored)
     await bench_append(ctx, backend, storage)
 
