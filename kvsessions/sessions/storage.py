@@ -10,7 +10,10 @@ order is conversation order), and ``file:{fid}`` holds an uploaded-file record. 
   something in it changed; it never deletes anything another writer stored;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
-* listing sessions reads heads only.
+* listing sessions reads about ``limit`` index entries and the heads they name, whatever the
+  store's size (``kvsessions.sessions.listing``; the rules that keep the entries right under
+  concurrent writers are in ``kvsessions.sessions.index``): an append or a save that moves
+  ``updated_at`` also writes the new entries before the head and removes the old after it.
 
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
 ``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
