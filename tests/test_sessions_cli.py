@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -59,7 +60,15 @@ def test_demo_then_ls_show_stats(capsys: pytest.CaptureFixture[str], url: str) -
     code, out, _ = run(capsys, "ls", url, "--status", "archived")
     assert len(session_ids(out)) == 1 and "1 archived session in" in out
     code, out, _ = run(capsys, "ls", url, "--limit", "2")
-    assert len(session_ids(out)) == 2 and "--limit shows more" in out
+    first_page = session_ids(out)
+    assert len(first_page) == 2 and "next page: kvsessions ls " in out
+    next_page = shlex.split(out.split("next page: kvsessions ")[1].splitlines()[0])
+    assert next_page[:4] == ["ls", url, "--limit", "2"] and next_page[4] == "--before"
+    code, out, _ = run(capsys, *next_page)
+    assert code == 0 and "next page" not in out
+    assert sorted(first_page + session_ids(out)) == sorted(made)
+    code, out, _ = run(capsys, "ls", url, "--before", "not-a-cursor")
+    assert code == 2 and out == ""
     code, out, _ = run(capsys, "ls", url, "--status", "expired")
     assert code == 0 and out.startswith("No expired sessions in")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -128,23 +129,29 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 async def list_command(args: argparse.Namespace) -> int:
+    """One page of session heads and how many there are; the command for the next page is
+    printed under it."""
     url = await _store_url(args)
     async with opened_session_storage(url) as storage:
-        sessions = await storage.list_sessions(status=args.status, limit=args.limit)
-        total = len(sessions)
-        if total == args.limit:  # there may be more: count them all (the heads only)
-            by_status = (await storage.statistics())["sessions_by_status"]
-            total = by_status.get(args.status, 0) if args.status else sum(by_status.values())
+        sessions, cursor = await storage.page_sessions(status=args.status, limit=args.limit,
+                                                       before=args.before)
+        # Counting reads every head (streamed): only when there is more than this page.
+        total = await storage.count_sessions(args.status) if cursor is not None else None
     what = f"{args.status} session" if args.status else "session"
+    shown = redact_url(url)
     if not sessions:
-        print(f"No {what}s in {redact_url(url)}")
+        print(f"No {'more ' if args.before else ''}{what}s in {shown}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
-    if total > len(sessions):
-        print(f"\n{len(sessions):,} of {plural(total, what)} in {redact_url(url)} (the most "
-              "recently updated; --limit shows more)")
+    if total is not None and total > len(sessions):
+        print(f"\n{len(sessions):,} of {plural(total, what)} in {shown} (the most recently "
+              "updated first)")
     else:
-        print(f"\n{plural(total, what)} in {redact_url(url)}")
+        print(f"\n{plural(len(sessions), what)} in {shown}")
+    if cursor is not None:
+        status = f" --status {args.status}" if args.status else ""
+        print(f"next page: kvsessions ls {shlex.quote(shown)}{status} "
+              f"--limit {args.limit} --before {shlex.quote(cursor)}")
     return 0
 
 
@@ -238,6 +245,8 @@ def register(subparsers: Any) -> None:
                         help=f"only sessions with status S: {', '.join(SESSION_STATUSES)}")
     parser.add_argument("--limit", type=positive_int, default=100, metavar="N",
                         help="show at most N sessions (default 100)")
+    parser.add_argument("--before", metavar="CURSOR",
+                        help="the page after the one that printed this cursor")
     parser.set_defaults(handler=list_command)
 
     parser = subparsers.add_parser(

@@ -6,6 +6,15 @@
     message:{sid}:{mid}    one message; message ids are time-ordered, so key order is
                            conversation order and "the latest N" is one short reverse scan
     file:{fid}             an uploaded-file record
+    index:sessions:{t}:{sid}          every session, by updated_at ``t`` (see below)
+    index:status:{status}:{t}:{sid}   the sessions of one status, by updated_at
+    index:file-expiry:{t}:{fid}       file records, by expires_at
+    index:state                       whether the index entries are complete
+
+Index entries are ordinary keys holding a tiny ``index`` document; their key is what matters.
+``{t}`` is a fixed-width UTC timestamp (``index_timestamp``), so key order is time order and
+"the newest sessions" is one short reverse scan, "what has expired" one short forward scan.
+How entries stay right under concurrent writers is ``kvsessions.sessions.index``'s business.
 
 Each id is encoded before it goes into a key: ``%`` becomes ``%25``, ``:`` becomes ``%3A``
 and NUL (which no key may hold) ``%00``. An encoded id holds no ``:``, so in a message key the
@@ -24,6 +33,7 @@ such a session instead of reading it as missing (``legacy_key_error``).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -32,18 +42,28 @@ from kvsessions.errors import StoreError
 from kvsessions.kv.base import KVStore
 
 __all__ = [
+    "FILE_EXPIRY_PREFIX",
     "FILE_PREFIX",
+    "INDEX_PREFIX",
+    "INDEX_STATE_KEY",
     "MESSAGE_PREFIX",
+    "SESSION_INDEX_PREFIX",
     "SESSION_PREFIX",
+    "STATUS_INDEX_PREFIX",
     "decode_id",
     "encode_id",
+    "file_expiry_key",
     "file_key",
+    "index_entry_parts",
+    "index_timestamp",
     "key_of_document",
     "kind_of_key",
     "legacy_key_error",
     "legacy_key_of_document",
     "message_key",
     "message_prefix",
+    "session_index_keys",
+    "session_index_prefix",
     "session_key",
     "upgrade_key_layout",
 ]
@@ -51,8 +71,16 @@ __all__ = [
 SESSION_PREFIX = "session:"
 MESSAGE_PREFIX = "message:"
 FILE_PREFIX = "file:"
+INDEX_PREFIX = "index:"
+SESSION_INDEX_PREFIX = "index:sessions:"
+STATUS_INDEX_PREFIX = "index:status:"
+FILE_EXPIRY_PREFIX = "index:file-expiry:"
+INDEX_STATE_KEY = "index:state"
 
-_KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file"}
+_KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file",
+                   INDEX_PREFIX: "index"}
+#: Length of ``index_timestamp``'s text: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+_TIMESTAMP_WIDTH = 27
 _DECODED = {"%25": "%", "%3A": ":", "%00": "\x00"}
 _ENCODED = re.compile("%25|%3A|%00")
 #: Documents a legacy-key upgrade moves per batch.
@@ -89,6 +117,43 @@ def message_key(session_id: str, message_id: str) -> str:
 
 def file_key(file_id: str) -> str:
     return FILE_PREFIX + encode_id(file_id)
+
+
+def index_timestamp(moment: datetime) -> str:
+    """``moment`` in UTC as fixed-width text (always microseconds), so that text order is time
+    order (``format_timestamp`` leaves out zero microseconds, which would not sort)."""
+    utc = moment.astimezone(UTC)
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+            f"{utc.second:02d}.{utc.microsecond:06d}Z")
+
+
+def session_index_prefix(status: str | None) -> str:
+    """The prefix of the updated-at entries of sessions with ``status`` (None: all)."""
+    return SESSION_INDEX_PREFIX if status is None else f"{STATUS_INDEX_PREFIX}{status}:"
+
+
+def session_index_keys(session_id: str, status: str, updated_at: datetime) -> tuple[str, str]:
+    """The entries naming a head of ``status`` updated at ``updated_at``: in the index of all
+    sessions and in the index of its status."""
+    tail = f"{index_timestamp(updated_at)}:{encode_id(session_id)}"
+    return SESSION_INDEX_PREFIX + tail, session_index_prefix(status) + tail
+
+
+def file_expiry_key(file_id: str, expires_at: datetime) -> str:
+    return f"{FILE_EXPIRY_PREFIX}{index_timestamp(expires_at)}:{encode_id(file_id)}"
+
+
+def index_entry_parts(key: str, prefix: str) -> tuple[str, str] | None:
+    """(timestamp text, id) of the entry ``key`` under ``prefix``; None when ``key`` is not
+    one (a stray key is skipped, never misread)."""
+    tail = key[len(prefix):]
+    if (not key.startswith(prefix) or len(tail) <= _TIMESTAMP_WIDTH + 1
+            or tail[_TIMESTAMP_WIDTH] != ":"):
+        return None
+    part = tail[_TIMESTAMP_WIDTH + 1:]
+    if ":" in part:
+        return None
+    return tail[:_TIMESTAMP_WIDTH], decode_id(part)
 
 
 def kind_of_key(key: str) -> str | None:

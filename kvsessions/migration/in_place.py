@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kvsessions.documents.codec import decode_document
 from kvsessions.documents.keys import upgrade_key_layout
 from kvsessions.migration.batches import (
     MigrationProgress,
@@ -20,6 +21,7 @@ from kvsessions.migration.batches import (
     scan_batches,
 )
 from kvsessions.migration.document_checks import DocumentCheck
+from kvsessions.sessions.index import build_index
 
 __all__ = ["upgrade_storage", "validate_storage"]
 
@@ -61,7 +63,9 @@ async def upgrade_storage(
 ) -> dict[str, Any]:
     """Rewrite, in place, every document of an older version as the newest version, and move
     documents an earlier release stored under legacy keys (ids holding ``:`` or ``%``) to the
-    keys of this layout (``upgrade_key_layout``). Documents that cannot be upgraded are left as
+    keys of this layout (``upgrade_key_layout``), then build the session and file index if the
+store has none yet (``kvsessions.sessions.index.build_index``: resumable, it reports progress
+like the rewrite). Documents that cannot be upgraded are left as
     they are and reported. Expiry times are not kept on the rewritten documents (the contract
     cannot read them)."""
     store = as_store(storage, "storage")
@@ -79,10 +83,19 @@ async def upgrade_storage(
             await report_progress(progress_callback, MigrationProgress(
                 checked, 0, batch[-1][0], time.perf_counter() - started))
     moved = await upgrade_key_layout(store) if prefix == "" else 0
+    indexed = 0
+    if prefix == "":
+        async def report(done: int, last_key: str) -> None:
+            await report_progress(progress_callback, MigrationProgress(
+                checked + done, checked, last_key, time.perf_counter() - started))
+
+        indexed = await build_index(
+            store, lambda key, value: decode_document(value, key=key), report)
     return {
         "documents_checked": checked,
         "documents_upgraded": check.upgraded,
         "keys_moved": moved,
+        "documents_indexed": indexed,
         "invalid_documents": check.invalid_count,
         "invalid": check.invalid,
         "duration_seconds": time.perf_counter() - started,

@@ -30,6 +30,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from kvsessions.documents.codec import parse_timestamp
 
 __all__ = ["DELETING", "Head", "SavedState", "head_fields", "is_stale", "merged_head"]
@@ -57,13 +59,17 @@ class SavedState:
 Head = tuple[bytes, dict[str, Any]]
 
 
-def head_fields(document: dict[str, Any]) -> dict[str, Any]:
+def head_fields(document: dict[str, Any], *, decoded: bool = False) -> dict[str, Any]:
     """The head fields a save compares, as values (timestamps parsed, metadata copied), so
-    that later changes to the object are seen and spellings of one instant are equal."""
+    that later changes to the object are seen and spellings of one instant are equal.
+    ``decoded``: the document was just decoded from JSON, so a JSON round trip copies its
+    metadata exactly, several times faster than ``deepcopy`` (listings copy 100 at a time)."""
     fields = {name: document[name] for name in ("model", "status")}
     for name in ("created_at", "updated_at"):
         fields[name] = parse_timestamp(document[name], path=name)
-    fields["metadata"] = copy.deepcopy(document["metadata"])
+    metadata = document["metadata"]
+    fields["metadata"] = (orjson.loads(orjson.dumps(metadata)) if decoded
+                          else copy.deepcopy(metadata))
     return fields
 
 

@@ -23,6 +23,8 @@ from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["EXPIRY_HOURS_RULE", "MAX_EXPIRY_HOURS", "SessionManager", "check_expiry_hours"]
 
+#: Expired sessions one cleanup step reads and marks.
+_CLEANUP_PAGE = 500
 #: The longest expiry, about 114 years: ``now - expiry`` must stay a datetime (after year 1)
 #: for any clock from year 115 on, where 1e8 hours (11,000 years) raised OverflowError in
 #: ``startup()``, long after the value had been accepted.
@@ -144,21 +146,26 @@ class SessionManager:
 
     async def cleanup_expired_sessions(self) -> int:
         """Mark active sessions not updated for ``expiry_hours`` as expired (they stay stored,
-        their ``updated_at`` unchanged) and drop them from memory. Returns how many."""
+        their ``updated_at`` unchanged) and drop them from memory. Returns how many. Pages
+        through the index of active sessions below the cutoff: it reads the expired sessions,
+        not the store."""
         cutoff = utc_now() - timedelta(hours=self.expiry_hours)
-        stale = [head async for head in self.storage.iter_sessions(status="active")
-                 if head.updated_at < cutoff]
         expired = 0
-        for head in stale:
-            cached = self._cache.get(head.session_id)
-            if cached is not None and cached.updated_at >= cutoff:
-                continue  # updated in memory since it was stored: not stale
-            self._cache.pop(head.session_id, None)
-            session = cached or head
-            session.status = "expired"
-            await self.storage.save_session(session)
-            expired += 1
-        return expired
+        cursor: str | None = None
+        while True:
+            heads, cursor = await self.storage.page_sessions(
+                "active", _CLEANUP_PAGE, cursor, updated_before=cutoff)
+            for head in heads:
+                cached = self._cache.get(head.session_id)
+                if cached is not None and cached.updated_at >= cutoff:
+                    continue  # updated in memory since it was stored: not stale
+                self._cache.pop(head.session_id, None)
+                session = cached or head
+                session.status = "expired"
+                await self.storage.save_session(session)
+                expired += 1
+            if cursor is None:
+                return expired
 
     # ------------------------------------------------------------------ export
 

@@ -10,7 +10,10 @@ order is conversation order), and ``file:{fid}`` holds an uploaded-file record. 
   something in it changed; it never deletes anything another writer stored;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
-* listing sessions reads heads only.
+* listing sessions reads about ``limit`` index entries and the heads they name, whatever the
+  store's size (``kvsessions.sessions.listing``; the rules that keep the entries right under
+  concurrent writers are in ``kvsessions.sessions.index``): an append or a save that moves
+  ``updated_at`` also writes the new entries before the head and removes the old after it.
 
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
 ``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
@@ -24,50 +27,41 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
-import heapq
-import os
-from collections.abc import AsyncIterator
-from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import parse_qsl, quote, urlencode
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
 from kvsessions.documents.codec import (
     decode_document,
-    document_to_file,
     document_to_message,
     document_to_session,
-    file_to_document,
     format_timestamp,
     message_to_document,
     parse_timestamp,
     session_to_document,
 )
 from kvsessions.documents.keys import (
-    FILE_PREFIX,
     SESSION_PREFIX,
     encode_id,
-    file_key,
     legacy_key_error,
     message_key,
     message_prefix,
+    session_index_keys,
     session_key,
 )
 from kvsessions.documents.models import (
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
-    UploadedFileRecord,
-    utc_now,
 )
 from kvsessions.documents.validation import validate_document
-from kvsessions.errors import InvalidValueError, SessionNotFoundError, ValidationError
+from kvsessions.errors import SessionNotFoundError, ValidationError
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
+from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.heads import (
     DELETING,
     Head,
@@ -76,8 +70,26 @@ from kvsessions.sessions.heads import (
     is_stale,
     merged_head,
 )
+from kvsessions.sessions.index import IndexState, SessionIndex
+from kvsessions.sessions.listing import SessionListing
 from kvsessions.sessions.message_reader import message_from_document
 from kvsessions.wrappers.validating import ValidatingStore
+
+if TYPE_CHECKING:
+    from kvsessions.sessions.conveniences import (
+        FileSessionStorage,
+        MemorySessionStorage,
+        MongoDBSessionStorage,
+        PostgreSQLSessionStorage,
+        RedisSessionStorage,
+        SQLiteSessionStorage,
+    )
+    from kvsessions.sessions.conveniences import (
+        _path_url as _path_url,
+    )
+    from kvsessions.sessions.conveniences import (
+        _with_query as _with_query,
+    )
 
 __all__ = [
     "FileSessionStorage",
@@ -90,6 +102,23 @@ __all__ = [
     "SessionStorage",
 ]
 
+#: Names this module has always offered that live in ``conveniences`` (which subclasses
+#: ``SessionStorage``, so it is imported on first use, not here: no import cycle).
+_CONVENIENCES = frozenset({
+    "FileSessionStorage", "MemorySessionStorage", "MongoDBSessionStorage",
+    "PostgreSQLSessionStorage", "RedisSessionStorage", "SQLiteSessionStorage",
+    "_path_url", "_with_query",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONVENIENCES:
+        from kvsessions.sessions import conveniences
+
+        return getattr(conveniences, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: How many keys one ``delete_many`` call removes while deleting a session's messages.
 _DELETE_BATCH = 500
 #: Message documents one save writes at once (each with its own ``put_if_absent``).
@@ -100,7 +129,7 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage:
+class SessionStorage(SessionListing, FileRecords):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
@@ -116,6 +145,8 @@ class SessionStorage:
         #: The store below validation: raw bytes for scans whose documents are checked here.
         self._raw = self._documents.inner
         self._token = object()
+        self._index = SessionIndex(self._raw, self._read_head_document)
+        self._index_state = IndexState(self._raw)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -163,6 +194,7 @@ class SessionStorage:
             messages.append((key, self._documents.encode(key, document)))
         mine = session_to_document(session)
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
+        await self._index_state.before_write()
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
@@ -182,14 +214,20 @@ class SessionStorage:
                 return False
             if head is None:
                 document = {**mine, "message_count": len(created)}
-                if await self._raw.put_if_absent(head_key,
-                                                  self._documents.encode(head_key, document)):
+                encoded = self._documents.encode(head_key, document)
+                await self._index.before_change(None, document)
+                if await self._raw.put_if_absent(head_key, encoded):
+                    await self._index.after_change(session.session_id, None, document)
                     break
             else:
                 stored, current = head
                 document = merged_head(current, mine, saved.base, len(created))
-                if document == current or await self._raw.compare_and_set(
-                        head_key, stored, self._documents.encode(head_key, document)):
+                if document == current:
+                    break
+                encoded = self._documents.encode(head_key, document)
+                await self._index.before_change(current, document)
+                if await self._raw.compare_and_set(head_key, stored, encoded):
+                    await self._index.after_change(session.session_id, current, document)
                     break
             head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
@@ -230,6 +268,7 @@ class SessionStorage:
         it is and not counted again, so a retried append changes nothing."""
         key = message_key(session_id, message.message_id)
         value = self._documents.encode(key, self._message_document(session_id, message))
+        await self._index_state.before_write()
         head = await self._read_head(session_id)
         if head is None or head[1]["status"] == DELETING:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
@@ -251,8 +290,12 @@ class SessionStorage:
             updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
             if message.created_at > updated:
                 document["updated_at"] = format_timestamp(message.created_at)
-            if document == current or await self._raw.compare_and_set(
-                    head_key, stored, self._documents.encode(head_key, document)):
+            if document == current:
+                return
+            encoded = self._documents.encode(head_key, document)
+            await self._index.before_change(current, document)
+            if await self._raw.compare_and_set(head_key, stored, encoded):
+                await self._index.after_change(session_id, current, document)
                 return
             head = await self._read_head(session_id)
 
@@ -282,7 +325,7 @@ class SessionStorage:
         A full load reports ``message_count`` as the number of messages stored; a partial load
         reports the head's count (see the module docstring)."""
         if last_messages is not None:
-            _check_limit(last_messages, "last_messages")
+            check_limit(last_messages, "last_messages")
         key = session_key(session_id)
         stored = await self._read_head(session_id)
         if stored is None or stored[1]["status"] == DELETING:
@@ -316,7 +359,7 @@ class SessionStorage:
         window, and paging backwards with ``before=<oldest message loaded>.message_id``. Only the
         page is read, never the rest of the history."""
         if limit is not None:
-            _check_limit(limit, "limit")
+            check_limit(limit, "limit")
         prefix = message_prefix(session_id)
         after_key = None if after is None else message_key(session_id, after)
         before_key = None if before is None else message_key(session_id, before)
@@ -327,61 +370,12 @@ class SessionStorage:
         messages.reverse()
         return messages
 
-    async def list_sessions(
-        self, status: str | None = None, limit: int = 100
-    ) -> list[ChatSession]:
-        """Session heads (``messages`` empty, ``message_count`` from the head), most recently
-        updated first. Reads and checks every head once (there is no index), keeping only the
-        ``limit`` newest in memory; a damaged head raises ``ValidationError`` naming it."""
-        if status is not None and status not in SESSION_STATUSES:
-            raise ValidationError(f"unknown status {status!r}; one of "
-                                  f"{', '.join(SESSION_STATUSES)}", path="status")
-        _check_limit(limit, "limit")
-        if limit == 0:
-            return []
-        heap: list[tuple[datetime, str, dict[str, Any]]] = []
-        async for item in self._head_candidates(status):
-            if len(heap) < limit:
-                heapq.heappush(heap, item)
-            elif item[:2] > heap[0][:2]:
-                heapq.heapreplace(heap, item)
-        return [self._listed(document, key)
-                for _, key, document in sorted(heap, key=lambda item: item[:2], reverse=True)]
-
     def _listed(self, document: dict[str, Any], key: str) -> ChatSession:
         """A head read by a listing, as a session object that this storage knows is stored
         (so that saving it after its session was deleted does not bring it back)."""
         session = document_to_session(document, key=key)
-        self._saved(session).base = head_fields(document)
+        self._saved(session).base = head_fields(document, decoded=True)
         return session
-
-    async def _head_candidates(
-        self, status: str | None
-    ) -> AsyncIterator[tuple[datetime, str, dict[str, Any]]]:
-        """(updated_at, key, document) of every head with ``status``, each parsed and checked
-        once. Every head read is checked, also those not returned: a listing that silently
-        leaves out a damaged session would hide the damage."""
-        validate = self._documents.validate_reads
-        async for key, value in self._raw.scan(SESSION_PREFIX):
-            document = decode_document(value, key=key)
-            if validate:
-                validate_document(document, key=key)
-            try:
-                if document["status"] == DELETING or (
-                        status is not None and document["status"] != status):
-                    continue
-                updated = parse_timestamp(document["updated_at"], key=key, path="updated_at")
-            except (KeyError, TypeError):
-                validate_document(document, key=key)  # raises, naming the field
-                raise
-            yield updated, key, document
-
-    async def iter_sessions(self, status: str | None = None) -> AsyncIterator[ChatSession]:
-        """Every session head (no messages), in key order, streamed: for maintenance jobs."""
-        async for key, document in self._documents.scan_documents(SESSION_PREFIX):
-            if document["status"] != DELETING and (status is None
-                                                   or document["status"] == status):
-                yield self._listed(document, key)
 
     async def delete_session(self, session_id: str) -> bool:
         """Remove the session and all its messages; True if anything was there. The head is
@@ -412,11 +406,37 @@ class SessionStorage:
                 batch = []
         if batch:
             deleted += await self._raw.delete_many(batch)
+        last_mark = marked
         while marked is not None and not await self._raw.compare_and_set(head_key, marked,
                                                                         None):
             head = await self._read_head(session_id)  # another deleter's mark, or gone
             marked = head[0] if head is not None and head[1]["status"] == DELETING else None
+            last_mark = marked or last_mark
+        if last_mark is not None:
+            await self._remove_entries(session_id, self._documents.decode(head_key, last_mark))
         return existed or deleted > 0
+
+    async def _remove_entries(self, session_id: str, mark: dict[str, Any]) -> None:
+        """Remove the entries a deleted head had (its status before the mark is not kept, so
+        those of every status), then settle them (``kvsessions.sessions.index``)."""
+        updated = parse_timestamp(mark["updated_at"], path="updated_at")
+        entries = sorted({entry for status in SESSION_STATUSES
+                          for entry in session_index_keys(session_id, status, updated)})
+        await self._raw.delete_many(entries)
+        await self._index.settle(session_id, entries)
+
+    def _read_head_document(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored head, decoded and checked once (``ValidationError`` naming what is wrong:
+        a listing that silently left out a damaged session would hide the damage)."""
+        document = decode_document(value, key=key)
+        if self._documents.validate_reads:
+            validate_document(document, key=key)
+        try:
+            document["status"], document["updated_at"], document["session_id"]
+        except (KeyError, TypeError):
+            validate_document(document, key=key)  # raises, naming the field
+            raise
+        return document
 
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
@@ -425,65 +445,6 @@ class SessionStorage:
         if saved.base is None or self._unsaved(session, saved):
             return True
         return head_fields(session_to_document(session)) != saved.base
-
-    # ------------------------------------------------------------------ files
-
-    async def save_file_record(self, file_record: UploadedFileRecord) -> bool:
-        key = file_key(file_record.file_id)
-        await self._documents.put_document(key, file_to_document(file_record))
-        return True
-
-    async def load_file_record(self, file_id: str) -> UploadedFileRecord | None:
-        key = file_key(file_id)
-        document = await self._documents.get_document(key)
-        return None if document is None else document_to_file(document, key=key)
-
-    async def list_file_records(self, limit: int = 100) -> list[UploadedFileRecord]:
-        """Up to ``limit`` records, newest id first (ids from ``UploadedFileRecord.create`` are
-        time-ordered): one short reverse scan."""
-        _check_limit(limit, "limit")
-        return [document_to_file(document, key=key) async for key, document in
-                self._documents.scan_documents(FILE_PREFIX, limit=limit, reverse=True)]
-
-    async def delete_expired_files(self) -> int:
-        """Delete the file records whose ``expires_at`` has passed; how many were deleted."""
-        now = utc_now()
-        expired: list[str] = []
-        async for key, document in self._documents.scan_documents(FILE_PREFIX):
-            if parse_timestamp(document["expires_at"], key=key, path="expires_at") <= now:
-                expired.append(key)
-        deleted = 0
-        for start in range(0, len(expired), _DELETE_BATCH):
-            deleted += await self._raw.delete_many(expired[start:start + _DELETE_BATCH])
-        return deleted
-
-    # ------------------------------------------------------------------ statistics
-
-    async def statistics(self) -> dict[str, Any]:
-        """Counts from the heads and file records (message counts are the heads' counts)."""
-        by_status = dict.fromkeys(SESSION_STATUSES, 0)
-        messages = 0
-        async for _key, document in self._documents.scan_documents(SESSION_PREFIX):
-            if document["status"] == DELETING:
-                continue
-            by_status[document["status"]] = by_status.get(document["status"], 0) + 1
-            messages += document["message_count"]
-        files = expired_files = 0
-        now = utc_now()
-        async for key, document in self._documents.scan_documents(FILE_PREFIX):
-            files += 1
-            if parse_timestamp(document["expires_at"], key=key, path="expires_at") <= now:
-                expired_files += 1
-        return {
-            "total_sessions": sum(by_status.values()),
-            "sessions_by_status": by_status,
-            "active_sessions": by_status["active"],
-            "archived_sessions": by_status["archived"],
-            "expired_sessions": by_status["expired"],
-            "total_messages": messages,
-            "total_files": files,
-            "expired_files": expired_files,
-        }
 
     # ------------------------------------------------------------------ internals
 
@@ -563,78 +524,3 @@ class SessionStorage:
     def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
         saved.prefix = len(session.messages)
         saved.last_id = session.messages[-1].message_id if session.messages else None
-
-
-def _check_limit(limit: object, name: str) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidValueError(f"{name} must be a whole number >= 0, not {limit!r}")
-
-
-# ---------------------------------------------------------------------- conveniences
-
-def _with_query(url: str, **params: str | int | None) -> str:
-    """``url`` with the given query parameters set (None leaves a parameter alone)."""
-    base, _, query = url.partition("?")
-    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-             if k not in params or params[k] is None]
-    pairs += [(k, str(v)) for k, v in params.items() if v is not None]
-    return f"{base}?{urlencode(pairs)}" if pairs else base
-
-
-def _path_url(scheme: str, path: str | os.PathLike[str]) -> str:
-    """The URL of a file or folder, absolute: ``sqlite:////abs/x.db`` (after ``sqlite:///``
-    comes the path, as SQLAlchemy reads it) and ``file:///abs/folder``."""
-    absolute = str(Path(path).expanduser().absolute())
-    return f"{scheme}://{'/' if scheme == 'sqlite' else ''}{quote(absolute)}"
-
-
-class SQLiteSessionStorage(SessionStorage):
-    """Sessions in one SQLite file (created when missing); ``":memory:"`` for a private one."""
-
-    def __init__(self, path: str | os.PathLike[str] = "sessions.db", *,
-                 namespace: str | None = None) -> None:
-        url = "sqlite:///:memory:" if str(path) == ":memory:" else _path_url("sqlite", path)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
-
-
-class FileSessionStorage(SessionStorage):
-    """Sessions as files in a folder (one file per document), no database needed."""
-
-    def __init__(self, directory: str | os.PathLike[str], *,
-                 namespace: str | None = None) -> None:
-        url = _path_url("file", directory)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
-
-
-class MemorySessionStorage(SessionStorage):
-    """Sessions in this process only (tests, demos): nothing survives ``close()``."""
-
-    def __init__(self, *, namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query("memory://", namespace=namespace)))
-
-
-class PostgreSQLSessionStorage(SessionStorage):
-    """Sessions in a PostgreSQL table, through an asyncpg pool of the given sizes."""
-
-    def __init__(self, dsn: str, min_pool_size: int = 5, max_pool_size: int = 20, *,
-                 namespace: str | None = None) -> None:
-        url = _with_query(dsn, min_pool_size=min_pool_size, max_pool_size=max_pool_size,
-                          namespace=namespace)
-        super().__init__(open_store(url))
-
-
-class MongoDBSessionStorage(SessionStorage):
-    """Sessions in a MongoDB collection of ``database_name`` (or the URI's database)."""
-
-    def __init__(self, uri: str, database_name: str | None = None, *,
-                 namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query(uri, database=database_name,
-                                                namespace=namespace)))
-
-
-class RedisSessionStorage(SessionStorage):
-    """Sessions in Redis (or Redis Cluster with ``redis+cluster://``)."""
-
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
-                 namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query(url, namespace=namespace)))

@@ -9,8 +9,8 @@ the raw scan of the same keys, and listing sessions.
   driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each
   value into a list (target 1.3).
   MongoDB's raw side is ``find`` returning BSON-decoded dicts (its driver's decode).
-* list: ``list_sessions(limit=100)`` over 10,000 session heads beside the raw scan of those
-  heads with orjson decoding (there is no index: both read every head).
+* list: ``list_sessions(limit=100)`` over 10,000 session heads (read through the index: about
+  100 entries and heads) beside the raw scan of every head with orjson decoding.
 
 Servers: bash scripts/services.sh (PostgreSQL, Redis); MongoDB runs on a SecantusDB started
 here unless KVSESSIONS_BENCH_MONGODB_URL is set. ``--only sqlite`` etc. picks backends.
@@ -36,6 +36,7 @@ from kvsessions.documents.codec import session_to_document
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.values import prefix_upper_bound
+from kvsessions.sessions.index import head_entries
 from kvsessions.sessions.storage import SessionStorage
 
 APPEND_TARGET, LOAD_TARGET = 1.5, 1.3
@@ -240,8 +241,12 @@ async def stored_heads(storage: SessionStorage, count: int) -> None:
     for i in range(count):
         session = ChatSession.create("bench-model", metadata={"i": i})
         session.updated_at = base + timedelta(seconds=(i * 7919) % count)
-        batch.append((f"session:{session.session_id}", session_to_document(session)))
-        if len(batch) == 1000:
+        document = session_to_document(session)
+        batch.append((f"session:{session.session_id}", document))
+        # Its index entries, as the session layer writes them (kvsessions.sessions.index).
+        batch += [(entry, {"kind": "index", "v": 1})
+                  for entry in head_entries(orjson.loads(orjson.dumps(document)))]
+        if len(batch) >= 1000:
             await storage._documents.put_documents(batch)
             batch = []
     if batch:
