@@ -145,7 +145,7 @@ async def list_command(args: argparse.Namespace) -> int:
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
     if total is not None and total > len(sessions):
         print(f"\n{len(sessions):,} of {plural(total, what)} in {shown} (the most recently "
-              "updated first)")
+              "updated; --limit shows more)")
     else:
         print(f"\n{plural(len(sessions), what)} in {shown}")
     if cursor is not None:
