@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "check_value",
     "prefix_upper_bound",
     "reserved_keys_allowed",
+    "same_json",
 ]
 
 MAX_KEY_BYTES = 512
@@ -212,3 +214,17 @@ def prefix_upper_bound(prefix: str) -> str | None:
             chars.append(chr(nxt))
             return "".join(chars)
     return None
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """The contract's equality of decoded values: strict about types (1 is not 1.0 nor True,
+    -0.0 is not 0.0); object key order is free, as JSONB and BSON may reorder keys."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is float:
+        return bool(a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
+    return bool(a == b)

@@ -3,13 +3,12 @@ merge-join), so neither store is ever held in memory."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import orjson
 
-from kvsessions.kv.values import check_prefix
+from kvsessions.kv.values import check_prefix, same_json
 from kvsessions.migration.batches import (
     SAMPLE_LIMIT,
     ItemCursor,
@@ -23,18 +22,8 @@ from kvsessions.migration.document_checks import DocumentCheck
 __all__ = ["same_document", "verify_migration"]
 
 
-def same_document(a: Any, b: Any) -> bool:
-    """JSON equality, strict about types (1 is not 1.0 nor True, -0.0 is not 0.0); object key
-    order is free, as JSONB and BSON may reorder keys."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(same_document(a[k], b[k]) for k in a)
-    if type(a) is list:
-        return len(a) == len(b) and all(same_document(x, y) for x, y in zip(a, b, strict=True))
-    if type(a) is float:
-        return bool(a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
-    return bool(a == b)
+#: Two documents are the same when they decode to equal JSON values (``kv.values.same_json``).
+same_document = same_json
 
 
 async def verify_migration(

@@ -20,6 +20,7 @@ from kvsessions.errors import (
     StoreError,
 )
 from kvsessions.kv.base import MAX_TTL, KVStore
+from kvsessions.kv.values import same_json
 
 __all__ = ["HARD_VALUES", "KVStoreContract", "StoreFactory", "same_json", "utf8_sorted"]
 
@@ -41,19 +42,6 @@ class StoreFactory:
         namespace = namespace or self.namespace
         self.used_namespaces.add(namespace)
         return self.make(namespace)
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """JSON equality that also tells 1 from 1.0 and -0.0 from 0.0; object key order is free."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float):
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-    return bool(a == b)
 
 
 def utf8_sorted(keys: Any, reverse: bool = False) -> list[str]:
