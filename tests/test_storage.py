@@ -54,6 +54,13 @@ class RecordingStore(StoreWrapper):
         self.writes.append(("compare_and_set", key))
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        # From no value it creates the key, as put_if_absent does.
+        self.writes.append(("put_if_absent" if expected is None else "compare_and_set", key))
+        self.writes.extend(("put", other) for other, _ in put)
+        return await self.inner._compare_and_set_with(key, expected, new, put, delete)
+
 
 def document_writes(recording: RecordingStore) -> list[tuple[str, str]]:
     """The writes of documents, without those of index entries (tests/test_listing.py)."""

@@ -237,15 +237,7 @@ class KVStore(ABC):
         ``new`` (None: delete the key) with ``ttl`` and return True; else change nothing and
         return False. ``expected`` is a value read from this store."""
         check_key(key)
-        if expected is not None:
-            if not isinstance(expected, bytes | bytearray | memoryview):
-                raise InvalidValueError(
-                    f"expected must be bytes read from the store or None, not "
-                    f"{type(expected).__name__}", key=key)
-            expected = bytes(expected)
-        if new is not None:
-            check_value(new, key=key)
-            new = bytes(new)
+        expected, new = _check_swap(key, expected, new)
         ttl = _check_ttl(ttl)
         if new is None and ttl is not None:
             raise InvalidValueError("a ttl needs a value: compare_and_set with new=None "
@@ -255,6 +247,47 @@ class KVStore(ABC):
             return await self._compare_and_set(key, expected, new, ttl)
         except Exception as exc:
             error = self._map_error(exc, "compare_and_set")
+        raise error
+
+    @property
+    def atomic_compare_and_set_with(self) -> bool:
+        """Whether ``compare_and_set_with`` is one atomic transaction on this store."""
+        return self._atomic_compare_and_set_with
+
+    #: Adapters whose ``_compare_and_set_with`` is one transaction set this to True.
+    _atomic_compare_and_set_with: bool = False
+
+    async def compare_and_set_with(
+        self, key: str, expected: bytes | None, new: bytes | None, *,
+        put: Iterable[tuple[str, bytes]] = (), delete: Iterable[str] = (),
+    ) -> bool:
+        """``compare_and_set(key, expected, new)`` together with writes of other keys: the
+        items of ``put`` stored, the keys of ``delete`` removed (no ttl; ``key``, ``put`` and
+        ``delete`` name distinct keys). Where ``atomic_compare_and_set_with`` is True it is
+        one transaction: everything or, when the value is not ``expected``, nothing. Else
+        (the default) the writes come in the order an index needs without transactions:
+        ``put`` first, stored whatever the outcome, then the compare-and-set, then, only if
+        it succeeded, ``delete``. Either way: one call, however the store does it."""
+        check_key(key)
+        expected, new = _check_swap(key, expected, new)
+        items: dict[str, bytes] = {}
+        for item in _iterable(put, "put"):
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidValueError(f"put takes (key, value) pairs, not {item!r:.60}")
+            other, value = item
+            check_key(other)
+            check_value(value, key=other)
+            items[other] = bytes(value)
+        removed = list(dict.fromkeys(check_key(other) for other in _iterable(delete, "delete")))
+        if key in items or key in removed or not items.keys().isdisjoint(removed):
+            raise InvalidValueError("compare_and_set_with needs distinct keys: the key, the "
+                                    "keys put and the keys deleted may not overlap", key=key)
+        await self._ready()
+        try:
+            return await self._compare_and_set_with(key, expected, new, list(items.items()),
+                                                    removed)
+        except Exception as exc:
+            error = self._map_error(exc, "compare_and_set_with")
         raise error
 
     # ------------------------------------------------------------------ batches
@@ -419,6 +452,18 @@ class KVStore(ABC):
         """Up to ``limit`` live items in ``key_range`` in order, and the last key examined
         (None when the range holds nothing more, so the scan stops)."""
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, put: list[tuple[str, bytes]],
+                                    delete: list[str]) -> bool:
+        """Not atomic (see ``compare_and_set_with``); adapters with transactions override
+        this and set ``_atomic_compare_and_set_with``."""
+        if put:
+            await self._put_many(put, None)
+        swapped = await self._compare_and_set(key, expected, new, None)
+        if swapped and delete:
+            await self._delete_many(delete)
+        return swapped
+
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return [await self._get(key) for key in keys]
 
@@ -506,6 +551,17 @@ def _scan_range(prefix: str, start_after: str | None, reverse: bool) -> KeyRange
     if start_after < prefix:
         return KeyRange(prefix, True, upper)
     return KeyRange(start_after, False, upper)
+
+
+def _check_swap(key: str, expected: object, new: object) -> tuple[bytes | None, bytes | None]:
+    """The ``expected`` and ``new`` of a compare-and-set, checked, as bytes."""
+    if expected is not None and not isinstance(expected, bytes | bytearray | memoryview):
+        raise InvalidValueError(f"expected must be bytes read from the store or None, not "
+                                f"{type(expected).__name__}", key=key)
+    if new is not None:
+        check_value(new, key=key)
+        assert isinstance(new, bytes | bytearray | memoryview)
+    return (None if expected is None else bytes(expected), None if new is None else bytes(new))
 
 
 def _iterable(value: object, what: str) -> Iterable[object]:

@@ -93,6 +93,20 @@ class MemoryStore(KVStore):
             self._remove(key)
         return True
 
+    _atomic_compare_and_set_with = True
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, put: list[tuple[str, bytes]],
+                                    delete: list[str]) -> bool:
+        # Nothing here waits for anything: atomic on the event loop.
+        if not await self._compare_and_set(key, expected, new, None):
+            return False
+        for other, value in put:
+            await self._put(other, value, None)
+        for other in delete:
+            await self._delete(other)
+        return True
+
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:

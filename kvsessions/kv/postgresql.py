@@ -411,6 +411,61 @@ class PostgreSQLStore(KVStore):
                                     new_document, new_raw, ttl)
         return found is True
 
+    _atomic_compare_and_set_with = True
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, put: list[tuple[str, bytes]],
+                                    delete: list[str]) -> bool:
+        """One statement, so one round trip and one transaction: the compare-and-set as a
+        data-modifying CTE, and the other writes conditional on its row."""
+        args: list[Any] = [key]
+        if expected is not None:
+            args += _split(expected)
+        if new is not None:
+            args += _split(new)
+        args += [*_columns(put), delete]
+        sql = self._cas_with_sql[expected is None, new is None]
+        return await self._run("fetchval", sql, *args) is True
+
+    @functools.cached_property
+    def _cas_with_sql(self) -> dict[tuple[bool, bool], str]:
+        """The statements of ``compare_and_set_with`` by (expected is None, new is None)."""
+        table = _quote_identifier(self.namespace)
+        live = "(expires_at IS NULL OR expires_at > now())"
+        upsert = ("ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw, "
+                  "expires_at = EXCLUDED.expires_at")
+
+        def document(n: int, array: str = "") -> str:
+            if self._caller_pool is None:
+                return f"${n}::jsonb{array}"
+            return f"convert_from(${n}::bytea, 'UTF8')::jsonb" if not array else f"${n}::bytea[]"
+
+        matches = (f"key = $1 AND {live} AND value = {document(2)} "
+                   "AND (raw IS NULL OR raw = $3::bytea)")
+        swaps = {
+            (False, False): (f"UPDATE {table} SET value = {document(4)}, raw = $5::bytea, "
+                             f"expires_at = NULL WHERE {matches} RETURNING true", 6),
+            (False, True): (f"DELETE FROM {table} WHERE {matches} RETURNING true", 4),
+            (True, False): (f"INSERT INTO {table} AS t (key, value, raw, expires_at) VALUES "
+                            f"($1, {document(2)}, $3::bytea, NULL) {upsert} "
+                            "WHERE t.expires_at <= now() RETURNING true", 4),
+            (True, True): (f"SELECT true WHERE NOT EXISTS (SELECT 1 FROM {table} "
+                           f"WHERE key = $1 AND {live})", 2),
+        }
+        statements = {}
+        for variant, (swap, n) in swaps.items():
+            values = document(n + 1, "[]")
+            values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
+            statements[variant] = (
+                f"WITH swap AS ({swap}), "
+                f"put AS (INSERT INTO {table} (key, value, raw, expires_at) "
+                f"SELECT k, {values_out}, r, NULL FROM unnest(${n}::text[], {values}, "
+                f"${n + 2}::bytea[]) AS u(k, v, r) WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
+                f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 3}::text[]) "
+                "AND EXISTS (SELECT 1 FROM swap)) "
+                "SELECT EXISTS (SELECT 1 FROM swap)")
+        return statements
+
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         size = self.scan_batch_size
         chunks = [_columns(items[start:start + size]) for start in range(0, len(items), size)]

@@ -15,8 +15,8 @@ try:
 except ImportError:  # pragma: no cover - the store refuses to start without redis
     NoScriptError = None  # type: ignore[assignment,misc]
 
-__all__ = ["CLEAN", "COMPARE_AND_SET", "DELETE", "PUT", "PUT_MANY", "WRITE", "WRITE_MANY_TTL",
-           "Script"]
+__all__ = ["CLEAN", "COMPARE_AND_SET", "COMPARE_AND_SET_WITH", "DELETE", "PUT", "PUT_MANY",
+           "WRITE", "WRITE_MANY_TTL", "Script"]
 
 #: Index members past their expiry that one ttl write removes (keeps the index bounded).
 _SWEEP_PER_WRITE = 16
@@ -153,6 +153,39 @@ if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
 return 1
 """
 
+# compare_and_set_with, no ttl. KEYS: value key, index, expiry set, the value keys of the items
+# put, then those of the keys deleted. ARGV: expected ('' = absent), new ('' = delete), member,
+# how many items are put, their members, their values, then the members deleted. One script
+# on one slot: the other writes happen exactly when the compare matched.
+_COMPARE_AND_SET_WITH_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if current ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+local function remove(key, member)
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZREM', KEYS[3], member)
+end
+if ARGV[2] == '' then
+  if current then remove(KEYS[1], ARGV[3]) end
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+end
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('SET', KEYS[3 + i], ARGV[4 + n + i])
+  redis.call('ZADD', KEYS[2], 0, ARGV[4 + i])
+end
+for i = 4 + n, #KEYS do
+  remove(KEYS[i], ARGV[i + n + 1])
+end
+return 1
+"""
+
 
 class Script:
     """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
@@ -175,3 +208,4 @@ PUT_MANY = Script(_PUT_MANY_LUA)
 DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
 COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)
+COMPARE_AND_SET_WITH = Script(_COMPARE_AND_SET_WITH_LUA)

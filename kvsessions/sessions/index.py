@@ -21,6 +21,15 @@ A reader removes an entry only when no writer can still be on its way to making 
 without rule 4: the head is gone or ``deleting``, or it is later than the entry (or equally
 late with another status). An entry later than its head (a writer on its way, or one that
 crashed between entry and head) is skipped and left alone.
+
+A writer does all of rule 1 in one call, ``compare_and_set_with`` (new entries, head, old
+entries). Where the store makes that one transaction (SQLite, PostgreSQL, Redis, memory:
+``atomic_compare_and_set_with``), the entries change exactly when the head does: no entry a
+writer wrote waits for its head change, and none it deletes can be one another writer has
+just written for a head change still to come (that writer's compare-and-set then fails, and it
+writes its entries again from the new head). So rules 3 and 4 hold for such writers without
+the read again, and an append costs what it cost before the index: one call per head change.
+Readers still follow rule 3 everywhere.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from kvsessions.documents.keys import (
 from kvsessions.documents.models import SESSION_STATUSES
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KVStore
-from kvsessions.sessions.heads import DELETING
+from kvsessions.sessions.heads import DELETING, Head
 
 __all__ = [
     "ENTRY",
@@ -105,20 +114,27 @@ class SessionIndex:
         self._raw = raw
         self._decode = decode
 
-    async def before_change(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        """Rule 1: write the entries ``new`` has and ``old`` has not."""
-        missing = head_entries(new) - head_entries(old)
-        if missing:
-            await self._raw.put_many([(key, ENTRY) for key in sorted(missing)])
-
-    async def after_change(self, session_id: str, old: dict[str, Any] | None,
-                           new: dict[str, Any] | None) -> None:
-        """Rules 1, 3 and 4 after the head went from ``old`` to ``new`` (None: removed)."""
+    async def change(self, session_id: str, head: Head | None, new: dict[str, Any],
+                     encoded: bytes) -> bool:
+        """Compare-and-set the head of ``session_id`` from ``head`` (as read; None: absent)
+        to ``new`` (``encoded``), with its entries by the rules; False when the head was not
+        the one read (nothing of the head changed; see ``compare_and_set_with``)."""
+        stored, old = (None, None) if head is None else head
         before, after = head_entries(old), head_entries(new)
+        swapped = await self._raw.compare_and_set_with(
+            session_key(session_id), stored, encoded,
+            put=[(entry, ENTRY) for entry in sorted(after - before)],
+            delete=sorted(before - after))
+        if swapped and not self._raw.atomic_compare_and_set_with:
+            await self._settle_change(session_id, old, new, before, after)
+        return swapped
+
+    async def _settle_change(self, session_id: str, old: dict[str, Any] | None,
+                             new: dict[str, Any], before: frozenset[str],
+                             after: frozenset[str]) -> None:
+        """Rules 3 and 4 after a change that was not one transaction."""
         gone = before - after
-        if gone:
-            await self._raw.delete_many(sorted(gone))
-        risky = new is not None and after != before and (
+        risky = after != before and (
             old is None or old["status"] == DELETING
             or _time_text(new["updated_at"]) <= _time_text(old["updated_at"]))
         if gone or risky:

@@ -214,21 +214,13 @@ class SessionStorage(SessionListing, FileRecords):
                 return False
             if head is None:
                 document = {**mine, "message_count": len(created)}
-                encoded = self._documents.encode(head_key, document)
-                await self._index.before_change(None, document)
-                if await self._raw.put_if_absent(head_key, encoded):
-                    await self._index.after_change(session.session_id, None, document)
-                    break
             else:
-                stored, current = head
-                document = merged_head(current, mine, saved.base, len(created))
-                if document == current:
+                document = merged_head(head[1], mine, saved.base, len(created))
+                if document == head[1]:
                     break
-                encoded = self._documents.encode(head_key, document)
-                await self._index.before_change(current, document)
-                if await self._raw.compare_and_set(head_key, stored, encoded):
-                    await self._index.after_change(session.session_id, current, document)
-                    break
+            encoded = self._documents.encode(head_key, document)
+            if await self._index.change(session.session_id, head, document, encoded):
+                break
             head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
         self._mark_prefix(session, saved)
@@ -284,7 +276,7 @@ class SessionStorage(SessionListing, FileRecords):
                     await self._raw.delete(key)
                 raise SessionNotFoundError(
                     f"session {session_id!r} was deleted while a message was appended")
-            stored, current = head
+            current = head[1]
             document = dict(current)
             document["message_count"] = current["message_count"] + created
             updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
@@ -293,9 +285,7 @@ class SessionStorage(SessionListing, FileRecords):
             if document == current:
                 return
             encoded = self._documents.encode(head_key, document)
-            await self._index.before_change(current, document)
-            if await self._raw.compare_and_set(head_key, stored, encoded):
-                await self._index.after_change(session_id, current, document)
+            if await self._index.change(session_id, head, document, encoded):
                 return
             head = await self._read_head(session_id)
 

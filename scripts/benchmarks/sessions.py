@@ -161,11 +161,12 @@ async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, Ra
 
 
 async def _drop_redis(store: Any) -> None:
+    """Remove the namespace, a page of members at a time (a million at once times out)."""
     client = store._client
-    members = await client.zrange(store._index_key, 0, -1)
-    for start in range(0, len(members), 1000):
-        await client.delete(*[store._value_prefix + m for m in members[start:start + 1000]])
-    await client.delete(store._index_key)
+    while members := await client.zrange(store._index_key, 0, 4999):
+        await client.unlink(*[store._value_prefix + m for m in members])
+        await client.zrem(store._index_key, *members)
+    await client.delete(store._index_key, store._expiry_key)
 
 
 # ---------------------------------------------------------------------- the rows
