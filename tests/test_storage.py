@@ -55,11 +55,14 @@ class RecordingStore(StoreWrapper):
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    create: list[tuple[str, bytes]],
                                     put: list[tuple[str, bytes]], delete: list[str]) -> bool:
-        # From no value it creates the key, as put_if_absent does.
+        # The keys it creates, then the head (from no value it creates it, as put_if_absent
+        # does), as an append wrote them one by one before (one transaction where atomic).
+        self.writes.extend(("put_if_absent", other) for other, _ in create)
         self.writes.append(("put_if_absent" if expected is None else "compare_and_set", key))
         self.writes.extend(("put", other) for other, _ in put)
-        return await self.inner._compare_and_set_with(key, expected, new, put, delete)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
 
 
 def document_writes(recording: RecordingStore) -> list[tuple[str, str]]:

@@ -259,33 +259,29 @@ class KVStore(ABC):
 
     async def compare_and_set_with(
         self, key: str, expected: bytes | None, new: bytes | None, *,
-        put: Iterable[tuple[str, bytes]] = (), delete: Iterable[str] = (),
+        create: Iterable[tuple[str, bytes]] = (), put: Iterable[tuple[str, bytes]] = (),
+        delete: Iterable[str] = (),
     ) -> bool:
-        """``compare_and_set(key, expected, new)`` together with writes of other keys: the
-        items of ``put`` stored, the keys of ``delete`` removed (no ttl; ``key``, ``put`` and
-        ``delete`` name distinct keys). Where ``atomic_compare_and_set_with`` is True it is
-        one transaction: everything or, when the value is not ``expected``, nothing. Else
-        (the default) the writes come in the order an index needs without transactions:
-        ``put`` first, stored whatever the outcome, then the compare-and-set, then, only if
-        it succeeded, ``delete``. Either way: one call, however the store does it."""
+        """``compare_and_set(key, expected, new)`` together with writes of other keys (no
+        ttl; every key named once): the items of ``create``, which must all be absent (else
+        the call is a failed compare), the items of ``put``, and the removal of ``delete``.
+        Where ``atomic_compare_and_set_with`` is True it is one transaction: everything, or
+        nothing and False. Elsewhere (the default) the writes come in the order an index
+        needs without transactions: ``create`` (undone on failure), ``put`` (stored whatever
+        the outcome), the compare-and-set, then, only if it succeeded, ``delete``."""
         check_key(key)
         expected, new = _check_swap(key, expected, new)
-        items: dict[str, bytes] = {}
-        for item in _iterable(put, "put"):
-            if not isinstance(item, tuple) or len(item) != 2:
-                raise InvalidValueError(f"put takes (key, value) pairs, not {item!r:.60}")
-            other, value = item
-            check_key(other)
-            check_value(value, key=other)
-            items[other] = bytes(value)
+        made = _checked_items(create, "create")
+        items = _checked_items(put, "put")
         removed = list(dict.fromkeys(check_key(other) for other in _iterable(delete, "delete")))
-        if key in items or key in removed or not items.keys().isdisjoint(removed):
-            raise InvalidValueError("compare_and_set_with needs distinct keys: the key, the "
-                                    "keys put and the keys deleted may not overlap", key=key)
+        named = [key, *made, *items, *removed]
+        if len(set(named)) != len(named):
+            raise InvalidValueError("compare_and_set_with names each key once: the key, the "
+                                    "keys created, put and deleted may not overlap", key=key)
         await self._ready()
         try:
-            return await self._compare_and_set_with(key, expected, new, list(items.items()),
-                                                    removed)
+            return await self._compare_and_set_with(
+                key, expected, new, list(made.items()), list(items.items()), removed)
         except Exception as exc:
             error = self._map_error(exc, "compare_and_set_with")
         raise error
@@ -453,13 +449,23 @@ class KVStore(ABC):
         (None when the range holds nothing more, so the scan stops)."""
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         """Not atomic (see ``compare_and_set_with``); adapters with transactions override
         this and set ``_atomic_compare_and_set_with``."""
-        if put:
-            await self._put_many(put, None)
-        swapped = await self._compare_and_set(key, expected, new, None)
+        made: list[str] = []
+        swapped = False
+        try:
+            for other, value in create:
+                if not await self._put_if_absent(other, value, None):
+                    return False
+                made.append(other)
+            if put:
+                await self._put_many(put, None)
+            swapped = await self._compare_and_set(key, expected, new, None)
+        finally:
+            if made and not swapped:
+                await self._delete_many(made)
         if swapped and delete:
             await self._delete_many(delete)
         return swapped
@@ -562,6 +568,20 @@ def _check_swap(key: str, expected: object, new: object) -> tuple[bytes | None, 
         check_value(new, key=key)
         assert isinstance(new, bytes | bytearray | memoryview)
     return (None if expected is None else bytes(expected), None if new is None else bytes(new))
+
+
+def _checked_items(items: object, what: str) -> dict[str, bytes]:
+    checked: dict[str, bytes] = {}
+    for item in _iterable(items, what):
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidValueError(f"{what} takes (key, value) pairs, not {item!r:.60}")
+        key, value = item
+        check_key(key)
+        check_value(value, key=key)
+        if key in checked:
+            raise InvalidValueError(f"{what} names the key twice", key=key)
+        checked[key] = bytes(value)
+    return checked
 
 
 def _iterable(value: object, what: str) -> Iterable[object]:

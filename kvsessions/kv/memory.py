@@ -96,12 +96,15 @@ class MemoryStore(KVStore):
     _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         # Nothing here waits for anything: atomic on the event loop.
+        now = time.time()
+        if any(self._live(other, now) is not None for other, _ in create):
+            return False
         if not await self._compare_and_set(key, expected, new, None):
             return False
-        for other, value in put:
+        for other, value in (*create, *put):
             await self._put(other, value, None)
         for other in delete:
             await self._delete(other)

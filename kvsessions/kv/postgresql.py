@@ -414,8 +414,8 @@ class PostgreSQLStore(KVStore):
     _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         """One statement, so one round trip and one transaction: the compare-and-set as a
         data-modifying CTE, and the other writes conditional on its row."""
         args: list[Any] = [key]
@@ -423,13 +423,19 @@ class PostgreSQLStore(KVStore):
             args += _split(expected)
         if new is not None:
             args += _split(new)
-        args += [*_columns(put), delete]
+        args += [*_columns(create), *_columns(put), delete]
         sql = self._cas_with_sql[expected is None, new is None]
-        return await self._run("fetchval", sql, *args) is True
+        try:
+            return await self._run("fetchval", sql, *args) is True
+        except asyncpg.DivisionByZeroError:
+            return False  # a key to create was taken meanwhile: the statement undid it all
 
     @functools.cached_property
     def _cas_with_sql(self) -> dict[tuple[bool, bool], str]:
-        """The statements of ``compare_and_set_with`` by (expected is None, new is None)."""
+        """The statements of ``compare_and_set_with`` by (expected is None, new is None).
+        The swap also needs every key to create absent; should one be created by someone
+        else between that check and the insert (no lock covers an absent row), the final
+        SELECT divides by zero, which rolls the whole statement back."""
         table = _quote_identifier(self.namespace)
         live = "(expires_at IS NULL OR expires_at > now())"
         upsert = ("ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw, "
@@ -440,30 +446,40 @@ class PostgreSQLStore(KVStore):
                 return f"${n}::jsonb{array}"
             return f"convert_from(${n}::bytea, 'UTF8')::jsonb" if not array else f"${n}::bytea[]"
 
+        values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
+
+        def rows(n: int) -> str:
+            return (f"SELECT k, {values_out}, r, NULL::timestamptz FROM unnest(${n}::text[], "
+                    f"{document(n + 1, '[]')}, ${n + 2}::bytea[]) AS u(k, v, r)")
+
         matches = (f"key = $1 AND {live} AND value = {document(2)} "
                    "AND (raw IS NULL OR raw = $3::bytea)")
         swaps = {
             (False, False): (f"UPDATE {table} SET value = {document(4)}, raw = $5::bytea, "
-                             f"expires_at = NULL WHERE {matches} RETURNING true", 6),
-            (False, True): (f"DELETE FROM {table} WHERE {matches} RETURNING true", 4),
-            (True, False): (f"INSERT INTO {table} AS t (key, value, raw, expires_at) VALUES "
-                            f"($1, {document(2)}, $3::bytea, NULL) {upsert} "
+                             f"expires_at = NULL WHERE {matches} AND @free RETURNING true", 6),
+            (False, True): (f"DELETE FROM {table} WHERE {matches} AND @free RETURNING true", 4),
+            (True, False): (f"INSERT INTO {table} AS t (key, value, raw, expires_at) SELECT "
+                            f"$1, {document(2)}, $3::bytea, NULL WHERE @free {upsert} "
                             "WHERE t.expires_at <= now() RETURNING true", 4),
-            (True, True): (f"SELECT true WHERE NOT EXISTS (SELECT 1 FROM {table} "
+            (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
                            f"WHERE key = $1 AND {live})", 2),
         }
         statements = {}
         for variant, (swap, n) in swaps.items():
-            values = document(n + 1, "[]")
-            values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
+            free = (f"NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
+                    f"AND {live})")
             statements[variant] = (
-                f"WITH swap AS ({swap}), "
-                f"put AS (INSERT INTO {table} (key, value, raw, expires_at) "
-                f"SELECT k, {values_out}, r, NULL FROM unnest(${n}::text[], {values}, "
-                f"${n + 2}::bytea[]) AS u(k, v, r) WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
-                f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 3}::text[]) "
+                f"WITH swap AS ({swap.replace('@free', free)}), "
+                f"made AS (INSERT INTO {table} AS t (key, value, raw, expires_at) {rows(n)} "
+                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
+                "RETURNING 1), "
+                f"put AS (INSERT INTO {table} (key, value, raw, expires_at) {rows(n + 3)} "
+                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
+                f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
                 "AND EXISTS (SELECT 1 FROM swap)) "
-                "SELECT EXISTS (SELECT 1 FROM swap)")
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM swap) THEN false "
+                f"WHEN (SELECT count(*) FROM made) = cardinality(${n}::text[]) THEN true "
+                "ELSE 1 / ((SELECT count(*) FROM made) * 0) = 0 END")
         return statements
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:

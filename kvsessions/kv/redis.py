@@ -300,17 +300,18 @@ class RedisStore(KVStore):
     _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         """One script: every key of a namespace is in its hash tag's slot."""
         prefix, member = self._value_prefix, key.encode()
-        put_members = [other.encode() for other, _ in put]
+        written = [*create, *put]
+        members = [other.encode() for other, _ in written]
         deleted = [other.encode() for other in delete]
         keys = [prefix + member, self._index_key, self._expiry_key,
-                *[prefix + other for other in put_members], *[prefix + other for other in deleted]]
+                *[prefix + other for other in members], *[prefix + other for other in deleted]]
         args: list[Any] = [b"" if expected is None else expected, b"" if new is None else new,
-                           member, len(put), *put_members, *[value for _, value in put],
-                           *deleted]
+                           member, len(create), len(put), *members,
+                           *[value for _, value in written], *deleted]
         try:
             swapped = await self._run(scripts.COMPARE_AND_SET_WITH, keys, args)
         except redis_errors.ResponseError as exc:

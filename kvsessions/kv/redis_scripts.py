@@ -154,15 +154,20 @@ return 1
 """
 
 # compare_and_set_with, no ttl. KEYS: value key, index, expiry set, the value keys of the items
-# put, then those of the keys deleted. ARGV: expected ('' = absent), new ('' = delete), member,
-# how many items are put, their members, their values, then the members deleted. One script
-# on one slot: the other writes happen exactly when the compare matched.
+# created then put, then those of the keys deleted. ARGV: expected ('' = absent), new ('' =
+# delete), member, how many items are created, how many put, their members, their values,
+# then the members deleted. One script on one slot: the other writes happen exactly when the
+# compare matched and no key to create was taken.
 _COMPARE_AND_SET_WITH_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current then
   if current ~= ARGV[1] then return 0 end
 elseif ARGV[1] ~= '' then
   return 0
+end
+local created, n = tonumber(ARGV[4]), tonumber(ARGV[4]) + tonumber(ARGV[5])
+for i = 1, created do
+  if redis.call('EXISTS', KEYS[3 + i]) == 1 then return 0 end
 end
 local function remove(key, member)
   redis.call('DEL', key)
@@ -175,13 +180,12 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[2], 0, ARGV[3])
 end
-local n = tonumber(ARGV[4])
 for i = 1, n do
-  redis.call('SET', KEYS[3 + i], ARGV[4 + n + i])
-  redis.call('ZADD', KEYS[2], 0, ARGV[4 + i])
+  redis.call('SET', KEYS[3 + i], ARGV[5 + n + i])
+  redis.call('ZADD', KEYS[2], 0, ARGV[5 + i])
 end
 for i = 4 + n, #KEYS do
-  remove(KEYS[i], ARGV[i + n + 1])
+  remove(KEYS[i], ARGV[i + n + 2])
 end
 return 1
 """

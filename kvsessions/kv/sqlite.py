@@ -343,10 +343,11 @@ class SQLiteStore(KVStore):
 
     async def _swap(self, key: str, expected: bytes | None, new: bytes | None,
                     ttl: float | None,
-                    also: Callable[[sqlite3.Connection], None] | None) -> bool:
+                    also: Callable[[sqlite3.Connection], bool] | None) -> bool:
         """Read, compare and write inside one ``BEGIN IMMEDIATE`` on the worker thread: the
         write lock is held from the read on, so no other connection or process writes
-        between them. ``also`` runs in the same transaction when the value matched."""
+        between them. ``also`` runs in the same transaction when the value matched; when it
+        returns False, everything is rolled back."""
         table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
         upsert = self._sql_put
 
@@ -361,8 +362,9 @@ class SQLiteStore(KVStore):
                     db.execute(upsert, (key, new, deadline))
                 elif swapped and current is not None:
                     db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
-                if swapped and also is not None:
-                    also(db)
+                if swapped and also is not None and not also(db):
+                    db.execute("ROLLBACK")
+                    return False
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -378,19 +380,24 @@ class SQLiteStore(KVStore):
     _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         """The compare-and-set's transaction, with the other writes inside it."""
-        rows = [(other, value, None) for other, value in put]
-        upsert, table = self._sql_put, self._table
+        rows = [(other, value, None) for other, value in (*create, *put)]
+        created = [other for other, _ in create]
+        upsert, table, live, now = self._sql_put, self._table, self._live, time.time()
 
-        def write_others(db: sqlite3.Connection) -> None:
+        def write_others(db: sqlite3.Connection) -> bool:
+            for start in range(0, len(created), _IN_CHUNK):
+                if _select_in(db, table, live, created[start:start + _IN_CHUNK], now):
+                    return False  # a key to create is taken
             if rows:
                 db.executemany(upsert, rows)
             for start in range(0, len(delete), _IN_CHUNK):
                 chunk = delete[start:start + _IN_CHUNK]
                 db.execute(f"DELETE FROM {table} WHERE key IN ({', '.join('?' * len(chunk))})",
                            chunk)
+            return True
 
         return await self._swap(key, expected, new, None, write_others)
 

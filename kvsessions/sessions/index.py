@@ -115,14 +115,15 @@ class SessionIndex:
         self._decode = decode
 
     async def change(self, session_id: str, head: Head | None, new: dict[str, Any],
-                     encoded: bytes) -> bool:
+                     encoded: bytes, create: list[tuple[str, bytes]] | None = None) -> bool:
         """Compare-and-set the head of ``session_id`` from ``head`` (as read; None: absent)
-        to ``new`` (``encoded``), with its entries by the rules; False when the head was not
-        the one read (nothing of the head changed; see ``compare_and_set_with``)."""
+        to ``new`` (``encoded``), with its entries by the rules, and ``create`` those keys
+        (see ``compare_and_set_with``); False when the head was not the one read, or a key
+        to create was taken (the head is then unchanged)."""
         stored, old = (None, None) if head is None else head
         before, after = head_entries(old), head_entries(new)
         swapped = await self._raw.compare_and_set_with(
-            session_key(session_id), stored, encoded,
+            session_key(session_id), stored, encoded, create=create or (),
             put=[(entry, ENTRY) for entry in sorted(after - before)],
             delete=sorted(before - after))
         if swapped and not self._raw.atomic_compare_and_set_with:

@@ -268,11 +268,14 @@ class SessionStorage(SessionListing, FileRecords):
 
     async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
                       head: Head | None) -> None:
-        created = await self._raw.put_if_absent(key, value)
+        # Where the store writes a head and other keys in one transaction, the message is
+        # created in the head change's (one call in all); else first, then counted.
+        together = self._raw.atomic_compare_and_set_with
+        created = together or await self._raw.put_if_absent(key, value)
         head_key = session_key(session_id)
         while True:
             if head is None or head[1]["status"] == DELETING:
-                if created:
+                if created and not together:
                     await self._raw.delete(key)
                 raise SessionNotFoundError(
                     f"session {session_id!r} was deleted while a message was appended")
@@ -285,8 +288,11 @@ class SessionStorage(SessionListing, FileRecords):
             if document == current:
                 return
             encoded = self._documents.encode(head_key, document)
-            if await self._index.change(session_id, head, document, encoded):
+            create = [(key, value)] if together and created else []
+            if await self._index.change(session_id, head, document, encoded, create):
                 return
+            if create and await self._raw.get(key) is not None:
+                created = False  # stored already (a retried append): not counted again
             head = await self._read_head(session_id)
 
     async def _read_head(self, session_id: str) -> Head | None:

@@ -559,17 +559,43 @@ class KVStoreContract:
         assert await store.compare_and_set_with("h", None, None, delete=["after"]) is True
         assert await store.get("after") is None
 
+    async def test_compare_and_set_with_creates_only_absent_keys(self, store: KVStore) -> None:
+        atomic = store.atomic_compare_and_set_with
+        await store.put("taken", dumps({"t": 1}))
+        await store.put("h", dumps({"v": 1}))
+        current = await store.get("h")
+        assert await store.compare_and_set_with(
+            "h", current, dumps({"v": 2}), create=[("free", dumps({"f": 1})),
+                                                   ("taken", dumps({"t": 2}))],
+            delete=["h2"]) is False
+        assert await store.get("h") == current  # nothing happened
+        assert orjson.loads(await store.get("taken") or b"") == {"t": 1}
+        assert await store.get("free") is None
+        assert await store.compare_and_set_with(
+            "h", dumps({"v": 9}), dumps({"v": 2}), create=[("free", dumps({"f": 1}))]) is False
+        assert await store.get("free") is None  # created only with the head change
+        assert await store.compare_and_set_with(
+            "h", current, dumps({"v": 2}), create=[("free", dumps({"f": 1}))],
+            put=[("taken", dumps({"t": 3}))], delete=["other"]) is True
+        assert orjson.loads(await store.get("free") or b"") == {"f": 1}
+        assert orjson.loads(await store.get("taken") or b"") == {"t": 3}
+        assert orjson.loads(await store.get("h") or b"") == {"v": 2}
+        assert atomic in (True, False)
+
     async def test_compare_and_set_with_bad_arguments_change_nothing(
         self, store: KVStore
     ) -> None:
         await store.put("k", dumps({"v": 1}))
         current = await store.get("k")
-        for put, delete in (([("k", dumps({}))], []), ([], ["k"]),
-                            ([("x", dumps({}))], ["x"]), ([("x", b"[1]")], []),
-                            ([("", dumps({}))], []), ([("x", dumps({}), 1)], [])):
+        for create, put, delete in (
+                ([], [("k", dumps({}))], []), ([], [], ["k"]), ([], [("x", dumps({}))], ["x"]),
+                ([("x", dumps({}))], [("x", dumps({}))], []), ([("k", dumps({}))], [], []),
+                ([], [("x", b"[1]")], []), ([("x", b"1")], [], []), ([], [("", dumps({}))], []),
+                ([], [("x", dumps({}), 1)], [])):
             with pytest.raises(KVSessionsError):
-                await store.compare_and_set_with("k", current, dumps({"v": 2}),
-                                                 put=put, delete=delete)  # type: ignore[arg-type]
+                await store.compare_and_set_with(
+                    "k", current, dumps({"v": 2}), create=create, put=put,  # type: ignore[arg-type]
+                    delete=delete)
         assert await store.keys() == ["k"] and await store.get("k") == current
 
     async def test_compare_and_set_with_has_one_winner(self, store_factory: StoreFactory,

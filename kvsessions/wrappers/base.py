@@ -62,9 +62,9 @@ class StoreWrapper(KVStore):
         return self.inner.atomic_compare_and_set_with
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
-        return await self.inner._compare_and_set_with(key, expected, new, put, delete)
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return await self.inner._get_many(keys)

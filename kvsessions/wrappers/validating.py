@@ -75,13 +75,13 @@ class ValidatingStore(StoreWrapper):
         await self.inner._put_many(items, ttl)
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
         if new is not None:
             self._check_bytes(key, new)
-        for other, value in put:
+        for other, value in (*create, *put):
             self._check_bytes(other, value)
-        return await self.inner._compare_and_set_with(key, expected, new, put, delete)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
 
     # reads -------------------------------------------------------------------------------
 

@@ -205,11 +205,15 @@ async def bench_append(ctx: BenchContext, backend: str, storage: SessionStorage)
 
 
 class _NoIndex(SessionIndex):
-    """A head change as an append made it before the index: one compare-and-set."""
+    """An append as it was before the index: ``put_if_absent`` of the message, then one
+    compare-and-set of the head."""
 
     def __init__(self, index: SessionIndex) -> None:
         super().__init__(index._raw, index._decode)
 
-    async def change(self, session_id: str, head: Any, new: Any, encoded: bytes) -> bool:
+    async def change(self, session_id: str, head: Any, new: Any, encoded: bytes,
+                     create: Any = None) -> bool:
+        for key, value in create or ():  # before the index: the message, then the head
+            await self._raw.put_if_absent(key, value)
         return await self._raw.compare_and_set(session_key(session_id),
                                                None if head is None else head[0], encoded)

@@ -423,9 +423,10 @@ class CachedStore(StoreWrapper):
         return False
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
-                                    new: bytes | None, put: list[tuple[str, bytes]],
-                                    delete: list[str]) -> bool:
-        return await KVStore._compare_and_set_with(self, key, expected, new, put, delete)
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        return await KVStore._compare_and_set_with(self, key, expected, new, create, put,
+                                                   delete)
 
     async def _inner_compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                      ttl: float | None) -> bool:
