@@ -66,6 +66,7 @@ __all__ = [
     "file_entry",
     "head_entries",
     "is_removable",
+    "time_text",
 ]
 
 #: The value of every entry: its key says everything.
@@ -98,13 +99,20 @@ def is_removable(entry_time: str, entry_status: str | None,
     current may be removed by a reader (see the module docstring)."""
     if head is None or head["status"] == DELETING:
         return True
-    head_time = _time_text(head["updated_at"])
+    head_time = time_text(head["updated_at"])
     return head_time > entry_time or (
         head_time == entry_time and entry_status is not None and head["status"] != entry_status)
 
 
-def _time_text(text: str) -> str:
-    return index_timestamp(parse_timestamp(text, path="updated_at"))
+def time_text(text: str, key: str | None = None) -> str:
+    """``index_timestamp`` of a stored timestamp, without parsing it when it is already in
+    the form this release writes (``...SS.ffffffZ``, or ``...SSZ`` for whole seconds)."""
+    size = len(text)
+    if size == 27 and text[19] == "." and text[26] == "Z" and text[10] == "T":
+        return text
+    if size == 20 and text[19] == "Z" and text[10] == "T":
+        return text[:19] + ".000000Z"
+    return index_timestamp(parse_timestamp(text, key=key, path="updated_at"))
 
 
 class SessionIndex:
@@ -137,7 +145,7 @@ class SessionIndex:
         gone = before - after
         risky = after != before and (
             old is None or old["status"] == DELETING
-            or _time_text(new["updated_at"]) <= _time_text(old["updated_at"]))
+            or time_text(new["updated_at"]) <= time_text(old["updated_at"]))
         if gone or risky:
             await self.settle(session_id, gone | (after if risky else frozenset()))
 
