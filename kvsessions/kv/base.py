@@ -53,7 +53,7 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
+from kvsessions.kv.values import check_key, check_prefix, check_written, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
 __all__ = ["DEFAULT_NAMESPACE", "MAX_TTL", "KVStore", "KeyRange", "expires_at",
@@ -198,7 +198,7 @@ class KVStore(ABC):
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing what was there, atomically."""
         check_key(key)
-        check_value(value, key=key)
+        check_written(value, key=key)
         ttl = _check_ttl(ttl)
         await self._ready()
         try:
@@ -221,7 +221,7 @@ class KVStore(ABC):
     async def put_if_absent(self, key: str, value: bytes, *, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` has no live value; True if this call stored it."""
         check_key(key)
-        check_value(value, key=key)
+        check_written(value, key=key)
         ttl = _check_ttl(ttl)
         await self._ready()
         try:
@@ -311,7 +311,7 @@ class KVStore(ABC):
                 raise InvalidValueError(f"put_many takes (key, value) pairs, not {item!r:.60}")
             key, value = item
             check_key(key)
-            check_value(value, key=key)
+            check_written(value, key=key)
             batch[key] = bytes(value)
         ttl = _check_ttl(ttl)
         if not batch:
@@ -565,7 +565,7 @@ def _check_swap(key: str, expected: object, new: object) -> tuple[bytes | None, 
         raise InvalidValueError(f"expected must be bytes read from the store or None, not "
                                 f"{type(expected).__name__}", key=key)
     if new is not None:
-        check_value(new, key=key)
+        check_written(new, key=key)
         assert isinstance(new, bytes | bytearray | memoryview)
     return (None if expected is None else bytes(expected), None if new is None else bytes(new))
 
@@ -577,7 +577,7 @@ def _checked_items(items: object, what: str) -> dict[str, bytes]:
             raise InvalidValueError(f"{what} takes (key, value) pairs, not {item!r:.60}")
         key, value = item
         check_key(key)
-        check_value(value, key=key)
+        check_written(value, key=key)
         if key in checked:
             raise InvalidValueError(f"{what} names the key twice", key=key)
         checked[key] = bytes(value)

@@ -56,6 +56,7 @@ from kvsessions.documents.keys import (
 from kvsessions.documents.models import SESSION_STATUSES
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.values import CheckedValue
 from kvsessions.sessions.heads import DELETING, Head
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
 
 #: The value of every entry: its key says everything.
 ENTRY = orjson.dumps({"kind": "index", "v": 1})
+_CHECKED_ENTRY = CheckedValue(ENTRY)
 _COMPLETE = orjson.dumps({"kind": "index", "v": 1, "state": "complete"})
 #: Heads or records one build step reads.
 _BUILD_BATCH = 500
@@ -127,12 +129,15 @@ class SessionIndex:
         """Compare-and-set the head of ``session_id`` from ``head`` (as read; None: absent)
         to ``new`` (``encoded``), with its entries by the rules, and ``create`` those keys
         (see ``compare_and_set_with``); False when the head was not the one read, or a key
-        to create was taken (the head is then unchanged)."""
+        to create was taken (the head is then unchanged). ``encoded`` and the values of
+        ``create`` come from ``encode_document``, which checked them: the store does not
+        parse them again."""
         stored, old = (None, None) if head is None else head
         before, after = head_entries(old), head_entries(new)
         swapped = await self._raw.compare_and_set_with(
-            session_key(session_id), stored, encoded, create=create or (),
-            put=[(entry, ENTRY) for entry in sorted(after - before)],
+            session_key(session_id), stored, CheckedValue(encoded),
+            create=[(key, CheckedValue(value)) for key, value in create or ()],
+            put=[(entry, _CHECKED_ENTRY) for entry in sorted(after - before)],
             delete=sorted(before - after))
         if swapped and not self._raw.atomic_compare_and_set_with:
             await self._settle_change(session_id, old, new, before, after)

@@ -123,6 +123,8 @@ def __getattr__(name: str) -> Any:
 _DELETE_BATCH = 500
 #: Message documents one save writes at once (each with its own ``put_if_absent``).
 _WRITE_CONCURRENCY = 32
+#: Messages a save creates in its head change's transaction at most (more: one by one).
+_CREATE_TOGETHER = 1000
 #: Attribute on a ChatSession object that remembers what one storage stored of it.
 _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
@@ -206,21 +208,31 @@ class SessionStorage(SessionListing, FileRecords):
                     mine: dict[str, Any], head: Head | None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
         no message is left stored and uncounted."""
-        created = await self._create_messages(messages)
+        # Where the store writes a head and other keys in one transaction, the first try
+        # creates the messages in the head change's (one call); should one be stored already,
+        # or the head have changed, they are then created one by one and counted.
+        together = (self._raw.atomic_compare_and_set_with
+                    and 0 < len(messages) <= _CREATE_TOGETHER)
+        created = [] if together else await self._create_messages(messages)
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
                 await self._remove(created)
                 return False
+            count = len(messages) if together else len(created)
             if head is None:
-                document = {**mine, "message_count": len(created)}
+                document = {**mine, "message_count": count}
             else:
-                document = merged_head(head[1], mine, saved.base, len(created))
+                document = merged_head(head[1], mine, saved.base, count)
                 if document == head[1]:
                     break
             encoded = self._documents.encode(head_key, document)
-            if await self._index.change(session.session_id, head, document, encoded):
+            if await self._index.change(session.session_id, head, document, encoded,
+                                        messages if together else None):
                 break
+            if together:
+                together = False
+                created = await self._create_messages(messages)
             head = await self._read_head(session.session_id)
         saved.ids.update(message.message_id for message in unsaved)
         self._mark_prefix(session, saved)
