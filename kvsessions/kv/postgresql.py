@@ -69,6 +69,11 @@ except ImportError:
 
 __all__ = ["PostgreSQLStore", "jsonb_loses"]
 
+#: Settings of the store's own connections. Every statement reads one key, a list of keys or
+#: a key range in key order, which the primary key's index serves; with bitmap scans the
+#: planner, misled by statistics older than the table's growth, read a whole prefix and
+#: sorted it to return the first rows of a scan (a listing: every index entry, O(store)).
+_SESSION_SETTINGS = {"enable_bitmapscan": "off"}
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
@@ -220,7 +225,8 @@ class PostgreSQLStore(KVStore):
         async with asyncio.timeout(self.connect_timeout):
             try:
                 connection = await asyncpg.connect(
-                    self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout)
+                    self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout,
+                    server_settings=_SESSION_SETTINGS)
             except asyncpg.UndefinedObjectError as exc:
                 # An option neither we nor asyncpg took went to the server as a setting.
                 setting = _UNKNOWN_SETTING.search(str(exc))
