@@ -16,15 +16,10 @@ REDIS_CLUSTER_URL = os.environ.get(
 
 
 async def drop_namespaces(url: str, namespaces: set[str]) -> None:
-    """Delete every key of the namespaces a test used (values, index, expiry set)."""
+    """Delete every key of the namespaces a test used (values, indexes, directory)."""
     for namespace in namespaces:
         async with RedisStore(url, namespace=namespace) as store:
-            client: Any = store._client
-            members = await client.zrange(store._index_key, 0, -1)
-            for start in range(0, len(members), 500):
-                chunk = members[start:start + 500]
-                await client.delete(*[store._value_prefix + member for member in chunk])
-            await client.delete(store._index_key, store._expiry_key)
+            await store._drop_namespace()
 
 
 def _factory(url: str) -> StoreFactory:
