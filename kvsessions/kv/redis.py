@@ -146,6 +146,7 @@ class RedisStore(KVStore):
         self._legacy = LegacyNames.of(self.namespace)
         #: True while the namespace holds keys of the one-tag layout of earlier releases.
         self._legacy_found = False
+        self._moving_layout = False
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> RedisStore:
@@ -258,6 +259,7 @@ class RedisStore(KVStore):
             ) from None
 
     async def _command(self, *args: Any) -> Any:
+        self._refuse_legacy()
         await self._acquire()
         try:
             return await self._client.execute_command(*args)
@@ -267,6 +269,7 @@ class RedisStore(KVStore):
     async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
+        self._refuse_legacy()
         await self._acquire()
         try:
             return await outlive_cancellation(script(self._client, keys, args))
@@ -278,13 +281,14 @@ class RedisStore(KVStore):
     def _names(self, key: str) -> PartitionNames:
         return partition_names(self.namespace, partition_of(key))
 
-    async def _ready(self) -> None:
-        await super()._ready()
-        if self._legacy_found:
+    def _refuse_legacy(self) -> None:
+        """Every server call passes here: a namespace still in the layout of an earlier
+        release is refused (its data would look missing) until it is moved."""
+        if self._legacy_found and not self._moving_layout:
             raise StoreError(
                 f"{self!r} holds keys of the layout of an earlier release (the whole namespace "
                 "under one hash tag); move them once with `kvsessions upgrade URL` "
-                "(RedisStore.upgrade_layout), after stopping processes that run the earlier "
+                "(KVStore.upgrade_layout), after stopping processes that run the earlier "
                 "release")
 
     async def _registering(self, run: str, attempt: Any) -> Any:
@@ -366,6 +370,7 @@ class RedisStore(KVStore):
 
     async def _values(self, names: list[bytes]) -> list[bytes | None]:
         """MGET of value keys of any partitions: one MGET per slot on a cluster."""
+        self._refuse_legacy()
         await self._acquire()
         try:
             if self._cluster:
@@ -592,7 +597,15 @@ class RedisStore(KVStore):
     async def _drop_namespace(self) -> None:
         """Delete every key of the namespace, through the directory, in both layouts (for
         tests and benchmarks, which each use a namespace of their own)."""
-        await KVStore._ready(self)
+        await self._ready()
+        self._moving_layout = True
+        try:
+            await self._drop_everything()
+        finally:
+            self._moving_layout = False
+        self._legacy_found = False
+
+    async def _drop_everything(self) -> None:
         runs: list[bytes] = await self._command("ZRANGE", self._directory, 0, -1)
         partitions = {partition_of(run.decode()) for run in runs}
         legacy = self._legacy
@@ -605,7 +618,6 @@ class RedisStore(KVStore):
                                              for member in members[start:start + 1000]])
             await self._command("DEL", names.index, names.expiry, names.runs)
         await self._command("DEL", self._directory)
-        self._legacy_found = False
 
     # ------------------------------------------------------------------ earlier layouts
 
@@ -615,7 +627,18 @@ class RedisStore(KVStore):
         to the new layout before it is removed from the old one, so an interrupted run loses
         nothing and the next run carries on. Stop processes of the earlier release first:
         what they write meanwhile to the old layout is moved only by a later run."""
-        await KVStore._ready(self)
+        await self._ready()
+        if not self._legacy_found:
+            return 0
+        self._moving_layout = True
+        try:
+            moved = await self._move_legacy_keys()
+        finally:
+            self._moving_layout = False
+        self._legacy_found = False
+        return moved
+
+    async def _move_legacy_keys(self) -> int:
         legacy = self._legacy
         moved = 0
         while True:
@@ -639,7 +662,6 @@ class RedisStore(KVStore):
                 await self._put_many(lasting, None)
             await self._run(scripts.DELETE, [legacy.index, legacy.expiry, *value_keys], members)
         await self._command("DEL", legacy.expiry)
-        self._legacy_found = False
         return moved
 
     # ------------------------------------------------------------------ errors
