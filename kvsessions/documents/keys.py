@@ -16,6 +16,13 @@ Index entries are ordinary keys holding a tiny ``index`` document; their key is 
 "the newest sessions" is one short reverse scan, "what has expired" one short forward scan.
 How entries stay right under concurrent writers is ``kvsessions.sessions.index``'s business.
 
+Partitions (``kvsessions.kv.partitions``): a key's partition is the text between its first and
+second ``:``, so every key built here puts the session id (or file id) there, and each index is
+one partition (``index:sessions:``...). Stores that shard keep a partition together (a Redis
+Cluster slot, a MongoDB shard, a PostgreSQL hash partition). A new per-session kind keeps the
+shape ``kind:{encoded sid}`` or ``kind:{encoded sid}:...`` and shares its session's partition;
+nothing else is needed from callers.
+
 Each id is encoded before it goes into a key: ``%`` becomes ``%25``, ``:`` becomes ``%3A``
 and NUL (which no key may hold) ``%00``. An encoded id holds no ``:``, so in a message key the
 first ``:`` after ``message:`` ends the session part: the map from (kind, ids) to key is
