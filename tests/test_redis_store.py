@@ -23,6 +23,7 @@ from kvsessions.errors import (
     MissingDependencyError,
     StoreUnavailableError,
 )
+from kvsessions.kv.base import KeyRange
 from kvsessions.kv.redis import RedisStore
 from kvsessions.kv.redis_layout import PartitionNames, partition_names
 from kvsessions.kv.registry import open_store
@@ -101,6 +102,33 @@ async def test_one_session_shares_a_slot_and_sessions_spread() -> None:
             assert isinstance(slot, int)
         assert len(nodes) == 3  # 30 sessions reach every node of the 3-node cluster
     await drop_namespaces(REDIS_CLUSTER_URL, {namespace})
+
+
+async def test_put_many_and_delete_many_over_many_partitions(store: RedisStore) -> None:
+    items = [(f"message:s{n}:{i}", doc(i)) for n in range(40) for i in range(3)]
+    items += [(f"session:s{n}", doc(n)) for n in range(40)]
+    await store.put_many(items)
+    assert await store.keys() == sorted(key for key, _ in items)
+    assert len(await store._client.zrange(store._directory, 0, -1)) == 80  # two runs a session
+    await store.put_many([(key, doc(7)) for key, _ in items])  # runs known: no second pass
+    assert {value for _, value in await collect_all(store)} == {doc(7)}
+    assert await store.delete_many([key for key, _ in items] + ["session:none"]) == len(items)
+    assert await store.keys() == []
+
+
+async def collect_all(store: RedisStore) -> list[tuple[str, bytes]]:
+    return [item async for item in store.scan()]
+
+
+async def test_one_scan_page_across_runs_skips_deleted_ones(store: RedisStore) -> None:
+    await store.put_many([(f"session:{n}", doc(n)) for n in range(10)])
+    await store.delete_many(["session:1", "session:2"])  # their directory entries stay
+    items, last = await store._scan_page(KeyRange("session:", True, "session;"), False, 5)
+    assert [key for key, _ in items] == [f"session:{n}" for n in (0, 3, 4, 5, 6)]
+    assert last == "session:6"
+    items, last = await store._scan_page(KeyRange("session:6", False, "session;"), False, 5)
+    assert [key for key, _ in items] == ["session:7", "session:8", "session:9"]
+    assert last is None
 
 
 # ---------------------------------------------------------------- expiry and the index
@@ -310,7 +338,9 @@ async def test_strict_durability_says_when_config_is_disabled() -> None:
     try:
         with pytest.raises(ConfigError, match="CONFIG GET is disabled"):
             await RedisStore(client=client, durability="strict").open()
-        async with RedisStore(client=client, durability="normal") as store:
+        # A namespace of its own: the shared server's default one may hold anything.
+        namespace = "rt_" + uuid.uuid4().hex[:12]
+        async with RedisStore(client=client, durability="normal", namespace=namespace) as store:
             assert await store.get("nothing") is None
     finally:
         await client.aclose()

@@ -18,8 +18,9 @@ a few index members whose expiry has passed, so the index does not grow with dea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from kvsessions.errors import (
     ConfigError,
@@ -64,7 +65,7 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
     redis_errors = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
     from redis.asyncio import Redis as RedisClient
     from redis.asyncio.cluster import RedisCluster as RedisClusterClient
@@ -74,7 +75,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 Durability = Literal["normal", "strict"]
-_T = TypeVar("_T")
+#: A script with its keys and arguments.
+_ScriptCall = tuple[scripts.Script, list[bytes], list[Any]]
 #: TLS options of the URL, passed to redis-py as they are (the last is a flag).
 _SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname")
@@ -382,52 +384,76 @@ class RedisStore(KVStore):
         return values
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
-        """One script per partition, all of whose items it writes or none; the partitions'
-        scripts run concurrently, and this returns (or raises) only once all have ended."""
+        """One script per partition, which writes all of its items or none; the scripts go
+        in one pipeline (one round trip per server), and the call returns (or raises) only
+        once all have ended. Runs missing from the directory are added, then the partitions
+        that lacked them are written again, confirmed."""
         groups: dict[str, list[tuple[str, bytes]]] = {}
         for item in items:
             groups.setdefault(partition_of(item[0]), []).append(item)
-        await _all(self._put_partition(partition, group, ttl)
-                   for partition, group in groups.items())
+        px = "" if ttl is None else _milliseconds(ttl)
+        calls = {partition: self._write_many_call(partition, group, px)
+                 for partition, group in groups.items()}
+        results = await self._at_once([call("") for call in calls.values()])
+        missing = {partition: result for partition, result in zip(calls, results, strict=True)
+                   if isinstance(result, list)}
+        if missing:
+            pairs: list[Any] = []
+            for run in dict.fromkeys(run for runs in missing.values() for run in runs):
+                pairs += (0, run)
+            await self._command("ZADD", self._directory, *pairs)
+            await self._at_once([calls[partition]("1") for partition in missing])
 
-    async def _put_partition(self, partition: str, items: list[tuple[str, bytes]],
-                             ttl: float | None) -> None:
+    def _write_many_call(self, partition: str, items: list[tuple[str, bytes]], px: Any
+                         ) -> Callable[[str], _ScriptCall]:
         names = partition_names(self.namespace, partition)
         members = [key.encode() for key, _ in items]
         runs = list(dict.fromkeys(run_of(key) for key, _ in items))
         keys = [names.runs, names.index, names.expiry,
                 *[names.value_prefix + member for member in members]]
-        px = "" if ttl is None else _milliseconds(ttl)
+        values = [value for _, value in items]
 
-        def args(confirmed: str) -> list[Any]:
-            return [px, names.value_prefix, confirmed, len(runs), *runs, *members,
-                    *[value for _, value in items]]
+        def call(confirmed: str) -> _ScriptCall:
+            return scripts.WRITE_MANY, keys, [px, names.value_prefix, confirmed, len(runs),
+                                              *runs, *members, *values]
+        return call
 
-        missing = await self._run(scripts.WRITE_MANY, keys, args(""))
-        if isinstance(missing, list):
-            pairs: list[Any] = []
-            for run in missing:
-                pairs += (0, run)
-            await self._command("ZADD", self._directory, *pairs)
-            await self._run(scripts.WRITE_MANY, keys, args("1"))
+    async def _at_once(self, calls: list[_ScriptCall]) -> list[Any]:
+        """Run writing scripts in one pipeline (one round trip per server), results in order;
+        a script the server has not cached yet runs again by EVAL. Raises the first error
+        once every script has ended."""
+        if len(calls) == 1:
+            return [await self._run(*calls[0])]
+        self._refuse_legacy()
+        await self._acquire()
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results: list[Any] = await outlive_cancellation(pipe.execute(raise_on_error=False))
+        finally:
+            self._limit.release()
+        for position, result in enumerate(results):
+            if isinstance(result, redis_errors.NoScriptError):
+                results[position] = await self._run(*calls[position])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def _delete_many(self, keys: list[str]) -> int:
+        calls: list[_ScriptCall] = []
         groups: dict[str, list[str]] = {}
         for key in keys:
             groups.setdefault(partition_of(key), []).append(key)
-        counts = await _all(self._delete_partition(partition, group)
-                            for partition, group in groups.items())
-        return sum(counts)
-
-    async def _delete_partition(self, partition: str, keys: list[str]) -> int:
-        names = partition_names(self.namespace, partition)
-        deleted = 0
-        for start in range(0, len(keys), self.scan_batch_size):
-            members = [key.encode() for key in keys[start:start + self.scan_batch_size]]
-            script_keys = [names.index, names.expiry,
-                           *[names.value_prefix + member for member in members]]
-            deleted += int(await self._run(scripts.DELETE, script_keys, members))
-        return deleted
+        for partition, group in groups.items():
+            names = partition_names(self.namespace, partition)
+            for start in range(0, len(group), self.scan_batch_size):
+                members = [key.encode() for key in group[start:start + self.scan_batch_size]]
+                calls.append((scripts.DELETE, [names.index, names.expiry,
+                                               *[names.value_prefix + m for m in members]],
+                              members))
+        return sum(int(deleted) for deleted in await self._at_once(calls))
 
     # ------------------------------------------------------------------ ordered scan
 
@@ -448,10 +474,16 @@ class RedisStore(KVStore):
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
         """One page of any scan (the base class's hook; ``_scan`` does better)."""
-        async for page in self._scan(key_range, reverse, limit):
-            items = page[:limit]
-            return items, (items[-1][0] if len(items) >= limit else None)
-        return [], None
+        items: list[tuple[str, bytes]] = []
+        scan = cast("AsyncGenerator[list[tuple[str, bytes]], None]",
+                    self._scan(key_range, reverse, limit))
+        async with contextlib.aclosing(scan) as pages:
+            async for page in pages:
+                items += page
+                if len(items) >= limit:
+                    items = items[:limit]
+                    return items, items[-1][0]
+        return items, None
 
     async def _scan_run(
         self, run: str, key_range: KeyRange, reverse: bool, limit: int | None
@@ -701,16 +733,6 @@ def _database(url: StoreURL) -> int:
     if not path.isdigit():
         raise ConfigError(f"the path of {url.redacted} must be a database number like /0")
     return int(path)
-
-
-async def _all(calls: Iterable[Awaitable[_T]]) -> list[_T]:
-    """Await every call concurrently; once all have ended, raise the first error if any (so
-    no write of a failed batch lands after the caller has seen the failure)."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
 
 
 def _lex_bounds(key_range: KeyRange) -> tuple[bytes, bytes]:
