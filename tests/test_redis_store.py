@@ -173,21 +173,21 @@ async def test_concurrent_reput_during_index_cleanup_stays_indexed(store: RedisS
     await store.put("r:x:b", doc(1), ttl=0.2)
     await store.put("r:x:c", doc(2))
     await asyncio.sleep(0.4)
-    original = store._command
+    original = store._read
     reput_done = False
 
-    async def command_then_reput(*args: Any) -> Any:
+    async def page_then_reput(*args: Any) -> Any:
         nonlocal reput_done
         reply = await original(*args)
-        if args[0] == "MGET" and not reput_done:
+        if not reput_done:
             # The page has read "b" as gone; another writer puts it back before the cleanup.
             reput_done = True
             await store.put("r:x:b", doc(5))
         return reply
 
-    store._command = command_then_reput  # type: ignore[method-assign]
+    store._read = page_then_reput  # type: ignore[method-assign]
     seen = await store.keys("r:x:")
-    store._command = original  # type: ignore[method-assign]
+    store._read = original  # type: ignore[method-assign]
     assert reput_done
     assert seen == ["r:x:a", "r:x:c"]  # read before the re-put
     members = await store._client.zrange(names(store, "x").index, 0, -1)

@@ -268,6 +268,15 @@ class RedisStore(KVStore):
         finally:
             self._limit.release()
 
+    async def _read(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script that only reads."""
+        self._refuse_legacy()
+        await self._acquire()
+        try:
+            return await script(self._client, keys, args)
+        finally:
+            self._limit.release()
+
     async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
@@ -512,17 +521,12 @@ class RedisStore(KVStore):
         self, names: PartitionNames, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
         low, high = _lex_bounds(key_range)
-        if reverse:
-            members: list[bytes] = await self._command(
-                "ZREVRANGEBYLEX", names.index, high, low, "LIMIT", 0, limit)
-        else:
-            members = await self._command(
-                "ZRANGEBYLEX", names.index, low, high, "LIMIT", 0, limit)
-        if not members:
+        reply: list[bytes | None] = await self._read(scripts.PAGE, [names.index], [
+            low, high, limit, "1" if reverse else "", names.value_prefix])
+        if not reply:
             return [], None
-        prefix = names.value_prefix
-        values: list[bytes | None] = await self._command(
-            "MGET", *[prefix + member for member in members])
+        members = cast("list[bytes]", reply[0::2])
+        values = reply[1::2]
         items = [(member.decode(), value)
                  for member, value in zip(members, values, strict=True) if value is not None]
         if len(items) < len(members):

@@ -16,7 +16,8 @@ try:
 except ImportError:  # pragma: no cover - the store refuses to start without redis
     NoScriptError = None  # type: ignore[assignment,misc]
 
-__all__ = ["CLEAN", "COMPARE_AND_SET", "DELETE", "PUT", "WRITE", "WRITE_MANY", "Script"]
+__all__ = ["CLEAN", "COMPARE_AND_SET", "DELETE", "PAGE", "PUT", "WRITE", "WRITE_MANY",
+           "Script"]
 
 #: Index members past their expiry that one ttl write removes (keeps the index bounded).
 _SWEEP_PER_WRITE = 16
@@ -120,6 +121,32 @@ end
 return n
 """
 
+# One scan page of a partition, in one round trip: the members in the page's bounds and their
+# values (false for a value that is gone). KEYS: index. ARGV: min, max, limit, reverse ('1'),
+# value prefix. Returns member, value, member, value... The value keys are built here: they
+# share the index's hash tag, so its slot. MGET in slices, within Lua's unpack limit.
+_PAGE_LUA = """
+local members
+if ARGV[4] == '1' then
+  members = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], ARGV[1], 'LIMIT', 0, ARGV[3])
+else
+  members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+end
+local out = {}
+for first = 1, #members, 500 do
+  local names = {}
+  for i = first, math.min(#members, first + 499) do
+    names[#names + 1] = ARGV[5] .. members[i]
+  end
+  local values = redis.call('MGET', unpack(names))
+  for i = 1, #names do
+    out[#out + 1] = members[first + i - 1]
+    out[#out + 1] = values[i]
+  end
+end
+return out
+"""
+
 # KEYS: index, expiry set, value keys... ARGV: members. Deletes values, members and expiry
 # entries; returns how many values existed.
 _DELETE_LUA = """
@@ -198,4 +225,5 @@ WRITE = Script(_WRITE_LUA)
 WRITE_MANY = Script(_WRITE_MANY_LUA)
 DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
+PAGE = Script(_PAGE_LUA)
 COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)
