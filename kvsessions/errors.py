@@ -139,6 +139,10 @@ class RevisionConflictError(KVSessionsError):
         self.actual = actual
         super().__init__(f"{what} is at revision {actual}, not the expected {expected}; "
                          "nothing was written (read it again and retry)")
+        self.what = what
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.expected, self.actual)
 
 
 class MissingDependencyError(KVSessionsError, ImportError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import pickle
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -199,6 +200,7 @@ async def test_expected_revision_refuses_a_changed_head(storage: SessionStorage)
     with pytest.raises(RevisionConflictError) as caught:
         await storage.save_session(session, expected_revision=session.revision)
     assert (caught.value.expected, caught.value.actual) == (1, 2)
+    assert str(pickle.loads(pickle.dumps(caught.value))) == str(caught.value)
     loaded = await storage.load_session(session.session_id)
     assert loaded is not None and loaded.messages == [] and loaded.message_count == 0
     assert await storage.save_session(session, expected_revision=2) is True
@@ -345,6 +347,20 @@ async def test_owner_listing_and_paging_read_only_the_owners_sessions(
     for bad in ({"user_id": ""}, {"app_name": 7}):
         with pytest.raises(InvalidValueError):
             await storage.list_sessions(**bad)  # type: ignore[arg-type]
+
+
+async def test_an_owner_adds_no_store_call_to_an_append(
+    storage: SessionStorage, counting: CountingStore
+) -> None:
+    calls = []
+    for owner in ({}, {"user_id": "u", "app_name": "a"}):
+        session = ChatSession.create("m", **owner)
+        await storage.save_session(session)
+        counting.reset()
+        await storage.append_message(session.session_id,
+                                     ChatMessage.create(session.session_id, "user", "hi"))
+        calls.append(counting.calls)
+    assert calls[0] == calls[1]
 
 
 async def test_owner_entries_are_built_for_a_store_without_an_index(
