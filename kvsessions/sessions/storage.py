@@ -15,6 +15,11 @@ order is conversation order), and ``file:{fid}`` holds an uploaded-file record. 
   concurrent writers are in ``kvsessions.sessions.index``): an append or a save that moves
   ``updated_at`` also writes the new entries before the head and removes the old after it.
 
+``update_session`` changes a head alone (``kvsessions.sessions.head_updates``); state
+documents live beside sessions (``kvsessions.sessions.state``); sessions may have an owner,
+listed through owner index entries (``kvsessions.sessions.owners``). Every head write adds one
+to the head's ``revision``.
+
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
 ``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
 ``message_count`` is exact once the writers are done, saves merge with what others wrote, and a
