@@ -88,7 +88,7 @@ async def test_one_session_shares_a_slot_and_sessions_spread() -> None:
     namespace = "rt_" + uuid.uuid4().hex[:12]
     async with RedisStore(REDIS_CLUSTER_URL, namespace=namespace) as store:
         client: Any = store._client
-        keys = ["session:s{x}", "message:s{x}:1", "message:s{x}:2", "state:s{x}"]
+        keys = ["session:s{x}", "message:s{x}:1", "message:s{x}:2", "session-state:s{x}"]
         await store.put_many([(key, doc(1)) for key in keys])
         partition = names(store, "s{x}")
         slot_names = [partition.index, partition.expiry, partition.runs,
