@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 Durability = Literal["normal", "strict"]
+#: Scripts of one batch that a cluster client sends side by side rather than as a pipeline.
+_GATHER_AT_MOST = 8
 #: A script with its keys and arguments.
 _ScriptCall = tuple[scripts.Script, list[bytes], list[Any]]
 #: TLS options of the URL, passed to redis-py as they are (the last is a flag).
@@ -433,6 +435,14 @@ class RedisStore(KVStore):
         once every script has ended."""
         if len(calls) == 1:
             return [await self._run(*calls[0])]
+        if self._cluster and len(calls) <= _GATHER_AT_MOST:
+            # redis-py's cluster pipeline costs more than a few commands sent side by side.
+            gathered = await asyncio.gather(*(self._run(*call) for call in calls),
+                                            return_exceptions=True)
+            for outcome in gathered:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return gathered
         self._refuse_legacy()
         await self._acquire()
         try:
