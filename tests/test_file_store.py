@@ -239,3 +239,14 @@ def test_url_options(tmp_path: Path) -> None:
                 f"file://{tmp_path}?namespace=../x"):
         with pytest.raises(ConfigError):
             open_store(bad)
+
+
+async def test_concurrent_scans_each_see_every_key(tmp_path: Path) -> None:
+    """Scans list the folder on worker threads at once: each reads the names through its own
+    descriptor (a shared one shares the read position, and each scan then missed keys)."""
+    async with FileStore(tmp_path / "root", namespace="ns") as store:
+        keys = [f"k{i:05d}" for i in range(3000)]
+        await store.put_many([(key, b"{}") for key in keys])
+        for _ in range(3):
+            found = await asyncio.gather(*(store.keys() for _ in range(6)))
+            assert all(scanned == keys for scanned in found)

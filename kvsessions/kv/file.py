@@ -60,6 +60,7 @@ from kvsessions.kv.file_layout import (
     decode_key,
     encode_header,
     key_to_parts,
+    list_names,
     read_file,
 )
 from kvsessions.kv.options import SHARED, Flag, batch_size_option, not_allowed, read_options
@@ -156,9 +157,7 @@ class FileStore(KVStore):
 
     def _remove_dead_temp_files(self, dir_fd: int) -> None:
         """Temp files of writers that died mid-write; a live writer's are left alone."""
-        with os.scandir(dir_fd) as entries:
-            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for name, is_dir in names:
+        for name, is_dir, _ in list_names(dir_fd):
             match = TEMP_NAME.fullmatch(name)
             if match and not is_dir and not _pid_alive(int(match.group(1))):
                 with contextlib.suppress(FileNotFoundError):
@@ -451,9 +450,7 @@ class FileStore(KVStore):
         keys: list[str] = []
 
         def walk(dir_fd: int, prefix: str) -> None:
-            with os.scandir(dir_fd) as entries:
-                names = [(e.name, e.is_symlink()) for e in entries]
-            for name, is_link in names:
+            for name, _, is_link in list_names(dir_fd):
                 if FILE_NAME.fullmatch(name):
                     hexed = prefix + name[:-len(FILE_SUFFIX)]
                 elif DIR_NAME.fullmatch(name):

@@ -22,7 +22,7 @@ import stat
 
 from kvsessions.errors import StoreError
 
-__all__ = ["key_to_parts", "read_file"]
+__all__ = ["key_to_parts", "list_names", "read_file"]
 
 PART = 240  # hex characters in one path component
 FILE_SUFFIX, DIR_SUFFIX = ".json", ".d"
@@ -54,6 +54,19 @@ def decode_key(hexed: str) -> str | None:
         return bytes.fromhex(hexed).decode("utf-8")
     except ValueError:
         return None
+
+
+def list_names(dir_fd: int) -> list[tuple[str, bool, bool]]:
+    """``(name, is a folder, is a symlink)`` of every entry of the folder ``dir_fd``, read
+    through a descriptor of its own: a folder's read position belongs to the open file
+    description, which a ``dup`` (what ``scandir(fd)`` reads through) shares, so two threads
+    listing the same descriptor at once would each skip the names the other read."""
+    own = os.open(".", os.O_RDONLY | DIRECTORY | CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(own) as entries:
+            return [(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in entries]
+    finally:
+        os.close(own)
 
 
 def encode_header(deadline: float | None) -> bytes:
