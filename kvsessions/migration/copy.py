@@ -66,9 +66,9 @@ _TRIAL = 4
 async def migrate_storage(
     source: Any,
     destination: Any,
-    *,
     verify: bool = True,
     progress_callback: ProgressCallback | None = None,
+    *,
     batch_size: int = 1000,
     resume: bool = True,
     prefix: str = "",

@@ -10,6 +10,12 @@ aiosqlite pages, asyncpg ``unnest`` into jsonb, PyMongo ``bulk_write``, redis-py
 one ``ZADD`` of the ordered index. A migration cannot beat the slower of the two raw halves,
 so the row's raw figure is min(raw scan rate, raw write rate) and the target is at least 0.8
 of it (ratio = our time / raw time <= 1.25).
+
+For sqlite->postgresql and sqlite->redis a second row sets ``workers=4`` beside ``workers=1``
+(the default: one stream, one or two writes in flight as measured), interleaved run by run
+into fresh destinations: the ratio is the 4-worker time over the 1-worker time, target at most
+1/1.6 (at least 1.6x the one-worker throughput). The note gives the process's CPU time per
+document in each, which says whether this process (one core at most) is what limits them.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ DOCUMENTS = 100_000
 BATCH = 1000
 TARGET = 1.25  # our time / raw-limit time: at least 0.8 of the raw limit
 PAIRS = [("sqlite", "postgresql"), ("postgresql", "mongodb"), ("sqlite", "redis")]
+#: Pairs that also get the workers row, and its target (4-worker time / 1-worker time).
+WORKER_PAIRS = {("sqlite", "postgresql"), ("sqlite", "redis")}
+WORKERS = 4
+WORKERS_TARGET = round(1 / 1.6, 3)
 PREFIX = "message:"
 _DISTINCT = 1000
 _VALUES = [orjson.dumps(document(i)) for i in range(_DISTINCT)]
@@ -219,12 +229,44 @@ async def bench_pair(ctx: BenchContext, source: Backend, destination: Backend) -
                 assert result["documents_copied"] == n, result
             finally:
                 await destination.drop_ours(ours_destination)
+        scan, write, ours = (statistics.median(r) for r in (scan_rates, write_rates,
+                                                              ours_rates))
+        limit = min(scan, write)
+        ctx.row("migration", f"migrate {n:,} x 2 KB", f"{source.name}->{destination.name}",
+                ours, limit, target=TARGET,
+                note=f"raw scan {scan:,.0f}/s, raw write {write:,.0f}/s; "
+                     f"{ours / limit:.2f} of the raw limit")
+        if (source.name, destination.name) in WORKER_PAIRS:
+            await bench_workers(ctx, ours_source, destination, n, label)
     finally:
         await raw_source.drop()
         await source.drop_ours(ours_source)
-    scan, write, ours = (statistics.median(r) for r in (scan_rates, write_rates, ours_rates))
-    limit = min(scan, write)
-    ctx.row("migration", f"migrate {n:,} x 2 KB", f"{source.name}->{destination.name}", ours,
-            limit, target=TARGET,
-            note=f"raw scan {scan:,.0f}/s, raw write {write:,.0f}/s; "
-                 f"{ours / limit:.2f} of the raw limit")
+
+
+async def bench_workers(ctx: BenchContext, source: KVStore, destination: Backend, n: int,
+                        label: str) -> None:
+    """``workers=WORKERS`` beside ``workers=1``, interleaved, each into a fresh namespace."""
+    rates: dict[int, list[float]] = {1: [], WORKERS: []}
+    cpu: dict[int, list[float]] = {1: [], WORKERS: []}
+    streams: list[int] = []
+    for repeat in range(ctx.repeats):
+        for workers in (1, WORKERS):
+            target = await destination.ours(f"bench_dst_{label}_w{workers}_{repeat}").open()
+            try:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                result = await migrate_storage(source, target, verify=False, validate=False,
+                                               batch_size=BATCH, workers=workers)
+                cpu[workers].append((time.process_time() - cpu_start) / n * 1e6)
+                rates[workers].append(n / (time.perf_counter() - start))
+                assert result["documents_copied"] == n, result
+                if workers > 1:
+                    streams.append(result["streams"])
+            finally:
+                await destination.drop_ours(target)
+    one, many = (statistics.median(rates[w]) for w in (1, WORKERS))
+    cpu_one, cpu_many = (statistics.median(cpu[w]) for w in (1, WORKERS))
+    ctx.row("migration", f"migrate {n:,} x 2 KB, {WORKERS} workers vs 1",
+            f"sqlite->{destination.name}", many, one, target=WORKERS_TARGET,
+            note=f"{many / one:.2f}x one worker ({one:,.0f}/s); CPU of this process "
+                 f"{cpu_one:.0f} µs/doc with 1, {cpu_many:.0f} with {WORKERS}; "
+                 f"streams {max(streams)}")
