@@ -1,11 +1,22 @@
 """The file store's layout on disk: which path holds a key, and what one file holds.
 
-* A key's file name is the lowercase hex of its UTF-8 bytes: one-to-one (no case folding or
+* A key is cut into pieces: after each ``:``, and after 30 characters without one (``pieces``).
+  Every piece but the last is a folder, the last is the file: ``message:s1:m5`` is
+  ``<message:>.s/<s1:>.s/<m5>.json``. So the keys of one session sit in one folder, and a scan
+  of ``message:s1:`` opens the two folders by name and lists the third: it never reads the
+  names of other sessions' keys (``list_keys``). Pieces are prefix-free among folders (a
+  folder's piece ends at its only ``:``, or is 30 characters without one), so sorting the
+  entries of a folder by piece, a file before a folder of the same piece, and descending into
+  folders in place, yields the keys in key order.
+* A name is the lowercase hex of its piece's UTF-8 bytes: one-to-one (no case folding or
   Unicode normalisation can merge two keys), made of ``[0-9a-f]`` only (no ``..``, ``/``,
-  ``CON`` or other reserved name can arise), and sorted like the keys (hex preserves byte
-  order). Hex longer than 240 characters is cut into 240-character folder names ending in
-  ``.d`` and a last part ending in ``.json``, so no name exceeds the file-system limit and a
-  file never shares a name with a folder.
+  ``CON`` or other reserved name can arise), at most 240 characters plus the suffix (``.s`` for
+  a folder, ``.json`` for a file, so a file never shares a name with a folder).
+* Files are written under a temporary name in ``.tmp/`` of the namespace folder, then renamed
+  into their folder: opening the store clears ``.tmp/`` of dead writers' files.
+* Folders written by releases before this layout (the whole key's hex as one name, cut into
+  240-character ``.d`` folders) are moved into it when the store is opened
+  (``kvsessions.kv.file_upgrade``).
 * A file starts with one header line, ``kvs1 <expiry or ->``, then the JSON value.
 * A key's file is opened relative to its folder's descriptor with ``O_NOFOLLOW`` and
   ``O_NONBLOCK`` and checked with ``fstat`` before it is read: a symlink, a FIFO, a socket, a
@@ -19,17 +30,23 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 
 from kvsessions.errors import StoreError
+from kvsessions.kv.values import prefix_upper_bound
 
-__all__ = ["key_to_parts", "list_names", "read_file"]
+__all__ = ["key_to_parts", "list_keys", "list_names", "pieces", "read_file"]
 
-PART = 240  # hex characters in one path component
-FILE_SUFFIX, DIR_SUFFIX = ".json", ".d"
+PART = 240  # hex characters in one path component of the previous layout
+PIECE_CHARS = 30  # at most 120 UTF-8 bytes: 240 hex characters
+FILE_SUFFIX, DIR_SUFFIX, PIECE_SUFFIX = ".json", ".d", ".s"
 TEMP_PREFIX = ".tmp-"
+TEMP_FOLDER = ".tmp"
 LOCK_NAME = ".lock"
 MAGIC = b"kvs1 "
-FILE_NAME = re.compile(r"(?:[0-9a-f]{2}){1,120}\.json")
+FILE_NAME = re.compile(r"(?:[0-9a-f]{2}){0,120}\.json")
+PIECE_NAME = re.compile(r"(?:[0-9a-f]{2}){1,120}\.s")
+#: A folder of the previous layout (the first 240 hex characters of a long key).
 DIR_NAME = re.compile(r"[0-9a-f]{240}\.d")
 TEMP_NAME = re.compile(r"\.tmp-(\d+)-[0-9a-f]+")
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -42,11 +59,45 @@ _READ_FLAGS = (os.O_RDONLY | NOFOLLOW | CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 Found = tuple[bytes, float | None]
 
 
+def pieces(key: str) -> list[str]:
+    """``key`` cut after each ``:`` and after ``PIECE_CHARS`` characters without one."""
+    found: list[str] = []
+    start = 0
+    while True:
+        colon = key.find(":", start, start + PIECE_CHARS)
+        if colon >= 0:
+            found.append(key[start:colon + 1])
+            start = colon + 1
+        elif len(key) - start <= PIECE_CHARS:
+            found.append(key[start:])
+            return found
+        else:
+            found.append(key[start:start + PIECE_CHARS])
+            start += PIECE_CHARS
+
+
 def key_to_parts(key: str) -> tuple[list[str], str]:
     """The folder names and the file name that hold ``key`` (relative to the namespace)."""
+    cut = pieces(key)
+    return ([p.encode("utf-8").hex() + PIECE_SUFFIX for p in cut[:-1]],
+            cut[-1].encode("utf-8").hex() + FILE_SUFFIX)
+
+
+def legacy_key_to_parts(key: str) -> tuple[list[str], str]:
+    """Where the previous layout kept ``key``: its hex cut into 240-character parts."""
     hexed = key.encode("utf-8").hex()
     parts = [hexed[i:i + PART] for i in range(0, len(hexed), PART)]
     return [p + DIR_SUFFIX for p in parts[:-1]], parts[-1] + FILE_SUFFIX
+
+
+def is_current_file(key: str) -> bool:
+    """Whether a file named for ``key`` in the namespace folder is of this layout (a key of
+    one piece), not one of the previous layout to move."""
+    return len(pieces(key)) == 1
+
+
+def decode_piece(name: str, suffix: str) -> str | None:
+    return decode_key(name[:-len(suffix)])
 
 
 def decode_key(hexed: str) -> str | None:
@@ -132,3 +183,61 @@ def _kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
+def list_keys(root_fd: int, lower: str, lower_inclusive: bool, upper: str | None,
+              open_dir: Callable[[int, str], int]) -> list[str]:
+    """The keys in ``[lower, upper)`` (``lower`` excluded unless ``lower_inclusive``), sorted,
+    from the names alone (no file is read). Where every key of the range lies under one
+    folder whose piece ends in ``:``, that folder is opened by name instead of listing its
+    parent: a scan of ``message:s1:`` lists only that session's folder. ``open_dir(fd, name)``
+    opens a sub-folder (raising on a symlink) or raises ``FileNotFoundError``."""
+    keys: list[str] = []
+
+    def in_range(key: str) -> bool:
+        if key < lower or (key == lower and not lower_inclusive):
+            return False
+        return upper is None or key < upper
+
+    def walk(dir_fd: int, path: str) -> None:
+        rest = lower[len(path):] if lower.startswith(path) else None
+        if rest is not None and upper is not None:
+            first = rest.split(":", 1)[0] + ":" if ":" in rest[:PIECE_CHARS] else None
+            bound = None if first is None else prefix_upper_bound(path + first)
+            if first is not None and bound is not None and upper <= bound:
+                descend(dir_fd, path, first)  # the whole range is in this one folder
+                return
+        entries: list[tuple[str, bool, str]] = []
+        for name, is_dir, is_link in list_names(dir_fd):
+            if (is_dir or is_link) and PIECE_NAME.fullmatch(name):  # open_dir refuses a link
+                piece = decode_piece(name, PIECE_SUFFIX)
+                if piece is None:
+                    continue
+                start = path + piece
+                end = prefix_upper_bound(start)
+                if (end is not None and end <= lower) or (upper is not None and start >= upper):
+                    continue
+                entries.append((piece, True, name))
+            elif FILE_NAME.fullmatch(name):  # reading refuses a link, a folder, a FIFO
+                piece = decode_piece(name, FILE_SUFFIX)
+                if piece is not None and in_range(path + piece):
+                    entries.append((piece, False, name))
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+        for piece, is_dir, _ in entries:
+            if is_dir:
+                descend(dir_fd, path, piece)
+            else:
+                keys.append(path + piece)
+
+    def descend(dir_fd: int, path: str, piece: str) -> None:
+        try:
+            child = open_dir(dir_fd, piece.encode("utf-8").hex() + PIECE_SUFFIX)
+        except FileNotFoundError:
+            return
+        try:
+            walk(child, path + piece)
+        finally:
+            os.close(child)
+
+    walk(root_fd, "")
+    return keys
