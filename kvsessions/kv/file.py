@@ -483,15 +483,39 @@ class FileStore(KVStore):
                          key_range.upper, self._open_dir)
 
     def _read_page(self, keys: list[str]) -> list[tuple[str, bytes]]:
+        """The live values of ``keys``; each folder is opened once for the page (a page is
+        mostly one session's folder)."""
         now = time.time()
         items: list[tuple[str, bytes]] = []
-        for key in keys:
-            value, expired = self._read_live(key, now)
-            if value is not None:
-                items.append((key, value))
-            elif expired:
-                self._remove_if_expired(key)
+        folders: dict[tuple[str, ...], int] = {(): self._dir_fd}
+        try:
+            for key in keys:
+                dirs, name = key_to_parts(key)
+                try:
+                    dir_fd = self._existing_folder(folders, tuple(dirs))
+                except FileNotFoundError:
+                    continue
+                found = self._read_file(dir_fd, name, key)
+                if found is None:
+                    continue
+                if found[1] is not None and found[1] <= now:
+                    self._remove_if_expired(key)
+                else:
+                    items.append((key, found[0]))
+        finally:
+            for path, opened_fd in folders.items():
+                if path:
+                    os.close(opened_fd)
         return items
+
+    def _existing_folder(self, opened: dict[tuple[str, ...], int],
+                         dirs: tuple[str, ...]) -> int:
+        """Like ``_folder``, without creating: ``FileNotFoundError`` when it is missing."""
+        found = opened.get(dirs)
+        if found is None:
+            parent = self._existing_folder(opened, dirs[:-1])
+            found = opened[dirs] = self._open_dir(parent, dirs[-1])
+        return found
 
     async def _scan(
         self, key_range: KeyRange, reverse: bool, limit: int | None = None

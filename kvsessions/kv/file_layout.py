@@ -1,13 +1,14 @@
 """The file store's layout on disk: which path holds a key, and what one file holds.
 
-* A key is cut into pieces: after each ``:``, and after 30 characters without one (``pieces``).
+* A key's UTF-8 bytes are cut into pieces: after each ``:``, and after 120 bytes without one
+  (``pieces``; such a cut may fall inside a character: pieces are bytes, keys are whole).
   Every piece but the last is a folder, the last is the file: ``message:s1:m5`` is
   ``<message:>.s/<s1:>.s/<m5>.json``. So the keys of one session sit in one folder, and a scan
   of ``message:s1:`` opens the two folders by name and lists the third: it never reads the
   names of other sessions' keys (``list_keys``). Pieces are prefix-free among folders (a
-  folder's piece ends at its only ``:``, or is 30 characters without one), so sorting the
-  entries of a folder by piece, a file before a folder of the same piece, and descending into
-  folders in place, yields the keys in key order.
+  folder's piece ends at its only ``:``, or is 120 bytes without one), so sorting the entries
+  of a folder by piece, a file before a folder of the same piece, and descending into folders
+  in place, yields the keys in byte order, which is key order.
 * A name is the lowercase hex of its piece's UTF-8 bytes: one-to-one (no case folding or
   Unicode normalisation can merge two keys), made of ``[0-9a-f]`` only (no ``..``, ``/``,
   ``CON`` or other reserved name can arise), at most 240 characters plus the suffix (``.s`` for
@@ -33,12 +34,11 @@ import stat
 from collections.abc import Callable
 
 from kvsessions.errors import StoreError
-from kvsessions.kv.values import prefix_upper_bound
 
 __all__ = ["key_to_parts", "list_keys", "list_names", "pieces", "read_file"]
 
 PART = 240  # hex characters in one path component of the previous layout
-PIECE_CHARS = 30  # at most 120 UTF-8 bytes: 240 hex characters
+PIECE_BYTES = 120  # 240 hex characters in a name
 FILE_SUFFIX, DIR_SUFFIX, PIECE_SUFFIX = ".json", ".d", ".s"
 TEMP_PREFIX = ".tmp-"
 TEMP_FOLDER = ".tmp"
@@ -59,28 +59,29 @@ _READ_FLAGS = (os.O_RDONLY | NOFOLLOW | CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 Found = tuple[bytes, float | None]
 
 
-def pieces(key: str) -> list[str]:
-    """``key`` cut after each ``:`` and after ``PIECE_CHARS`` characters without one."""
-    found: list[str] = []
+def pieces(key: str | bytes) -> list[bytes]:
+    """``key``'s UTF-8 bytes cut after each ``:`` and after ``PIECE_BYTES`` bytes without one
+    (every piece but the last is a folder)."""
+    data = key.encode("utf-8") if isinstance(key, str) else key
+    found: list[bytes] = []
     start = 0
     while True:
-        colon = key.find(":", start, start + PIECE_CHARS)
+        colon = data.find(b":", start, start + PIECE_BYTES)
         if colon >= 0:
-            found.append(key[start:colon + 1])
+            found.append(data[start:colon + 1])
             start = colon + 1
-        elif len(key) - start <= PIECE_CHARS:
-            found.append(key[start:])
+        elif len(data) - start <= PIECE_BYTES:
+            found.append(data[start:])
             return found
         else:
-            found.append(key[start:start + PIECE_CHARS])
-            start += PIECE_CHARS
+            found.append(data[start:start + PIECE_BYTES])
+            start += PIECE_BYTES
 
 
 def key_to_parts(key: str) -> tuple[list[str], str]:
     """The folder names and the file name that hold ``key`` (relative to the namespace)."""
     cut = pieces(key)
-    return ([p.encode("utf-8").hex() + PIECE_SUFFIX for p in cut[:-1]],
-            cut[-1].encode("utf-8").hex() + FILE_SUFFIX)
+    return [p.hex() + PIECE_SUFFIX for p in cut[:-1]], cut[-1].hex() + FILE_SUFFIX
 
 
 def legacy_key_to_parts(key: str) -> tuple[list[str], str]:
@@ -96,8 +97,10 @@ def is_current_file(key: str) -> bool:
     return len(pieces(key)) == 1
 
 
-def decode_piece(name: str, suffix: str) -> str | None:
-    return decode_key(name[:-len(suffix)])
+def _bytes_after(prefix: bytes) -> bytes:
+    """The smallest bytes above every bytes starting with ``prefix`` (UTF-8 has no 0xFF, so
+    a piece's last byte can always be raised)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def decode_key(hexed: str) -> str | None:
@@ -192,46 +195,51 @@ def list_keys(root_fd: int, lower: str, lower_inclusive: bool, upper: str | None
     folder whose piece ends in ``:``, that folder is opened by name instead of listing its
     parent: a scan of ``message:s1:`` lists only that session's folder. ``open_dir(fd, name)``
     opens a sub-folder (raising on a symlink) or raises ``FileNotFoundError``."""
+    low = lower.encode("utf-8")
+    high = None if upper is None else upper.encode("utf-8")
     keys: list[str] = []
 
-    def in_range(key: str) -> bool:
-        if key < lower or (key == lower and not lower_inclusive):
+    def in_range(key: bytes) -> bool:
+        if key < low or (key == low and not lower_inclusive):
             return False
-        return upper is None or key < upper
+        return high is None or key < high
 
-    def walk(dir_fd: int, path: str) -> None:
-        rest = lower[len(path):] if lower.startswith(path) else None
-        if rest is not None and upper is not None:
-            first = rest.split(":", 1)[0] + ":" if ":" in rest[:PIECE_CHARS] else None
-            bound = None if first is None else prefix_upper_bound(path + first)
-            if first is not None and bound is not None and upper <= bound:
-                descend(dir_fd, path, first)  # the whole range is in this one folder
+    def walk(dir_fd: int, path: bytes) -> None:
+        if high is not None and low.startswith(path):
+            colon = low.find(b":", len(path), len(path) + PIECE_BYTES)
+            if colon >= 0 and high <= _bytes_after(low[:colon + 1]):
+                descend(dir_fd, path, low[len(path):colon + 1])  # the whole range is there
                 return
-        entries: list[tuple[str, bool, str]] = []
+        # Every key below ``path`` is in range (a prefix scan's own folder): no checks.
+        inside = bool(path) and path > low and (high is None or _bytes_after(path) <= high)
+        entries: list[tuple[str, bool]] = []  # (piece as hex, is a folder): hex sorts as bytes
         for name, is_dir, is_link in list_names(dir_fd):
-            if (is_dir or is_link) and PIECE_NAME.fullmatch(name):  # open_dir refuses a link
-                piece = decode_piece(name, PIECE_SUFFIX)
-                if piece is None:
+            if name.endswith(FILE_SUFFIX):
+                if not FILE_NAME.fullmatch(name):  # reading refuses a link, a folder, a FIFO
                     continue
-                start = path + piece
-                end = prefix_upper_bound(start)
-                if (end is not None and end <= lower) or (upper is not None and start >= upper):
-                    continue
-                entries.append((piece, True, name))
-            elif FILE_NAME.fullmatch(name):  # reading refuses a link, a folder, a FIFO
-                piece = decode_piece(name, FILE_SUFFIX)
-                if piece is not None and in_range(path + piece):
-                    entries.append((piece, False, name))
-        entries.sort(key=lambda entry: (entry[0], entry[1]))
-        for piece, is_dir, _ in entries:
+                hexed = name[:-len(FILE_SUFFIX)]
+                if inside or in_range(path + bytes.fromhex(hexed)):
+                    entries.append((hexed, False))
+            elif (is_dir or is_link) and PIECE_NAME.fullmatch(name):  # open_dir refuses links
+                hexed = name[:-len(PIECE_SUFFIX)]
+                if not inside:
+                    start = path + bytes.fromhex(hexed)
+                    if _bytes_after(start) <= low or (high is not None and start >= high):
+                        continue
+                entries.append((hexed, True))
+        entries.sort()
+        for hexed, is_dir in entries:
             if is_dir:
-                descend(dir_fd, path, piece)
-            else:
-                keys.append(path + piece)
+                descend(dir_fd, path, bytes.fromhex(hexed))
+                continue
+            try:
+                keys.append((path + bytes.fromhex(hexed)).decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # not a name of ours
 
-    def descend(dir_fd: int, path: str, piece: str) -> None:
+    def descend(dir_fd: int, path: bytes, piece: bytes) -> None:
         try:
-            child = open_dir(dir_fd, piece.encode("utf-8").hex() + PIECE_SUFFIX)
+            child = open_dir(dir_fd, piece.hex() + PIECE_SUFFIX)
         except FileNotFoundError:
             return
         try:
@@ -239,5 +247,5 @@ def list_keys(root_fd: int, lower: str, lower_inclusive: bool, upper: str | None
         finally:
             os.close(child)
 
-    walk(root_fd, "")
+    walk(root_fd, b"")
     return keys
