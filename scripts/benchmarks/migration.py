@@ -14,12 +14,16 @@ of it (ratio = our time / raw time <= 1.25).
 For sqlite->postgresql and sqlite->redis a second row sets ``workers=4`` beside ``workers=1``
 (the default: one stream, one or two writes in flight as measured), interleaved run by run
 into fresh destinations: the ratio is the 4-worker time over the 1-worker time, target at most
-1/1.6 (at least 1.6x the one-worker throughput). The note gives the process's CPU time per
-document in each, which says whether this process (one core at most) is what limits them.
+1/1.6 (at least 1.6x the one-worker throughput). The note gives, per document, the CPU time
+of this process (one core at most) and of the destination server (Redis: its own ``INFO cpu``;
+PostgreSQL: every ``postgres`` process of this machine, other users' included), and the load
+average: which of them limits the copy, and whether the machine has a core to give more
+streams.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -243,21 +247,51 @@ async def bench_pair(ctx: BenchContext, source: Backend, destination: Backend) -
         await source.drop_ours(ours_source)
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by every ``postgres`` process of this machine."""
+    total = 0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)
+            if not fields[0].endswith("(postgres"):
+                continue
+            values = fields[1].split()
+            total += int(values[11]) + int(values[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _server_cpu(destination: Backend) -> float:
+    if destination.name == "redis":
+        client: Any = Redis.from_url(REDIS_URLS["redis"])
+        try:
+            info = await client.info("cpu")
+        finally:
+            await client.aclose()
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return _postgres_cpu()
+
+
 async def bench_workers(ctx: BenchContext, source: KVStore, destination: Backend, n: int,
                         label: str) -> None:
     """``workers=WORKERS`` beside ``workers=1``, interleaved, each into a fresh namespace."""
     rates: dict[int, list[float]] = {1: [], WORKERS: []}
     cpu: dict[int, list[float]] = {1: [], WORKERS: []}
+    server: dict[int, list[float]] = {1: [], WORKERS: []}
     streams: list[int] = []
     for repeat in range(ctx.repeats):
         for workers in (1, WORKERS):
             target = await destination.ours(f"bench_dst_{label}_w{workers}_{repeat}").open()
             try:
+                server_start = await _server_cpu(destination)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 result = await migrate_storage(source, target, verify=False, validate=False,
                                                batch_size=BATCH, workers=workers)
                 cpu[workers].append((time.process_time() - cpu_start) / n * 1e6)
                 rates[workers].append(n / (time.perf_counter() - start))
+                server[workers].append((await _server_cpu(destination) - server_start) / n
+                                       * 1e6)
                 assert result["documents_copied"] == n, result
                 if workers > 1:
                     streams.append(result["streams"])
@@ -265,8 +299,12 @@ async def bench_workers(ctx: BenchContext, source: KVStore, destination: Backend
                 await destination.drop_ours(target)
     one, many = (statistics.median(rates[w]) for w in (1, WORKERS))
     cpu_one, cpu_many = (statistics.median(cpu[w]) for w in (1, WORKERS))
+    server_one, server_many = (statistics.median(server[w]) for w in (1, WORKERS))
     ctx.row("migration", f"migrate {n:,} x 2 KB, {WORKERS} workers vs 1",
             f"sqlite->{destination.name}", many, one, target=WORKERS_TARGET,
-            note=f"{many / one:.2f}x one worker ({one:,.0f}/s); CPU of this process "
-                 f"{cpu_one:.0f} µs/doc with 1, {cpu_many:.0f} with {WORKERS}; "
+            note=f"{many / one:.2f}x one worker ({one:,.0f}/s); CPU µs/doc with 1 / "
+                 f"{WORKERS}: this process {cpu_one:.0f} / {cpu_many:.0f}, "
+                 f"{destination.name} server {server_one:.0f} / {server_many:.0f} "
+                 f"(cores busy: {server_one * one / 1e6:.2f} / {server_many * many / 1e6:.2f}); "
+                 f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
                  f"streams {max(streams)}")
