@@ -205,9 +205,16 @@ class FileStore(KVStore):
     # ------------------------------------------------------------------ paths
 
     def _open_dir(self, parent_fd: int, name: str, *, create: bool = False) -> int:
+        """Open the sub-folder ``name``; with ``create``, make it first if needed and fsync
+        the parent, so that a file renamed into a new folder cannot lose that folder in a
+        power cut."""
         if create:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+            else:
+                self._sync_dir(parent_fd)
         try:
             return os.open(name, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC | _NONBLOCK,
                            dir_fd=parent_fd)
