@@ -209,3 +209,31 @@ async def test_progress_of_a_dry_run_with_workers_counts_every_document() -> Non
     assert result["documents_copied"] == 3000 and last[-1].documents == 3000
     assert await destination.keys() == []
     assert (await verify_migration(source, destination))["missing_count"] == 3000
+
+
+async def test_copy_and_verify_with_workers_stay_in_bounded_memory(tmp_path: Path) -> None:
+    """Four times the documents, about the same peak of traced memory: streams and verify
+    hold batches, never the store."""
+    import tracemalloc
+
+    from kvsessions.kv.sqlite import SQLiteStore
+
+    peaks = []
+    for size in (3000, 12000):
+        source = SQLiteStore(tmp_path / f"src{size}.db", namespace="kv")
+        destination = SQLiteStore(tmp_path / f"dst{size}.db", namespace="kv")
+        async with source, destination:
+            for start in range(0, size, 1000):
+                await source.put_many([(f"message:s{i % 13}:{i:06d}",
+                                        orjson.dumps({"i": i, "t": "x" * 300}))
+                                       for i in range(start, start + 1000)])
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                result = await migrate_storage(source, destination, workers=4, batch_size=200,
+                                               validate=False)
+                peaks.append(tracemalloc.get_traced_memory()[1] - base)
+            finally:
+                tracemalloc.stop()
+            assert result["verified"] is True and result["documents_copied"] == size
+    assert peaks[1] < 1.6 * peaks[0] + 2_000_000, peaks
