@@ -27,14 +27,13 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import orjson
-
 from kvsessions.documents.codec import (
     decode_document,
-    document_to_message,
     document_to_session,
     format_timestamp,
     message_to_document,
@@ -61,6 +60,7 @@ from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
 from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.heads import (
     DELETING,
@@ -72,7 +72,9 @@ from kvsessions.sessions.heads import (
 )
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.listing import SessionListing
-from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.message_edits import MessageEdits
+from kvsessions.sessions.message_scan import scan_messages
+from kvsessions.sessions.message_times import TimeWindow
 from kvsessions.wrappers.validating import ValidatingStore
 
 if TYPE_CHECKING:
@@ -129,14 +131,18 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage(SessionListing, FileRecords):
+class SessionStorage(SessionListing, FileRecords, MessageEdits):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
     around it (or the store itself when it already is one). ``close()`` closes the store.
+    ``on_damaged`` is what reads do with a damaged message document: ``"raise"`` its
+    ``ValidationError`` or ``"skip"`` it, logging a warning and calling
+    ``on_damaged_report(key)`` (``kvsessions.sessions.damaged``); reads may override it.
     """
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: KVStore, *, on_damaged: str = "raise",
+                 on_damaged_report: DamagedReport | None = None) -> None:
         if not isinstance(store, KVStore):
             raise TypeError(f"SessionStorage needs a KVStore, not {type(store).__name__}; "
                             "use SessionStorage.from_url(url) for a URL")
@@ -147,6 +153,9 @@ class SessionStorage(SessionListing, FileRecords):
         self._token = object()
         self._index = SessionIndex(self._raw, self._read_head_document)
         self._index_state = IndexState(self._raw)
+        if on_damaged_report is not None and not callable(on_damaged_report):
+            raise TypeError("on_damaged_report must be a callable taking a key, or None")
+        self._damaged = DamagedHandling(check_damaged_policy(on_damaged), on_damaged_report)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -318,14 +327,17 @@ class SessionStorage(SessionListing, FileRecords):
         return None
 
     async def load_session(
-        self, session_id: str, *, last_messages: int | None = None
+        self, session_id: str, *, last_messages: int | None = None,
+        on_damaged: str | None = None,
     ) -> ChatSession | None:
         """The session with all its messages (or only the latest ``last_messages``), or None.
 
-        A full load reports ``message_count`` as the number of messages stored; a partial load
-        reports the head's count (see the module docstring)."""
+        A full load reports ``message_count`` as the number of messages stored (with
+        ``on_damaged="skip"``: readable ones); a partial load reports the head's count (see
+        the module docstring). A damaged head always raises."""
         if last_messages is not None:
             check_limit(last_messages, "last_messages")
+        handling = self._handling(on_damaged)
         key = session_key(session_id)
         stored = await self._read_head(session_id)
         if stored is None or stored[1]["status"] == DELETING:
@@ -333,10 +345,11 @@ class SessionStorage(SessionListing, FileRecords):
         head = stored[1]
         session = document_to_session(head, key=key)
         if last_messages is None:
-            session.messages = await self._scan_messages(message_prefix(session_id))
+            session.messages = await self._scan_messages(message_prefix(session_id), handling)
             session.message_count = len(session.messages)
         else:
-            session.messages = await self.load_messages(session_id, limit=last_messages)
+            session.messages = await self.load_messages(session_id, limit=last_messages,
+                                                        on_damaged=handling.policy)
             session.message_count = max(session.message_count, len(session.messages))
         saved = self._saved(session)
         saved.ids.update(message.message_id for message in session.messages)
@@ -351,22 +364,35 @@ class SessionStorage(SessionListing, FileRecords):
         limit: int | None = None,
         before: str | None = None,
         after: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        on_damaged: str | None = None,
     ) -> list[ChatMessage]:
         """A page of a session's messages, in conversation order, by message id (exclusive).
 
         With only ``after``: the first ``limit`` messages after it (paging forwards). Otherwise
         the latest ``limit`` messages (before ``before``, after ``after``, when given): the chat
         window, and paging backwards with ``before=<oldest message loaded>.message_id``. Only the
-        page is read, never the rest of the history."""
+        page is read, never the rest of the history. ``since`` (inclusive) and ``until``
+        (exclusive) keep the messages whose ``created_at`` is in that window, reading only
+        the key range its ids' times span (``kvsessions.sessions.message_times``)."""
         if limit is not None:
             check_limit(limit, "limit")
+        handling = self._handling(on_damaged)
+        window = TimeWindow(since, until)
         prefix = message_prefix(session_id)
         after_key = None if after is None else message_key(session_id, after)
         before_key = None if before is None else message_key(session_id, before)
-        if after_key is not None and before_key is None:
-            return await self._scan_messages(prefix, start_after=after_key, limit=limit)
-        messages = await self._scan_messages(prefix, start_after=before_key, limit=limit,
-                                             reverse=True, stop_at=after_key)
+        forwards = after_key is not None and before_key is None
+        lower = max((k for k in (after_key, window.lower_key(session_id)) if k is not None),
+                    default=None)
+        upper = min((k for k in (before_key, window.upper_key(session_id)) if k is not None),
+                    default=None)
+        if forwards:
+            return await self._scan_messages(prefix, handling, start_after=lower, limit=limit,
+                                             stop_at=upper, keep=window.keep())
+        messages = await self._scan_messages(prefix, handling, start_after=upper, limit=limit,
+                                             reverse=True, stop_at=lower, keep=window.keep())
         messages.reverse()
         return messages
 
@@ -459,34 +485,24 @@ class SessionStorage(SessionListing, FileRecords):
     async def _scan_messages(
         self,
         prefix: str,
+        handling: DamagedHandling,
         *,
         start_after: str | None = None,
         limit: int | None = None,
         reverse: bool = False,
         stop_at: str | None = None,
+        keep: Callable[[ChatMessage], bool] | None = None,
     ) -> list[ChatMessage]:
-        """Messages of one scan, each parsed once. A document in the form this release writes
-        is checked field by field on the spot (``message_from_document``); anything else
-        takes the full path (upcast, JSON Schema), which names what is wrong."""
-        messages: list[ChatMessage] = []
-        append, loads, fast = messages.append, orjson.loads, message_from_document
-        async for page in self._raw.scan_pages(prefix, start_after=start_after, limit=limit,
-                                               reverse=reverse):
-            for key, value in page:
-                if stop_at is not None and key <= stop_at:
-                    return messages
-                try:
-                    document = loads(value)
-                except orjson.JSONDecodeError:
-                    document = None
-                message = fast(document)
-                if message is None:
-                    document = decode_document(value, key=key)
-                    if self._documents.validate_reads:
-                        validate_document(document, key=key)
-                    message = document_to_message(document, key=key)
-                append(message)
-        return messages
+        """Messages of one scan, each parsed once (``kvsessions.sessions.message_scan``)."""
+        return await scan_messages(self._raw, self._documents, prefix, handling,
+                                   start_after=start_after, limit=limit, reverse=reverse,
+                                   stop_at=stop_at, keep=keep)
+
+    def _handling(self, on_damaged: str | None) -> DamagedHandling:
+        """The damaged-data policy of one call: its own, else this storage's."""
+        if on_damaged is None or on_damaged == self._damaged.policy:
+            return self._damaged
+        return DamagedHandling(check_damaged_policy(on_damaged), self._damaged.report)
 
     def _saved(self, session: ChatSession) -> SavedState:
         registry: dict[object, SavedState] | None = getattr(session, _SAVED_ATTRIBUTE, None)
