@@ -71,6 +71,7 @@ from kvsessions.sessions.heads import (
     merged_head,
 )
 from kvsessions.sessions.index import IndexState, SessionIndex
+from kvsessions.sessions.insertion import SessionInsertion
 from kvsessions.sessions.listing import SessionListing
 from kvsessions.sessions.message_edits import MessageEdits
 from kvsessions.sessions.message_scan import scan_messages
@@ -131,7 +132,7 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage(SessionListing, FileRecords, MessageEdits):
+class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
