@@ -19,6 +19,7 @@ nothing to remove (False, None, 0); writes that need the session (``append_messa
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -47,6 +48,8 @@ __all__ = ["MessageEdits", "removal_change", "touched"]
 
 #: Keys one ``delete_many`` of ``clear_messages`` removes (the head is updated after each).
 _CLEAR_BATCH = 500
+#: Edited messages one save rewrites at once.
+_EDIT_CONCURRENCY = 32
 
 HeadChange = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -127,6 +130,23 @@ class MessageEdits:
     async def _counted_removal(self, session_id: str, head: Head, removed: int) -> None:
         if removed:
             await self._change_head(session_id, head, removal_change(removed, utc_now()))
+
+    async def _store_edits(self, edits: list[tuple[str, bytes]]) -> None:
+        """Rewrite edited messages a save found (each by compare-and-set from a fresh read:
+        the last writer wins, none is torn); one another writer deleted meanwhile stays
+        deleted (writing it again would bring back a message nobody counts)."""
+        for start in range(0, len(edits), _EDIT_CONCURRENCY):
+            chunk = edits[start:start + _EDIT_CONCURRENCY]
+            results = await asyncio.gather(*(self._store_edit(key, value)
+                                             for key, value in chunk), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    async def _store_edit(self, key: str, value: bytes) -> None:
+        while (stored := await self._raw.get(key)) is not None and stored != value:
+            if await self._raw.compare_and_set(key, stored, value):
+                return
 
     # ------------------------------------------------------------------ appending
 
