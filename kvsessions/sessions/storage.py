@@ -5,9 +5,13 @@ message is its own document under ``message:{sid}:{mid}`` (message ids are time-
 order is conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
 
 * appending a message costs one get of the head, one new message document and one
-  compare-and-set of the head, whatever the history's length; ``save_session`` writes only the
-  messages this storage has not stored from that session object yet, and the head only when
-  something in it changed; it never deletes anything another writer stored;
+  compare-and-set of the head, whatever the history's length; ``save_session`` writes only
+  what changed: the messages this storage has not stored from that session object yet, the
+  edits of those it loaded or saved, the deletion of those removed from the list, and the
+  head when something in it changed; it never deletes a message the object never held;
+* single messages are appended, read, updated, deleted and popped, or all cleared, by the
+  methods of ``kvsessions.sessions.message_edits``, each at the cost of the messages it
+  touches;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
 * listing sessions reads about ``limit`` index entries and the heads they name, whatever the
@@ -53,6 +57,7 @@ from kvsessions.documents.models import (
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
+    utc_now,
 )
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import SessionNotFoundError, ValidationError
@@ -73,6 +78,7 @@ from kvsessions.sessions.heads import (
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.insertion import SessionInsertion
 from kvsessions.sessions.listing import SessionListing
+from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
 from kvsessions.sessions.message_edits import MessageEdits
 from kvsessions.sessions.message_scan import scan_messages
 from kvsessions.sessions.message_times import TimeWindow
@@ -190,40 +196,47 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
     # ------------------------------------------------------------------ sessions
 
     async def save_session(self, session: ChatSession) -> bool:
-        """Store the messages not stored yet and merge the head (see the module docstring).
+        """Store what changed and merge the head (see the module docstring): messages new
+        to this storage, edits of messages it loaded or saved from this object, deletions
+        of those no longer in ``session.messages`` (``kvsessions.sessions.message_changes``).
         True when stored; False, with nothing written, when the session was deleted since
         this object was loaded or saved here (or is being deleted). Nothing is written when
-        any document is invalid or two messages share an id; messages already stored (by
-        anyone) are kept."""
+        any document is invalid or two messages share an id; messages this object never
+        held are kept, and a message another writer deleted is not stored again."""
         saved = self._saved(session)
-        unsaved = self._unsaved(session, saved)
-        messages: list[tuple[str, bytes]] = []
-        for message in unsaved:
-            key = check_key(message_key(session.session_id, message.message_id))
-            document = self._message_document(session.session_id, message)
-            messages.append((key, self._documents.encode(key, document)))
+        plan = plan_save(session, saved.messages)
+        messages = [self._message_item(session.session_id, m) for m in plan.new]
+        edits = [self._message_item(session.session_id, m) for m in plan.edited]
+        removed = [message_key(session.session_id, m) for m in plan.removed]
         mine = session_to_document(session)
+        if plan.changes_stored:  # the stored session changes: it counts as updated now
+            mine["updated_at"] = format_timestamp(max(session.updated_at, utc_now()))
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
         await self._index_state.before_write()
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
         return await outlive_cancellation(
-            self._save(session, saved, unsaved, messages, mine, head))
+            self._save(session, saved, plan, (messages, edits, removed), mine, head))
 
-    async def _save(self, session: ChatSession, saved: SavedState,
-                    unsaved: list[ChatMessage], messages: list[tuple[str, bytes]],
+    def _message_item(self, session_id: str, message: ChatMessage) -> tuple[str, bytes]:
+        key = check_key(message_key(session_id, message.message_id))
+        return key, self._documents.encode(key, self._message_document(session_id, message))
+
+    async def _save(self, session: ChatSession, saved: SavedState, plan: SavePlan,
+                    writes: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]],
                     mine: dict[str, Any], head: Head | None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
-        no message is left stored and uncounted."""
-        created = await self._create_messages(messages)
+        no message is left stored and uncounted. The head first (counting the new messages,
+        as ``kvsessions.sessions.message_edits`` explains), then the messages, then the
+        count of what was not created or was removed."""
+        messages, edits, removals = writes
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
-                await self._remove(created)
                 return False
             if head is None:
-                document = {**mine, "message_count": len(created)}
+                document = {**mine, "message_count": len(messages)}
                 encoded = self._documents.encode(head_key, document)
                 await self._index.before_change(None, document)
                 if await self._raw.put_if_absent(head_key, encoded):
@@ -231,7 +244,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                     break
             else:
                 stored, current = head
-                document = merged_head(current, mine, saved.base, len(created))
+                document = merged_head(current, mine, saved.base, len(messages))
                 if document == current:
                     break
                 encoded = self._documents.encode(head_key, document)
@@ -240,15 +253,20 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                     await self._index.after_change(session.session_id, current, document)
                     break
             head = await self._read_head(session.session_id)
-        saved.ids.update(message.message_id for message in unsaved)
-        self._mark_prefix(session, saved)
+        if messages and await self._create_counted(session.session_id, messages) is None:
+            return False
+        await self._store_edits(edits)
+        removed = await self._raw.delete_many(removals) if removals else 0
+        recounted = await self._recount(session.session_id, -removed)
+        plan.settle(saved.messages)
         saved.base = head_fields(mine)
-        session.message_count = document["message_count"]
+        session.updated_at = saved.base["updated_at"]
+        session.message_count = (recounted or document)["message_count"]
         return True
 
     async def _create_messages(self, messages: list[tuple[str, bytes]]) -> list[str]:
         """Store each message unless its key is taken; the keys this call created. A failure
-        removes what this call created, so no stored message goes uncounted."""
+        removes what this call created (its caller then takes the count back)."""
         created: list[str] = []
         failure: BaseException | None = None
         for start in range(0, len(messages), _WRITE_CONCURRENCY):
@@ -286,28 +304,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
 
     async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
                       head: Head | None) -> None:
-        created = await self._raw.put_if_absent(key, value)
-        head_key = session_key(session_id)
-        while True:
-            if head is None or head[1]["status"] == DELETING:
-                if created:
-                    await self._raw.delete(key)
-                raise SessionNotFoundError(
-                    f"session {session_id!r} was deleted while a message was appended")
-            stored, current = head
-            document = dict(current)
-            document["message_count"] = current["message_count"] + created
-            updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
-            if message.created_at > updated:
-                document["updated_at"] = format_timestamp(message.created_at)
-            if document == current:
-                return
-            encoded = self._documents.encode(head_key, document)
-            await self._index.before_change(current, document)
-            if await self._raw.compare_and_set(head_key, stored, encoded):
-                await self._index.after_change(session_id, current, document)
-                return
-            head = await self._read_head(session_id)
+        await self._append_counted(session_id, [(key, value)], message.created_at, head)
 
     async def _read_head(self, session_id: str) -> Head | None:
         """The head of ``session_id`` as stored (any status), or None. A head found only under
@@ -353,8 +350,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                                                         on_damaged=handling.policy)
             session.message_count = max(session.message_count, len(session.messages))
         saved = self._saved(session)
-        saved.ids.update(message.message_id for message in session.messages)
-        self._mark_prefix(session, saved)
+        remember(saved.messages, session.messages)
         saved.base = head_fields(head)
         return session
 
@@ -467,9 +463,10 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
 
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
-        or head fields changed since this storage last loaded, listed or saved the object."""
+        edited or removed, or head fields changed since this storage last loaded, listed or
+        saved the object."""
         saved = self._saved(session)
-        if saved.base is None or self._unsaved(session, saved):
+        if saved.base is None or not plan_save(session, saved.messages).empty:
             return True
         return head_fields(session_to_document(session)) != saved.base
 
@@ -514,30 +511,3 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         if saved is None:
             saved = registry[self._token] = SavedState()
         return saved
-
-    @staticmethod
-    def _unsaved(session: ChatSession, saved: SavedState) -> list[ChatMessage]:
-        """The messages to store; ``ValidationError`` when two messages share an id (one key
-        cannot hold both, and counting both would make the count wrong)."""
-        messages = session.messages
-        start = saved.prefix
-        if start and (start > len(messages) or messages[start - 1].message_id != saved.last_id):
-            start = 0  # the list was changed other than by appending: look at all of it
-        seen: set[str] = set()
-        unsaved: list[ChatMessage] = []
-        for message in messages[start:]:
-            message_id = message.message_id
-            if message_id in seen or (start and message_id in saved.ids):
-                raise ValidationError(
-                    f"two messages of session {session.session_id!r} have the id "
-                    f"{message_id!r}", key=message_key(session.session_id, str(message_id)),
-                    path="message_id", kind="message")
-            seen.add(message_id)
-            if message_id not in saved.ids:
-                unsaved.append(message)
-        return unsaved
-
-    @staticmethod
-    def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
-        saved.prefix = len(session.messages)
-        saved.last_id = session.messages[-1].message_id if session.messages else None
