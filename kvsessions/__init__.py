@@ -18,6 +18,7 @@ from kvsessions.errors import (
     KVSessionsError,
     MessageNotFoundError,
     MissingDependencyError,
+    RevisionConflictError,
     SessionNotFoundError,
     StoreError,
     StoreUnavailableError,
@@ -53,6 +54,8 @@ _LAZY: dict[str, str] = {
     "MongoDBSessionStorage": "kvsessions.sessions.storage",
     "RedisSessionStorage": "kvsessions.sessions.storage",
     "SessionManager": "kvsessions.sessions.manager",
+    "State": "kvsessions.sessions.state",
+    "StateScope": "kvsessions.sessions.state",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
     "create_manager": "kvsessions.config",
@@ -90,11 +93,14 @@ __all__ = [
     "PostgreSQLStore",
     "RedisSessionStorage",
     "RedisStore",
+    "RevisionConflictError",
     "SQLiteSessionStorage",
     "SQLiteStore",
     "SessionManager",
     "SessionNotFoundError",
     "SessionStorage",
+    "State",
+    "StateScope",
     "StorageConfig",
     "StoreError",
     "StoreUnavailableError",
@@ -143,6 +149,7 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
     from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
+    from kvsessions.sessions.state import State, StateScope
     from kvsessions.sessions.storage import (
         FileSessionStorage,
         MemorySessionStorage,

@@ -14,6 +14,7 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     ├── ExportFileError (ValueError)          an export file that is not intact or not an export
     ├── SessionNotFoundError (LookupError)    an operation needs a session that is not stored
     ├── MessageNotFoundError (LookupError)    an operation needs a message that is not stored
+    ├── RevisionConflictError                 a write asked for a revision that is no longer stored
     ├── MissingDependencyError (ImportError)  an optional driver is not installed
     ├── StoreUnavailableError (ConnectionError) the server cannot be reached or went away
     └── StoreError                            the store failed in another way
@@ -35,6 +36,7 @@ __all__ = [
     "KVSessionsError",
     "MessageNotFoundError",
     "MissingDependencyError",
+    "RevisionConflictError",
     "SessionNotFoundError",
     "StoreError",
     "StoreUnavailableError",
@@ -132,6 +134,21 @@ class SessionNotFoundError(KVSessionsError, LookupError):
 
 class MessageNotFoundError(KVSessionsError, LookupError):
     """An operation needs a message that is not in its session."""
+
+
+class RevisionConflictError(KVSessionsError):
+    """A write given ``expected_revision`` found another revision stored (someone wrote in
+    between): nothing was written. ``expected`` and ``actual`` are the two revisions."""
+
+    def __init__(self, what: str, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{what} is at revision {actual}, not the expected {expected}; "
+                         "nothing was written (read it again and retry)")
+        self.what = what
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.expected, self.actual)
 
 
 class MissingDependencyError(KVSessionsError, ImportError):

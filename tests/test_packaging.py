@@ -18,7 +18,8 @@ import asyncio, sys, kvsessions
 from kvsessions.documents import codec, models
 from kvsessions.documents.validation import schema_names, validate_document
 assert "site-packages" in kvsessions.__file__, kvsessions.__file__
-assert schema_names() == ["file.v1.json", "index.v1.json", "message.v1.json", "session.v1.json"]
+assert schema_names() == ["file.v1.json", "index.v1.json", "message.v1.json", "session.v1.json",
+                        "session.v2.json", "state.v1.json"]
 session = models.ChatSession.create("m")
 validate_document(codec.session_to_document(session))
 try:

@@ -10,7 +10,8 @@ got in first. Hence:
   takes off exactly those its delete removed; no change is lost to a concurrent writer
   (``kvsessions.sessions.message_edits`` says why counting first keeps the count exact);
 * ``save_session`` merges with what others wrote: fields this object changed since it was
-  loaded or last saved here are written, the others keep the stored value, ``updated_at``
+  loaded or last saved here are written (``metadata`` key by key: the top-level keys it set,
+  changed or removed), the others keep the stored value, ``updated_at``
   never goes back (unless this object set it back), and the count is the stored count plus
   the messages this save created minus those it removed (a delete that found the message
   gone, removed by another writer, does not count);
@@ -22,6 +23,10 @@ got in first. Hence:
   was deleted (or deleted and created anew, told apart by ``created_at``) returns False and
   writes nothing; an object never stored here creates the session. A delete that was
   interrupted is finished by running ``delete_session`` again.
+
+Every write of a head adds 1 to its ``revision`` (``next_revision``; a new head is revision
+1, a version 1 head reads as 0), so "only if unchanged" is one comparison
+(``check_revision``), repeated on every read of the compare-and-set loop.
 
 A writer killed between counting a message and storing it leaves the count one above what is
 stored; a full ``load_session`` reports the number of messages stored.
@@ -36,9 +41,21 @@ from typing import Any
 import orjson
 
 from kvsessions.documents.codec import parse_timestamp
+from kvsessions.errors import InvalidValueError, RevisionConflictError
 from kvsessions.sessions.message_changes import Fingerprint
 
-__all__ = ["DELETING", "Head", "SavedState", "head_fields", "is_stale", "merged_head"]
+__all__ = [
+    "DELETING",
+    "Head",
+    "SavedState",
+    "check_expected_revision",
+    "check_revision",
+    "head_fields",
+    "is_stale",
+    "merged_head",
+    "merged_metadata",
+    "next_revision",
+]
 
 #: The status a head has while its session is being deleted (never a model's status).
 DELETING = "deleting"
@@ -99,9 +116,54 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     for name in MERGED_FIELDS:
         if base is None or changed[name] != base[name]:
             merged[name] = mine[name]
+    if base is not None and changed["metadata"] != base["metadata"]:
+        merged["metadata"] = merged_metadata(current["metadata"], base["metadata"],
+                                             mine["metadata"])
     updated = changed["updated_at"]
     set_back = base is not None and updated < base["updated_at"]
     if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
         merged["updated_at"] = mine["updated_at"]
     merged["message_count"] = max(0, current["message_count"] + created)
     return merged
+
+
+_MISSING = object()
+
+
+def merged_metadata(current: dict[str, Any], base: dict[str, Any],
+                    mine: dict[str, Any]) -> dict[str, Any]:
+    """The stored metadata with the top-level keys this object set, changed or removed since
+    ``base`` applied (so two writers changing different keys both keep theirs)."""
+    merged = dict(current)
+    for name in base.keys() | mine.keys():
+        value = mine.get(name, _MISSING)
+        if value != base.get(name, _MISSING):
+            if value is _MISSING:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+    return merged
+
+
+def next_revision(document: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """``document`` (changed in place and returned) as the next revision of ``current``
+    (None: a new head, revision 1). Call it last, after deciding the head changes at all."""
+    document["revision"] = 1 if current is None else current.get("revision", 0) + 1
+    return document
+
+
+def check_expected_revision(expected: object) -> None:
+    """None (no condition) or a whole number >= 0 (0: never written)."""
+    if expected is not None and (type(expected) is not int or expected < 0):
+        raise InvalidValueError(f"expected_revision must be a whole number >= 0 or None, "
+                                f"not {expected!r}")
+
+
+def check_revision(what: str, expected: int | None, current: dict[str, Any] | None) -> None:
+    """Raise ``RevisionConflictError`` when ``expected`` is given and ``current`` (None: not
+    stored, revision 0) is at another revision."""
+    if expected is None:
+        return
+    actual = 0 if current is None else current.get("revision", 0)
+    if actual != expected:
+        raise RevisionConflictError(what, expected, actual)

@@ -1,5 +1,6 @@
-"""Index entries: keys that sort sessions by ``updated_at`` (all of them, and per status) and
-file records by ``expires_at``, kept right by ordinary KV writes, with no multi-key transaction.
+"""Index entries: keys that sort sessions by ``updated_at`` (all of them, per status, and per
+owner: application, user, both) and file records by ``expires_at``, kept right by ordinary KV
+writes, with no multi-key transaction.
 
 The keys are in ``kvsessions.documents.keys``. An entry *names* a head (session id, status,
 updated_at); it is *current* when the head it names says exactly that. The rules:
@@ -33,14 +34,18 @@ import orjson
 
 from kvsessions.documents.codec import parse_timestamp
 from kvsessions.documents.keys import (
+    APP_INDEX_PREFIX,
     FILE_PREFIX,
     INDEX_STATE_KEY,
+    OWNER_INDEX_PREFIX,
     SESSION_INDEX_PREFIX,
     SESSION_PREFIX,
     STATUS_INDEX_PREFIX,
+    USER_INDEX_PREFIX,
     file_expiry_key,
     index_entry_parts,
     index_timestamp,
+    owner_index_keys,
     session_index_keys,
     session_key,
 )
@@ -54,6 +59,7 @@ __all__ = [
     "IndexState",
     "SessionIndex",
     "build_index",
+    "every_entry",
     "file_entry",
     "head_entries",
     "is_removable",
@@ -73,7 +79,17 @@ def head_entries(document: dict[str, Any] | None) -> frozenset[str]:
     if document is None or document["status"] == DELETING:
         return frozenset()
     updated = parse_timestamp(document["updated_at"], path="updated_at")
-    return frozenset(session_index_keys(document["session_id"], document["status"], updated))
+    session_id = document["session_id"]
+    return frozenset((*session_index_keys(session_id, document["status"], updated),
+                      *owner_index_keys(session_id, document.get("user_id"),
+                                        document.get("app_name"), updated)))
+
+
+def every_entry(document: dict[str, Any]) -> frozenset[str]:
+    """The entries a head at ``document``'s ``updated_at`` may have had under any status (a
+    ``deleting`` mark does not keep the status before it): what a delete removes."""
+    return frozenset(entry for status in SESSION_STATUSES
+                     for entry in head_entries({**document, "status": status}))
 
 
 def file_entry(document: dict[str, Any] | None) -> str | None:
@@ -157,6 +173,15 @@ def _entry_session(entry: str) -> str | None:
         prefix = f"{STATUS_INDEX_PREFIX}{status}:"
         if entry.startswith(prefix):
             parts = index_entry_parts(entry, prefix)
+            return None if parts is None else parts[1]
+    for prefix, owner_parts in ((OWNER_INDEX_PREFIX, 2), (APP_INDEX_PREFIX, 1),
+                                (USER_INDEX_PREFIX, 1)):
+        if entry.startswith(prefix):
+            # the owner parts are encoded ids (no ':'): skip them, then read time and id
+            rest = entry[len(prefix):].split(":", owner_parts)
+            if len(rest) <= owner_parts:
+                return None
+            parts = index_entry_parts(rest[owner_parts], "")
             return None if parts is None else parts[1]
     return None
 

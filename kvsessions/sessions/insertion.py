@@ -17,8 +17,9 @@ from kvsessions.documents.codec import session_to_document
 from kvsessions.documents.keys import session_key
 from kvsessions.documents.models import ChatSession
 from kvsessions.kv.base import KVStore, outlive_cancellation
-from kvsessions.sessions.heads import SavedState, head_fields
+from kvsessions.sessions.heads import SavedState, head_fields, next_revision
 from kvsessions.sessions.index import IndexState, SessionIndex, head_entries
+from kvsessions.sessions.message_changes import remember
 from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = ["SessionInsertion"]
@@ -44,7 +45,7 @@ class SessionInsertion:
         or being deleted. The head is validated before anything is written; its count starts
         at 0 and grows by the messages stored after it (``append_messages``)."""
         key = session_key(session.session_id)
-        document = {**session_to_document(session), "message_count": 0}
+        document = next_revision({**session_to_document(session), "message_count": 0}, None)
         encoded = self._documents.encode(key, document)  # raises if invalid
         await self._index_state.before_write()
         if await self._raw.get(key) is not None:
@@ -54,11 +55,10 @@ class SessionInsertion:
             return False
         saved = self._saved(session)
         saved.base = head_fields(document)
+        session.revision = document["revision"]
         if session.messages:
             await self.append_messages(session.session_id, session.messages)
-            saved.ids.update(message.message_id for message in session.messages)
-            saved.prefix = len(session.messages)
-            saved.last_id = session.messages[-1].message_id
+            remember(saved.messages, session.messages)
         session.message_count = len(session.messages)
         return True
 

@@ -51,7 +51,7 @@ from kvsessions.errors import (
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.damaged import DamagedHandling
-from kvsessions.sessions.heads import DELETING, Head
+from kvsessions.sessions.heads import DELETING, Head, next_revision
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.message_scan import parse_message, read_message
 from kvsessions.wrappers.validating import ValidatingStore
@@ -125,6 +125,7 @@ class MessageEdits:
             document = change(current)
             if document == current:
                 return current
+            next_revision(document, current)
             encoded = self._documents.encode(key, document)
             await self._index.before_change(current, document)
             if await self._raw.compare_and_set(key, stored, encoded):

@@ -19,6 +19,11 @@ order is conversation order), and ``file:{fid}`` holds an uploaded-file record. 
   concurrent writers are in ``kvsessions.sessions.index``): an append or a save that moves
   ``updated_at`` also writes the new entries before the head and removes the old after it.
 
+``update_session`` changes a head alone (``kvsessions.sessions.head_updates``); state
+documents live beside sessions (``kvsessions.sessions.state``); sessions may have an owner,
+listed through owner index entries (``kvsessions.sessions.owners``). Every head write adds one
+to the head's ``revision``.
+
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
 ``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
 ``message_count`` is exact once the writers are done, saves merge with what others wrote, and a
@@ -31,7 +36,7 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -41,7 +46,6 @@ from kvsessions.documents.codec import (
     document_to_session,
     format_timestamp,
     message_to_document,
-    parse_timestamp,
     session_to_document,
 )
 from kvsessions.documents.keys import (
@@ -50,11 +54,10 @@ from kvsessions.documents.keys import (
     legacy_key_error,
     message_key,
     message_prefix,
-    session_index_keys,
     session_key,
+    session_state_key,
 )
 from kvsessions.documents.models import (
-    SESSION_STATUSES,
     ChatMessage,
     ChatSession,
     utc_now,
@@ -67,21 +70,26 @@ from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
 from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
 from kvsessions.sessions.files import FileRecords
+from kvsessions.sessions.head_updates import HeadChange, update_head
 from kvsessions.sessions.heads import (
     DELETING,
     Head,
     SavedState,
+    check_expected_revision,
+    check_revision,
     head_fields,
     is_stale,
     merged_head,
+    next_revision,
 )
-from kvsessions.sessions.index import IndexState, SessionIndex
+from kvsessions.sessions.index import IndexState, SessionIndex, every_entry
 from kvsessions.sessions.insertion import SessionInsertion
 from kvsessions.sessions.listing import SessionListing
 from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
 from kvsessions.sessions.message_edits import MessageEdits
 from kvsessions.sessions.message_scan import scan_messages
 from kvsessions.sessions.message_times import TimeWindow
+from kvsessions.sessions.state import State, StateDocuments, StateScope
 from kvsessions.wrappers.validating import ValidatingStore
 
 if TYPE_CHECKING:
@@ -163,6 +171,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         if on_damaged_report is not None and not callable(on_damaged_report):
             raise TypeError("on_damaged_report must be a callable taking a key, or None")
         self._damaged = DamagedHandling(check_damaged_policy(on_damaged), on_damaged_report)
+        self._states = StateDocuments(self._documents, self._read_head)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -195,14 +204,19 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
 
     # ------------------------------------------------------------------ sessions
 
-    async def save_session(self, session: ChatSession) -> bool:
+    async def save_session(self, session: ChatSession, *,
+                           expected_revision: int | None = None) -> bool:
         """Store what changed and merge the head (see the module docstring): messages new
         to this storage, edits of messages it loaded or saved from this object, deletions
         of those no longer in ``session.messages`` (``kvsessions.sessions.message_changes``).
         True when stored; False, with nothing written, when the session was deleted since
         this object was loaded or saved here (or is being deleted). Nothing is written when
         any document is invalid or two messages share an id; messages this object never
-        held are kept, and a message another writer deleted is not stored again."""
+        held are kept, and a message another writer deleted is not stored again. With
+        ``expected_revision`` (e.g. ``session.revision``), nothing is written and
+        ``RevisionConflictError`` raised unless the stored head is at that revision (0: no
+        head yet)."""
+        check_expected_revision(expected_revision)
         saved = self._saved(session)
         plan = plan_save(session, saved.messages)
         messages = [self._message_item(session.session_id, m) for m in plan.new]
@@ -216,8 +230,11 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
+        check_revision(f"session {session.session_id!r}", expected_revision,
+                       None if head is None else head[1])
         return await outlive_cancellation(
-            self._save(session, saved, plan, (messages, edits, removed), mine, head))
+            self._save(session, saved, plan, (messages, edits, removed), mine, head,
+                       expected_revision))
 
     def _message_item(self, session_id: str, message: ChatMessage) -> tuple[str, bytes]:
         key = check_key(message_key(session_id, message.message_id))
@@ -225,7 +242,8 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
 
     async def _save(self, session: ChatSession, saved: SavedState, plan: SavePlan,
                     writes: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]],
-                    mine: dict[str, Any], head: Head | None) -> bool:
+                    mine: dict[str, Any], head: Head | None,
+                    expected_revision: int | None = None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
         no message is left stored and uncounted. The head first (counting the new messages,
         as ``kvsessions.sessions.message_edits`` explains), then the messages, then the
@@ -235,8 +253,10 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         while True:
             if is_stale(head, saved):
                 return False
+            check_revision(f"session {session.session_id!r}", expected_revision,
+                           None if head is None else head[1])
             if head is None:
-                document = {**mine, "message_count": len(messages)}
+                document = next_revision({**mine, "message_count": len(messages)}, None)
                 encoded = self._documents.encode(head_key, document)
                 await self._index.before_change(None, document)
                 if await self._raw.put_if_absent(head_key, encoded):
@@ -247,6 +267,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                 document = merged_head(current, mine, saved.base, len(messages))
                 if document == current:
                     break
+                next_revision(document, current)
                 encoded = self._documents.encode(head_key, document)
                 await self._index.before_change(current, document)
                 if await self._raw.compare_and_set(head_key, stored, encoded):
@@ -261,7 +282,10 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         plan.settle(saved.messages)
         saved.base = head_fields(mine)
         session.updated_at = saved.base["updated_at"]
-        session.message_count = (recounted or document)["message_count"]
+        final = recounted or document
+        session.message_count = final["message_count"]
+        session.revision = final["revision"]
+        session.user_id, session.app_name = final.get("user_id"), final.get("app_name")
         return True
 
     async def _create_messages(self, messages: list[tuple[str, bytes]]) -> list[str]:
@@ -415,7 +439,8 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
             if current["status"] == DELETING:
                 marked = stored
                 break
-            mark = self._documents.encode(head_key, {**current, "status": DELETING})
+            mark = self._documents.encode(
+                head_key, next_revision({**current, "status": DELETING}, current))
             if await self._raw.compare_and_set(head_key, stored, mark):
                 marked = mark
                 break
@@ -429,6 +454,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                 batch = []
         if batch:
             deleted += await self._raw.delete_many(batch)
+        await self._raw.delete(session_state_key(session_id))  # before the head: see state.py
         last_mark = marked
         while marked is not None and not await self._raw.compare_and_set(head_key, marked,
                                                                         None):
@@ -442,9 +468,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
     async def _remove_entries(self, session_id: str, mark: dict[str, Any]) -> None:
         """Remove the entries a deleted head had (its status before the mark is not kept, so
         those of every status), then settle them (``kvsessions.sessions.index``)."""
-        updated = parse_timestamp(mark["updated_at"], path="updated_at")
-        entries = sorted({entry for status in SESSION_STATUSES
-                          for entry in session_index_keys(session_id, status, updated)})
+        entries = sorted(every_entry(mark))
         await self._raw.delete_many(entries)
         await self._index.settle(session_id, entries)
 
@@ -460,6 +484,39 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
             validate_document(document, key=key)  # raises, naming the field
             raise
         return document
+
+    # ------------------------------------------------------------------ heads and state
+
+    async def update_session(self, session_id: str, *,
+                             metadata: Mapping[str, Any] | None = None,
+                             status: str | None = None, model: str | None = None,
+                             expected_revision: int | None = None) -> ChatSession:
+        """Change the head only (no messages read): ``metadata`` merged key by key (a value
+        None removes the key), ``status``, ``model``; atomic under concurrent writers (see
+        ``kvsessions.sessions.head_updates``). The head as stored after it (``messages``
+        empty). ``SessionNotFoundError``; ``RevisionConflictError`` when
+        ``expected_revision`` is given and the head is at another revision."""
+        change = HeadChange(metadata, status, model)
+        await self._index_state.before_write()
+        document = await outlive_cancellation(update_head(
+            self._documents, self._index, self._read_head, session_id, change,
+            expected_revision))
+        return self._listed(document, session_key(session_id))
+
+    async def get_state(self, scope: StateScope) -> State:
+        """The state of ``scope`` (``State()``, revision 0, when never written)."""
+        return await self._states.get(scope)
+
+    async def update_state(self, scope: StateScope, delta: Mapping[str, Any], *,
+                           expected_revision: int | None = None) -> State:
+        """Merge ``delta`` into the state of ``scope`` (a value None removes its key),
+        atomically (``kvsessions.sessions.state``); the state as stored after it."""
+        return await self._states.update(scope, delta, expected_revision)
+
+    async def set_state(self, scope: StateScope, value: Mapping[str, Any], *,
+                        expected_revision: int | None = None) -> State:
+        """Replace the state of ``scope`` with ``value``, atomically; the state stored."""
+        return await self._states.set(scope, value, expected_revision)
 
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,

@@ -17,7 +17,8 @@ EVERY_OTHER_MODULE = """
 import importlib, pkgutil, sys, kvsessions
 skip = set(sys.argv[1:])
 for module in pkgutil.walk_packages(kvsessions.__path__, "kvsessions."):
-    if module.name not in skip and not module.name.startswith("kvsessions.integrations."):
+    if (module.name not in skip and not module.name.endswith("__main__")
+            and not module.name.startswith("kvsessions.integrations.")):
         importlib.import_module(module.name)
 importlib.import_module("kvsessions.integrations")
 importlib.import_module("kvsessions.integrations.storage_source")
