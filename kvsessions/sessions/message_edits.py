@@ -51,7 +51,7 @@ from kvsessions.errors import (
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.damaged import DamagedHandling
-from kvsessions.sessions.heads import DELETING, Head, next_revision
+from kvsessions.sessions.heads import DELETING, Head, check_revision, next_revision
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.message_scan import parse_message, read_message
 from kvsessions.wrappers.validating import ValidatingStore
@@ -134,18 +134,23 @@ class MessageEdits:
             head = await self._read_head(session_id)
 
     async def _append_counted(self, session_id: str, items: list[tuple[str, bytes]],
-                              latest: datetime, head: Head | None) -> None:
+                              latest: datetime, head: Head | None,
+                              expected_revision: int | None = None) -> dict[str, Any]:
         """Count ``items`` in the head (moving ``updated_at`` to ``latest``), then store them
-        (see the module docstring); ``SessionNotFoundError`` when the session is gone."""
+        (see the module docstring); the head that counted them. ``SessionNotFoundError`` when
+        the session is gone; ``RevisionConflictError``, nothing written, when
+        ``expected_revision`` is given and the head is at another one."""
         def count_in(current: dict[str, Any]) -> dict[str, Any]:
+            check_revision(f"session {session_id!r}", expected_revision, current)
             document = dict(current)
             document["message_count"] = current["message_count"] + len(items)
             return touched(document, latest)
 
-        if (await self._change_head(session_id, head, count_in) is None
-                or await self._create_counted(session_id, items) is None):
+        counted = await self._change_head(session_id, head, count_in)
+        if counted is None or await self._create_counted(session_id, items) is None:
             raise SessionNotFoundError(
                 f"session {session_id!r} was deleted while messages were appended")
+        return counted
 
     async def _create_counted(self, session_id: str,
                               items: list[tuple[str, bytes]]) -> list[str] | None:
@@ -214,6 +219,18 @@ class MessageEdits:
         retried call changes nothing; ``SessionNotFoundError`` when there is no such session
         (what this call stored is then removed again); every message is checked before
         anything is written, and two messages with one id raise ``ValidationError``."""
+        items, latest = self._encoded_messages(session_id, messages)
+        if latest is None:
+            return
+        head = await self._live_head(session_id)
+        if head is None:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
+        await outlive_cancellation(self._append_counted(session_id, items, latest, head))
+
+    def _encoded_messages(self, session_id: str, messages: Sequence[ChatMessage]
+                          ) -> tuple[list[tuple[str, bytes]], datetime | None]:
+        """Each message's key and document, checked before anything is written, and the
+        latest ``created_at`` (None: no messages)."""
         items: list[tuple[str, bytes]] = []
         seen: set[str] = set()
         latest: datetime | None = None
@@ -229,12 +246,7 @@ class MessageEdits:
                 key, self._message_document(session_id, message))))
             if latest is None or message.created_at > latest:
                 latest = message.created_at
-        if latest is None:
-            return
-        head = await self._live_head(session_id)
-        if head is None:
-            raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
-        await outlive_cancellation(self._append_counted(session_id, items, latest, head))
+        return items, latest
 
     # ------------------------------------------------------------------ reading one
 

@@ -68,6 +68,7 @@ from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.conditional_append import ConditionalAppend
 from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
 from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.head_updates import HeadChange, update_head
@@ -146,7 +147,8 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion):
+class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion,
+                     ConditionalAppend):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
