@@ -25,8 +25,10 @@ stale when the stored session was updated after its ``last_update_time`` and its
 not the stored last event.
 
 What is atomic: the event and the staleness check together (one head compare-and-set; the
-event document is stored right after it), and each state document's delta (a merge by
-compare-and-set: concurrent writers of different keys keep both, of one key the last wins).
+event document is stored right after it), and each state document's delta (merged into the
+document read and written by compare-and-set, again from a fresh read when another writer got
+in first: concurrent writers of different keys keep both, of one key the last wins; a value
+None is stored, as ADK does).
 The three state deltas are written after the event, each on its own: a reader between them
 may see the event before its state, and a process killed between them leaves the event
 stored with part of its state. No store kvsessions runs on gives one transaction across
@@ -250,12 +252,25 @@ class KVSessionService(BaseSessionService):
         app, user, own = split_state(delta)
         writes = []
         if app:
-            writes.append(self.storage.update_state(StateScope.app(app_name), app))
+            writes.append(self._merge(StateScope.app(app_name), app))
         if user:
-            writes.append(self.storage.update_state(StateScope.user(app_name, user_id), user))
+            writes.append(self._merge(StateScope.user(app_name, user_id), user))
         if own:
-            writes.append(self.storage.update_state(StateScope.session(session_id), own))
+            writes.append(self._merge(StateScope.session(session_id), own))
         await asyncio.gather(*writes)
+
+    async def _merge(self, scope: StateScope, delta: dict[str, Any]) -> None:
+        """Merge ``delta`` into one state document as ADK merges (a value None is stored as
+        null, not removed as ``update_state`` would): a compare-and-set of the document read,
+        repeated from a fresh read when another writer got in first."""
+        while True:
+            current = await self.storage.get_state(scope)
+            try:
+                await self.storage.set_state(scope, {**current.value, **delta},
+                                             expected_revision=current.revision)
+                return
+            except RevisionConflictError:
+                continue
 
 
 # ---------------------------------------------------------------------- ids, state, events
