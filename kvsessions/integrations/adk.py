@@ -157,7 +157,8 @@ class KVSessionService(BaseSessionService):
             if cursor is None:
                 break
         heads.reverse()
-        sessions = await asyncio.gather(*(self._session(head, []) for head in heads))
+        shared = await self._shared_states(app_name, {str(head.user_id) for head in heads})
+        sessions = await asyncio.gather(*(self._session(head, [], shared) for head in heads))
         return ListSessionsResponse(sessions=list(sessions))
 
     async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
@@ -231,15 +232,24 @@ class KVSessionService(BaseSessionService):
             return None
         return head
 
-    async def _session(self, head: ChatSession, events: list[Event]) -> Session:
+    async def _shared_states(self, app_name: str, user_ids: set[str]
+                             ) -> dict[str | None, dict[str, Any]]:
+        """The app state (key None) and each user's state, read once for many sessions."""
+        scopes = [StateScope.app(app_name)] + [StateScope.user(app_name, user_id)
+                                               for user_id in sorted(user_ids)]
+        states = await asyncio.gather(*(self.storage.get_state(scope) for scope in scopes))
+        return {scope.user_id: state.value for scope, state in zip(scopes, states, strict=True)}
+
+    async def _session(self, head: ChatSession, events: list[Event],
+                       shared: dict[str | None, dict[str, Any]] | None = None) -> Session:
         app_name, user_id, session_id = adk_ids(head.session_id)
-        own, user, app = await asyncio.gather(
+        own, shared = await asyncio.gather(
             self.storage.get_state(StateScope.session(head.session_id)),
-            self.storage.get_state(StateScope.user(app_name, user_id)),
-            self.storage.get_state(StateScope.app(app_name)))
+            self._shared_states(app_name, {user_id}) if shared is None else _given(shared))
         state = dict(own.value)
-        state.update((AdkState.USER_PREFIX + key, value) for key, value in user.value.items())
-        state.update((AdkState.APP_PREFIX + key, value) for key, value in app.value.items())
+        state.update((AdkState.USER_PREFIX + key, value)
+                     for key, value in shared.get(user_id, {}).items())
+        state.update((AdkState.APP_PREFIX + key, value) for key, value in shared[None].items())
         session = Session(id=session_id, app_name=app_name, user_id=user_id, state=state,
                           events=events, last_update_time=head.updated_at.timestamp())
         session._storage_update_marker = str(head.revision)
@@ -271,6 +281,10 @@ class KVSessionService(BaseSessionService):
                 return
             except RevisionConflictError:
                 continue
+
+
+async def _given(value: dict[str | None, dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    return value
 
 
 # ---------------------------------------------------------------------- ids, state, events
