@@ -65,7 +65,12 @@ from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
-from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
+from kvsessions.sessions.damaged import (
+    DamagedHandling,
+    DamagedPolicy,
+    DamagedReport,
+    check_damaged_policy,
+)
 from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.heads import (
     DELETING,
@@ -147,7 +152,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
     ``on_damaged_report(key)`` (``kvsessions.sessions.damaged``); reads may override it.
     """
 
-    def __init__(self, store: KVStore, *, on_damaged: str = "raise",
+    def __init__(self, store: KVStore, *, on_damaged: DamagedPolicy = "raise",
                  on_damaged_report: DamagedReport | None = None) -> None:
         if not isinstance(store, KVStore):
             raise TypeError(f"SessionStorage needs a KVStore, not {type(store).__name__}; "
@@ -325,7 +330,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
 
     async def load_session(
         self, session_id: str, *, last_messages: int | None = None,
-        on_damaged: str | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> ChatSession | None:
         """The session with all its messages (or only the latest ``last_messages``), or None.
 
@@ -362,7 +367,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
         after: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        on_damaged: str | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> list[ChatMessage]:
         """A page of a session's messages, in conversation order, by message id (exclusive).
 
