@@ -21,7 +21,7 @@ from typing import Literal
 
 from kvsessions.errors import ConfigError, ValidationError
 
-__all__ = ["DAMAGED_POLICIES", "DamagedHandling", "DamagedPolicy", "DamagedReport",
+__all__ = ["DamagedHandling", "DamagedPolicy", "DamagedReport",
            "check_damaged_policy"]
 
 logger = logging.getLogger("kvsessions")
@@ -29,7 +29,6 @@ logger = logging.getLogger("kvsessions")
 DamagedPolicy = Literal["raise", "skip"]
 #: Called with the key of each damaged document a read skipped.
 DamagedReport = Callable[[str], object]
-DAMAGED_POLICIES: tuple[DamagedPolicy, ...] = ("raise", "skip")
 
 
 def check_damaged_policy(value: object, origin: str = "on_damaged") -> DamagedPolicy:

@@ -50,7 +50,7 @@ from kvsessions.errors import (
 )
 from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.values import check_key
-from kvsessions.sessions.damaged import DamagedHandling
+from kvsessions.sessions.damaged import DamagedHandling, DamagedPolicy
 from kvsessions.sessions.heads import DELETING, Head, check_revision, next_revision
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.message_scan import parse_message, read_message
@@ -251,7 +251,7 @@ class MessageEdits:
     # ------------------------------------------------------------------ reading one
 
     async def load_message(self, session_id: str, message_id: str, *,
-                           on_damaged: str | None = None) -> ChatMessage | None:
+                           on_damaged: DamagedPolicy | None = None) -> ChatMessage | None:
         """The message ``message_id`` of ``session_id``, or None: one get. A damaged document
         raises ``ValidationError`` naming its key, or reads as None with
         ``on_damaged="skip"`` (reported; see ``kvsessions.sessions.damaged``)."""
@@ -335,7 +335,7 @@ class MessageEdits:
         return removed
 
     async def pop_message(self, session_id: str, *,
-                          on_damaged: str | None = None) -> ChatMessage | None:
+                          on_damaged: DamagedPolicy | None = None) -> ChatMessage | None:
         """Remove the latest message and return it (None when there is none, or no such
         session). Concurrent poppers never return one message twice: each removes the
         message it read by ``compare_and_set(key, read, None)``, and one that lost reads the

@@ -69,7 +69,12 @@ from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
 from kvsessions.sessions.conditional_append import ConditionalAppend
-from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
+from kvsessions.sessions.damaged import (
+    DamagedHandling,
+    DamagedPolicy,
+    DamagedReport,
+    check_damaged_policy,
+)
 from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.head_updates import HeadChange, update_head
 from kvsessions.sessions.heads import (
@@ -158,7 +163,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
     ``on_damaged_report(key)`` (``kvsessions.sessions.damaged``); reads may override it.
     """
 
-    def __init__(self, store: KVStore, *, on_damaged: str = "raise",
+    def __init__(self, store: KVStore, *, on_damaged: DamagedPolicy = "raise",
                  on_damaged_report: DamagedReport | None = None) -> None:
         if not isinstance(store, KVStore):
             raise TypeError(f"SessionStorage needs a KVStore, not {type(store).__name__}; "
@@ -352,7 +357,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
 
     async def load_session(
         self, session_id: str, *, last_messages: int | None = None,
-        on_damaged: str | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> ChatSession | None:
         """The session with all its messages (or only the latest ``last_messages``), or None.
 
@@ -389,7 +394,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         after: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        on_damaged: str | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> list[ChatMessage]:
         """A page of a session's messages, in conversation order, by message id (exclusive).
 
