@@ -67,8 +67,9 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
                                  purpose="kvsessions.integrations.adk") from error
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
-from kvsessions.integrations.storage_source import StorageSource, session_storage
+from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
 from kvsessions.sessions.state import StateScope
+from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["EVENT_KEY", "KVSessionService", "adk_ids", "event_message", "message_event",
            "stored_id"]
@@ -91,16 +92,20 @@ class KVSessionService(BaseSessionService):
 
     def __init__(self, storage: StorageSource, *, model: str = DEFAULT_MODEL,
                  **store_options: Any) -> None:
-        self.storage, self._owns_storage = session_storage(storage, **store_options)
+        self._storage = AdapterStorage(storage, **store_options)
         self._model = model
+
+    @property
+    def storage(self) -> SessionStorage:
+        """The kvsessions storage this adapter reads and writes (for the running loop)."""
+        return self._storage.current
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage!r})"
 
     async def close(self) -> None:
         """Close the storage when it was made here from a URL; else leave it to its owner."""
-        if self._owns_storage:
-            await self.storage.close()
+        await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -31,9 +31,6 @@ RUN = uuid.uuid4().hex[:8]
 PRIVATE = ("_connections", "_locked_connection", "_get_connection", "_await_mutation",
            "messages_table", "sessions_table", "sqlite3.", "_closed", "_quarantined", "._lock")
 MODULES = ("test_session", "test_session_limit")
-#: Tests that cannot finish here, and why.
-HANGS = {"test_sqlite_session_concurrent_access":
-         "one session used from five event loops at once: KVStore.open's asyncio.Lock"}
 
 
 def url_for(db_path: Any) -> str:
@@ -64,9 +61,6 @@ class AdapterSession(OpenAIAgentsSession):
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] not in MODULES:
-            continue
-        if item.name in HANGS:
-            item.add_marker(pytest.mark.xfail(run=False, reason=HANGS[item.name]))
             continue
         used = [name for name in PRIVATE if name in inspect.getsource(item.function)]
         if used:

@@ -18,9 +18,12 @@ import pytest
 
 from kvsessions.testing import StoreFactory
 from tests.backends import ALL as BACKENDS
+from tests.backends.postgresql import POSTGRES_URL
+from tests.backends.redis import REDIS_URL
 from tests.conftest import selected_backends
+from tests.mongo_server import mongodb_url
 
-__all__ = ["INTEGRATION_BACKENDS", "integration_stores", "pytest_generate_tests"]
+__all__ = ["INTEGRATION_BACKENDS", "integration_stores", "pytest_generate_tests", "store_url"]
 
 INTEGRATION_BACKENDS = ("sqlite", "postgresql", "redis", "mongodb")
 
@@ -40,3 +43,12 @@ def integration_stores(integration_backend: str, request: Any,
     if factory.cleanup is not None:  # on a thread of its own: the test's loop may be set
         with ThreadPoolExecutor(1) as thread:
             thread.submit(asyncio.run, factory.cleanup()).result()
+
+
+def store_url(stores: StoreFactory, tmp_path: Path) -> str:
+    """The test's namespace on its backend as a store URL (for adapters made from a URL)."""
+    stores.used_namespaces.add(stores.namespace)
+    backend = type(stores.new()).__name__
+    base = {"SQLiteStore": f"sqlite:///{tmp_path / 'store.db'}", "PostgreSQLStore": POSTGRES_URL,
+            "RedisStore": REDIS_URL, "MongoDBStore": mongodb_url()}[backend]
+    return f"{base}{'&' if '?' in base else '?'}namespace={stores.namespace}"

@@ -21,7 +21,11 @@ from kvsessions.integrations.openai_agents import ITEM_KEY, OpenAIAgentsSession
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
-from tests.integrations.store_params import integration_stores, pytest_generate_tests
+from tests.integrations.store_params import (
+    integration_stores,
+    pytest_generate_tests,
+    store_url,
+)
 
 __all__ = ["integration_stores", "pytest_generate_tests"]
 
@@ -188,6 +192,30 @@ async def test_storage_from_a_url_a_store_or_a_storage(tmp_path: Any) -> None:
         OpenAIAgentsSession("c", store, namespace="x")
     with pytest.raises(TypeError, match="session_id"):
         OpenAIAgentsSession("", url)
+
+
+def test_a_session_from_a_url_serves_every_event_loop(integration_stores: StoreFactory,
+                                                      tmp_path: Any) -> None:
+    """One ``asyncio.run`` after another, and a thread's own loop while the first still runs
+    (how the SDK's ``Runner.run_sync`` and scripts reach a session): each loop gets the
+    store's connections of its own."""
+    session = OpenAIAgentsSession("loops", store_url(integration_stores, tmp_path))
+
+    def in_a_thread() -> None:
+        asyncio.run(session.add_items([{"role": "user", "content": "from a thread"}]))
+
+    async def first() -> None:
+        await session.add_items([{"role": "user", "content": "first"}])
+        await asyncio.to_thread(in_a_thread)
+        await session.add_items([{"role": "user", "content": "again"}])
+
+    async def second() -> list[Any]:
+        items = texts(await session.get_items())
+        await session.close()
+        return items
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == ["first", "from a thread", "again"]
 
 
 # ---------------------------------------------------------------------- two processes
