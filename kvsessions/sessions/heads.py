@@ -4,14 +4,17 @@ Concurrent writers, in any number of processes, need no lock: every change of a 
 ``compare_and_set`` from the head just read, repeated from a fresh read when another writer
 got in first. Hence:
 
-* ``message_count`` is exact once the writers are done: a head's count grows by exactly the
-  number of message documents a writer created (each with ``put_if_absent``, so a message
-  stored twice counts once), and no increment is lost to a concurrent append or save;
+* ``message_count`` is exact once the writers are done: a writer counts the messages it
+  adds before it stores them (each with ``put_if_absent``) and then takes back those that
+  were already stored, so a message stored twice counts once; a writer removing messages
+  takes off exactly those its delete removed; no change is lost to a concurrent writer
+  (``kvsessions.sessions.message_edits`` says why counting first keeps the count exact);
 * ``save_session`` merges with what others wrote: fields this object changed since it was
   loaded or last saved here are written (``metadata`` key by key: the top-level keys it set,
   changed or removed), the others keep the stored value, ``updated_at``
   never goes back (unless this object set it back), and the count is the stored count plus
-  the messages this save created;
+  the messages this save created minus those it removed (a delete that found the message
+  gone, removed by another writer, does not count);
 * ``delete_session`` first marks the head ``deleting`` (such a session reads as absent), then
   deletes the messages, then the head. An append or save that finds the mark, or finds the
   head gone, removes the messages it wrote and fails (``SessionNotFoundError``; a save returns
@@ -25,8 +28,8 @@ Every write of a head adds 1 to its ``revision`` (``next_revision``; a new head 
 1, a version 1 head reads as 0), so "only if unchanged" is one comparison
 (``check_revision``), repeated on every read of the compare-and-set loop.
 
-A writer killed between its message write and its head update leaves that message uncounted;
-a full ``load_session`` reports the number of messages stored.
+A writer killed between counting a message and storing it leaves the count one above what is
+stored; a full ``load_session`` reports the number of messages stored.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import orjson
 
 from kvsessions.documents.codec import parse_timestamp
 from kvsessions.errors import InvalidValueError, RevisionConflictError
+from kvsessions.sessions.message_changes import Fingerprint
 
 __all__ = [
     "DELETING",
@@ -61,14 +65,12 @@ MERGED_FIELDS = ("model", "created_at", "status", "metadata")
 
 @dataclass
 class SavedState:
-    """What one storage stored of one session object: the message ids, how many leading
-    messages of ``session.messages`` were all stored (so a save looks only at the messages
-    after them: O(new messages), not O(history)), and the object's head fields as of its last
-    load or save here (None: never stored through this storage)."""
+    """What one storage stored of one session object: a fingerprint of each message it loaded
+    or saved (``kvsessions.sessions.message_changes``: how a save finds new, edited and
+    removed messages), and the object's head fields as of its last load or save here (None:
+    never stored through this storage)."""
 
-    ids: set[str] = field(default_factory=set)
-    prefix: int = 0
-    last_id: str | None = None
+    messages: dict[str, Fingerprint] = field(default_factory=dict)
     base: dict[str, Any] | None = None
 
 
@@ -108,7 +110,7 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     """The head a save writes over ``current``: the fields this object changed since
     ``base`` (all of them without a base), the stored value of the others, the later
     ``updated_at`` (or this object's, when it set it back), and the stored count plus the
-    messages this save created."""
+    messages this save created minus those it removed (``created``; never below 0)."""
     merged = dict(current)
     changed = head_fields(mine)
     for name in MERGED_FIELDS:
@@ -121,7 +123,7 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     set_back = base is not None and updated < base["updated_at"]
     if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
         merged["updated_at"] = mine["updated_at"]
-    merged["message_count"] = current["message_count"] + created
+    merged["message_count"] = max(0, current["message_count"] + created)
     return merged
 
 

@@ -150,11 +150,20 @@ async def write_sqlite(store: KVStore, key: str, payload: Payload) -> str | None
 
 
 async def write_file(store: KVStore, key: str, payload: Payload) -> str | None:
-    folder: Path = getattr(store, "folder")  # noqa: B009
-    name = key.encode().hex()
-    assert len(name) <= 240, "short keys only: one file in the namespace folder"
-    (folder / f"{name}.json").write_bytes(b"kvs1 -\n" + payload.raw)
+    (await _file_path(store, key)).write_bytes(b"kvs1 -\n" + payload.raw)
     return None
+
+
+async def _file_path(store: KVStore, key: str) -> Path:
+    """Where the file store keeps ``key`` (its folders created)."""
+    from kvsessions.kv.file_layout import key_to_parts
+
+    folder: Path = getattr(store, "folder")  # noqa: B009
+    dirs, name = key_to_parts(key)
+    for part in dirs:
+        folder = folder / part
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 async def write_postgresql(store: KVStore, key: str, payload: Payload) -> str | None:
@@ -374,8 +383,7 @@ async def _sqlite_value(store: KVStore, key: str, value: Any) -> None:
 
 
 async def _file_bytes(store: KVStore, key: str, data: bytes) -> None:
-    folder: Path = getattr(store, "folder")  # noqa: B009
-    (folder / f"{key.encode().hex()}.json").write_bytes(data)
+    (await _file_path(store, key)).write_bytes(data)
 
 
 async def _mongo_document(store: KVStore, key: str, document: dict[str, Any]) -> None:
