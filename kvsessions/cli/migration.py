@@ -231,6 +231,9 @@ async def _upgrade(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result)
     else:
+        if result["layout_keys_moved"]:
+            print(f"moved {plural(result['layout_keys_moved'], 'key')} out of the store "
+                  "layout of an earlier release")
         print(f"checked {plural(result['documents_checked'], 'document')}, upgraded "
               f"{result['documents_upgraded']:,} to the newest version")
         _show_invalid(result)

@@ -13,7 +13,7 @@
     index:app:{app}:{t}:{sid}           the sessions of one application (any user)
     index:user:{user}:{t}:{sid}         the sessions of one user (any application)
     index:state                       whether the index entries are complete
-    state:session:{sid}    the state document of session sid (deleted with the session)
+    session-state:{sid}    the state document of session sid (deleted with the session)
     state:user:{app}:{user}  the state of one user of one application
     state:app:{app}        the state of one application
 
@@ -24,6 +24,15 @@ Index entries are ordinary keys holding a tiny ``index`` document; their key is 
 ``{t}`` is a fixed-width UTC timestamp (``index_timestamp``), so key order is time order and
 "the newest sessions" is one short reverse scan, "what has expired" one short forward scan.
 How entries stay right under concurrent writers is ``kvsessions.sessions.index``'s business.
+
+Partitions (``kvsessions.kv.partitions``): a key's partition is the text between its first and
+second ``:``. Every per-session key built here puts the session id there (``session:``,
+``message:``, ``session-state:``), so a session's head, messages and state share a partition;
+a file record's is its id; each index is one partition (``index:sessions:``, ``index:owner:``
+...), and so are the user states (``state:user:``) and the application states
+(``state:app:``). Stores that shard keep a partition together (a Redis Cluster slot, a MongoDB
+shard, a PostgreSQL hash partition). A new per-session kind keeps the shape
+``kind:{encoded sid}`` or ``kind:{encoded sid}:...``; nothing else is needed from callers.
 
 Each id is encoded before it goes into a key: ``%`` becomes ``%25``, ``:`` becomes ``%3A``
 and NUL (which no key may hold) ``%00``. An encoded id holds no ``:``, so in a message key the
@@ -60,6 +69,7 @@ __all__ = [
     "OWNER_INDEX_PREFIX",
     "SESSION_INDEX_PREFIX",
     "SESSION_PREFIX",
+    "SESSION_STATE_PREFIX",
     "STATE_PREFIX",
     "STATUS_INDEX_PREFIX",
     "USER_INDEX_PREFIX",
@@ -98,9 +108,11 @@ OWNER_INDEX_PREFIX = "index:owner:"
 APP_INDEX_PREFIX = "index:app:"
 USER_INDEX_PREFIX = "index:user:"
 STATE_PREFIX = "state:"
+#: Per-session state sits in its session's partition, so not under ``state:``.
+SESSION_STATE_PREFIX = "session-state:"
 
 _KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file",
-                   INDEX_PREFIX: "index", STATE_PREFIX: "state"}
+                   INDEX_PREFIX: "index", STATE_PREFIX: "state", SESSION_STATE_PREFIX: "state"}
 #: Length of ``index_timestamp``'s text: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 _TIMESTAMP_WIDTH = 27
 _DECODED = {"%25": "%", "%3A": ":", "%00": "\x00"}
@@ -190,7 +202,7 @@ def owner_index_keys(session_id: str, user_id: str | None, app_name: str | None,
 
 def session_state_key(session_id: str) -> str:
     """The state document of ``session_id`` (``delete_session`` removes it)."""
-    return f"{STATE_PREFIX}session:{encode_id(session_id)}"
+    return SESSION_STATE_PREFIX + encode_id(session_id)
 
 
 def user_state_key(app_name: str, user_id: str) -> str:

@@ -385,6 +385,13 @@ class KVStore(ABC):
             else:
                 key_range = KeyRange(last_examined, False, key_range.upper)
 
+    async def upgrade_layout(self) -> int:
+        """Move what an earlier release of this adapter stored in an older layout of its own
+        (not the documents: ``kvsessions upgrade`` does those) to the current one; the number
+        of keys moved. Adapters whose layout never changed move nothing."""
+        await self._ready()
+        return 0
+
     # ------------------------------------------------------------------ hooks
 
     @abstractmethod

@@ -2,7 +2,8 @@
 
 Stored shape, readable and queryable in mongosh::
 
-    {"_id": "<key>", <the JSON object's own fields>, "_expires_at": <date, only with a ttl>}
+    {"_id": "<key>", <the JSON object's own fields>, "_partition": "<the key's partition>",
+     "_expires_at": <date, only with a ttl>}
 
 The value's fields sit at the top level beside ``_id``, so a document nested 100 levels deep
 (the most ``values.py`` accepts) is stored 100 levels deep, within MongoDB's limit. Field names
@@ -13,6 +14,15 @@ length-prefixed); integers are int64 (``values.py`` refuses larger ones); floats
 ``ttl`` sets ``_expires_at`` under a sparse TTL index (``expireAfterSeconds=0``, created with
 the first write that has a ttl), so MongoDB removes expired documents in the background; every
 read also checks the date (client clock), so they are invisible at once.
+
+``_partition`` is the key's partition (``kvsessions.kv.partitions``: the session id of a
+session's keys), the field a sharded cluster shards on (``{"_partition": "hashed"}``: see
+docs/stores.md), so one session's documents live on one shard and sessions spread over all.
+Upserts name it beside ``_id`` in their filter (a sharded cluster needs the shard key there),
+and a scan inside one run asks for it too, so ``mongos`` sends that scan to one shard (two:
+documents of earlier releases have no ``_partition``, which shards as null, until ``kvsessions
+upgrade`` adds it, ``upgrade_layout``). Scans over many partitions go to every shard, and
+``mongos`` merges their ``_id`` order.
 
 Scans read ``_id`` ranges (``$gt``/``$gte`` the cursor, ``$lt`` the prefix's upper bound, never
 ``$regex``) in binary order, through one cursor pinned to the ``_id`` index and read in batches,
@@ -50,6 +60,7 @@ from kvsessions.kv.base import (
 )
 from kvsessions.kv.mongodb_names import (
     EXPIRES_FIELD,
+    PARTITION_FIELD,
     escape_names,
     has_escaped_name,
     has_non_finite,
@@ -64,12 +75,13 @@ from kvsessions.kv.options import (
     read_options,
     unknown_options,
 )
+from kvsessions.kv.partitions import partition_of, run_of_range
 from kvsessions.urls import StoreURL, parse_store_url, redact_url, url_secrets
 
 try:
     from bson.codec_options import CodecOptions
     from bson.errors import InvalidDocument
-    from pymongo import AsyncMongoClient, ReplaceOne, WriteConcern
+    from pymongo import AsyncMongoClient, ReplaceOne, UpdateOne, WriteConcern
     from pymongo import errors as mongo_errors
     from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
     from pymongo.uri_parser import parse_uri
@@ -78,7 +90,7 @@ except ImportError:  # exercised in a subprocess by the tests
 else:
     HAVE_PYMONGO = True
 
-__all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
+__all__ = ["EXPIRES_FIELD", "PARTITION_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -238,7 +250,7 @@ class MongoDBStore(KVStore):
         document: dict[str, Any] = orjson.loads(value)
         if needs_escape(document):
             document = escape_names(document)
-        stored = {"_id": key, **document}
+        stored = {"_id": key, **document, PARTITION_FIELD: partition_of(key)}
         if ttl is not None:
             deadline = expires_at(ttl)
             assert deadline is not None
@@ -251,6 +263,8 @@ class MongoDBStore(KVStore):
         A document written by another program may hold what JSON has no form for (ObjectId,
         binary, Decimal128, NaN, which orjson would write as null): ``StoreError`` naming it."""
         key = stored.pop("_id")
+        if stored.get(PARTITION_FIELD) == partition_of(key):
+            del stored[PARTITION_FIELD]
         deadline = stored.pop(EXPIRES_FIELD, None)
         if deadline is not None:
             if type(deadline) is not datetime:
@@ -296,20 +310,22 @@ class MongoDBStore(KVStore):
         stored = self._to_stored(key, value, ttl)
         for attempt in range(3):
             try:
-                await outlive_cancellation(
-                    self._collection.replace_one({"_id": key}, stored, upsert=True))
+                await outlive_cancellation(self._collection.replace_one(
+                    _upsert_filter(key, attempt), stored, upsert=True))
                 return
             except mongo_errors.DuplicateKeyError:
-                # Two upserts of one new key raced; the retry finds the document and replaces.
+                # Two upserts of one new key raced, or the document is one of an earlier
+                # release (no _partition): the retry finds it by _id and replaces it.
                 if attempt == 2:
                     raise
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         if ttl is not None and not self._ttl_index_ready:
             await self._ensure_ttl_index()
-        operations = [ReplaceOne({"_id": key}, self._to_stored(key, value, ttl), upsert=True)
-                      for key, value in items]
+        documents = [(key, self._to_stored(key, value, ttl)) for key, value in items]
         for attempt in range(3):
+            operations = [ReplaceOne(_upsert_filter(key, attempt), stored, upsert=True)
+                          for key, stored in documents]
             try:
                 await outlive_cancellation(self._collection.bulk_write(operations, ordered=False))
                 return
@@ -317,7 +333,7 @@ class MongoDBStore(KVStore):
                 errors = exc.details.get("writeErrors", [])
                 if attempt == 2 or not errors or any(e.get("code") != 11000 for e in errors):
                     raise
-                operations = [operations[error["index"]] for error in errors]
+                documents = [documents[error["index"]] for error in errors]
 
     async def _delete(self, key: str) -> bool:
         result = await outlive_cancellation(
@@ -339,12 +355,18 @@ class MongoDBStore(KVStore):
         if ttl is not None and not self._ttl_index_ready:
             await self._ensure_ttl_index()
         stored = self._to_stored(key, value, ttl)
-        expired = {"_id": key, EXPIRES_FIELD: {"$lte": datetime.now(UTC)}}
-        try:
-            await outlive_cancellation(self._collection.replace_one(expired, stored, upsert=True))
-        except mongo_errors.DuplicateKeyError:
-            return False
-        return True
+        now = datetime.now(UTC)
+        for attempt in range(2):
+            # The second attempt replaces an expired document that has no _partition (written
+            # by an earlier release or another program); a live one fails both.
+            expired = {**_upsert_filter(key, attempt), EXPIRES_FIELD: {"$lte": now}}
+            try:
+                await outlive_cancellation(
+                    self._collection.replace_one(expired, stored, upsert=True))
+            except mongo_errors.DuplicateKeyError:
+                continue
+            return True
+        return False
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
@@ -379,7 +401,13 @@ class MongoDBStore(KVStore):
         if key_range.upper is not None:
             bounds["$lt"] = key_range.upper
         direction = -1 if reverse else 1
-        return self._collection.find({"_id": bounds}, sort=[("_id", direction)],
+        query: dict[str, Any] = {"_id": bounds}
+        run = run_of_range(key_range.lower, key_range.upper)
+        if run is not None:
+            # Inside one partition: a sharded cluster asks one shard (and the shard of null,
+            # where documents of earlier releases without the field are).
+            query[PARTITION_FIELD] = {"$in": [partition_of(run), None]}
+        return self._collection.find(query, sort=[("_id", direction)],
                                      hint=[("_id", 1)], limit=limit, batch_size=batch_size)
 
     async def _scan_page(
@@ -417,6 +445,31 @@ class MongoDBStore(KVStore):
         finally:
             await cursor.close()
 
+    async def upgrade_layout(self) -> int:
+        """Give ``_partition`` to the documents an earlier release wrote without it (one pass
+        over the collection, in batches); the number of documents changed."""
+        await self._ready()
+        changed = 0
+        operations: list[Any] = []
+        cursor = self._collection.find({PARTITION_FIELD: {"$exists": False}},
+                                       projection={"_id": 1}, batch_size=self.scan_batch_size)
+        async for found in cursor:
+            if isinstance(found["_id"], str):  # other programs' documents are left alone
+                operations.append(UpdateOne(
+                    {"_id": found["_id"], PARTITION_FIELD: {"$exists": False}},
+                    {"$set": {PARTITION_FIELD: partition_of(found["_id"])}}))
+            if len(operations) >= self.scan_batch_size:
+                changed += await self._apply(operations)
+                operations = []
+        return changed + await self._apply(operations)
+
+    async def _apply(self, operations: list[Any]) -> int:
+        if not operations:
+            return 0
+        result = await outlive_cancellation(
+            self._collection.bulk_write(operations, ordered=False))
+        return int(result.modified_count)
+
     def _items(self, stored_page: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
         items: list[tuple[str, bytes]] = []
         for stored in stored_page:
@@ -446,6 +499,15 @@ class MongoDBStore(KVStore):
         if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
             return StoreError
         return None
+
+
+def _upsert_filter(key: str, attempt: int) -> dict[str, Any]:
+    """The filter of an upsert of ``key``: with its partition, as a sharded cluster needs the
+    shard key there; a retry (after a duplicate key) finds the document by ``_id`` alone, which
+    also matches one of an earlier release, without ``_partition``."""
+    if attempt == 0:
+        return {"_id": key, PARTITION_FIELD: partition_of(key)}
+    return {"_id": key}
 
 
 def _chunks(keys: list[str]) -> list[list[str]]:

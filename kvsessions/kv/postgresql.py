@@ -46,6 +46,7 @@ from kvsessions.errors import (
 )
 from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.kv.options import (
+    PARTITIONS,
     SHARED,
     Duration,
     Whole,
@@ -67,7 +68,7 @@ try:
 except ImportError:
     asyncpg = None
 
-__all__ = ["PostgreSQLStore", "jsonb_loses"]
+__all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_table_sql"]
 
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
@@ -97,12 +98,43 @@ class _Statements:
     delete_many: str
     #: scan[(reverse, lower_inclusive, bounded)]
     scan: dict[tuple[bool, bool, bool], str]
+    #: The condition naming the row of key $1.
+    one_key: str
 
 
-def _statements(table_name: str, *, with_codec: bool) -> _Statements:
-    """Every statement the store runs. ``with_codec``: our connections carry the binary jsonb
-    codec, so jsonb goes in and out as bytes; a caller's pool converts on the server instead."""
+#: The partition column of a hash-partitioned table: ``kvsessions.kv.partitions``'s rule in SQL.
+PARTITION_COLUMN = "key_partition"
+_PARTITION_OF = "split_part({key}, ':', 2)"
+
+
+def partitioned_table_sql(table_name: str, partitions: int) -> list[str]:
+    """A namespace table ``PARTITION BY HASH`` on the partition column, with ``partitions``
+    partitions named ``"<namespace>-p<i>"`` (a ``-``, which no namespace has). The primary key
+    holds the partition column, as PostgreSQL (and Citus) want of a partitioned table's unique
+    keys; the key alone is still unique, as the partition is a function of the key."""
     table = _quote_identifier(table_name)
+    statements = [
+        f'CREATE TABLE {table} (key text COLLATE "C" NOT NULL, value jsonb NOT NULL, '
+        f'raw bytea, expires_at timestamptz, {PARTITION_COLUMN} text COLLATE "C" NOT NULL, '
+        f"PRIMARY KEY (key, {PARTITION_COLUMN})) PARTITION BY HASH ({PARTITION_COLUMN})"]
+    statements += [
+        f"CREATE TABLE {_quote_identifier(f'{table_name}-p{i}')} PARTITION OF {table} "
+        f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i})" for i in range(partitions)]
+    return statements
+
+
+def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False) -> _Statements:
+    """Every statement the store runs. ``with_codec``: our connections carry the binary jsonb
+    codec, so jsonb goes in and out as bytes; a caller's pool converts on the server instead.
+    ``partitioned``: the table is partitioned on ``PARTITION_COLUMN``, which inserts fill and
+    single-key statements name (so PostgreSQL, or Citus, goes to one partition)."""
+    table = _quote_identifier(table_name)
+    columns, extra, conflict, one_key = "(key, value, raw, expires_at)", "", "(key)", "key = $1"
+    if partitioned:
+        columns = f"(key, value, raw, expires_at, {PARTITION_COLUMN})"
+        extra = ", " + _PARTITION_OF.format(key="$1")
+        conflict = f"(key, {PARTITION_COLUMN})"
+        one_key = f"key = $1 AND {PARTITION_COLUMN} = {_PARTITION_OF.format(key='$1')}"
     if with_codec:
         value_in, values_in, value_out = "$2::jsonb", "$2::jsonb[]", "value"
         unnest_value = "v"
@@ -112,8 +144,8 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
         unnest_value = "convert_from(v, 'UTF8')::jsonb"
     live = "(expires_at IS NULL OR expires_at > now())"
     deadline = "now() + $4::float8 * interval '1 second'"
-    upsert = ("ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw, "
-              "expires_at = EXCLUDED.expires_at")
+    upsert = (f"ON CONFLICT {conflict} DO UPDATE SET value = EXCLUDED.value, "
+              "raw = EXCLUDED.raw, expires_at = EXCLUDED.expires_at")
     read = f"CASE WHEN raw IS NULL THEN {value_out} END, raw"
     scan: dict[tuple[bool, bool, bool], str] = {}
     for reverse in (False, True):
@@ -130,20 +162,22 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
         columns=("SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.collname "
                  "FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
-        get=f"SELECT {read} FROM {table} WHERE key = $1 AND {live}",
+        get=f"SELECT {read} FROM {table} WHERE {one_key} AND {live}",
         get_many=f"SELECT key, {read} FROM {table} WHERE key = ANY($1::text[]) AND {live}",
-        put=(f"INSERT INTO {table} (key, value, raw, expires_at) "
-             f"VALUES ($1, {value_in}, $3::bytea, {deadline}) {upsert}"),
-        put_if_absent=(f"INSERT INTO {table} AS t (key, value, raw, expires_at) "
-                       f"VALUES ($1, {value_in}, $3::bytea, {deadline}) {upsert} "
+        put=(f"INSERT INTO {table} {columns} "
+             f"VALUES ($1, {value_in}, $3::bytea, {deadline}{extra}) {upsert}"),
+        put_if_absent=(f"INSERT INTO {table} AS t {columns} "
+                       f"VALUES ($1, {value_in}, $3::bytea, {deadline}{extra}) {upsert} "
                        "WHERE t.expires_at <= now() RETURNING true"),
-        put_many=(f"INSERT INTO {table} (key, value, raw, expires_at) "
-                  f"SELECT k, {unnest_value}, r, {deadline} "
+        put_many=(f"INSERT INTO {table} {columns} "
+                  f"SELECT k, {unnest_value}, r, {deadline}"
+                  f"{extra.replace('$1', 'k')} "
                   f"FROM unnest($1::text[], {values_in}, $3::bytea[]) AS u(k, v, r) {upsert}"),
-        delete=f"DELETE FROM {table} WHERE key = $1 RETURNING {live}",
+        delete=f"DELETE FROM {table} WHERE {one_key} RETURNING {live}",
         delete_many=(f"WITH gone AS (DELETE FROM {table} WHERE key = ANY($1::text[]) "
                      f"RETURNING expires_at) SELECT count(*) FROM gone WHERE {live}"),
         scan=scan,
+        one_key=one_key,
     )
 
 
@@ -161,7 +195,7 @@ class PostgreSQLStore(KVStore):
         *SHARED, batch_size_option(1000),
         Whole("min_pool_size", 1, minimum=0), Whole("max_pool_size", 10, minimum=1),
         Duration("connect_timeout", 5.0), Duration("command_timeout", None),
-        Duration("acquire_timeout", 10.0))
+        Duration("acquire_timeout", 10.0), PARTITIONS)
 
     def __init__(
         self,
@@ -176,6 +210,7 @@ class PostgreSQLStore(KVStore):
         acquire_timeout: float | None = None,
         durability: str | None = None,
         batch_size: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         if asyncpg is None:
             raise MissingDependencyError("asyncpg", "postgresql")
@@ -188,7 +223,8 @@ class PostgreSQLStore(KVStore):
             "namespace": namespace, "min_pool_size": min_pool_size,
             "max_pool_size": max_pool_size, "connect_timeout": connect_timeout,
             "command_timeout": command_timeout, "acquire_timeout": acquire_timeout,
-            "durability": durability, "batch_size": batch_size}, parsed, keep_unknown=True)
+            "durability": durability, "batch_size": batch_size, "partitions": partitions},
+            parsed, keep_unknown=True)
         super().__init__(namespace=settings["namespace"])
         self._url_shown = parsed.redacted if parsed is not None else None
         self.min_pool_size: int = settings["min_pool_size"]
@@ -199,6 +235,8 @@ class PostgreSQLStore(KVStore):
         self.acquire_timeout: float = settings["acquire_timeout"]
         self.durability: str = settings["durability"]
         self.scan_batch_size = settings["batch_size"]
+        #: Hash partitions to create the table with (None: a plain table); see docs/stores.md.
+        self.partitions: int | None = settings["partitions"]
         # What is left of the URL (sslmode, server settings, ...) is asyncpg's business.
         self._dsn = parsed.with_options_left() if parsed is not None else None
         self._caller_pool = pool
@@ -276,9 +314,27 @@ class PostgreSQLStore(KVStore):
             raise ConfigError(f"durability=strict needs fsync=on, but {self!r} has fsync={fsync}")
 
     async def _ensure_table(self, connection: Connection) -> None:
-        """Bring the table to the newest layout. When it is up to date this only reads; else
-        the steps run in one transaction under one advisory lock (two CREATE TABLE IF NOT
-        EXISTS at once can still collide in pg_type), the version read again under it."""
+        """Bring the table to the newest layout, then use the statements of its kind (plain
+        or hash-partitioned)."""
+        await self._ensure_layout(connection)
+        partitioned = bool(await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attname = $2 AND NOT attisdropped)",
+            _quote_identifier(self.namespace), PARTITION_COLUMN))
+        if self.partitions is not None and not partitioned:
+            raise ConfigError(
+                f"partitions={self.partitions} asks for a hash-partitioned table, but table "
+                f"{self.namespace!r} in {self!r} exists unpartitioned; copy it into a new "
+                "namespace opened with partitions (kvsessions migrate)")
+        self._sql = _statements(self.namespace, with_codec=self._caller_pool is None,
+                                partitioned=partitioned)
+        self.__dict__.pop("_cas_sql", None)
+
+    async def _ensure_layout(self, connection: Connection) -> None:
+        """When the table is up to date this only reads; else the steps run in one
+        transaction under one advisory lock (two CREATE TABLE IF NOT EXISTS at once can still
+        collide in pg_type), the version read again under it. A missing table is created
+        partitioned first when ``partitions`` asks; the steps then find it made."""
         if await self._layout_version(connection) == LAYOUTS.current:
             return
         if not self.create_missing and not await connection.fetchval(
@@ -291,6 +347,11 @@ class PostgreSQLStore(KVStore):
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "kvsessions.layouts")
                 await connection.execute(LAYOUTS.create_sql)
                 version = await self._layout_version(connection)
+                if version == 0 and self.partitions is not None and not await \
+                        connection.fetchval("SELECT to_regclass($1) IS NOT NULL",
+                                            _quote_identifier(self.namespace)):
+                    for sql in partitioned_table_sql(self.namespace, self.partitions):
+                        await connection.execute(sql)
                 for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
                     await connection.execute(sql)
                 if version == 0:  # a table from before versions, or someone else's
@@ -386,7 +447,7 @@ class PostgreSQLStore(KVStore):
         else:
             old_value = "convert_from($2::bytea, 'UTF8')::jsonb"
             new_value = "convert_from($4::bytea, 'UTF8')::jsonb"
-        matches = (f"key = $1 AND (expires_at IS NULL OR expires_at > now()) "
+        matches = (f"{self._sql.one_key} AND (expires_at IS NULL OR expires_at > now()) "
                    f"AND value = {old_value} AND (raw IS NULL OR raw = $3::bytea)")
         update = (f"UPDATE {table} SET value = {new_value}, raw = $5::bytea, "
                   f"expires_at = now() + $6::float8 * interval '1 second' "

@@ -297,6 +297,35 @@ class KVStoreContract:
         assert [k for page in [p async for p in store.scan_pages("p", limit=13)]
                 for k, _ in page] == keys[:13]
 
+    #: Keys of many partitions and runs (``kvsessions.kv.partitions``) whose runs interleave
+    #: in key order: "s" and "s0" are partitions whose keys sort differently by kind.
+    PARTITIONED_KEYS = (
+        "session:s", "session:s0", "session:s%3A1", "session:t", "message:s:01", "message:s:02",
+        "message:s:10", "message:s0:01", "message:s%3A1:01", "message:sa:01", "message:t:01",
+        "index:sessions:2026-01-01T00:00:00.000000Z:t", "index:sessions:2026-01-02:s",
+        "index:status:active:2026:s", "index:state", "index:", "index", "a", "a:", "a::",
+        "a::b", "a:b", "a:b:", "a:b:c", "a:bb:c", ":", "::", ":x:y", "z\U0010ffff:q:r")
+
+    async def test_scan_order_across_partitions(self, store: KVStore) -> None:
+        """Scans over any prefix and from any cursor, in both directions and in small pages,
+        give key order when the keys lie in many partitions and their runs interleave."""
+        store.scan_batch_size = 2
+        keys = utf8_sorted(self.PARTITIONED_KEYS)
+        await store.put_many([(k, dumps({"k": k})) for k in keys[::2]])
+        for k in keys[1::2]:
+            await store.put(k, dumps({"k": k}))
+        prefixes = {k[:n] for k in keys for n in range(len(k) + 1)} | {"message:s:0", "b"}
+        for prefix in sorted(prefixes):
+            expected = [k for k in keys if k.startswith(prefix)]
+            assert await store.keys(prefix) == expected, prefix
+            assert await store.keys(prefix, reverse=True) == expected[::-1], prefix
+        for cursor in [*keys, "message:s:05", "message:s", "a:b:b", "session:s1"]:
+            after = [k for k in keys if k > cursor]
+            before = [k for k in keys if k < cursor][::-1]
+            assert await self._keys(store, "", start_after=cursor) == after, cursor
+            assert await self._keys(store, "", start_after=cursor, limit=3) == after[:3]
+            assert await self._keys(store, "", start_after=cursor, reverse=True) == before
+
     async def test_scan_bad_arguments(self, store: KVStore) -> None:
         for kwargs in ({"start_after": "\x00"}, {"start_after": 5}):
             with pytest.raises(InvalidKeyError):

@@ -33,6 +33,10 @@ class StoreWrapper(KVStore):
         await super().close()
         await self.inner.close()
 
+    async def upgrade_layout(self) -> int:
+        await self._ready()
+        return await self.inner.upgrade_layout()
+
     async def _open(self) -> None:
         await self.inner.open()
         self._secrets = self.inner._secrets

@@ -40,6 +40,8 @@ from benchmarks.harness import BenchContext
 from kvsessions.documents.codec import session_to_document
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.partitions import partition_of, run_of_range
+from kvsessions.kv.redis_layout import partition_names
 from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.sessions.index import head_entries
 from kvsessions.sessions.storage import SessionStorage
@@ -126,19 +128,8 @@ async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, Ra
         stack.push_async_callback(_drop_redis, redis)
 
         async def redis_scan(prefix: str) -> AsyncIterator[Any]:
-            client, index, values = redis._client, redis._index_key, redis._value_prefix
-            low = b"[" + prefix.encode()
-            high = b"(" + (prefix_upper_bound(prefix) or "").encode()
-            while True:
-                members = await client.zrangebylex(index, low, high, 0, PAGE)
-                if not members:
-                    return
-                found = await client.mget([values + member for member in members])
-                for member, value in zip(members, found, strict=True):
-                    yield member.decode(), orjson.loads(value)
-                if len(members) < PAGE:
-                    return
-                low = b"(" + members[-1]
+            async for key, value in raw_redis_scan(redis, prefix):
+                yield key, orjson.loads(value)
 
         return redis, redis_scan
     from kvsessions.kv.mongodb import MongoDBStore
@@ -166,11 +157,36 @@ async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, Ra
 
 
 async def _drop_redis(store: Any) -> None:
+    await store._drop_namespace()
+
+
+async def raw_redis_scan(store: Any, prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+    """redis-py reading the store's layout (``kvsessions.kv.redis_layout``) itself: a prefix
+    inside one run from its partition's sorted set (ZRANGEBYLEX pages + MGET), any other
+    prefix through the directory, whose runs here are single keys (session heads)."""
     client = store._client
-    members = await client.zrange(store._index_key, 0, -1)
-    for start in range(0, len(members), 1000):
-        await client.delete(*[store._value_prefix + m for m in members[start:start + 1000]])
-    await client.delete(store._index_key)
+    run = run_of_range(prefix, prefix_upper_bound(prefix))
+    index = partition_names(store.namespace, partition_of(run or prefix))
+    sorted_set = index.index if run is not None else store._directory
+    low = b"[" + prefix.encode()
+    high = b"(" + (prefix_upper_bound(prefix) or "").encode()
+    while True:
+        members = await client.zrangebylex(sorted_set, low, high, 0, PAGE)
+        if not members:
+            return
+        if run is not None:
+            found = await client.mget([index.value_prefix + member for member in members])
+        else:
+            names = [partition_names(store.namespace, partition_of(m.decode())).value_prefix + m
+                     for m in members]
+            found = await (client.mget_nonatomic(names) if store._cluster
+                           else client.mget(names))
+        for member, value in zip(members, found, strict=True):
+            if value is not None:
+                yield member.decode(), value
+        if len(members) < PAGE:
+            return
+        low = b"(" + members[-1]
 
 
 # ---------------------------------------------------------------------- the rows

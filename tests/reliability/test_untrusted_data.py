@@ -40,10 +40,12 @@ from kvsessions.errors import (
     ValidationError,
 )
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.redis import RedisStore
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.validating import ValidatingStore
 from tests.backends import ALL
+from tests.backends.redis import index_raw_key
 
 RAW_BACKENDS = ("sqlite", "file", "postgresql", "mongodb", "redis", "redis_cluster")
 NOT_JSON = object()  # a payload that has no JSON value (bytes a JSON store cannot hold)
@@ -224,8 +226,8 @@ async def write_mongodb(store: KVStore, key: str, payload: Payload) -> str | Non
 async def write_redis(store: KVStore, key: str, payload: Payload) -> str | None:
     """The adapter's layout: the value string, and the key in the ordered index."""
     client: Any = getattr(store, "_client")  # noqa: B009 - the store's own redis-py client
-    await client.set(getattr(store, "_value_prefix") + key.encode(), payload.raw)  # noqa: B009
-    await client.zadd(getattr(store, "_index_key"), {key.encode(): 0})  # noqa: B009
+    assert isinstance(store, RedisStore)
+    await client.set(await index_raw_key(store, key), payload.raw)
     return None
 
 
@@ -417,10 +419,10 @@ def _special_writers() -> dict[str, list[tuple[str, SpecialWriter]]]:
 
     async def redis_hash(store: KVStore, key: str, document: dict[str, Any]) -> None:
         client: Any = getattr(store, "_client")  # noqa: B009
-        value_key = getattr(store, "_value_prefix") + key.encode()  # noqa: B009
+        assert isinstance(store, RedisStore)
+        value_key = await index_raw_key(store, key)
         await client.delete(value_key)
         await client.hset(value_key, "kind", "session")
-        await client.zadd(getattr(store, "_index_key"), {key.encode(): 0})  # noqa: B009
 
     sqlite: list[tuple[str, SpecialWriter]] = [
         ("text-value", lambda s, k, d: _sqlite_value(s, k, orjson.dumps(d).decode())),
