@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     ExportFileError,
     InvalidKeyError,
     InvalidValueError,
@@ -72,6 +73,7 @@ __all__ = [
     "ChatSession",
     "ConfigError",
     "DocumentTooLargeError",
+    "EventLoopError",
     "ExportFileError",
     "FileSessionStorage",
     "FileStore",

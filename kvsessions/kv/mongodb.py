@@ -37,6 +37,7 @@ import orjson
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
@@ -48,6 +49,7 @@ from kvsessions.kv.base import (
     expires_at,
     outlive_cancellation,
 )
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.mongodb_names import (
     EXPIRES_FIELD,
     escape_names,
@@ -148,8 +150,7 @@ class MongoDBStore(KVStore):
         self._durability: str = settings["durability"]
         self.scan_batch_size = settings["batch_size"]
         self._client_options = dict(client_options or {})
-        self._own_client: Any = None
-        self._collection: Any = None
+        self._per_loop = self._collections = PerLoop(self._connect, self._disconnect)
         self._ttl_index_ready = False
 
     @classmethod
@@ -164,22 +165,11 @@ class MongoDBStore(KVStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
-        database = self._given_database
-        if database is None:
-            client = self._given_client
-            if client is None:
-                await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
-                client = self._own_client = self._new_client()
-            database = client.get_database(self._database_name)
+        if self._given_database is None and self._given_client is None:
+            await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
         try:
+            database = (await self._collections.get()).database
             await self._check_collation(database)
-            write_concern = WriteConcern(w="majority", j=True) \
-                if self._durability == "strict" else None
-            collection = database.get_collection(
-                self.namespace,
-                codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
-                write_concern=write_concern,
-            )
         except BaseException as exc:
             await self._close()
             if HAVE_PYMONGO and isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
@@ -188,8 +178,40 @@ class MongoDBStore(KVStore):
                 raise StoreUnavailableError(f"open failed: {self!r} is unavailable ({reason})"
                                             ) from None
             raise
-        self._collection = collection
         self._ttl_index_ready = False
+
+    async def _connect(self) -> Any:
+        """The calling event loop's collection: of our own client, made here, or of the
+        client or database given (which belongs to the loop that first used it)."""
+        database = self._given_database
+        if database is None and self._given_client is None:
+            database = self._new_client().get_database(self._database_name)
+        else:
+            first_loop = self._collections.first_loop_if_other()
+            if first_loop is not None:
+                given = "client" if database is None else "database"
+                raise EventLoopError(
+                    f"{self!r} was given a {given} that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own client, or pass a URL instead")
+            if database is None:
+                database = self._given_client.get_database(self._database_name)
+        write_concern = WriteConcern(w="majority", j=True) \
+            if self._durability == "strict" else None
+        return database.get_collection(
+            self.namespace,
+            codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
+            write_concern=write_concern,
+        )
+
+    async def _disconnect(self, collection: Any) -> None:
+        if self._given_database is None and self._given_client is None:
+            await collection.database.client.close()
+
+    @property
+    def _collection(self) -> Any:
+        """The calling event loop's collection (``_ready`` made it)."""
+        return self._collections.current()
 
     async def _ensure_ttl_index(self) -> None:
         """Create the TTL index with the first write that has a ttl: a store that never uses
@@ -226,10 +248,7 @@ class MongoDBStore(KVStore):
                     "created without a collation")
 
     async def _close(self) -> None:
-        self._collection = None
-        client, self._own_client = self._own_client, None
-        if client is not None:
-            await client.close()
+        await self._collections.close()
 
     # ------------------------------------------------------------------ documents
 

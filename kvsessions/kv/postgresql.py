@@ -39,12 +39,14 @@ from typing import Any
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
     SHARED,
     Duration,
@@ -204,7 +206,7 @@ class PostgreSQLStore(KVStore):
         self._caller_pool = pool
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
-        self._pool: OwnPool | CallerPool | None = None
+        self._per_loop = self._pools = PerLoop(self._start_pool, self._stop_pool)
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> PostgreSQLStore:
@@ -237,18 +239,8 @@ class PostgreSQLStore(KVStore):
         return connection
 
     async def _open(self) -> None:
-        pool: OwnPool | CallerPool
-        if self._caller_pool is not None:
-            pool = CallerPool(self._caller_pool, self.acquire_timeout)
-            connection = await pool.acquire()
-        else:
-            pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
-                            self.acquire_timeout)
-            try:
-                connection = await pool.start()
-            except BaseException:
-                await pool.close()
-                raise
+        pool = await self._pools.get()
+        connection = await pool.acquire()
         error: BaseException | None = None
         try:
             if self.durability == "strict":
@@ -260,8 +252,36 @@ class PostgreSQLStore(KVStore):
         finally:
             await pool.release(connection, error)
             if error is not None:
-                await pool.close()
-        self._pool = pool
+                await self._pools.close()
+
+    async def _start_pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool: ours, started here, or the caller's."""
+        if self._caller_pool is not None:
+            first_loop = self._pools.first_loop_if_other()
+            if first_loop is not None:
+                raise EventLoopError(
+                    f"{self!r} was given a pool that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own pool, or pass a URL instead")
+            return CallerPool(self._caller_pool, self.acquire_timeout)
+        pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
+                       self.acquire_timeout)
+        try:
+            connection = await pool.start()
+            await pool.release(connection, None)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    @staticmethod
+    async def _stop_pool(pool: OwnPool | CallerPool) -> None:
+        await pool.close()
+
+    @property
+    def _pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool (``_ready`` made it)."""
+        return self._pools.current()
 
     async def _check_durability(self, connection: Connection) -> None:
         """``durability=strict``: refuse a server that may acknowledge a commit it can lose."""
@@ -331,16 +351,13 @@ class PostgreSQLStore(KVStore):
                 f"{found['key'][1]!r}; kvsessions needs COLLATE \"C\" for byte order")
 
     async def _close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # ------------------------------------------------------------------ running statements
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
         """One statement on a pooled connection: one round trip."""
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         try:
             result = await getattr(connection, method)(sql, *args)
@@ -418,7 +435,6 @@ class PostgreSQLStore(KVStore):
             await self._run("execute", self._sql.put_many, *chunks[0], ttl)
             return
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         error: BaseException | None = None
         try:

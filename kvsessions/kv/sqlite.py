@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,9 @@ class SQLiteStore(KVStore):
         self.scan_batch_size = settings["batch_size"]
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
         self._conn: SQLiteWorker | None = None
+        #: Event loops in other threads may call ``get`` at once: one uses the reader, the
+        #: others go to the store's thread (nobody waits for this lock).
+        self._reader_lock = threading.Lock()
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
         live = "(expires_at IS NULL OR expires_at > ?)"
@@ -299,12 +303,14 @@ class SQLiteStore(KVStore):
         sql, params = self._sql_get, (key, time.time())
         reader = self._reader
         rows: list[Any] | None = None
-        if reader is not None:
+        if reader is not None and self._reader_lock.acquire(blocking=False):
             try:
                 rows = reader.execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
+            finally:
+                self._reader_lock.release()
         if rows is None:
             rows = await self._in_thread(
                 self._conn, lambda db: db.execute(sql, params).fetchall())

@@ -23,6 +23,7 @@ class StoreWrapper(KVStore):
         super().__init__(namespace=inner.namespace)
         self.inner = inner
         self.scan_batch_size = inner.scan_batch_size
+        self.loops_at_once = inner.loops_at_once
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
@@ -39,6 +40,10 @@ class StoreWrapper(KVStore):
 
     async def _close(self) -> None:
         await self.inner.close()
+
+    async def _ready(self) -> None:
+        await super()._ready()
+        await self.inner._ready()  # the hooks below need its clients for the calling loop
 
     async def _get(self, key: str) -> bytes | None:
         return await self.inner._get(key)
