@@ -39,6 +39,8 @@ _LAZY: dict[str, str] = {
     "PostgreSQLStore": "kvsessions.kv.postgresql",
     "MongoDBStore": "kvsessions.kv.mongodb",
     "RedisStore": "kvsessions.kv.redis",
+    "TextHit": "kvsessions.kv.text_search",
+    "TextIndex": "kvsessions.kv.text_search",
     # documents
     "ChatSession": "kvsessions.documents.models",
     "ChatMessage": "kvsessions.documents.models",
@@ -53,6 +55,7 @@ _LAZY: dict[str, str] = {
     "MongoDBSessionStorage": "kvsessions.sessions.storage",
     "RedisSessionStorage": "kvsessions.sessions.storage",
     "SessionManager": "kvsessions.sessions.manager",
+    "MessageHit": "kvsessions.sessions.search",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
     "create_manager": "kvsessions.config",
@@ -83,6 +86,7 @@ __all__ = [
     "KVStore",
     "MemorySessionStorage",
     "MemoryStore",
+    "MessageHit",
     "MissingDependencyError",
     "MongoDBSessionStorage",
     "MongoDBStore",
@@ -98,6 +102,8 @@ __all__ = [
     "StorageConfig",
     "StoreError",
     "StoreUnavailableError",
+    "TextHit",
+    "TextIndex",
     "UnsupportedFormatError",
     "UnsupportedVersionError",
     "UploadedFileRecord",
@@ -139,10 +145,12 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
+    from kvsessions.kv.text_search import TextHit, TextIndex
     from kvsessions.migration.copy import migrate_storage
     from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
     from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
+    from kvsessions.sessions.search import MessageHit
     from kvsessions.sessions.storage import (
         FileSessionStorage,
         MemorySessionStorage,

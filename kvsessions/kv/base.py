@@ -56,6 +56,7 @@ from kvsessions.errors import (
     StoreUnavailableError,
 )
 from kvsessions.kv.loops import PerLoop
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, query_words, scan_search
 from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
@@ -413,6 +414,44 @@ class KVStore(ABC):
                 key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last_examined)
             else:
                 key_range = KeyRange(last_examined, False, key_range.upper)
+
+    # ------------------------------------------------------------------ text search
+
+    #: How this store searches text: "scan" (``kv.text_search.scan_search``) or the name of
+    #: its native index.
+    text_search: str = "scan"
+
+    async def search_text(
+        self,
+        index: TextIndex,
+        query: str,
+        *,
+        within: str | None = None,
+        limit: int = 20,
+        accept: Accept | None = None,
+    ) -> list[TextHit]:
+        """Documents under ``index.prefix`` (and under ``within``, a longer prefix, when
+        given) whose ``index.field`` holds every word of ``query``, best first, at most
+        ``limit``; ``accept(key, value)`` may refuse hits. The store's native index is made
+        on first use (see ``kv.text_search``)."""
+        terms = query_words(query)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidValueError(f"limit must be a whole number from 1 to 1000, not {limit!r}")
+        within = index.prefix if within is None else check_prefix(within, what="within")
+        if not within.startswith(index.prefix):
+            raise InvalidValueError(f"within={within!r} is not under the index's prefix "
+                                    f"{index.prefix!r}")
+        await self._ready()
+        try:
+            return await self._search_text(index, terms, within, limit, accept)
+        except Exception as exc:
+            error = self._map_error(exc, "search_text")
+        raise error
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """Adapter hook: the native search, or (here) the scan."""
+        return await scan_search(self, index, terms, within, limit, accept)
 
     # ------------------------------------------------------------------ hooks
 

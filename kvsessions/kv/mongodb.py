@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -66,6 +67,15 @@ from kvsessions.kv.options import (
     read_options,
     unknown_options,
 )
+from kvsessions.kv.text_search import (
+    Accept,
+    TextHit,
+    TextIndex,
+    field_of,
+    ranked_pages,
+    score_text,
+)
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url, redact_url, url_secrets
 
 try:
@@ -80,11 +90,16 @@ except ImportError:  # exercised in a subprocess by the tests
 else:
     HAVE_PYMONGO = True
 
+logger = logging.getLogger("kvsessions.kv.mongodb")
+
 __all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _TTL_INDEX = "kvsessions_expires_at_ttl"
+#: Where a text search's score comes back: a name this store never writes (its documents'
+#: names have every "%" escaped as "%25").
+_SCORE = "%score"
 # MongoDB refuses these characters (and NUL) in database names.
 _BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
 #: Keys in one ``$in`` list: 40,000 keys of 512 bytes would pass MongoDB's 16 MiB limit on
@@ -151,6 +166,7 @@ class MongoDBStore(KVStore):
         self.scan_batch_size = settings["batch_size"]
         self._client_options = dict(client_options or {})
         self._per_loop = self._collections = PerLoop(self._connect, self._disconnect)
+        self._text_indexes: set[TextIndex] = set()
         self._ttl_index_ready = False
 
     @classmethod
@@ -444,6 +460,58 @@ class MongoDBStore(KVStore):
             if value is not None:
                 items.append((key, value))
         return items
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "mongodb"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """MongoDB's text index on the field, made on first use (``default_language`` none:
+        no stemming, no stop words). ``$text`` matches any word; hits that lack one are
+        dropped here, so a match needs every word as on every store. A server without text
+        search (SecantusDB) is searched by the scan, with one warning."""
+        if self.text_search == "scan":
+            return await super()._search_text(index, terms, within, limit, accept)
+        try:
+            if index not in self._text_indexes:
+                await self._collection.create_index(
+                    [(index.field, "text")], name=f"text_{index.field}", default_language="none")
+                self._text_indexes.add(index)
+            return await self._native_search(index, terms, within, limit, accept)
+        except mongo_errors.OperationFailure as exc:
+            logger.warning("%r: no MongoDB text search (%s); searching by a scan",
+                           self, self._scrub(str(exc))[:200])
+            self.text_search = "scan"
+            return await super()._search_text(index, terms, within, limit, accept)
+
+    async def _native_search(self, index: TextIndex, terms: list[str], within: str,
+                             limit: int, accept: Accept | None) -> list[TextHit]:
+        upper = prefix_upper_bound(within)
+        bounds: dict[str, Any] = {"$gte": within} if upper is None else {"$gte": within,
+                                                                          "$lt": upper}
+        search = " ".join(terms)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            cursor = self._collection.find(
+                {"$text": {"$search": search}, "_id": bounds},
+                {_SCORE: {"$meta": "textScore"}},
+                sort=[(_SCORE, {"$meta": "textScore"}), ("_id", 1)], skip=offset, limit=size)
+            hits: list[TextHit] = []
+            for stored in await cursor.to_list(None):
+                score = float(stored.pop(_SCORE))
+                key = stored["_id"]
+                value = self._to_value(stored)
+                if value is not None:
+                    hits.append(TextHit(key, value, score))
+            return hits
+
+        async def every_word(key: str, value: bytes) -> bool:
+            if score_text(field_of(value, index.field), terms) <= 0:
+                return False
+            return accept is None or await accept(key, value)
+
+        return await ranked_pages(page, limit, every_word)
 
     # ------------------------------------------------------------------ errors
 

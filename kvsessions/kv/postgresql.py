@@ -59,9 +59,12 @@ from kvsessions.kv.options import (
 from kvsessions.kv.postgresql_jsonb import decode_jsonb, encode_jsonb, jsonb_loses
 from kvsessions.kv.postgresql_jsonb import split_exact as _split
 from kvsessions.kv.postgresql_pool import CallerPool, Connection, OwnPool, PoolTimeoutError
+from kvsessions.kv.postgresql_text import PostgreSQLTextIndex
 from kvsessions.kv.registry import schemes_of
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.table_layouts import quote_identifier as _quote_identifier
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url
 
 try:
@@ -99,6 +102,8 @@ class _Statements:
     delete_many: str
     #: scan[(reverse, lower_inclusive, bounded)]
     scan: dict[tuple[bool, bool, bool], str]
+    #: A row's value columns (value, raw), as every read selects them.
+    read: str
 
 
 def _statements(table_name: str, *, with_codec: bool) -> _Statements:
@@ -146,6 +151,7 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
         delete_many=(f"WITH gone AS (DELETE FROM {table} WHERE key = ANY($1::text[]) "
                      f"RETURNING expires_at) SELECT count(*) FROM gone WHERE {live}"),
         scan=scan,
+        read=read,
     )
 
 
@@ -207,6 +213,7 @@ class PostgreSQLStore(KVStore):
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
         self._per_loop = self._pools = PerLoop(self._start_pool, self._stop_pool)
+        self._text_indexes: dict[TextIndex, PostgreSQLTextIndex] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> PostgreSQLStore:
@@ -467,6 +474,27 @@ class PostgreSQLStore(KVStore):
                           limit)
 
     # ------------------------------------------------------------------ errors
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "postgresql"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """Full-text search on a GIN index made on first use (``postgresql_text``)."""
+        sql = self._text_indexes.get(index)
+        if sql is None:
+            sql = PostgreSQLTextIndex(self.namespace, index, self._sql.read)
+            await self._run("execute", sql.create)
+            self._text_indexes[index] = sql
+        query, upper = " ".join(terms), prefix_upper_bound(within)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            rows = await self._run("fetch", sql.search, query, within, upper, size, offset)
+            return [TextHit(key, value if raw is None else raw, float(score))
+                    for key, value, raw, score in rows]
+
+        return await ranked_pages(page, limit, accept)
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
         if isinstance(exc, PoolTimeoutError | OSError | TimeoutError):
