@@ -10,6 +10,8 @@ streaming scan that stores without an index use, over the same messages in the s
 * two words: the same with two words of one stored message (few hits).
 * one session: ``search_messages(word, session_id=...)`` within one session of 100 messages.
 Each query comes from a stored message, so each finds at least one.
+* append, index kept: ``append_message`` once the text index exists, beside the same call
+  before it existed (what keeping the index adds to a write).
 
 Messages are 1,000 sessions x 100, each 12 words drawn from 6,000, filled with ``put_many``
 (not timed). The first native search makes the index (timed once, printed apart).
@@ -31,6 +33,7 @@ import orjson
 from benchmarks.harness import BenchContext
 from benchmarks.sessions import POSTGRES_URL
 from kvsessions.documents.keys import message_key, message_prefix
+from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.text_search import query_words, scan_search
 from kvsessions.sessions.search import MESSAGE_TEXT
@@ -116,10 +119,15 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore) -> None:
     print(f"  ({backend}: {MESSAGES:,} messages stored in {time.perf_counter() - started:.0f} s)",
           flush=True)
     storage = SessionStorage(store)
+    appends = max(20, ctx.n(500))
+    before = await append_rate(ctx, storage, appends)
     started = time.perf_counter()
     await storage.search_messages(VOCABULARY[0])  # makes the index
     print(f"  ({backend}: the {store.text_search} index made in "
           f"{time.perf_counter() - started:.1f} s)", flush=True)
+    after = await append_rate(ctx, storage, appends)
+    ctx.row(SECTION, "append, index kept", backend, after, before,
+            note="raw: the same append_message before the text index existed")
     calls = max(5, ctx.n(50))
     scans = max(1, ctx.n(3))
     rng = random.Random(7)
@@ -136,6 +144,21 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore) -> None:
         ctx.row(SECTION, operation, backend, ours, scanned,
                 note=f"{ms:.1f} ms/call (target {MS_TARGET:g} ms: {verdict}); scan "
                      f"{1000 / scanned:,.0f} ms; {hits:.0f} hits/call; {MESSAGES:,} messages")
+
+
+async def append_rate(ctx: BenchContext, storage: SessionStorage, appends: int) -> float:
+    """append_message calls/s on a new session (what keeping the text index adds to)."""
+    session = ChatSession.create("bench-model")
+    await storage.save_session(session)
+    rng = random.Random(3)
+    contents = [" ".join(rng.choice(VOCABULARY) for _ in range(12)) for _ in range(appends)]
+
+    async def append() -> None:
+        for content in contents:
+            await storage.append_message(session.session_id,
+                                         ChatMessage.create(session.session_id, "user", content))
+
+    return await ctx.rate(appends, append)
 
 
 async def measure(ctx: BenchContext, store: KVStore, storage: SessionStorage,
