@@ -77,6 +77,11 @@ class PerLoop(Generic[_T]):
             raise EventLoopError(f"nothing was opened for {describe_loop(loop)}")
         return entry.item
 
+    def __len__(self) -> int:
+        """How many loops (not closed) hold an item now."""
+        with self._lock:
+            return sum(not loop.is_closed() for loop in self._entries)
+
     def first_loop_if_other(self) -> str | None:
         """The first loop an item was made in, described, unless it is the running loop: for
         a client handed in, which belongs to that loop for good (even once it has ended)."""
