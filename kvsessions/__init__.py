@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     ExportFileError,
     InvalidKeyError,
     InvalidValueError,
@@ -40,6 +41,8 @@ _LAZY: dict[str, str] = {
     "PostgreSQLStore": "kvsessions.kv.postgresql",
     "MongoDBStore": "kvsessions.kv.mongodb",
     "RedisStore": "kvsessions.kv.redis",
+    "TextHit": "kvsessions.kv.text_search",
+    "TextIndex": "kvsessions.kv.text_search",
     # documents
     "ChatSession": "kvsessions.documents.models",
     "ChatMessage": "kvsessions.documents.models",
@@ -56,6 +59,7 @@ _LAZY: dict[str, str] = {
     "SessionManager": "kvsessions.sessions.manager",
     "State": "kvsessions.sessions.state",
     "StateScope": "kvsessions.sessions.state",
+    "MessageHit": "kvsessions.sessions.search",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
     "create_manager": "kvsessions.config",
@@ -76,6 +80,7 @@ __all__ = [
     "ChatSession",
     "ConfigError",
     "DocumentTooLargeError",
+    "EventLoopError",
     "ExportFileError",
     "FileSessionStorage",
     "FileStore",
@@ -85,6 +90,7 @@ __all__ = [
     "KVStore",
     "MemorySessionStorage",
     "MemoryStore",
+    "MessageHit",
     "MessageNotFoundError",
     "MissingDependencyError",
     "MongoDBSessionStorage",
@@ -104,6 +110,8 @@ __all__ = [
     "StorageConfig",
     "StoreError",
     "StoreUnavailableError",
+    "TextHit",
+    "TextIndex",
     "UnsupportedFormatError",
     "UnsupportedVersionError",
     "UploadedFileRecord",
@@ -145,10 +153,12 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
+    from kvsessions.kv.text_search import TextHit, TextIndex
     from kvsessions.migration.copy import migrate_storage
     from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
     from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
+    from kvsessions.sessions.search import MessageHit
     from kvsessions.sessions.state import State, StateScope
     from kvsessions.sessions.storage import (
         FileSessionStorage,

@@ -18,6 +18,7 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     ├── MissingDependencyError (ImportError)  an optional driver is not installed
     ├── StoreUnavailableError (ConnectionError) the server cannot be reached or went away
     └── StoreError                            the store failed in another way
+        └── EventLoopError                    used from an event loop it cannot serve
 
 Messages never contain a password: URLs are passed through ``redact_url`` first.
 """
@@ -30,6 +31,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "DocumentTooLargeError",
+    "EventLoopError",
     "ExportFileError",
     "InvalidKeyError",
     "InvalidValueError",
@@ -172,3 +174,8 @@ class StoreUnavailableError(KVSessionsError, ConnectionError):
 
 class StoreError(KVSessionsError):
     """The store failed in a way that is neither bad input nor unavailability."""
+
+
+class EventLoopError(StoreError):
+    """A store was called from an event loop it cannot serve (a client handed in belongs to
+    another loop); the message names both loops."""

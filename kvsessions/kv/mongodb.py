@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ import orjson
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
@@ -58,6 +60,7 @@ from kvsessions.kv.base import (
     expires_at,
     outlive_cancellation,
 )
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.mongodb_names import (
     EXPIRES_FIELD,
     PARTITION_FIELD,
@@ -76,6 +79,15 @@ from kvsessions.kv.options import (
     unknown_options,
 )
 from kvsessions.kv.partitions import partition_of, run_of_range
+from kvsessions.kv.text_search import (
+    Accept,
+    TextHit,
+    TextIndex,
+    field_of,
+    ranked_pages,
+    score_text,
+)
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url, redact_url, url_secrets
 
 try:
@@ -90,11 +102,16 @@ except ImportError:  # exercised in a subprocess by the tests
 else:
     HAVE_PYMONGO = True
 
+logger = logging.getLogger("kvsessions.kv.mongodb")
+
 __all__ = ["EXPIRES_FIELD", "PARTITION_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _TTL_INDEX = "kvsessions_expires_at_ttl"
+#: Where a text search's score comes back: a name this store never writes (its documents'
+#: names have every "%" escaped as "%25").
+_SCORE = "%score"
 # MongoDB refuses these characters (and NUL) in database names.
 _BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
 #: Keys in one ``$in`` list: 40,000 keys of 512 bytes would pass MongoDB's 16 MiB limit on
@@ -160,8 +177,8 @@ class MongoDBStore(KVStore):
         self._durability: str = settings["durability"]
         self.scan_batch_size = settings["batch_size"]
         self._client_options = dict(client_options or {})
-        self._own_client: Any = None
-        self._collection: Any = None
+        self._per_loop = self._collections = PerLoop(self._connect, self._disconnect)
+        self._text_indexes: set[TextIndex] = set()
         self._ttl_index_ready = False
 
     @classmethod
@@ -176,22 +193,11 @@ class MongoDBStore(KVStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
-        database = self._given_database
-        if database is None:
-            client = self._given_client
-            if client is None:
-                await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
-                client = self._own_client = self._new_client()
-            database = client.get_database(self._database_name)
+        if self._given_database is None and self._given_client is None:
+            await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
         try:
+            database = (await self._collections.get()).database
             await self._check_collation(database)
-            write_concern = WriteConcern(w="majority", j=True) \
-                if self._durability == "strict" else None
-            collection = database.get_collection(
-                self.namespace,
-                codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
-                write_concern=write_concern,
-            )
         except BaseException as exc:
             await self._close()
             if HAVE_PYMONGO and isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
@@ -200,8 +206,40 @@ class MongoDBStore(KVStore):
                 raise StoreUnavailableError(f"open failed: {self!r} is unavailable ({reason})"
                                             ) from None
             raise
-        self._collection = collection
         self._ttl_index_ready = False
+
+    async def _connect(self) -> Any:
+        """The calling event loop's collection: of our own client, made here, or of the
+        client or database given (which belongs to the loop that first used it)."""
+        database = self._given_database
+        if database is None and self._given_client is None:
+            database = self._new_client().get_database(self._database_name)
+        else:
+            first_loop = self._collections.first_loop_if_other()
+            if first_loop is not None:
+                given = "client" if database is None else "database"
+                raise EventLoopError(
+                    f"{self!r} was given a {given} that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own client, or pass a URL instead")
+            if database is None:
+                database = self._given_client.get_database(self._database_name)
+        write_concern = WriteConcern(w="majority", j=True) \
+            if self._durability == "strict" else None
+        return database.get_collection(
+            self.namespace,
+            codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
+            write_concern=write_concern,
+        )
+
+    async def _disconnect(self, collection: Any) -> None:
+        if self._given_database is None and self._given_client is None:
+            await collection.database.client.close()
+
+    @property
+    def _collection(self) -> Any:
+        """The calling event loop's collection (``_ready`` made it)."""
+        return self._collections.current()
 
     async def _ensure_ttl_index(self) -> None:
         """Create the TTL index with the first write that has a ttl: a store that never uses
@@ -238,10 +276,7 @@ class MongoDBStore(KVStore):
                     "created without a collation")
 
     async def _close(self) -> None:
-        self._collection = None
-        client, self._own_client = self._own_client, None
-        if client is not None:
-            await client.close()
+        await self._collections.close()
 
     # ------------------------------------------------------------------ documents
 
@@ -478,6 +513,58 @@ class MongoDBStore(KVStore):
             if value is not None:
                 items.append((key, value))
         return items
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "mongodb"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """MongoDB's text index on the field, made on first use (``default_language`` none:
+        no stemming, no stop words). ``$text`` matches any word; hits that lack one are
+        dropped here, so a match needs every word as on every store. A server without text
+        search (SecantusDB) is searched by the scan, with one warning."""
+        if self.text_search == "scan":
+            return await super()._search_text(index, terms, within, limit, accept)
+        try:
+            if index not in self._text_indexes:
+                await self._collection.create_index(
+                    [(index.field, "text")], name=f"text_{index.field}", default_language="none")
+                self._text_indexes.add(index)
+            return await self._native_search(index, terms, within, limit, accept)
+        except mongo_errors.OperationFailure as exc:
+            logger.warning("%r: no MongoDB text search (%s); searching by a scan",
+                           self, self._scrub(str(exc))[:200])
+            self.text_search = "scan"
+            return await super()._search_text(index, terms, within, limit, accept)
+
+    async def _native_search(self, index: TextIndex, terms: list[str], within: str,
+                             limit: int, accept: Accept | None) -> list[TextHit]:
+        upper = prefix_upper_bound(within)
+        bounds: dict[str, Any] = {"$gte": within} if upper is None else {"$gte": within,
+                                                                          "$lt": upper}
+        search = " ".join(terms)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            cursor = self._collection.find(
+                {"$text": {"$search": search}, "_id": bounds},
+                {_SCORE: {"$meta": "textScore"}},
+                sort=[(_SCORE, {"$meta": "textScore"}), ("_id", 1)], skip=offset, limit=size)
+            hits: list[TextHit] = []
+            for stored in await cursor.to_list(None):
+                score = float(stored.pop(_SCORE))
+                key = stored["_id"]
+                value = self._to_value(stored)
+                if value is not None:
+                    hits.append(TextHit(key, value, score))
+            return hits
+
+        async def every_word(key: str, value: bytes) -> bool:
+            if score_text(field_of(value, index.field), terms) <= 0:
+                return False
+            return accept is None or await accept(key, value)
+
+        return await ranked_pages(page, limit, every_word)
 
     # ------------------------------------------------------------------ errors
 

@@ -39,12 +39,14 @@ from typing import Any
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
     PARTITIONS,
     SHARED,
@@ -58,9 +60,12 @@ from kvsessions.kv.options import (
 from kvsessions.kv.postgresql_jsonb import decode_jsonb, encode_jsonb, jsonb_loses
 from kvsessions.kv.postgresql_jsonb import split_exact as _split
 from kvsessions.kv.postgresql_pool import CallerPool, Connection, OwnPool, PoolTimeoutError
+from kvsessions.kv.postgresql_text import PostgreSQLTextIndex
 from kvsessions.kv.registry import schemes_of
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.table_layouts import quote_identifier as _quote_identifier
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url
 
 try:
@@ -100,6 +105,8 @@ class _Statements:
     scan: dict[tuple[bool, bool, bool], str]
     #: The condition naming the row of key $1.
     one_key: str
+    #: A row's value columns (value, raw), as every read selects them.
+    read: str
 
 
 #: The partition column of a hash-partitioned table: ``kvsessions.kv.partitions``'s rule in SQL.
@@ -178,6 +185,7 @@ def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False)
                      f"RETURNING expires_at) SELECT count(*) FROM gone WHERE {live}"),
         scan=scan,
         one_key=one_key,
+        read=read,
     )
 
 
@@ -242,7 +250,8 @@ class PostgreSQLStore(KVStore):
         self._caller_pool = pool
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
-        self._pool: OwnPool | CallerPool | None = None
+        self._per_loop = self._pools = PerLoop(self._start_pool, self._stop_pool)
+        self._text_indexes: dict[TextIndex, PostgreSQLTextIndex] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> PostgreSQLStore:
@@ -275,18 +284,8 @@ class PostgreSQLStore(KVStore):
         return connection
 
     async def _open(self) -> None:
-        pool: OwnPool | CallerPool
-        if self._caller_pool is not None:
-            pool = CallerPool(self._caller_pool, self.acquire_timeout)
-            connection = await pool.acquire()
-        else:
-            pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
-                            self.acquire_timeout)
-            try:
-                connection = await pool.start()
-            except BaseException:
-                await pool.close()
-                raise
+        pool = await self._pools.get()
+        connection = await pool.acquire()
         error: BaseException | None = None
         try:
             if self.durability == "strict":
@@ -298,8 +297,36 @@ class PostgreSQLStore(KVStore):
         finally:
             await pool.release(connection, error)
             if error is not None:
-                await pool.close()
-        self._pool = pool
+                await self._pools.close()
+
+    async def _start_pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool: ours, started here, or the caller's."""
+        if self._caller_pool is not None:
+            first_loop = self._pools.first_loop_if_other()
+            if first_loop is not None:
+                raise EventLoopError(
+                    f"{self!r} was given a pool that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own pool, or pass a URL instead")
+            return CallerPool(self._caller_pool, self.acquire_timeout)
+        pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
+                       self.acquire_timeout)
+        try:
+            connection = await pool.start()
+            await pool.release(connection, None)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    @staticmethod
+    async def _stop_pool(pool: OwnPool | CallerPool) -> None:
+        await pool.close()
+
+    @property
+    def _pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool (``_ready`` made it)."""
+        return self._pools.current()
 
     async def _check_durability(self, connection: Connection) -> None:
         """``durability=strict``: refuse a server that may acknowledge a commit it can lose."""
@@ -392,16 +419,13 @@ class PostgreSQLStore(KVStore):
                 f"{found['key'][1]!r}; kvsessions needs COLLATE \"C\" for byte order")
 
     async def _close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # ------------------------------------------------------------------ running statements
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
         """One statement on a pooled connection: one round trip."""
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         try:
             result = await getattr(connection, method)(sql, *args)
@@ -479,7 +503,6 @@ class PostgreSQLStore(KVStore):
             await self._run("execute", self._sql.put_many, *chunks[0], ttl)
             return
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         error: BaseException | None = None
         try:
@@ -512,6 +535,27 @@ class PostgreSQLStore(KVStore):
                           limit)
 
     # ------------------------------------------------------------------ errors
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "postgresql"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """Full-text search on a GIN index made on first use (``postgresql_text``)."""
+        sql = self._text_indexes.get(index)
+        if sql is None:
+            sql = PostgreSQLTextIndex(self.namespace, index, self._sql.read)
+            await self._run("execute", sql.create)
+            self._text_indexes[index] = sql
+        query, upper = " ".join(terms), prefix_upper_bound(within)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            rows = await self._run("fetch", sql.search, query, within, upper, size, offset)
+            return [TextHit(key, value if raw is None else raw, float(score))
+                    for key, value, raw, score in rows]
+
+        return await ranked_pages(page, limit, accept)
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
         if isinstance(exc, PoolTimeoutError | OSError | TimeoutError):

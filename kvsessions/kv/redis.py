@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
@@ -31,6 +33,7 @@ from kvsessions.errors import (
 )
 from kvsessions.kv import redis_scripts as scripts
 from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
     SHARED,
     Duration,
@@ -85,6 +88,16 @@ _SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
 #: Commands in flight at once (and connections per server): redis-py's asyncio pools raise
 #: instead of waiting when they run out, so the store queues its callers itself.
 _DEFAULT_MAX_CONNECTIONS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _LoopClient:
+    """One event loop's client, and the slots that bound its commands in flight."""
+
+    client: Any
+    limit: asyncio.Semaphore
+
+
 def _require_driver() -> None:
     if redis_errors is None:
         raise MissingDependencyError("redis", "redis")
@@ -142,10 +155,9 @@ class RedisStore(KVStore):
         if parsed is not None:
             self._secrets = parsed.secrets
         self._given_client = client
-        self._client: Any = client
         if self._max_connections is None:
             self._max_connections = _pool_size(client) or _DEFAULT_MAX_CONNECTIONS
-        self._limit = asyncio.Semaphore(self._max_connections)
+        self._per_loop = self._clients = PerLoop(self._connect, self._disconnect)
         self._directory = directory_name(self.namespace)
         self._legacy = LegacyNames.of(self.namespace)
         #: True while the namespace holds keys of the one-tag layout of earlier releases.
@@ -166,29 +178,52 @@ class RedisStore(KVStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
-        if self._given_client is not None:
-            self._check_client(self._given_client)
-        else:
-            self._client = self._make_client()
+        await self._clients.get()
         try:
-            if self._cluster and self._given_client is None:
-                await self._client.initialize()
-            else:
-                await self._client.execute_command("PING")
             if self._durability == "strict":
                 await self._check_durability()
             self._legacy_found = bool(await self._client.execute_command(
                 "EXISTS", self._legacy.index))
         except BaseException:
-            if self._given_client is None:
-                await self._client.aclose()
-                self._client = None
+            await self._clients.close()
             raise
 
     async def _close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._given_client is None:
-            await client.aclose()
+        await self._clients.close()
+
+    @property
+    def _client(self) -> Any:
+        """The calling event loop's client (``_ready`` made it)."""
+        return self._clients.current().client
+
+    async def _connect(self) -> _LoopClient:
+        """The calling event loop's client: ours, made and checked here, or the one given."""
+        if self._given_client is not None:
+            self._check_client(self._given_client)
+            first_loop = self._clients.first_loop_if_other()
+            if first_loop is not None:
+                raise EventLoopError(
+                    f"{self!r} was given a client that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own client, or pass a URL instead")
+            client = self._given_client
+        else:
+            client = self._make_client()
+        try:
+            if self._cluster and self._given_client is None:
+                await client.initialize()
+            else:
+                await client.execute_command("PING")
+        except BaseException:
+            if self._given_client is None:
+                await client.aclose()
+            raise
+        assert self._max_connections is not None
+        return _LoopClient(client, asyncio.Semaphore(self._max_connections))
+
+    async def _disconnect(self, loop_client: _LoopClient) -> None:
+        if self._given_client is None:
+            await loop_client.client.aclose()
 
     def _make_client(self) -> Any:
         url = self._url
@@ -247,47 +282,51 @@ class RedisStore(KVStore):
                     f"{' / '.join(bad)}, and needs {name} {expected} so that acknowledged "
                     f"writes are kept")
 
-    async def _acquire(self) -> None:
-        """Take one of ``max_connections`` slots, waiting at most ``acquire_timeout``: under
-        back-pressure callers queue, and a stuck server gives a typed error, never a hang."""
-        if not self._limit.locked():
-            await self._limit.acquire()  # a free slot: returns at once
-            return
+    async def _acquire(self) -> _LoopClient:
+        """Take one of ``max_connections`` slots of the calling loop's client, waiting at most
+        ``acquire_timeout``: under back-pressure callers queue, and a stuck server gives a
+        typed error, never a hang."""
+        loop_client = self._clients.current()
+        limit = loop_client.limit
+        if not limit.locked():
+            await limit.acquire()  # a free slot: returns at once
+            return loop_client
         try:
             async with asyncio.timeout(self._acquire_timeout):
-                await self._limit.acquire()
+                await limit.acquire()
         except TimeoutError:
             raise StoreUnavailableError(
                 f"no free connection to {self._where()} within acquire_timeout="
                 f"{self._acquire_timeout:g} s (max_connections={self._max_connections})"
             ) from None
+        return loop_client
 
     async def _command(self, *args: Any) -> Any:
         self._refuse_legacy()
-        await self._acquire()
+        loop_client = await self._acquire()
         try:
-            return await self._client.execute_command(*args)
+            return await loop_client.client.execute_command(*args)
         finally:
-            self._limit.release()
+            loop_client.limit.release()
 
     async def _read(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a script that only reads."""
         self._refuse_legacy()
-        await self._acquire()
+        loop_client = await self._acquire()
         try:
-            return await script(self._client, keys, args)
+            return await script(loop_client.client, keys, args)
         finally:
-            self._limit.release()
+            loop_client.limit.release()
 
     async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
         self._refuse_legacy()
-        await self._acquire()
+        loop_client = await self._acquire()
         try:
-            return await outlive_cancellation(script(self._client, keys, args))
+            return await outlive_cancellation(script(loop_client.client, keys, args))
         finally:
-            self._limit.release()
+            loop_client.limit.release()
 
     # ------------------------------------------------------------------ the layout
 
@@ -384,14 +423,14 @@ class RedisStore(KVStore):
     async def _values(self, names: list[bytes]) -> list[bytes | None]:
         """MGET of value keys of any partitions: one MGET per slot on a cluster."""
         self._refuse_legacy()
-        await self._acquire()
+        loop_client = await self._acquire()
         try:
             if self._cluster:
-                values: list[bytes | None] = await self._client.mget_nonatomic(names)
+                values: list[bytes | None] = await loop_client.client.mget_nonatomic(names)
             else:
-                values = await self._client.execute_command("MGET", *names)
+                values = await loop_client.client.execute_command("MGET", *names)
         finally:
-            self._limit.release()
+            loop_client.limit.release()
         return values
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
@@ -444,14 +483,14 @@ class RedisStore(KVStore):
                     raise outcome
             return gathered
         self._refuse_legacy()
-        await self._acquire()
+        loop_client = await self._acquire()
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = loop_client.client.pipeline(transaction=False)
             for script, keys, args in calls:
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             results: list[Any] = await outlive_cancellation(pipe.execute(raise_on_error=False))
         finally:
-            self._limit.release()
+            loop_client.limit.release()
         for position, result in enumerate(results):
             if isinstance(result, redis_errors.NoScriptError):
                 results[position] = await self._run(*calls[position])

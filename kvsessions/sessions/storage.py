@@ -95,6 +95,7 @@ from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
 from kvsessions.sessions.message_edits import MessageEdits
 from kvsessions.sessions.message_scan import scan_messages
 from kvsessions.sessions.message_times import TimeWindow
+from kvsessions.sessions.search import MessageHit, search_messages
 from kvsessions.sessions.state import State, StateDocuments, StateScope
 from kvsessions.wrappers.validating import ValidatingStore
 
@@ -430,6 +431,13 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         session = document_to_session(document, key=key)
         self._saved(session).base = head_fields(document, decoded=True)
         return session
+
+    async def search_messages(self, query: str, *, session_id: str | None = None,
+                              user_id: str | None = None, limit: int = 20) -> list[MessageHit]:
+        """Messages whose content holds every word of ``query``, best first: in one session,
+        or in the sessions of one owner, when given (``kvsessions.sessions.search``)."""
+        return await search_messages(self._raw, query, session_id=session_id, user_id=user_id,
+                                     limit=limit, validate=self._documents.validate_reads)
 
     async def delete_session(self, session_id: str) -> bool:
         """Remove the session and all its messages; True if anything was there. The head is

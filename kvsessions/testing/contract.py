@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import pytest
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     InvalidKeyError,
     InvalidValueError,
     KVSessionsError,
@@ -74,6 +76,12 @@ HARD_VALUES: dict[str, dict[str, Any]] = {
 
 def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
+
+
+async def _close_and_clean(store: KVStore, store_factory: StoreFactory) -> None:
+    await store.close()
+    if store_factory.cleanup is not None:
+        await store_factory.cleanup()
 
 
 async def collect(iterator: AsyncIterator[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -626,3 +634,76 @@ class KVStoreContract:
 
     def test_repr_names_the_store(self, store: KVStore) -> None:
         assert type(store).__name__ in repr(store)
+
+    # ---------------------------------------------------------------- event loops
+
+    def test_serves_one_event_loop_after_another(self, store_factory: StoreFactory) -> None:
+        """Frameworks call ``asyncio.run`` (or ``Runner.run_sync``) again and again: one store
+        serves each new loop, writes and scans included."""
+        store = store_factory.new()
+
+        async def step(run: int) -> None:
+            await store.put(f"run-{run}", dumps({"run": run}))
+            await store.put_many([(f"batch-{run}-{i}", dumps({"i": i})) for i in range(3)])
+            value = await store.get(f"run-{run}")
+            assert value is not None and orjson.loads(value) == {"run": run}
+            assert await store.compare_and_set(f"run-{run}", value,
+                                               dumps({"run": run, "ok": True}))
+            assert await store.keys("run-") == [f"run-{i}" for i in range(run + 1)]
+
+        try:
+            for run in range(3):
+                asyncio.run(step(run))
+        finally:
+            asyncio.run(_close_and_clean(store, store_factory))
+
+    def test_serves_two_threads_each_with_its_own_loop(self, store_factory: StoreFactory
+                                                       ) -> None:
+        """Two threads, each running its own loop, open one store at the same moment and use
+        it at once: nothing hangs; each store serves both, or (``loops_at_once`` False)
+        refuses the second loop with an ``EventLoopError`` that names it."""
+        store = store_factory.new()
+        start = threading.Barrier(2, timeout=30)
+        both_called = threading.Barrier(2, timeout=30)
+        errors: dict[int, BaseException] = {}
+
+        async def work(thread: int) -> None:
+            await asyncio.to_thread(start.wait)
+            try:
+                await store.put(f"t{thread}-00", dumps({"thread": thread}))
+            finally:
+                await asyncio.to_thread(both_called.wait)  # both loops are running now
+            for i in range(1, 20):
+                await store.put(f"t{thread}-{i:02}", dumps({"thread": thread, "i": i}))
+                assert await store.get(f"t{thread}-{i:02}") is not None
+            assert len(await store.keys(f"t{thread}-")) == 20
+
+        def run(thread: int) -> None:
+            try:
+                asyncio.run(work(thread))
+            except BaseException as exc:
+                errors[thread] = exc
+
+        threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in (1, 2)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert not any(thread.is_alive() for thread in threads), "a loop hangs"
+            if store.loops_at_once:
+                assert not errors, errors
+                expected = 40
+            else:
+                assert len(errors) == 1, errors
+                (error,) = errors.values()
+                assert isinstance(error, EventLoopError), error
+                assert "event loop 0x" in str(error)
+                expected = 20
+
+            async def check() -> None:
+                assert len(await store.keys("t")) == expected
+
+            asyncio.run(check())
+        finally:
+            asyncio.run(_close_and_clean(store, store_factory))
