@@ -1,0 +1,372 @@
+"""LangGraph's checkpointer on kvsessions: ``KVSessionsSaver``, a ``BaseCheckpointSaver``.
+
+``pip install 'kvsessions[langgraph]'``; the one line an application changes::
+
+    checkpointer = KVSessionsSaver("postgresql://app@db/app")   # was: SqliteSaver(conn)
+
+Each checkpoint and each pending write is a versioned document of its own (kinds
+``checkpoint`` and ``checkpoint_write``, schemas in ``kvsessions/documents/schemas/``), under
+keys of its own prefix::
+
+    langgraph:checkpoint:{thread}:{ns}:{checkpoint_id}
+    langgraph:write:{thread}:{ns}:{checkpoint_id}:{task_id}:{idx}
+
+with every part encoded as ``kvsessions.documents.keys.encode_id`` encodes ids (no ``:`` in a
+part), so a thread's, a namespace's and a checkpoint's keys are each one prefix. LangGraph's
+checkpoint ids sort in time order, so "the latest checkpoint" is one reverse scan of one item
+and ``list(before=..., limit=...)`` one reverse scan from a cursor. The checkpoint is kept as
+LangGraph's own serializer wrote it (type tag and bytes, base64 in the JSON); its metadata as
+plain JSON, as LangGraph's SQL savers keep it, so ``filter`` compares JSON values.
+
+Concurrent writers need nothing more: a checkpoint is one document written whole; a regular
+write is stored only if its key is free (LangGraph's ``INSERT OR IGNORE``), a special one
+(error, interrupt, ...) replaces what is there (``INSERT OR REPLACE``). Migration, export and
+``kvsessions validate`` see these documents like any other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, cast
+
+import orjson
+
+from kvsessions.documents.keys import encode_id
+from kvsessions.errors import MissingDependencyError, ValidationError
+from kvsessions.integrations.store_loop import StorageTarget, StoreLoop, storage_for
+from kvsessions.kv.base import KVStore
+from kvsessions.wrappers.validating import ValidatingStore
+
+try:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import (
+        WRITES_IDX_MAP,
+        BaseCheckpointSaver,
+        ChannelVersions,
+        Checkpoint,
+        CheckpointMetadata,
+        CheckpointTuple,
+        PendingWrite,
+        get_checkpoint_id,
+        get_checkpoint_metadata,
+    )
+    from langgraph.checkpoint.serde.base import SerializerProtocol
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependencyError("langgraph-checkpoint", "langgraph",
+                                 purpose="kvsessions.integrations.langgraph") from exc
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "WRITE_PREFIX",
+    "KVSessionsSaver",
+    "checkpoint_key",
+    "checkpoint_prefix",
+    "write_key",
+    "write_prefix",
+]
+
+CHECKPOINT_PREFIX = "langgraph:checkpoint:"
+WRITE_PREFIX = "langgraph:write:"
+#: Keys one ``delete_many`` call removes while deleting a thread.
+_DELETE_BATCH = 500
+
+
+def checkpoint_prefix(thread_id: str, checkpoint_ns: str | None = None) -> str:
+    """The prefix of a thread's checkpoints (of one namespace, when given)."""
+    prefix = f"{CHECKPOINT_PREFIX}{encode_id(thread_id)}:"
+    return prefix if checkpoint_ns is None else f"{prefix}{encode_id(checkpoint_ns)}:"
+
+
+def checkpoint_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
+    return checkpoint_prefix(thread_id, checkpoint_ns) + encode_id(checkpoint_id)
+
+
+def write_prefix(thread_id: str, checkpoint_ns: str | None = None,
+                 checkpoint_id: str | None = None) -> str:
+    """The prefix of a thread's writes (of one namespace, and one checkpoint, when given)."""
+    prefix = f"{WRITE_PREFIX}{encode_id(thread_id)}:"
+    if checkpoint_ns is None:
+        return prefix
+    prefix = f"{prefix}{encode_id(checkpoint_ns)}:"
+    return prefix if checkpoint_id is None else f"{prefix}{encode_id(checkpoint_id)}:"
+
+
+def write_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str,
+              idx: int) -> str:
+    return f"{write_prefix(thread_id, checkpoint_ns, checkpoint_id)}{encode_id(task_id)}:{idx}"
+
+
+def _typed(value: tuple[str, bytes]) -> dict[str, str]:
+    return {"type": value[0], "data": base64.b64encode(value[1]).decode("ascii")}
+
+
+def _untyped(field: dict[str, str], key: str) -> tuple[str, bytes]:
+    try:
+        return field["type"], base64.b64decode(field["data"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError(f"not base64: {exc}", key=key, path="data") from None
+
+
+def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                             "checkpoint_id": checkpoint_id}}
+
+
+class KVSessionsSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer on any kvsessions store (see the module docstring).
+
+    ``store`` is a store URL (the saver opens the store, runs it on a thread of its own and
+    closes it in ``close``), a ``SessionStorage`` or a ``KVStore`` (the caller's: never
+    closed here). Async and sync methods both work; sync ones also inside a running event loop
+    when the saver was given a URL (see ``kvsessions.integrations.store_loop``).
+    """
+
+    def __init__(self, store: StorageTarget, *, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=serde)
+        storage, owned = storage_for(store)
+        inner: KVStore = storage.store
+        self._documents = (inner if isinstance(inner, ValidatingStore)
+                           else ValidatingStore(inner))
+        self._raw = self._documents.inner
+        self._owned = owned
+        self._loop = StoreLoop(own_thread=owned)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._raw!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close the store when the saver opened it (from a URL)."""
+        if self._owned:
+            await self._loop.run(self._documents.close())
+            self._loop.stop()
+
+    def close(self) -> None:
+        if self._owned:
+            self._loop.run_sync(self._documents.close())
+            self._loop.stop()
+
+    async def __aenter__(self) -> KVSessionsSaver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> KVSessionsSaver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ async API
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._loop.run(self._get_tuple(config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self._loop.run(self._list(config, filter, before, limit)):
+            yield item
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        return await self._loop.run(self._put(config, checkpoint, metadata))
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        await self._loop.run(self._put_writes(config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._loop.run(self._delete_thread(str(thread_id)))
+
+    # ------------------------------------------------------------------ sync API
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._loop.run_sync(self._get_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        return iter(self._loop.run_sync(self._list(config, filter, before, limit)))
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint,
+            metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        return self._loop.run_sync(self._put(config, checkpoint, metadata))
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                   task_id: str, task_path: str = "") -> None:
+        self._loop.run_sync(self._put_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._loop.run_sync(self._delete_thread(str(thread_id)))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """Versions as LangGraph's SQL savers make them: a zero-padded counter, so text order
+        is version order (``str | int`` is accepted from checkpoints of other savers)."""
+        number = 0 if current is None else (
+            current if isinstance(current, int) else int(str(current).split(".")[0]))
+        return f"{number + 1:032}.{0:016}"
+
+    # ------------------------------------------------------------------ work on the home loop
+
+    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = str(configurable.get("checkpoint_ns", ""))
+        checkpoint_id = str(checkpoint["id"])
+        key = checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
+        document = {
+            "kind": "checkpoint", "v": 1,
+            "thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+            "parent_checkpoint_id": configurable.get("checkpoint_id"),
+            "checkpoint": _typed(self.serde.dumps_typed(checkpoint)),
+            "metadata": _json_metadata(get_checkpoint_metadata(config, metadata), key),
+        }
+        await self._raw.put(key, self._documents.encode(key, document))
+        return _config(thread_id, checkpoint_ns, checkpoint_id)
+
+    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str) -> None:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = str(configurable.get("checkpoint_ns", ""))
+        checkpoint_id = str(configurable["checkpoint_id"])
+        items: builtins.list[tuple[str, bytes]] = []
+        for position, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, position)
+            key = write_key(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+            document = {
+                "kind": "checkpoint_write", "v": 1,
+                "thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": checkpoint_id, "task_id": task_id, "task_path": task_path,
+                "idx": idx, "channel": channel, "value": _typed(self.serde.dumps_typed(value)),
+            }
+            items.append((key, self._documents.encode(key, document)))
+        if all(channel in WRITES_IDX_MAP for channel, _ in writes):
+            await self._raw.put_many(items)  # special writes replace (INSERT OR REPLACE)
+        else:
+            for key, value in items:  # regular writes are kept once (INSERT OR IGNORE)
+                await self._raw.put_if_absent(key, value)
+
+    async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = str(configurable.get("checkpoint_ns", ""))
+        checkpoint_id = get_checkpoint_id(config)
+        if checkpoint_id:
+            key = checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
+            value = await self._raw.get(key)
+            if value is None:
+                return None
+            found = (key, value)
+        else:
+            latest = [item async for item in self._raw.scan(
+                checkpoint_prefix(thread_id, checkpoint_ns), reverse=True, limit=1)]
+            if not latest:
+                return None
+            found = latest[0]
+        return await self._tuple(self._documents.decode(*found), found[0])
+
+    async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
+                    before: RunnableConfig | None,
+                    limit: int | None) -> builtins.list[CheckpointTuple]:
+        """Matching checkpoints, newest first. One thread and namespace is one reverse scan
+        from ``before``, stopping at ``limit``; wider listings are merged by checkpoint id."""
+        if limit is not None and limit <= 0:
+            return []
+        configurable = (config or {}).get("configurable", {})
+        thread = configurable.get("thread_id")
+        namespace = configurable.get("checkpoint_ns")
+        wanted_id = configurable.get("checkpoint_id") if config else None
+        before_id = get_checkpoint_id(before) if before else None
+        if thread is None:
+            prefix = CHECKPOINT_PREFIX
+        else:
+            prefix = checkpoint_prefix(str(thread),
+                                       None if namespace is None else str(namespace))
+        exact = thread is not None and namespace is not None
+        start_after = (checkpoint_key(str(thread), str(namespace), before_id)
+                       if exact and before_id else None)
+        found: builtins.list[tuple[str, dict[str, Any]]] = []
+        async for key, value in self._raw.scan(prefix, start_after=start_after, reverse=True):
+            document = self._documents.decode(key, value)
+            checkpoint_id = document["checkpoint_id"]
+            if wanted_id and checkpoint_id != wanted_id:
+                continue
+            if before_id and checkpoint_id >= before_id:
+                continue
+            if filter and not all(document["metadata"].get(name) == expected
+                                  for name, expected in filter.items()):
+                continue
+            found.append((key, document))
+            if exact and limit is not None and len(found) >= limit:
+                break
+        if not exact:
+            found.sort(key=lambda item: item[1]["checkpoint_id"], reverse=True)
+            if limit is not None:
+                del found[limit:]
+        return [await self._tuple(document, key) for key, document in found]
+
+    async def _tuple(self, document: dict[str, Any], key: str) -> CheckpointTuple:
+        thread_id = document["thread_id"]
+        checkpoint_ns = document["checkpoint_ns"]
+        checkpoint_id = document["checkpoint_id"]
+        parent = document["parent_checkpoint_id"]
+        return CheckpointTuple(
+            config=_config(thread_id, checkpoint_ns, checkpoint_id),
+            checkpoint=self.serde.loads_typed(_untyped(document["checkpoint"], key)),
+            metadata=cast(CheckpointMetadata, document["metadata"]),
+            parent_config=_config(thread_id, checkpoint_ns, parent) if parent else None,
+            pending_writes=await self._pending_writes(thread_id, checkpoint_ns, checkpoint_id),
+        )
+
+    async def _pending_writes(self, thread_id: str, checkpoint_ns: str,
+                              checkpoint_id: str) -> builtins.list[PendingWrite]:
+        """The writes of one checkpoint in LangGraph's order: (task_path, task_id, idx)."""
+        writes: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
+        async for key, value in self._raw.scan(write_prefix(thread_id, checkpoint_ns,
+                                                            checkpoint_id)):
+            document = self._documents.decode(key, value)
+            task_id = document["task_id"]
+            writes.append(((document["task_path"], task_id, document["idx"]),
+                           (task_id, document["channel"],
+                            self.serde.loads_typed(_untyped(document["value"], key)))))
+        writes.sort(key=lambda item: item[0])
+        return [write for _, write in writes]
+
+    async def _delete_thread(self, thread_id: str) -> None:
+        for prefix in (checkpoint_prefix(thread_id), write_prefix(thread_id)):
+            batch: builtins.list[str] = []
+            async for key, _ in self._raw.scan(prefix):
+                batch.append(key)
+                if len(batch) >= _DELETE_BATCH:
+                    await self._raw.delete_many(batch)
+                    batch = []
+            if batch:
+                await self._raw.delete_many(batch)
+
+
+def _json_metadata(metadata: CheckpointMetadata, key: str) -> dict[str, Any]:
+    """The metadata as a JSON object (LangGraph's SQL savers store it as JSON too)."""
+    try:
+        return cast(dict[str, Any], orjson.loads(orjson.dumps(metadata)))
+    except TypeError as exc:
+        raise ValidationError(f"checkpoint metadata is not JSON: {exc}", key=key,
+                              path="metadata", kind="checkpoint") from None
