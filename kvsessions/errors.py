@@ -13,6 +13,7 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     ├── UnsupportedFormatError (ValueError)   an export format that does not exist
     ├── ExportFileError (ValueError)          an export file that is not intact or not an export
     ├── SessionNotFoundError (LookupError)    an operation needs a session that is not stored
+    ├── MessageNotFoundError (LookupError)    an operation needs a message that is not stored
     ├── MissingDependencyError (ImportError)  an optional driver is not installed
     ├── StoreUnavailableError (ConnectionError) the server cannot be reached or went away
     └── StoreError                            the store failed in another way
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidValueError",
     "KVSessionsError",
+    "MessageNotFoundError",
     "MissingDependencyError",
     "SessionNotFoundError",
     "StoreError",
@@ -126,6 +128,10 @@ class ExportFileError(KVSessionsError, ValueError):
 
 class SessionNotFoundError(KVSessionsError, LookupError):
     """An operation needs a session that is not in the store."""
+
+
+class MessageNotFoundError(KVSessionsError, LookupError):
+    """An operation needs a message that is not in its session."""
 
 
 class MissingDependencyError(KVSessionsError, ImportError):

@@ -10,7 +10,8 @@ got in first. Hence:
 * ``save_session`` merges with what others wrote: fields this object changed since it was
   loaded or last saved here are written, the others keep the stored value, ``updated_at``
   never goes back (unless this object set it back), and the count is the stored count plus
-  the messages this save created;
+  the messages this save created minus those it removed (a delete that found the message
+  gone, removed by another writer, does not count);
 * ``delete_session`` first marks the head ``deleting`` (such a session reads as absent), then
   deletes the messages, then the head. An append or save that finds the mark, or finds the
   head gone, removes the messages it wrote and fails (``SessionNotFoundError``; a save returns
@@ -33,6 +34,7 @@ from typing import Any
 import orjson
 
 from kvsessions.documents.codec import parse_timestamp
+from kvsessions.sessions.message_changes import Fingerprint
 
 __all__ = ["DELETING", "Head", "SavedState", "head_fields", "is_stale", "merged_head"]
 
@@ -44,14 +46,12 @@ MERGED_FIELDS = ("model", "created_at", "status", "metadata")
 
 @dataclass
 class SavedState:
-    """What one storage stored of one session object: the message ids, how many leading
-    messages of ``session.messages`` were all stored (so a save looks only at the messages
-    after them: O(new messages), not O(history)), and the object's head fields as of its last
-    load or save here (None: never stored through this storage)."""
+    """What one storage stored of one session object: a fingerprint of each message it loaded
+    or saved (``kvsessions.sessions.message_changes``: how a save finds new, edited and
+    removed messages), and the object's head fields as of its last load or save here (None:
+    never stored through this storage)."""
 
-    ids: set[str] = field(default_factory=set)
-    prefix: int = 0
-    last_id: str | None = None
+    messages: dict[str, Fingerprint] = field(default_factory=dict)
     base: dict[str, Any] | None = None
 
 
@@ -91,7 +91,7 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     """The head a save writes over ``current``: the fields this object changed since
     ``base`` (all of them without a base), the stored value of the others, the later
     ``updated_at`` (or this object's, when it set it back), and the stored count plus the
-    messages this save created."""
+    messages this save created minus those it removed (``created``; never below 0)."""
     merged = dict(current)
     changed = head_fields(mine)
     for name in MERGED_FIELDS:
@@ -101,5 +101,5 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     set_back = base is not None and updated < base["updated_at"]
     if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
         merged["updated_at"] = mine["updated_at"]
-    merged["message_count"] = current["message_count"] + created
+    merged["message_count"] = max(0, current["message_count"] + created)
     return merged

@@ -5,9 +5,13 @@ message is its own document under ``message:{sid}:{mid}`` (message ids are time-
 order is conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
 
 * appending a message costs one get of the head, one new message document and one
-  compare-and-set of the head, whatever the history's length; ``save_session`` writes only the
-  messages this storage has not stored from that session object yet, and the head only when
-  something in it changed; it never deletes anything another writer stored;
+  compare-and-set of the head, whatever the history's length; ``save_session`` writes only
+  what changed: the messages this storage has not stored from that session object yet, the
+  edits of those it loaded or saved, the deletion of those removed from the list, and the
+  head when something in it changed; it never deletes a message the object never held;
+* single messages are appended, read, updated, deleted and popped, or all cleared, by the
+  methods of ``kvsessions.sessions.message_edits``, each at the cost of the messages it
+  touches;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
 * listing sessions reads about ``limit`` index entries and the heads they name, whatever the
@@ -27,14 +31,13 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import orjson
-
 from kvsessions.documents.codec import (
     decode_document,
-    document_to_message,
     document_to_session,
     format_timestamp,
     message_to_document,
@@ -54,6 +57,7 @@ from kvsessions.documents.models import (
     SESSION_STATUSES,
     ChatMessage,
     ChatSession,
+    utc_now,
 )
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import SessionNotFoundError, ValidationError
@@ -61,6 +65,7 @@ from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.damaged import DamagedHandling, DamagedReport, check_damaged_policy
 from kvsessions.sessions.files import FileRecords
 from kvsessions.sessions.heads import (
     DELETING,
@@ -72,7 +77,10 @@ from kvsessions.sessions.heads import (
 )
 from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.listing import SessionListing
-from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
+from kvsessions.sessions.message_edits import MessageEdits
+from kvsessions.sessions.message_scan import scan_messages
+from kvsessions.sessions.message_times import TimeWindow
 from kvsessions.wrappers.validating import ValidatingStore
 
 if TYPE_CHECKING:
@@ -129,14 +137,18 @@ _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
-class SessionStorage(SessionListing, FileRecords):
+class SessionStorage(SessionListing, FileRecords, MessageEdits):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
     around it (or the store itself when it already is one). ``close()`` closes the store.
+    ``on_damaged`` is what reads do with a damaged message document: ``"raise"`` its
+    ``ValidationError`` or ``"skip"`` it, logging a warning and calling
+    ``on_damaged_report(key)`` (``kvsessions.sessions.damaged``); reads may override it.
     """
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: KVStore, *, on_damaged: str = "raise",
+                 on_damaged_report: DamagedReport | None = None) -> None:
         if not isinstance(store, KVStore):
             raise TypeError(f"SessionStorage needs a KVStore, not {type(store).__name__}; "
                             "use SessionStorage.from_url(url) for a URL")
@@ -147,6 +159,9 @@ class SessionStorage(SessionListing, FileRecords):
         self._token = object()
         self._index = SessionIndex(self._raw, self._read_head_document)
         self._index_state = IndexState(self._raw)
+        if on_damaged_report is not None and not callable(on_damaged_report):
+            raise TypeError("on_damaged_report must be a callable taking a key, or None")
+        self._damaged = DamagedHandling(check_damaged_policy(on_damaged), on_damaged_report)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -180,40 +195,49 @@ class SessionStorage(SessionListing, FileRecords):
     # ------------------------------------------------------------------ sessions
 
     async def save_session(self, session: ChatSession) -> bool:
-        """Store the messages not stored yet and merge the head (see the module docstring).
+        """Store what changed and merge the head (see the module docstring): messages new
+        to this storage, edits of messages it loaded or saved from this object, deletions
+        of those no longer in ``session.messages`` (``kvsessions.sessions.message_changes``).
         True when stored; False, with nothing written, when the session was deleted since
         this object was loaded or saved here (or is being deleted). Nothing is written when
-        any document is invalid or two messages share an id; messages already stored (by
-        anyone) are kept."""
+        any document is invalid or two messages share an id; messages this object never
+        held are kept, and a message another writer deleted is not stored again."""
         saved = self._saved(session)
-        unsaved = self._unsaved(session, saved)
-        messages: list[tuple[str, bytes]] = []
-        for message in unsaved:
-            key = check_key(message_key(session.session_id, message.message_id))
-            document = self._message_document(session.session_id, message)
-            messages.append((key, self._documents.encode(key, document)))
+        plan = plan_save(session, saved.messages)
+        messages = [self._message_item(session.session_id, m) for m in plan.new]
+        edits = [self._message_item(session.session_id, m) for m in plan.edited]
+        removed = [message_key(session.session_id, m) for m in plan.removed]
         mine = session_to_document(session)
+        if plan.changes_stored:  # the stored session changes: it counts as updated now
+            mine["updated_at"] = format_timestamp(max(session.updated_at, utc_now()))
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
         await self._index_state.before_write()
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
         return await outlive_cancellation(
-            self._save(session, saved, unsaved, messages, mine, head))
+            self._save(session, saved, plan, (messages, edits, removed), mine, head))
 
-    async def _save(self, session: ChatSession, saved: SavedState,
-                    unsaved: list[ChatMessage], messages: list[tuple[str, bytes]],
+    def _message_item(self, session_id: str, message: ChatMessage) -> tuple[str, bytes]:
+        key = check_key(message_key(session_id, message.message_id))
+        return key, self._documents.encode(key, self._message_document(session_id, message))
+
+    async def _save(self, session: ChatSession, saved: SavedState, plan: SavePlan,
+                    writes: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]],
                     mine: dict[str, Any], head: Head | None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
         no message is left stored and uncounted."""
+        messages, edits, removals = writes
         created = await self._create_messages(messages)
+        await self._store_edits(edits)
+        removed = await self._raw.delete_many(removals) if removals else 0
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
                 await self._remove(created)
                 return False
             if head is None:
-                document = {**mine, "message_count": len(created)}
+                document = {**mine, "message_count": max(0, len(created) - removed)}
                 encoded = self._documents.encode(head_key, document)
                 await self._index.before_change(None, document)
                 if await self._raw.put_if_absent(head_key, encoded):
@@ -221,7 +245,7 @@ class SessionStorage(SessionListing, FileRecords):
                     break
             else:
                 stored, current = head
-                document = merged_head(current, mine, saved.base, len(created))
+                document = merged_head(current, mine, saved.base, len(created) - removed)
                 if document == current:
                     break
                 encoded = self._documents.encode(head_key, document)
@@ -230,9 +254,9 @@ class SessionStorage(SessionListing, FileRecords):
                     await self._index.after_change(session.session_id, current, document)
                     break
             head = await self._read_head(session.session_id)
-        saved.ids.update(message.message_id for message in unsaved)
-        self._mark_prefix(session, saved)
+        plan.settle(saved.messages)
         saved.base = head_fields(mine)
+        session.updated_at = saved.base["updated_at"]
         session.message_count = document["message_count"]
         return True
 
@@ -318,14 +342,17 @@ class SessionStorage(SessionListing, FileRecords):
         return None
 
     async def load_session(
-        self, session_id: str, *, last_messages: int | None = None
+        self, session_id: str, *, last_messages: int | None = None,
+        on_damaged: str | None = None,
     ) -> ChatSession | None:
         """The session with all its messages (or only the latest ``last_messages``), or None.
 
-        A full load reports ``message_count`` as the number of messages stored; a partial load
-        reports the head's count (see the module docstring)."""
+        A full load reports ``message_count`` as the number of messages stored (with
+        ``on_damaged="skip"``: readable ones); a partial load reports the head's count (see
+        the module docstring). A damaged head always raises."""
         if last_messages is not None:
             check_limit(last_messages, "last_messages")
+        handling = self._handling(on_damaged)
         key = session_key(session_id)
         stored = await self._read_head(session_id)
         if stored is None or stored[1]["status"] == DELETING:
@@ -333,14 +360,14 @@ class SessionStorage(SessionListing, FileRecords):
         head = stored[1]
         session = document_to_session(head, key=key)
         if last_messages is None:
-            session.messages = await self._scan_messages(message_prefix(session_id))
+            session.messages = await self._scan_messages(message_prefix(session_id), handling)
             session.message_count = len(session.messages)
         else:
-            session.messages = await self.load_messages(session_id, limit=last_messages)
+            session.messages = await self.load_messages(session_id, limit=last_messages,
+                                                        on_damaged=handling.policy)
             session.message_count = max(session.message_count, len(session.messages))
         saved = self._saved(session)
-        saved.ids.update(message.message_id for message in session.messages)
-        self._mark_prefix(session, saved)
+        remember(saved.messages, session.messages)
         saved.base = head_fields(head)
         return session
 
@@ -351,22 +378,35 @@ class SessionStorage(SessionListing, FileRecords):
         limit: int | None = None,
         before: str | None = None,
         after: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        on_damaged: str | None = None,
     ) -> list[ChatMessage]:
         """A page of a session's messages, in conversation order, by message id (exclusive).
 
         With only ``after``: the first ``limit`` messages after it (paging forwards). Otherwise
         the latest ``limit`` messages (before ``before``, after ``after``, when given): the chat
         window, and paging backwards with ``before=<oldest message loaded>.message_id``. Only the
-        page is read, never the rest of the history."""
+        page is read, never the rest of the history. ``since`` (inclusive) and ``until``
+        (exclusive) keep the messages whose ``created_at`` is in that window, reading only
+        the key range its ids' times span (``kvsessions.sessions.message_times``)."""
         if limit is not None:
             check_limit(limit, "limit")
+        handling = self._handling(on_damaged)
+        window = TimeWindow(since, until)
         prefix = message_prefix(session_id)
         after_key = None if after is None else message_key(session_id, after)
         before_key = None if before is None else message_key(session_id, before)
-        if after_key is not None and before_key is None:
-            return await self._scan_messages(prefix, start_after=after_key, limit=limit)
-        messages = await self._scan_messages(prefix, start_after=before_key, limit=limit,
-                                             reverse=True, stop_at=after_key)
+        forwards = after_key is not None and before_key is None
+        lower = max((k for k in (after_key, window.lower_key(session_id)) if k is not None),
+                    default=None)
+        upper = min((k for k in (before_key, window.upper_key(session_id)) if k is not None),
+                    default=None)
+        if forwards:
+            return await self._scan_messages(prefix, handling, start_after=lower, limit=limit,
+                                             stop_at=upper, keep=window.keep())
+        messages = await self._scan_messages(prefix, handling, start_after=upper, limit=limit,
+                                             reverse=True, stop_at=lower, keep=window.keep())
         messages.reverse()
         return messages
 
@@ -440,9 +480,10 @@ class SessionStorage(SessionListing, FileRecords):
 
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
-        or head fields changed since this storage last loaded, listed or saved the object."""
+        edited or removed, or head fields changed since this storage last loaded, listed or
+        saved the object."""
         saved = self._saved(session)
-        if saved.base is None or self._unsaved(session, saved):
+        if saved.base is None or not plan_save(session, saved.messages).empty:
             return True
         return head_fields(session_to_document(session)) != saved.base
 
@@ -459,34 +500,24 @@ class SessionStorage(SessionListing, FileRecords):
     async def _scan_messages(
         self,
         prefix: str,
+        handling: DamagedHandling,
         *,
         start_after: str | None = None,
         limit: int | None = None,
         reverse: bool = False,
         stop_at: str | None = None,
+        keep: Callable[[ChatMessage], bool] | None = None,
     ) -> list[ChatMessage]:
-        """Messages of one scan, each parsed once. A document in the form this release writes
-        is checked field by field on the spot (``message_from_document``); anything else
-        takes the full path (upcast, JSON Schema), which names what is wrong."""
-        messages: list[ChatMessage] = []
-        append, loads, fast = messages.append, orjson.loads, message_from_document
-        async for page in self._raw.scan_pages(prefix, start_after=start_after, limit=limit,
-                                               reverse=reverse):
-            for key, value in page:
-                if stop_at is not None and key <= stop_at:
-                    return messages
-                try:
-                    document = loads(value)
-                except orjson.JSONDecodeError:
-                    document = None
-                message = fast(document)
-                if message is None:
-                    document = decode_document(value, key=key)
-                    if self._documents.validate_reads:
-                        validate_document(document, key=key)
-                    message = document_to_message(document, key=key)
-                append(message)
-        return messages
+        """Messages of one scan, each parsed once (``kvsessions.sessions.message_scan``)."""
+        return await scan_messages(self._raw, self._documents, prefix, handling,
+                                   start_after=start_after, limit=limit, reverse=reverse,
+                                   stop_at=stop_at, keep=keep)
+
+    def _handling(self, on_damaged: str | None) -> DamagedHandling:
+        """The damaged-data policy of one call: its own, else this storage's."""
+        if on_damaged is None or on_damaged == self._damaged.policy:
+            return self._damaged
+        return DamagedHandling(check_damaged_policy(on_damaged), self._damaged.report)
 
     def _saved(self, session: ChatSession) -> SavedState:
         registry: dict[object, SavedState] | None = getattr(session, _SAVED_ATTRIBUTE, None)
@@ -497,30 +528,3 @@ class SessionStorage(SessionListing, FileRecords):
         if saved is None:
             saved = registry[self._token] = SavedState()
         return saved
-
-    @staticmethod
-    def _unsaved(session: ChatSession, saved: SavedState) -> list[ChatMessage]:
-        """The messages to store; ``ValidationError`` when two messages share an id (one key
-        cannot hold both, and counting both would make the count wrong)."""
-        messages = session.messages
-        start = saved.prefix
-        if start and (start > len(messages) or messages[start - 1].message_id != saved.last_id):
-            start = 0  # the list was changed other than by appending: look at all of it
-        seen: set[str] = set()
-        unsaved: list[ChatMessage] = []
-        for message in messages[start:]:
-            message_id = message.message_id
-            if message_id in seen or (start and message_id in saved.ids):
-                raise ValidationError(
-                    f"two messages of session {session.session_id!r} have the id "
-                    f"{message_id!r}", key=message_key(session.session_id, str(message_id)),
-                    path="message_id", kind="message")
-            seen.add(message_id)
-            if message_id not in saved.ids:
-                unsaved.append(message)
-        return unsaved
-
-    @staticmethod
-    def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
-        saved.prefix = len(session.messages)
-        saved.last_id = session.messages[-1].message_id if session.messages else None
