@@ -65,10 +65,10 @@ def to_kvsessions(session_id: str, message: BaseMessage) -> ChatMessage:
     if role is None:
         custom = getattr(message, "role", None)
         role = custom if custom in MESSAGE_ROLES else "user"
-    data = {"type": message.type, "data": message.model_dump(mode="json")}
     try:
-        data = orjson.loads(orjson.dumps(data))
-    except TypeError as exc:
+        data = orjson.loads(orjson.dumps({"type": message.type,
+                                          "data": message.model_dump(mode="json")}))
+    except (TypeError, ValueError) as exc:  # pydantic's serialization error is a ValueError
         raise ValidationError(f"a LangChain message that is not JSON: {exc}",
                               path=f"metadata/{METADATA_KEY}", kind="message") from None
     return ChatMessage.create(session_id, role, _text(message.content), {METADATA_KEY: data})
