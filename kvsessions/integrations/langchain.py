@@ -9,8 +9,9 @@
 One LangChain history is one kvsessions session (its id is the history's ``session_id``), each
 LangChain message one message document of it: the role from the message's type (human ->
 user, ai -> assistant, system, tool and function -> tool, chat -> its role when kvsessions
-knows it), the text as content, and the whole LangChain message (``message_to_dict``) in the
-metadata under ``"langchain"``, so it comes back exactly, tool calls and all. So ``kvsessions
+knows it), the text as content, and the LangChain message (``message_to_dict``, less the fields
+at their defaults and, when it is text, the content the document already holds) in the metadata
+under ``"langchain"``, so it comes back exactly, tool calls and all. So ``kvsessions
 show``, ``export`` and ``migrate`` work on these histories, and a session written by kvsessions
 itself reads as a LangChain history.
 
@@ -66,19 +67,25 @@ def to_kvsessions(session_id: str, message: BaseMessage) -> ChatMessage:
         custom = getattr(message, "role", None)
         role = custom if custom in MESSAGE_ROLES else "user"
     try:
-        data = orjson.loads(orjson.dumps({"type": message.type,
-                                          "data": message.model_dump(mode="json")}))
+        fields = message.model_dump(mode="json", exclude_defaults=True)
+        data = orjson.loads(orjson.dumps({"type": message.type, "data": fields}))
     except (TypeError, ValueError) as exc:  # pydantic's serialization error is a ValueError
         raise ValidationError(f"a LangChain message that is not JSON: {exc}",
                               path=f"metadata/{METADATA_KEY}", kind="message") from None
-    return ChatMessage.create(session_id, role, _text(message.content), {METADATA_KEY: data})
+    content = _text(message.content)
+    if isinstance(message.content, str):
+        del data["data"]["content"]  # the document's content holds it
+    return ChatMessage.create(session_id, role, content, {METADATA_KEY: data})
 
 
 def from_kvsessions(message: ChatMessage) -> BaseMessage:
     """The LangChain message a message document stands for: the one stored with it, or, for
     a message not written through LangChain, one made from its role and content."""
     stored = message.metadata.get(METADATA_KEY)
-    if isinstance(stored, dict):
+    if isinstance(stored, dict) and isinstance(stored.get("data"), dict):
+        data = stored["data"]
+        if "content" not in data:
+            stored = {**stored, "data": {**data, "content": message.content}}
         restored: BaseMessage = messages_from_dict([stored])[0]
         return restored
     plain = _PLAIN.get(message.role)

@@ -5,18 +5,20 @@
     checkpointer = KVSessionsSaver("postgresql://app@db/app")   # was: SqliteSaver(conn)
 
 Each checkpoint and each pending write is a versioned document of its own (kinds
-``checkpoint`` and ``checkpoint_write``, schemas in ``kvsessions/documents/schemas/``), under
-keys of its own prefix::
+``checkpoint`` and ``checkpoint_write``, schemas in ``kvsessions/documents/schemas/``), and a
+checkpoint's writes sit right after it in key order::
 
-    langgraph:checkpoint:{thread}:{ns}:{checkpoint_id}
-    langgraph:write:{thread}:{ns}:{checkpoint_id}:{task_id}:{idx}
+    langgraph:{thread}:{ns}:{checkpoint_id}                 the checkpoint
+    langgraph:{thread}:{ns}:{checkpoint_id}!{task_id}!{idx} one write of a task
 
-with every part encoded as ``kvsessions.documents.keys.encode_id`` encodes ids (no ``:`` in a
-part), so a thread's, a namespace's and a checkpoint's keys are each one prefix. LangGraph's
-checkpoint ids sort in time order, so "the latest checkpoint" is one reverse scan of one item
-and ``list(before=..., limit=...)`` one reverse scan from a cursor. The checkpoint is kept as
-LangGraph's own serializer wrote it (type tag and bytes, base64 in the JSON); its metadata as
-plain JSON, as LangGraph's SQL savers keep it, so ``filter`` compares JSON values.
+Every part is encoded by ``key_part``: ``%``, ``:`` and every character below ``%`` (``!``
+among them) become ``%XX``. So a part holds neither ``:`` nor ``!``: a thread, a namespace, a
+checkpoint with its writes are each one key range, and ranges of different checkpoints never
+interleave. LangGraph's checkpoint ids sort in time order, so the latest checkpoint with its
+writes is one short reverse scan (its writes come first, then it), and ``list`` is one reverse
+scan from ``before`` for any ``limit``. The checkpoint is kept as LangGraph's own serializer
+wrote it (type tag and bytes, base64 in the JSON); its metadata as plain JSON, as LangGraph's
+SQL savers keep it, so ``filter`` compares JSON values.
 
 Concurrent writers need nothing more: a checkpoint is one document written whole; a regular
 write is stored only if its key is free (LangGraph's ``INSERT OR IGNORE``), a special one
@@ -26,15 +28,16 @@ write is stored only if its key is free (LangGraph's ``INSERT OR IGNORE``), a sp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
+import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
 
 import orjson
 
-from kvsessions.documents.keys import encode_id
 from kvsessions.errors import MissingDependencyError, ValidationError
 from kvsessions.integrations.store_loop import StorageTarget, StoreLoop, storage_for
 from kvsessions.kv.base import KVStore
@@ -59,44 +62,63 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
                                  purpose="kvsessions.integrations.langgraph") from exc
 
 __all__ = [
-    "CHECKPOINT_PREFIX",
-    "WRITE_PREFIX",
+    "PREFIX",
+    "WRITE_SEPARATOR",
     "KVSessionsSaver",
     "checkpoint_key",
-    "checkpoint_prefix",
+    "key_part",
+    "thread_prefix",
     "write_key",
     "write_prefix",
 ]
 
-CHECKPOINT_PREFIX = "langgraph:checkpoint:"
-WRITE_PREFIX = "langgraph:write:"
+PREFIX = "langgraph:"
+#: Between a checkpoint's key and the parts of its writes' keys; below every character an
+#: encoded part holds, so a checkpoint's writes sort right after it and before any other key.
+WRITE_SEPARATOR = "!"
 #: Keys one ``delete_many`` call removes while deleting a thread.
 _DELETE_BATCH = 500
+#: Items the first page of a "latest checkpoint" scan reads (its writes, then it).
+_LATEST_PAGE = 8
+_ESCAPED = re.compile(r"[\x00-\x25:]")
 
 
-def checkpoint_prefix(thread_id: str, checkpoint_ns: str | None = None) -> str:
-    """The prefix of a thread's checkpoints (of one namespace, when given)."""
-    prefix = f"{CHECKPOINT_PREFIX}{encode_id(thread_id)}:"
-    return prefix if checkpoint_ns is None else f"{prefix}{encode_id(checkpoint_ns)}:"
+def key_part(identifier: str) -> str:
+    """``identifier`` as one part of a key (see the module docstring); ids without those
+    characters (uuids, names) are their own encoding."""
+    return _ESCAPED.sub(lambda match: f"%{ord(match[0]):02X}", identifier)
+
+
+def thread_prefix(thread_id: str, checkpoint_ns: str | None = None) -> str:
+    """The prefix of a thread's checkpoints and writes (of one namespace, when given)."""
+    prefix = f"{PREFIX}{key_part(thread_id)}:"
+    return prefix if checkpoint_ns is None else f"{prefix}{key_part(checkpoint_ns)}:"
 
 
 def checkpoint_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
-    return checkpoint_prefix(thread_id, checkpoint_ns) + encode_id(checkpoint_id)
+    return thread_prefix(thread_id, checkpoint_ns) + key_part(checkpoint_id)
 
 
-def write_prefix(thread_id: str, checkpoint_ns: str | None = None,
-                 checkpoint_id: str | None = None) -> str:
-    """The prefix of a thread's writes (of one namespace, and one checkpoint, when given)."""
-    prefix = f"{WRITE_PREFIX}{encode_id(thread_id)}:"
-    if checkpoint_ns is None:
-        return prefix
-    prefix = f"{prefix}{encode_id(checkpoint_ns)}:"
-    return prefix if checkpoint_id is None else f"{prefix}{encode_id(checkpoint_id)}:"
+def write_prefix(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
+    """The prefix of exactly the writes of one checkpoint."""
+    return checkpoint_key(thread_id, checkpoint_ns, checkpoint_id) + WRITE_SEPARATOR
 
 
 def write_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str,
               idx: int) -> str:
-    return f"{write_prefix(thread_id, checkpoint_ns, checkpoint_id)}{encode_id(task_id)}:{idx}"
+    return (f"{write_prefix(thread_id, checkpoint_ns, checkpoint_id)}{key_part(task_id)}"
+            f"{WRITE_SEPARATOR}{idx}")
+
+
+def _is_write(key: str) -> bool:
+    return WRITE_SEPARATOR in key
+
+
+def _writes_of(key: str, writes: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Those of ``writes`` (read just before checkpoint ``key`` in a reverse scan) that are
+    its own, not those of a checkpoint never stored."""
+    prefix = key + WRITE_SEPARATOR
+    return [item for item in writes if item[0].startswith(prefix)]
 
 
 def _typed(value: tuple[str, bytes]) -> dict[str, str]:
@@ -272,23 +294,36 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id:
             key = checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
-            value = await self._raw.get(key)
-            if value is None:
-                return None
-            found = (key, value)
-        else:
-            latest = [item async for item in self._raw.scan(
-                checkpoint_prefix(thread_id, checkpoint_ns), reverse=True, limit=1)]
-            if not latest:
-                return None
-            found = latest[0]
-        return await self._tuple(self._documents.decode(*found), found[0])
+            value, writes = await asyncio.gather(self._raw.get(key), self._items(
+                self._raw.scan(write_prefix(thread_id, checkpoint_ns, checkpoint_id))))
+            return None if value is None else self._tuple(key, value, writes)
+        return await self._latest(thread_prefix(thread_id, checkpoint_ns))
+
+    async def _latest(self, prefix: str) -> CheckpointTuple | None:
+        """The newest checkpoint under ``prefix`` with its writes: a reverse scan meets its
+        writes first, then it; the first page is small, later ones grow."""
+        writes: builtins.list[tuple[str, bytes]] = []
+        cursor: str | None = None
+        size = _LATEST_PAGE
+        while True:
+            seen = 0
+            async for key, value in self._raw.scan(prefix, start_after=cursor, reverse=True,
+                                                   limit=size):
+                seen += 1
+                cursor = key
+                if not _is_write(key):
+                    return self._tuple(key, value, _writes_of(key, writes))
+                writes.append((key, value))
+            if seen < size:
+                return None  # writes of a checkpoint never stored, and nothing else
+            size *= 4
 
     async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
                     before: RunnableConfig | None,
                     limit: int | None) -> builtins.list[CheckpointTuple]:
-        """Matching checkpoints, newest first. One thread and namespace is one reverse scan
-        from ``before``, stopping at ``limit``; wider listings are merged by checkpoint id."""
+        """Matching checkpoints, newest first, with their writes: one reverse scan. One
+        thread and namespace starts at ``before`` and stops at ``limit``; wider listings
+        are ordered by checkpoint id afterwards."""
         if limit is not None and limit <= 0:
             return []
         configurable = (config or {}).get("configurable", {})
@@ -297,15 +332,20 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         wanted_id = configurable.get("checkpoint_id") if config else None
         before_id = get_checkpoint_id(before) if before else None
         if thread is None:
-            prefix = CHECKPOINT_PREFIX
+            prefix = PREFIX
         else:
-            prefix = checkpoint_prefix(str(thread),
-                                       None if namespace is None else str(namespace))
+            prefix = thread_prefix(str(thread), None if namespace is None else str(namespace))
         exact = thread is not None and namespace is not None
         start_after = (checkpoint_key(str(thread), str(namespace), before_id)
                        if exact and before_id else None)
-        found: builtins.list[tuple[str, dict[str, Any]]] = []
+        found: builtins.list[tuple[str, dict[str, Any], builtins.list[tuple[str, bytes]]]] = []
+        writes: builtins.list[tuple[str, bytes]] = []
         async for key, value in self._raw.scan(prefix, start_after=start_after, reverse=True):
+            if _is_write(key):
+                writes.append((key, value))
+                continue
+            mine = _writes_of(key, writes)
+            writes = []
             document = self._documents.decode(key, value)
             checkpoint_id = document["checkpoint_id"]
             if wanted_id and checkpoint_id != wanted_id:
@@ -315,16 +355,22 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             if filter and not all(document["metadata"].get(name) == expected
                                   for name, expected in filter.items()):
                 continue
-            found.append((key, document))
+            found.append((key, document, mine))
             if exact and limit is not None and len(found) >= limit:
                 break
         if not exact:
             found.sort(key=lambda item: item[1]["checkpoint_id"], reverse=True)
             if limit is not None:
                 del found[limit:]
-        return [await self._tuple(document, key) for key, document in found]
+        return [self._tuple(key, document, mine) for key, document, mine in found]
 
-    async def _tuple(self, document: dict[str, Any], key: str) -> CheckpointTuple:
+    @staticmethod
+    async def _items(scan: AsyncIterator[tuple[str, bytes]]) -> builtins.list[tuple[str, bytes]]:
+        return [item async for item in scan]
+
+    def _tuple(self, key: str, stored: bytes | dict[str, Any],
+               writes: builtins.list[tuple[str, bytes]]) -> CheckpointTuple:
+        document = self._documents.decode(key, stored) if isinstance(stored, bytes) else stored
         thread_id = document["thread_id"]
         checkpoint_ns = document["checkpoint_ns"]
         checkpoint_id = document["checkpoint_id"]
@@ -334,33 +380,31 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             checkpoint=self.serde.loads_typed(_untyped(document["checkpoint"], key)),
             metadata=cast(CheckpointMetadata, document["metadata"]),
             parent_config=_config(thread_id, checkpoint_ns, parent) if parent else None,
-            pending_writes=await self._pending_writes(thread_id, checkpoint_ns, checkpoint_id),
+            pending_writes=self._pending_writes(writes),
         )
 
-    async def _pending_writes(self, thread_id: str, checkpoint_ns: str,
-                              checkpoint_id: str) -> builtins.list[PendingWrite]:
-        """The writes of one checkpoint in LangGraph's order: (task_path, task_id, idx)."""
-        writes: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
-        async for key, value in self._raw.scan(write_prefix(thread_id, checkpoint_ns,
-                                                            checkpoint_id)):
+    def _pending_writes(self, writes: builtins.list[tuple[str, bytes]]
+                        ) -> builtins.list[PendingWrite]:
+        """One checkpoint's stored writes in LangGraph's order: (task_path, task_id, idx)."""
+        ordered: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
+        for key, value in writes:
             document = self._documents.decode(key, value)
             task_id = document["task_id"]
-            writes.append(((document["task_path"], task_id, document["idx"]),
-                           (task_id, document["channel"],
-                            self.serde.loads_typed(_untyped(document["value"], key)))))
-        writes.sort(key=lambda item: item[0])
-        return [write for _, write in writes]
+            ordered.append(((document["task_path"], task_id, document["idx"]),
+                            (task_id, document["channel"],
+                             self.serde.loads_typed(_untyped(document["value"], key)))))
+        ordered.sort(key=lambda item: item[0])
+        return [write for _, write in ordered]
 
     async def _delete_thread(self, thread_id: str) -> None:
-        for prefix in (checkpoint_prefix(thread_id), write_prefix(thread_id)):
-            batch: builtins.list[str] = []
-            async for key, _ in self._raw.scan(prefix):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    await self._raw.delete_many(batch)
-                    batch = []
-            if batch:
+        batch: builtins.list[str] = []
+        async for key, _ in self._raw.scan(thread_prefix(thread_id)):
+            batch.append(key)
+            if len(batch) >= _DELETE_BATCH:
                 await self._raw.delete_many(batch)
+                batch = []
+        if batch:
+            await self._raw.delete_many(batch)
 
 
 def _json_metadata(metadata: CheckpointMetadata, key: str) -> dict[str, Any]:

@@ -53,7 +53,8 @@ async def test_messages_round_trip_exactly_and_show_as_a_session(
     assert [m.role for m in session.messages] == [
         "system", "user", "assistant", "tool", "assistant", "tool", "user", "assistant", "user"]
     assert session.messages[4].content == "It is 42.\nDone."
-    assert session.messages[1].metadata["langchain"]["data"]["name"] == "ada"
+    assert session.messages[1].metadata["langchain"] == {
+        "type": "human", "data": {"name": "ada", "additional_kwargs": {"lang": "en"}}}
     await storage.close()
 
 

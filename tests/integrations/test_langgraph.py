@@ -18,10 +18,11 @@ from langgraph.graph import END, START, StateGraph
 
 from kvsessions.errors import StoreError, ValidationError
 from kvsessions.integrations.langgraph import (
-    CHECKPOINT_PREFIX,
-    WRITE_PREFIX,
+    PREFIX,
     KVSessionsSaver,
     checkpoint_key,
+    key_part,
+    write_prefix,
 )
 from kvsessions.migration.in_place import validate_storage
 from kvsessions.sessions.storage import SessionStorage
@@ -116,8 +117,9 @@ async def test_checkpoints_are_validated_documents_under_their_own_prefix(
                             task_id="task:1")
     keys = await store.keys()
     assert keys[0] == checkpoint_key("a:b%c", "sub:graph", checkpoint["id"])
-    assert keys[0].startswith(CHECKPOINT_PREFIX + "a%3Ab%25c:sub%3Agraph:")
-    assert len(keys) == 3 and all(key.startswith(WRITE_PREFIX) for key in keys[1:])
+    assert keys[0].startswith(PREFIX + "a%3Ab%25c:sub%3Agraph:")
+    writes = write_prefix("a:b%c", "sub:graph", checkpoint["id"])
+    assert len(keys) == 3 and all(key.startswith(writes) for key in keys[1:])
     document = orjson.loads(await store.get(keys[0]) or b"")
     assert document["kind"] == "checkpoint" and document["metadata"]["note"] == "é"
     report = await validate_storage(store)
@@ -136,6 +138,34 @@ async def test_metadata_that_is_not_json_is_refused_and_nothing_is_stored(
     with pytest.raises(ValidationError, match="metadata"):
         await saver.aput(config, empty_checkpoint(), {"source": "input", "x": object()}, {})
     assert await store.keys() == []
+    await store.close()
+
+
+def test_key_parts_keep_each_checkpoint_and_its_writes_one_key_range() -> None:
+    assert key_part("1f1-ab_C.d") == "1f1-ab_C.d"  # uuids and names are their own encoding
+    assert key_part("a:b%c!d e\x01") == "a%3Ab%25c%21d%20e%01"
+    # Checkpoint "1" with its writes sorts wholly before (or after) checkpoint "10" and "1!":
+    ones = [checkpoint_key("t", "", "1"), write_prefix("t", "", "1") + "task!0"]
+    others = [checkpoint_key("t", "", other) for other in ("10", "1!", "1 ", "0", "2")]
+    for other in others:
+        assert all(key < other for key in ones) or all(key > other for key in ones)
+
+
+async def test_latest_checkpoint_with_many_writes_and_orphan_writes(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(store)
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    first = await saver.aput(config, empty_checkpoint(), {"step": 0}, {})
+    await saver.aput_writes(first, [("c", i) for i in range(40)], task_id="busy")
+    orphan = {"configurable": {**first["configurable"], "checkpoint_id": "never-stored"}}
+    await saver.aput_writes(orphan, [("c", "lost")], task_id="x")
+    found = await saver.aget_tuple(config)
+    assert found is not None and found.config == first
+    assert [value for _, _, value in found.pending_writes or []] == list(range(40))
+    listed = [item async for item in saver.alist(None)]
+    assert [item.config for item in listed] == [first]
+    assert listed[0].pending_writes == found.pending_writes
     await store.close()
 
 
