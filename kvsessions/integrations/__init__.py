@@ -15,5 +15,5 @@ or a ``KVStore``, so an application changes one line:
 
 The chat histories are ordinary message documents of one session, so ``kvsessions show``,
 ``export``, the cache and migration work on them; LangGraph's checkpoints are versioned
-documents of their own kinds (``checkpoint``, ``checkpoint_write``) under their own key prefix.
+documents of their own kinds (``checkpoint``, ``checkpoint_writes``) under their own key prefix.
 """

@@ -4,12 +4,12 @@
 
     checkpointer = KVSessionsSaver("postgresql://app@db/app")   # was: SqliteSaver(conn)
 
-Each checkpoint and each pending write is a versioned document of its own (kinds
-``checkpoint`` and ``checkpoint_write``, schemas in ``kvsessions/documents/schemas/``), and a
-checkpoint's writes sit right after it in key order::
+Each checkpoint, and the pending writes of each of its tasks, is a versioned document of its
+own (kinds ``checkpoint`` and ``checkpoint_writes``, schemas in
+``kvsessions/documents/schemas/``), and a checkpoint's writes sit right after it in key order::
 
-    langgraph:{thread}:{ns}:{checkpoint_id}                 the checkpoint
-    langgraph:{thread}:{ns}:{checkpoint_id}!{task_id}!{idx} one write of a task
+    langgraph:{thread}:{ns}:{checkpoint_id}             the checkpoint
+    langgraph:{thread}:{ns}:{checkpoint_id}!{task_id}   the writes of one task
 
 Every part is encoded by ``key_part``: ``%``, ``:`` and every character below ``%`` (``!``
 among them) become ``%XX``. So a part holds neither ``:`` nor ``!``: a thread, a namespace, a
@@ -20,10 +20,12 @@ scan from ``before`` for any ``limit``. The checkpoint is kept as LangGraph's ow
 wrote it (type tag and bytes, base64 in the JSON); its metadata as plain JSON, as LangGraph's
 SQL savers keep it, so ``filter`` compares JSON values.
 
-Concurrent writers need nothing more: a checkpoint is one document written whole; a regular
-write is stored only if its key is free (LangGraph's ``INSERT OR IGNORE``), a special one
-(error, interrupt, ...) replaces what is there (``INSERT OR REPLACE``). Migration, export and
-``kvsessions validate`` see these documents like any other.
+Concurrent writers need nothing more: a checkpoint is one document written whole; a task's
+writes are one document (one commit per ``put_writes``, as LangGraph's SQL savers make), created
+by ``put_if_absent`` and otherwise merged by compare-and-set: a regular write is kept once per
+index (their ``INSERT OR IGNORE``), a special one (error, interrupt, ...) replaces the one
+stored (``INSERT OR REPLACE``). Migration, export and ``kvsessions validate`` see these
+documents like any other.
 """
 
 from __future__ import annotations
@@ -104,10 +106,9 @@ def write_prefix(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
     return checkpoint_key(thread_id, checkpoint_ns, checkpoint_id) + WRITE_SEPARATOR
 
 
-def write_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str,
-              idx: int) -> str:
-    return (f"{write_prefix(thread_id, checkpoint_ns, checkpoint_id)}{key_part(task_id)}"
-            f"{WRITE_SEPARATOR}{idx}")
+def write_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str) -> str:
+    """The key of the writes ``task_id`` made for one checkpoint."""
+    return write_prefix(thread_id, checkpoint_ns, checkpoint_id) + key_part(task_id)
 
 
 def _is_write(key: str) -> bool:
@@ -270,22 +271,36 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = str(configurable.get("checkpoint_ns", ""))
         checkpoint_id = str(configurable["checkpoint_id"])
-        items: builtins.list[tuple[str, bytes]] = []
+        replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        mine: dict[int, dict[str, Any]] = {}
         for position, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, position)
-            key = write_key(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
-            document = {
-                "kind": "checkpoint_write", "v": 1,
-                "thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
-                "checkpoint_id": checkpoint_id, "task_id": task_id, "task_path": task_path,
-                "idx": idx, "channel": channel, "value": _typed(self.serde.dumps_typed(value)),
-            }
-            items.append((key, self._documents.encode(key, document)))
-        if all(channel in WRITES_IDX_MAP for channel, _ in writes):
-            await self._raw.put_many(items)  # special writes replace (INSERT OR REPLACE)
-        else:
-            for key, value in items:  # regular writes are kept once (INSERT OR IGNORE)
-                await self._raw.put_if_absent(key, value)
+            if replace or idx not in mine:
+                mine[idx] = {"idx": idx, "channel": channel,
+                             "value": _typed(self.serde.dumps_typed(value))}
+        if not mine:
+            return
+        key = write_key(thread_id, checkpoint_ns, checkpoint_id, task_id)
+        document = {"kind": "checkpoint_writes", "v": 1,
+                    "thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                    "checkpoint_id": checkpoint_id, "task_id": task_id,
+                    "task_path": task_path, "writes": sorted(mine.values(), key=_by_idx)}
+        encoded = self._documents.encode(key, document)
+        while not await self._raw.put_if_absent(key, encoded):
+            stored = await self._raw.get(key)
+            if stored is None:
+                continue  # deleted meanwhile: create it again
+            current = self._documents.decode(key, stored)
+            merged = {write["idx"]: write for write in current["writes"]}
+            for idx, write in mine.items():
+                if replace or idx not in merged:  # INSERT OR REPLACE / OR IGNORE
+                    merged[idx] = write
+            writes_now = sorted(merged.values(), key=_by_idx)
+            if writes_now == current["writes"]:
+                return
+            changed = self._documents.encode(key, {**current, "writes": writes_now})
+            if await self._raw.compare_and_set(key, stored, changed):
+                return
 
     async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
@@ -389,10 +404,11 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         ordered: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
         for key, value in writes:
             document = self._documents.decode(key, value)
-            task_id = document["task_id"]
-            ordered.append(((document["task_path"], task_id, document["idx"]),
-                            (task_id, document["channel"],
-                             self.serde.loads_typed(_untyped(document["value"], key)))))
+            task_id, task_path = document["task_id"], document["task_path"]
+            for write in document["writes"]:
+                ordered.append(((task_path, task_id, write["idx"]),
+                                (task_id, write["channel"],
+                                 self.serde.loads_typed(_untyped(write["value"], key)))))
         ordered.sort(key=lambda item: item[0])
         return [write for _, write in ordered]
 
@@ -405,6 +421,10 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 batch = []
         if batch:
             await self._raw.delete_many(batch)
+
+
+def _by_idx(write: dict[str, Any]) -> int:
+    return int(write["idx"])
 
 
 def _json_metadata(metadata: CheckpointMetadata, key: str) -> dict[str, Any]:

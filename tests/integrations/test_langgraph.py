@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypedDict
 
 import orjson
 import pytest
-from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.base import WRITES_IDX_MAP, empty_checkpoint
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES
 from langgraph.graph import END, START, StateGraph
@@ -28,6 +28,8 @@ from kvsessions.migration.in_place import validate_storage
 from kvsessions.sessions.storage import SessionStorage
 from tests.integrations.conftest import IntegrationStore
 
+#: The channel of a task's error: a special write, which replaces the one stored.
+ERROR = next(channel for channel, idx in WRITES_IDX_MAP.items() if idx == -1)
 #: The base tests of the kit, per capability (langgraph-checkpoint-conformance 0.0.2: 58).
 BASE = sorted(capability.value for capability in BASE_CAPABILITIES)
 
@@ -118,12 +120,11 @@ async def test_checkpoints_are_validated_documents_under_their_own_prefix(
     keys = await store.keys()
     assert keys[0] == checkpoint_key("a:b%c", "sub:graph", checkpoint["id"])
     assert keys[0].startswith(PREFIX + "a%3Ab%25c:sub%3Agraph:")
-    writes = write_prefix("a:b%c", "sub:graph", checkpoint["id"])
-    assert len(keys) == 3 and all(key.startswith(writes) for key in keys[1:])
+    assert keys[1:] == [write_prefix("a:b%c", "sub:graph", checkpoint["id"]) + "task%3A1"]
     document = orjson.loads(await store.get(keys[0]) or b"")
     assert document["kind"] == "checkpoint" and document["metadata"]["note"] == "é"
     report = await validate_storage(store)
-    assert report["ok"] and report["documents_checked"] == 3, report
+    assert report["ok"] and report["documents_checked"] == 2, report
     found = await saver.aget_tuple(stored)
     assert found is not None and found.pending_writes == [
         ("task:1", "channel", {"value": [1, 2]}), ("task:1", "other", b"\x00\xff")]
@@ -166,6 +167,23 @@ async def test_latest_checkpoint_with_many_writes_and_orphan_writes(
     listed = [item async for item in saver.alist(None)]
     assert [item.config for item in listed] == [first]
     assert listed[0].pending_writes == found.pending_writes
+    await store.close()
+
+
+async def test_a_tasks_writes_are_kept_once_and_special_ones_replaced(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(store)
+    stored = await saver.aput({"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
+                              empty_checkpoint(), {}, {})
+    await saver.aput_writes(stored, [("a", 1), ("b", 2)], task_id="task")
+    await saver.aput_writes(stored, [("a", "again"), ("b", "again"), ("c", 3)], task_id="task")
+    await saver.aput_writes(stored, [(ERROR, "first")], task_id="task")
+    await saver.aput_writes(stored, [(ERROR, "second")], task_id="task")
+    found = await saver.aget_tuple(stored)
+    assert found is not None and found.pending_writes == [
+        ("task", ERROR, "second"), ("task", "a", 1), ("task", "b", 2), ("task", "c", 3)]
+    assert len(await store.keys()) == 2  # the checkpoint, and one document of the task's writes
     await store.close()
 
 
