@@ -120,9 +120,9 @@ async def test_save_writes_only_messages_not_stored_yet(
     recording.writes.clear()
     new = session.add_message("user", "one more")
     await storage.save_session(session)
-    assert document_writes(recording) == [("put_if_absent", f"message:{session.session_id}:"
-                                                  f"{new.message_id}"),
-                                ("compare_and_set", head)]
+    assert document_writes(recording) == [("compare_and_set", head),  # counted first
+                                          ("put_if_absent", f"message:{session.session_id}:"
+                                                            f"{new.message_id}")]
     recording.writes.clear()
     await storage.save_session(session)  # nothing new: nothing written
     assert document_writes(recording) == []
@@ -192,9 +192,9 @@ async def test_append_message_writes_one_message_and_the_head(
     recording.writes.clear()
     message = ChatMessage.create(session.session_id, "assistant", "appended")
     assert await storage.append_message(session.session_id, message) is None
-    assert document_writes(recording) == [
-        ("put_if_absent", f"message:{session.session_id}:{message.message_id}"),
-        ("compare_and_set", session_key(session.session_id))]
+    assert document_writes(recording) == [  # counted first, then stored
+        ("compare_and_set", session_key(session.session_id)),
+        ("put_if_absent", f"message:{session.session_id}:{message.message_id}")]
     head = (await storage.list_sessions())[0]
     assert head.message_count == 41
     assert head.updated_at == message.created_at

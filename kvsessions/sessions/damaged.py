@@ -7,6 +7,9 @@ session unreadable until it is repaired or removed). With ``on_damaged="skip"`` 
 ``SessionStorage`` or per call) a read leaves the document out, logs a warning on the
 ``kvsessions`` logger and calls ``on_damaged_report(key)``, as the message stores of chat
 frameworks do. A session head is never skipped: without it there is no session to return.
+(The policy sees what the storage reads: a ``ValidatingStore`` given to ``SessionStorage`` is
+the one it reads through, but one wrapped inside another store checks every read itself and
+raises before any policy sees the document.)
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ Concurrent writers, in any number of processes, need no lock: every change of a 
 ``compare_and_set`` from the head just read, repeated from a fresh read when another writer
 got in first. Hence:
 
-* ``message_count`` is exact once the writers are done: a head's count grows by exactly the
-  number of message documents a writer created (each with ``put_if_absent``, so a message
-  stored twice counts once), and no increment is lost to a concurrent append or save;
+* ``message_count`` is exact once the writers are done: a writer counts the messages it
+  adds before it stores them (each with ``put_if_absent``) and then takes back those that
+  were already stored, so a message stored twice counts once; a writer removing messages
+  takes off exactly those its delete removed; no change is lost to a concurrent writer
+  (``kvsessions.sessions.message_edits`` says why counting first keeps the count exact);
 * ``save_session`` merges with what others wrote: fields this object changed since it was
   loaded or last saved here are written, the others keep the stored value, ``updated_at``
   never goes back (unless this object set it back), and the count is the stored count plus
@@ -21,8 +23,8 @@ got in first. Hence:
   writes nothing; an object never stored here creates the session. A delete that was
   interrupted is finished by running ``delete_session`` again.
 
-A writer killed between its message write and its head update leaves that message uncounted;
-a full ``load_session`` reports the number of messages stored.
+A writer killed between counting a message and storing it leaves the count one above what is
+stored; a full ``load_session`` reports the number of messages stored.
 """
 
 from __future__ import annotations

@@ -27,13 +27,16 @@ __all__ = ["Fingerprint", "SavePlan", "fingerprint", "plan_save", "remember"]
 Fingerprint = tuple[Any, Any, datetime, bytes | None]
 
 _dumps = orjson.dumps
+_EMPTY = b"{}"
 
 
 def fingerprint(message: ChatMessage) -> Fingerprint:
-    try:
-        metadata: bytes | None = _dumps(message.metadata)
-    except TypeError:  # orjson.JSONEncodeError: the save's validation names the field
-        metadata = None
+    metadata: bytes | None = _EMPTY
+    if message.metadata or type(message.metadata) is not dict:  # {} is common: no encoding
+        try:
+            metadata = _dumps(message.metadata)
+        except TypeError:  # orjson.JSONEncodeError: the save's validation names the field
+            metadata = None
     return (message.role, message.content, message.created_at, metadata)
 
 

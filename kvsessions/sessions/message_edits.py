@@ -1,14 +1,26 @@
 """Editing a session's stored messages one at a time: append several, read one, update,
 delete, pop the latest, clear them all. A mixin of ``SessionStorage``.
 
-Each operation changes message documents first and then the head, by ``compare_and_set``
-from the head just read (``kvsessions.sessions.heads``), with the index entries written
-before and removed after it (``kvsessions.sessions.index``). ``message_count`` stays exact
-under concurrent writers in any number of processes: it grows by the documents a writer
-created (``put_if_absent`` returned True) and shrinks by the documents a writer removed
-(``delete`` / ``delete_many`` counted them, or ``compare_and_set(key, read, None)`` won), so
-of two writers removing one message only one counts it. A count that would go below 0 (a
-message stored by a writer killed before it counted it) stays at 0.
+Every head change is a ``compare_and_set`` from the head just read
+(``kvsessions.sessions.heads``), with the index entries written before and removed after it
+(``kvsessions.sessions.index``). ``message_count`` stays exact under concurrent writers in
+any number of processes, because a message is counted *before* it exists and uncounted
+*after* it is gone:
+
+* a writer adding messages first adds them to the head's count (which also checks that the
+  session is there and not being deleted), then stores each with ``put_if_absent``, then
+  reads the head again: it takes back the count of those already stored (a retried append),
+  and, when the session is being deleted meanwhile, removes what it stored (the delete may
+  have scanned before it);
+* a writer removing messages removes them first and then takes exactly what it removed off
+  the count (``delete`` / ``delete_many`` counted them, or ``compare_and_set(key, read,
+  None)`` won), so of two writers removing one message only one counts it.
+
+So the count never falls below the messages stored, nor does a removal find it short of what
+it removed (a count that would go below 0 stays 0: only a message stored by a release that
+counted after writing, and whose writer was killed, can do that). A writer killed between
+counting and storing leaves the count one above what is stored, until a full
+``load_session`` (which reports what is stored) and a save fix it.
 
 Every change moves the head's ``updated_at`` forward (to the latest appended message's
 ``created_at``, or to now for an update or a removal): the session counts as changed, and
@@ -120,6 +132,49 @@ class MessageEdits:
                 return document
             head = await self._read_head(session_id)
 
+    async def _append_counted(self, session_id: str, items: list[tuple[str, bytes]],
+                              latest: datetime, head: Head | None) -> None:
+        """Count ``items`` in the head (moving ``updated_at`` to ``latest``), then store them
+        (see the module docstring); ``SessionNotFoundError`` when the session is gone."""
+        def count_in(current: dict[str, Any]) -> dict[str, Any]:
+            document = dict(current)
+            document["message_count"] = current["message_count"] + len(items)
+            return touched(document, latest)
+
+        if (await self._change_head(session_id, head, count_in) is None
+                or await self._create_counted(session_id, items) is None):
+            raise SessionNotFoundError(
+                f"session {session_id!r} was deleted while messages were appended")
+
+    async def _create_counted(self, session_id: str,
+                              items: list[tuple[str, bytes]]) -> list[str] | None:
+        """Store ``items``, which the head already counts, and read the head again: count
+        out those already stored; None when the session went away meanwhile (what this call
+        stored is then removed again)."""
+        try:
+            created = await self._create_messages(items)
+        except BaseException:
+            await self._recount(session_id, -len(items))  # what it created, it removed
+            raise
+        head = await self._read_head(session_id)
+        if head is None or head[1]["status"] == DELETING:
+            await self._remove(created)
+            return None
+        await self._recount(session_id, len(created) - len(items), head)
+        return created
+
+    async def _recount(self, session_id: str, delta: int,
+                       head: Head | None = None) -> dict[str, Any] | None:
+        """Add ``delta`` to the count (no other change); the head written, None if none."""
+        if not delta:
+            return None
+
+        def recount(current: dict[str, Any]) -> dict[str, Any]:
+            return {**current, "message_count": max(0, current["message_count"] + delta)}
+
+        return await self._change_head(session_id, head or await self._read_head(session_id),
+                                       recount)
+
     async def _live_head(self, session_id: str) -> Head | None:
         await self._index_state.before_write()
         head = await self._read_head(session_id)
@@ -128,6 +183,7 @@ class MessageEdits:
         return head
 
     async def _counted_removal(self, session_id: str, head: Head, removed: int) -> None:
+        """Take ``removed`` messages off the count and move ``updated_at`` to now."""
         if removed:
             await self._change_head(session_id, head, removal_change(removed, utc_now()))
 
@@ -177,21 +233,7 @@ class MessageEdits:
         head = await self._live_head(session_id)
         if head is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
-        await outlive_cancellation(self._append_all(session_id, items, latest, head))
-
-    async def _append_all(self, session_id: str, items: list[tuple[str, bytes]],
-                          latest: datetime, head: Head) -> None:
-        created = await self._create_messages(items)
-
-        def change(current: dict[str, Any]) -> dict[str, Any]:
-            document = dict(current)
-            document["message_count"] = current["message_count"] + len(created)
-            return touched(document, latest)
-
-        if await self._change_head(session_id, head, change) is None:
-            await self._remove(created)
-            raise SessionNotFoundError(
-                f"session {session_id!r} was deleted while messages were appended")
+        await outlive_cancellation(self._append_counted(session_id, items, latest, head))
 
     # ------------------------------------------------------------------ reading one
 

@@ -19,6 +19,17 @@ from kvsessions.wrappers.validating import ValidatingStore
 __all__ = ["parse_message", "read_message", "scan_messages"]
 
 _loads = orjson.loads
+#: Documents the first and the largest chunk of a bounded or filtered scan read.
+_FIRST_CHUNK, _LAST_CHUNK = 32, 4096
+
+
+def _shared_prefix(first: str, second: str) -> str:
+    size = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        size += 1
+    return first[:size]
 
 
 def parse_message(documents: ValidatingStore, key: str, value: bytes) -> ChatMessage:
@@ -68,15 +79,27 @@ async def scan_messages(
     """Up to ``limit`` messages under ``prefix`` in key order (descending with ``reverse``),
     after ``start_after`` and before ``stop_at`` (both exclusive, in the scan's order), each
     parsed once; those ``keep`` refuses and damaged ones the policy skips are not counted, so
-    the scan goes on past them. Without a filter only ``limit`` documents are read."""
+    the scan goes on past them. Without a filter only ``limit`` documents are read; with one,
+    or with ``stop_at``, the scan reads in growing chunks, so it reads at most about twice
+    what lies in the range (the store's scan knows no upper bound but the prefix, which is
+    narrowed to what both bounds share)."""
+    if start_after is not None and stop_at is not None:
+        shared = _shared_prefix(start_after, stop_at)
+        if len(shared) > len(prefix) and shared.startswith(prefix):
+            prefix = shared  # every key between the bounds starts with it
     messages: list[ChatMessage] = []
     append = messages.append
     cursor = start_after
+    chunk = _FIRST_CHUNK
     while True:
         wanted = None if limit is None else limit - len(messages)
         if wanted == 0:
             return messages
-        fetch = wanted if keep is None else None
+        if keep is None and (wanted is not None or stop_at is None):
+            fetch = wanted
+        else:
+            fetch = chunk if wanted is None else max(wanted, chunk)
+            chunk = min(2 * chunk, _LAST_CHUNK)
         seen = 0
         last: str | None = None
         async for page in raw.scan_pages(prefix, start_after=cursor, limit=fetch,
@@ -98,4 +121,4 @@ async def scan_messages(
                     return messages
         if fetch is None or last is None or seen < fetch:
             return messages  # the range is exhausted
-        cursor = last  # damaged documents were skipped: read on for the rest
+        cursor = last  # read on: documents were skipped, or the chunk ended in the range

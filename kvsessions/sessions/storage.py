@@ -226,18 +226,16 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
                     writes: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]],
                     mine: dict[str, Any], head: Head | None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
-        no message is left stored and uncounted."""
+        no message is left stored and uncounted. The head first (counting the new messages,
+        as ``kvsessions.sessions.message_edits`` explains), then the messages, then the
+        count of what was not created or was removed."""
         messages, edits, removals = writes
-        created = await self._create_messages(messages)
-        await self._store_edits(edits)
-        removed = await self._raw.delete_many(removals) if removals else 0
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
-                await self._remove(created)
                 return False
             if head is None:
-                document = {**mine, "message_count": max(0, len(created) - removed)}
+                document = {**mine, "message_count": len(messages)}
                 encoded = self._documents.encode(head_key, document)
                 await self._index.before_change(None, document)
                 if await self._raw.put_if_absent(head_key, encoded):
@@ -245,7 +243,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
                     break
             else:
                 stored, current = head
-                document = merged_head(current, mine, saved.base, len(created) - removed)
+                document = merged_head(current, mine, saved.base, len(messages))
                 if document == current:
                     break
                 encoded = self._documents.encode(head_key, document)
@@ -254,15 +252,20 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
                     await self._index.after_change(session.session_id, current, document)
                     break
             head = await self._read_head(session.session_id)
+        if messages and await self._create_counted(session.session_id, messages) is None:
+            return False
+        await self._store_edits(edits)
+        removed = await self._raw.delete_many(removals) if removals else 0
+        recounted = await self._recount(session.session_id, -removed)
         plan.settle(saved.messages)
         saved.base = head_fields(mine)
         session.updated_at = saved.base["updated_at"]
-        session.message_count = document["message_count"]
+        session.message_count = (recounted or document)["message_count"]
         return True
 
     async def _create_messages(self, messages: list[tuple[str, bytes]]) -> list[str]:
         """Store each message unless its key is taken; the keys this call created. A failure
-        removes what this call created, so no stored message goes uncounted."""
+        removes what this call created (its caller then takes the count back)."""
         created: list[str] = []
         failure: BaseException | None = None
         for start in range(0, len(messages), _WRITE_CONCURRENCY):
@@ -300,28 +303,7 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits):
 
     async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
                       head: Head | None) -> None:
-        created = await self._raw.put_if_absent(key, value)
-        head_key = session_key(session_id)
-        while True:
-            if head is None or head[1]["status"] == DELETING:
-                if created:
-                    await self._raw.delete(key)
-                raise SessionNotFoundError(
-                    f"session {session_id!r} was deleted while a message was appended")
-            stored, current = head
-            document = dict(current)
-            document["message_count"] = current["message_count"] + created
-            updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
-            if message.created_at > updated:
-                document["updated_at"] = format_timestamp(message.created_at)
-            if document == current:
-                return
-            encoded = self._documents.encode(head_key, document)
-            await self._index.before_change(current, document)
-            if await self._raw.compare_and_set(head_key, stored, encoded):
-                await self._index.after_change(session_id, current, document)
-                return
-            head = await self._read_head(session_id)
+        await self._append_counted(session_id, [(key, value)], message.created_at, head)
 
     async def _read_head(self, session_id: str) -> Head | None:
         """The head of ``session_id`` as stored (any status), or None. A head found only under

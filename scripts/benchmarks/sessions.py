@@ -9,6 +9,11 @@ the raw scan of the same keys, and listing sessions.
   driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each
   value into a list (target 1.3).
   MongoDB's raw side is ``find`` returning BSON-decoded dicts (its driver's decode).
+* update / pop: ``update_message`` and ``pop_message`` on the 10,000-message session beside
+  ``append_message`` on it (target 1.5). An update is a get and a compare-and-set of the
+  message and of the head (moving ``updated_at``); a pop a one-key reverse scan, a
+  compare-and-set deleting the message and one of the head; an append a get and two
+  compare-and-sets of the head around a ``put_if_absent`` and a get.
 * list: ``list_sessions(limit=100)`` over 10,000 session heads (read through the index: about
   100 entries and heads) beside the raw scan of every head with orjson decoding.
 
@@ -39,7 +44,7 @@ from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.sessions.index import head_entries
 from kvsessions.sessions.storage import SessionStorage
 
-APPEND_TARGET, LOAD_TARGET = 1.5, 1.3
+APPEND_TARGET, LOAD_TARGET, EDIT_TARGET = 1.5, 1.3, 1.5
 SECTION = "sessions"
 POSTGRES_URL = os.environ.get("KVSESSIONS_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -186,6 +191,7 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawSc
     ours, raw = await ctx.paired(appends, appender(big), appender(small))
     ctx.row(SECTION, f"append_message at {ctx.n(10_000):,} msgs vs at 10", backend, ours, raw,
             target=APPEND_TARGET, note="raw column = the same call at 10 messages")
+    await bench_edits(ctx, backend, storage, big, appender(big), appends)
 
     loaded = await stored_session(storage, 1000)
     loads = max(3, ctx.n(20))
@@ -221,6 +227,35 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawSc
     ours, raw = await ctx.paired(lists, list_ours, list_raw)
     ctx.row(SECTION, f"list_sessions(limit=100) of {sessions:,}", backend, ours, raw,
             note="raw = scan + decode of every head")
+
+
+async def bench_edits(ctx: BenchContext, backend: str, storage: SessionStorage,
+                      big: ChatSession, append: Callable[[], Awaitable[None]],
+                      count: int) -> None:
+    """``update_message`` and ``pop_message`` on the 10,000-message session beside
+    ``append_message`` on it, run by run (pops take back what the appends added)."""
+    session_id = big.session_id
+    targets = [message.message_id for message in big.messages[-count:]]
+    rounds = 0
+
+    async def update() -> None:
+        nonlocal rounds
+        rounds += 1
+        for message_id in targets:
+            await storage.update_message(session_id, message_id,
+                                         content=f"edited {rounds} " + FILLER)
+
+    ours, raw = await ctx.paired(count, update, append)
+    ctx.row(SECTION, f"update_message at {ctx.n(10_000):,} msgs vs append", backend, ours,
+            raw, target=EDIT_TARGET, note="raw column = append_message, same session")
+
+    async def pop() -> None:
+        for _ in range(count):
+            assert await storage.pop_message(session_id) is not None
+
+    ours, raw = await ctx.paired(count, pop, append)
+    ctx.row(SECTION, f"pop_message at {ctx.n(10_000):,} msgs vs append", backend, ours, raw,
+            target=EDIT_TARGET, note="raw column = append_message, same session")
 
 
 async def stored_session(storage: SessionStorage, messages: int) -> ChatSession:
