@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from kvsessions.integrations.langchain import KVSessionsChatMessageHistory
@@ -71,10 +70,6 @@ async def test_two_processes_adding_lose_nothing(integration_store: IntegrationS
     assert len(contents) == count == 2 * len(messages_of("a"))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "SessionStorage (branch messages): clear_messages' decrement can land before a concurrent "
-    "append's increment and is clamped at 0 (message_edits.removal_change), so the count ends "
-    "one or more above the messages stored; reported, not fixed here"))
 async def test_one_process_adding_while_another_clears_keeps_the_count_exact(
         integration_store: IntegrationStore) -> None:
     url = integration_store.url()
