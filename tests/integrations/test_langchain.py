@@ -5,6 +5,7 @@ messages coming back exactly, and the session kvsessions sees."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from kvsessions.documents.models import ChatSession
 from kvsessions.errors import StoreError, ValidationError
 from kvsessions.integrations.langchain import KVSessionsChatMessageHistory
 from kvsessions.sessions.storage import SessionStorage
+from tests.cli import run_kvsessions
 from tests.integrations.conftest import IntegrationStore
 
 #: Every kind of LangChain message, with the fields that make round trips hard.
@@ -170,6 +172,23 @@ async def test_a_session_written_by_kvsessions_reads_as_a_history(
         SystemMessage("rules"), HumanMessage("question"), AIMessage("answer"),
         ChatMessage("result", role="tool")]
     await storage.close()
+
+
+def test_kvsessions_show_and_migrate_read_a_langchain_history(
+        integration_store: IntegrationStore, tmp_path: Path) -> None:
+    url = integration_store.url()
+    history = KVSessionsChatMessageHistory("lc:1", url)
+    history.add_messages(MESSAGES[:4])
+    history.close()
+    shown = run_kvsessions("show", url, "lc:1", "--format", "text")
+    assert shown.returncode == 0, shown.stderr
+    assert "what is 6" in shown.stdout and "42" in shown.stdout
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    migrated = run_kvsessions("migrate", url, copy)
+    assert migrated.returncode == 0, migrated.stderr
+    moved = KVSessionsChatMessageHistory("lc:1", copy)
+    assert moved.messages == MESSAGES[:4]
+    moved.close()
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import operator
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import orjson
@@ -26,6 +27,7 @@ from kvsessions.integrations.langgraph import (
 )
 from kvsessions.migration.in_place import validate_storage
 from kvsessions.sessions.storage import SessionStorage
+from tests.cli import run_kvsessions
 from tests.integrations.conftest import IntegrationStore
 
 #: The channel of a task's error: a special write, which replaces the one stored.
@@ -185,6 +187,23 @@ async def test_a_tasks_writes_are_kept_once_and_special_ones_replaced(
         ("task", ERROR, "second"), ("task", "a", 1), ("task", "b", 2), ("task", "c", 3)]
     assert len(await store.keys()) == 2  # the checkpoint, and one document of the task's writes
     await store.close()
+
+
+def test_kvsessions_migrate_and_validate_carry_checkpoints(
+        integration_store: IntegrationStore, tmp_path: Path) -> None:
+    url = integration_store.url()
+    with KVSessionsSaver(url) as saver:
+        graph = echo_graph(saver)
+        config = {"configurable": {"thread_id": "moved"}}
+        state = graph.invoke({"said": ["hi"]}, config)
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    migrated = run_kvsessions("migrate", url, copy)
+    assert migrated.returncode == 0, migrated.stderr
+    checked = run_kvsessions("validate", copy)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with KVSessionsSaver(copy) as moved:
+        assert echo_graph(moved).get_state(config).values == state
+        assert len(list(moved.list(config))) == 4
 
 
 def test_importing_kvsessions_imports_no_framework() -> None:
