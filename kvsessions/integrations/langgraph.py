@@ -78,7 +78,7 @@ PREFIX = "langgraph:"
 #: Between a checkpoint's key and the parts of its writes' keys; below every character an
 #: encoded part holds, so a checkpoint's writes sort right after it and before any other key.
 WRITE_SEPARATOR = "!"
-#: Keys one ``delete_many`` call removes while deleting a thread.
+#: Keys one ``delete_many`` (or ``put_many``) call handles while deleting or copying.
 _DELETE_BATCH = 500
 #: Items the first page of a "latest checkpoint" scan reads (its writes, then it).
 _LATEST_PAGE = 8
@@ -212,6 +212,12 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
     async def adelete_thread(self, thread_id: str) -> None:
         await self._loop.run(self._delete_thread(str(thread_id)))
 
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._loop.run(self._delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._loop.run(self._copy_thread(str(source_thread_id), str(target_thread_id)))
+
     # ------------------------------------------------------------------ sync API
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -237,6 +243,12 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
 
     def delete_thread(self, thread_id: str) -> None:
         self._loop.run_sync(self._delete_thread(str(thread_id)))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._loop.run_sync(self._delete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._loop.run_sync(self._copy_thread(str(source_thread_id), str(target_thread_id)))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions as LangGraph's SQL savers make them: a zero-padded counter, so text order
@@ -421,6 +433,53 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 batch = []
         if batch:
             await self._raw.delete_many(batch)
+
+    async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Remove the checkpoints whose metadata names one of ``run_ids``, with their writes:
+        one forward scan of every checkpoint (no index by run), in which a checkpoint's writes
+        come right after it."""
+        runs = {str(run_id) for run_id in run_ids}
+        if not runs:
+            return
+        doomed: str | None = None  # the write prefix of the checkpoint being removed
+        batch: builtins.list[str] = []
+        async for key, value in self._raw.scan(PREFIX):
+            if _is_write(key):
+                if doomed is not None and key.startswith(doomed):
+                    batch.append(key)
+            elif self._documents.decode(key, value)["metadata"].get("run_id") in runs:
+                batch.append(key)
+                doomed = key + WRITE_SEPARATOR
+            else:
+                doomed = None
+            if len(batch) >= _DELETE_BATCH:
+                await self._raw.delete_many(batch)
+                batch = []
+        if batch:
+            await self._raw.delete_many(batch)
+
+    async def _copy_thread(self, source: str, target: str) -> None:
+        """Every checkpoint and write of ``source``, in every namespace, written again as
+        ``target``'s (the source is left as it is)."""
+        batch: builtins.list[tuple[str, bytes]] = []
+        async for key, value in self._raw.scan(thread_prefix(source)):
+            document = {**self._documents.decode(key, value), "thread_id": target}
+            copied = _key_of(document)
+            batch.append((copied, self._documents.encode(copied, document)))
+            if len(batch) >= _DELETE_BATCH:
+                await self._raw.put_many(batch)
+                batch = []
+        if batch:
+            await self._raw.put_many(batch)
+
+
+def _key_of(document: dict[str, Any]) -> str:
+    """The key a checkpoint or a task's writes belong under, from the document's ids."""
+    key = checkpoint_key(document["thread_id"], document["checkpoint_ns"],
+                         document["checkpoint_id"])
+    if document["kind"] == "checkpoint_writes":
+        key += WRITE_SEPARATOR + key_part(document["task_id"])
+    return key
 
 
 def _by_idx(write: dict[str, Any]) -> int:
