@@ -26,10 +26,12 @@ INTEGRATION_BACKENDS = ("sqlite", "postgresql", "redis", "mongodb")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "integration_backend" in metafunc.fixturenames:
+    # A name of its own: modules that parametrize ``integration_backend`` themselves are
+    # left alone.
+    if "integration_store_backend" in metafunc.fixturenames:
         chosen = [name for name in selected_backends(metafunc.config)
                   if name in INTEGRATION_BACKENDS]
-        metafunc.parametrize("integration_backend", chosen)
+        metafunc.parametrize("integration_store_backend", chosen)
 
 
 @dataclass
@@ -54,10 +56,10 @@ class IntegrationStore:
 
 
 @pytest.fixture
-async def integration_store(integration_backend: str, request: Any,
+async def integration_store(integration_store_backend: str, request: Any,
                             tmp_path: Path) -> AsyncIterator[IntegrationStore]:
-    factory = BACKENDS[integration_backend](request, tmp_path)
-    yield IntegrationStore(integration_backend, factory, tmp_path)
+    factory = BACKENDS[integration_store_backend](request, tmp_path)
+    yield IntegrationStore(integration_store_backend, factory, tmp_path)
     if factory.cleanup is not None:
         await factory.cleanup()
 
