@@ -45,7 +45,7 @@ __all__ = [
 
 #: The version written for each kind of document.
 CURRENT_VERSIONS: dict[str, int] = {"session": 2, "message": 1, "file": 1, "index": 1,
-                                     "state": 1}
+                                     "state": 1, "checkpoint": 1, "checkpoint_writes": 1}
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 #: (kind, version) -> function turning a document of that version into the next version.

@@ -50,6 +50,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks._langchain_langgraph import bench as adapter_rows
 from benchmarks._peer_stores import (
     ADK,
     REDIS_URL,
@@ -187,6 +188,7 @@ async def run(ctx: BenchContext) -> None:
         for player in players:
             await player.open(folder, stack)
         await bench(ctx, players)
+        await adapter_rows(ctx, folder, stack)  # LangChain and LangGraph adapters (issue 17)
         databases = sorted(folder.rglob("*.db"))
         if databases:
             print("peers: journal modes: " + ", ".join(
