@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     ExportFileError,
     InvalidKeyError,
     InvalidValueError,
     KVSessionsError,
+    MessageNotFoundError,
     MissingDependencyError,
+    RevisionConflictError,
     SessionNotFoundError,
     StoreError,
     StoreUnavailableError,
@@ -38,6 +41,8 @@ _LAZY: dict[str, str] = {
     "PostgreSQLStore": "kvsessions.kv.postgresql",
     "MongoDBStore": "kvsessions.kv.mongodb",
     "RedisStore": "kvsessions.kv.redis",
+    "TextHit": "kvsessions.kv.text_search",
+    "TextIndex": "kvsessions.kv.text_search",
     # documents
     "ChatSession": "kvsessions.documents.models",
     "ChatMessage": "kvsessions.documents.models",
@@ -52,6 +57,9 @@ _LAZY: dict[str, str] = {
     "MongoDBSessionStorage": "kvsessions.sessions.storage",
     "RedisSessionStorage": "kvsessions.sessions.storage",
     "SessionManager": "kvsessions.sessions.manager",
+    "State": "kvsessions.sessions.state",
+    "StateScope": "kvsessions.sessions.state",
+    "MessageHit": "kvsessions.sessions.search",
     "StorageConfig": "kvsessions.config",
     "create_storage": "kvsessions.config",
     "create_manager": "kvsessions.config",
@@ -72,6 +80,7 @@ __all__ = [
     "ChatSession",
     "ConfigError",
     "DocumentTooLargeError",
+    "EventLoopError",
     "ExportFileError",
     "FileSessionStorage",
     "FileStore",
@@ -81,6 +90,8 @@ __all__ = [
     "KVStore",
     "MemorySessionStorage",
     "MemoryStore",
+    "MessageHit",
+    "MessageNotFoundError",
     "MissingDependencyError",
     "MongoDBSessionStorage",
     "MongoDBStore",
@@ -88,14 +99,19 @@ __all__ = [
     "PostgreSQLStore",
     "RedisSessionStorage",
     "RedisStore",
+    "RevisionConflictError",
     "SQLiteSessionStorage",
     "SQLiteStore",
     "SessionManager",
     "SessionNotFoundError",
     "SessionStorage",
+    "State",
+    "StateScope",
     "StorageConfig",
     "StoreError",
     "StoreUnavailableError",
+    "TextHit",
+    "TextIndex",
     "UnsupportedFormatError",
     "UnsupportedVersionError",
     "UploadedFileRecord",
@@ -137,10 +153,13 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from kvsessions.kv.redis import RedisStore
     from kvsessions.kv.registry import open_store, register_scheme
     from kvsessions.kv.sqlite import SQLiteStore
+    from kvsessions.kv.text_search import TextHit, TextIndex
     from kvsessions.migration.copy import migrate_storage
     from kvsessions.migration.export import backup_storage, export_to_json, import_from_json
     from kvsessions.migration.verify import verify_migration
     from kvsessions.sessions.manager import SessionManager
+    from kvsessions.sessions.search import MessageHit
+    from kvsessions.sessions.state import State, StateScope
     from kvsessions.sessions.storage import (
         FileSessionStorage,
         MemorySessionStorage,

@@ -13,9 +13,12 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     ├── UnsupportedFormatError (ValueError)   an export format that does not exist
     ├── ExportFileError (ValueError)          an export file that is not intact or not an export
     ├── SessionNotFoundError (LookupError)    an operation needs a session that is not stored
+    ├── MessageNotFoundError (LookupError)    an operation needs a message that is not stored
+    ├── RevisionConflictError                 a write asked for a revision that is no longer stored
     ├── MissingDependencyError (ImportError)  an optional driver is not installed
     ├── StoreUnavailableError (ConnectionError) the server cannot be reached or went away
     └── StoreError                            the store failed in another way
+        └── EventLoopError                    used from an event loop it cannot serve
 
 Messages never contain a password: URLs are passed through ``redact_url`` first.
 """
@@ -28,11 +31,14 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "DocumentTooLargeError",
+    "EventLoopError",
     "ExportFileError",
     "InvalidKeyError",
     "InvalidValueError",
     "KVSessionsError",
+    "MessageNotFoundError",
     "MissingDependencyError",
+    "RevisionConflictError",
     "SessionNotFoundError",
     "StoreError",
     "StoreUnavailableError",
@@ -128,6 +134,25 @@ class SessionNotFoundError(KVSessionsError, LookupError):
     """An operation needs a session that is not in the store."""
 
 
+class MessageNotFoundError(KVSessionsError, LookupError):
+    """An operation needs a message that is not in its session."""
+
+
+class RevisionConflictError(KVSessionsError):
+    """A write given ``expected_revision`` found another revision stored (someone wrote in
+    between): nothing was written. ``expected`` and ``actual`` are the two revisions."""
+
+    def __init__(self, what: str, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{what} is at revision {actual}, not the expected {expected}; "
+                         "nothing was written (read it again and retry)")
+        self.what = what
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.expected, self.actual)
+
+
 class MissingDependencyError(KVSessionsError, ImportError):
     """An optional driver is missing; the message names the extra to install."""
 
@@ -149,3 +174,8 @@ class StoreUnavailableError(KVSessionsError, ConnectionError):
 
 class StoreError(KVSessionsError):
     """The store failed in a way that is neither bad input nor unavailability."""
+
+
+class EventLoopError(StoreError):
+    """A store was called from an event loop it cannot serve (a client handed in belongs to
+    another loop); the message names both loops."""

@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/venv.sh all,test
+bash scripts/venv.sh all,test,integrations
 venv=${KVSESSIONS_VENV:-$root/.venv}
 bash scripts/services.sh
 if [ -f scripts/redis-cluster.sh ]; then bash scripts/redis-cluster.sh start; fi

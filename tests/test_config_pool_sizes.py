@@ -34,7 +34,8 @@ async def test_mongodb_gets_both_pool_sizes(namespace: str) -> None:
     try:
         store = storage.store
         assert isinstance(store, MongoDBStore)
-        pool = store._own_client.options.pool_options  # the driver's own account of its pool
+        client = store._collection.database.client  # this event loop's client
+        pool = client.options.pool_options  # the driver's own account of its pool
         assert (pool.min_pool_size, pool.max_pool_size) == (2, 7)
     finally:
         await storage.close()

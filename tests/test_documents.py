@@ -194,8 +194,9 @@ def test_key_layout_sorts_messages_in_conversation_order() -> None:
 # ------------------------------------------------------------------------------ schemas
 
 def test_schema_files_are_valid_draft_2020_12_and_ship_in_the_package() -> None:
-    assert schema_names() == ["file.v1.json", "index.v1.json", "message.v1.json",
-                              "session.v1.json"]
+    assert schema_names() == ["checkpoint.v1.json", "checkpoint_writes.v1.json", "file.v1.json",
+                              "index.v1.json", "message.v1.json", "session.v1.json",
+                              "session.v2.json", "state.v1.json"]
     for name in schema_names():
         kind, version = name.split(".")[0], int(name.split(".")[1][1:])
         schema = load_schema(kind, version)

@@ -43,7 +43,7 @@ async def test_hostile_keys_stay_inside_and_roundtrip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
     assert [p.name for p in root.iterdir()] == ["ns"]
     names = {p.name for p in (root / "ns").iterdir()}
-    assert names - {".lock"} == {key.encode().hex() + ".json" for key in HOSTILE_KEYS}
+    assert names - {".lock", ".tmp"} == {key.encode().hex() + ".json" for key in HOSTILE_KEYS}
 
 
 def test_names_are_injective_across_case_and_normalisation() -> None:
@@ -93,8 +93,8 @@ async def test_long_keys_near_512_bytes_keep_their_order(tmp_path: Path) -> None
         assert await store.get("k" * 512) is None
     for path in all_paths(tmp_path):
         assert len(path.name) <= 245
-        if path.is_dir() and path.name != "ns":
-            assert path.name.endswith(".d")
+        if path.is_dir() and path.name not in ("ns", ".tmp"):
+            assert path.name.endswith(".s")
 
 
 async def test_planted_symlink_file_is_not_followed(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ async def test_temp_files_of_dead_writers_are_removed_on_reopen(tmp_path: Path) 
     async with FileStore(tmp_path, namespace="ns") as store:
         await store.put(long_key, dumps({}))
     folder = tmp_path / "ns"
-    subfolder = folder / key_to_parts(long_key)[0][0]
+    subfolder = folder / ".tmp"  # where writes are staged; earlier releases used the folder
     pid = dead_pid()
     dead = [folder / f".tmp-{pid}-00ff", subfolder / f".tmp-{pid}-ab12"]
     alive = [folder / f".tmp-{os.getpid()}-00ff", subfolder / f".tmp-{os.getpid()}-cd34"]
@@ -176,7 +176,8 @@ async def test_a_failed_write_raises_and_leaves_nothing(tmp_path: Path,
         assert orjson.loads(await store.get("k") or b"") == {"v": 1}
         assert await store.keys() == ["k"]
     assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == [
-        ".lock", b"k".hex() + ".json"]
+        ".lock", ".tmp", b"k".hex() + ".json"]
+    assert list((tmp_path / "ns" / ".tmp").iterdir()) == []
 
 
 async def test_expired_files_are_removed_when_met(tmp_path: Path) -> None:
@@ -239,3 +240,14 @@ def test_url_options(tmp_path: Path) -> None:
                 f"file://{tmp_path}?namespace=../x"):
         with pytest.raises(ConfigError):
             open_store(bad)
+
+
+async def test_concurrent_scans_each_see_every_key(tmp_path: Path) -> None:
+    """Scans list the folder on worker threads at once: each reads the names through its own
+    descriptor (a shared one shares the read position, and each scan then missed keys)."""
+    async with FileStore(tmp_path / "root", namespace="ns") as store:
+        keys = [f"k{i:05d}" for i in range(3000)]
+        await store.put_many([(key, b"{}") for key in keys])
+        for _ in range(3):
+            found = await asyncio.gather(*(store.keys() for _ in range(6)))
+            assert all(scanned == keys for scanned in found)

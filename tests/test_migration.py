@@ -434,7 +434,8 @@ async def test_validate_and_upgrade_in_place(message_v0_upcaster: Any) -> None:
     documents = sample_documents(sessions=1, messages=3, files=1)
     await populate(store, {k: (_old_message(v) if k.startswith("message:") else v)
                            for k, v in documents.items()})
-    await store.put("session:broken", orjson.dumps({"kind": "session", "v": 1}))
+    await store.put("session:broken", orjson.dumps(
+        {"kind": "session", "v": codec.CURRENT_VERSIONS["session"]}))
 
     report = await validate_storage(store)
     assert report["ok"] is False

@@ -1,6 +1,7 @@
-"""Resume after ``kill -9`` (and Ctrl-C) at random points of a 60,000-document CLI migration:
-after every kill the checkpoint is never ahead of the data, and the last run ends with both
-stores equal, every document copied once in the count, and no checkpoint left."""
+"""Resume after ``kill -9`` (and Ctrl-C) at random points of a 60,000-document CLI migration,
+with one worker and with several: after every kill no checkpoint is ahead of the data, and the
+last run ends with both stores equal, every document copied once in the count, and no
+checkpoint left."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import orjson
 import pytest
 
 from kvsessions.kv.registry import open_store
-from kvsessions.kv.values import reserved_keys_allowed
 from kvsessions.migration import checkpoint_key, verify_migration
 from tests.backends.postgresql import POSTGRES_URL, drop_tables
 
@@ -41,29 +41,34 @@ async def fill(url: str) -> None:
                                   for i in range(start, min(start + 5000, DOCUMENTS))])
 
 
-async def check_checkpoint_not_ahead(source_url: str, destination_url: str) -> int:
-    """Every source document up to the checkpoint is in the destination, equal, and the
-    checkpoint's count is exactly how many there are. Returns that count (0: no checkpoint)."""
+async def check_checkpoint_not_ahead(source_url: str, destination_url: str,
+                                     ranges: list[int] | None = None) -> int:
+    """For every stream's checkpoint (one per worker's range, ``(after, last_key]``): every
+    source document in its range is in the destination, equal, and the checkpoint's count is
+    exactly how many there are. Returns their sum (0: no checkpoint with a last key)."""
     async with open_store(source_url) as source, open_store(destination_url) as destination:
-        with reserved_keys_allowed(checkpoint_key("")):
-            raw = await destination.get(checkpoint_key(""))
-        state = orjson.loads(raw) if raw is not None else {}
-        last = state.get("last_key")
-        if last is None:  # none, or a run that has not finished its first batch
-            return 0
-        behind: list[tuple[str, bytes]] = []
-        async for key, value in source.scan():
-            if key > last:
-                break
-            behind.append((key, value))
-        for start in range(0, len(behind), 1000):
-            chunk = behind[start:start + 1000]
-            stored = await destination.get_many([key for key, _ in chunk])
-            for (key, value), got in zip(chunk, stored, strict=True):
-                assert got is not None, f"checkpoint {last!r} ran ahead of missing {key!r}"
-                assert orjson.loads(got) == orjson.loads(value), key
-        assert state["copied"] == len(behind)
-        return len(behind)
+        states = [orjson.loads(raw) async for _, raw in destination.scan(checkpoint_key(""))]
+        total = 0
+        for state in states:
+            last, after = state.get("last_key"), state.get("after")
+            if last is None:  # a run that has not finished its first batch
+                continue
+            behind: list[tuple[str, bytes]] = []
+            async for key, value in source.scan(start_after=after):
+                if key > last:
+                    break
+                behind.append((key, value))
+            for start in range(0, len(behind), 1000):
+                chunk = behind[start:start + 1000]
+                stored = await destination.get_many([key for key, _ in chunk])
+                for (key, value), got in zip(chunk, stored, strict=True):
+                    assert got is not None, f"checkpoint {last!r} ran ahead of missing {key!r}"
+                    assert orjson.loads(got) == orjson.loads(value), key
+            assert state["copied"] == len(behind)
+            total += len(behind)
+        if ranges is not None:
+            ranges.append(sum(state.get("last_key") is not None for state in states))
+        return total
 
 
 def start_migration(source_url: str, destination_url: str, *extra: str) -> subprocess.Popen[str]:
@@ -103,10 +108,13 @@ def destinations(request: Any, tmp_path: Path) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 4])
 @pytest.mark.parametrize("destination_kind", ["sqlite", "postgresql"])
 def test_kill_9_at_random_points_then_resume(
-    tmp_path: Path, destinations: Any, destination_kind: str
+    tmp_path: Path, destinations: Any, destination_kind: str, workers: int
 ) -> None:
+    """With several workers every stream keeps a checkpoint of its own; the runs after a kill
+    use another number of workers each time (the gaps between checkpoints are what is left)."""
     seed = int(os.environ.get("KVSESSIONS_TEST_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     source_url = f"sqlite:///{tmp_path / 'source.db'}?namespace=kv"
@@ -115,6 +123,7 @@ def test_kill_9_at_random_points_then_resume(
 
     done_before = 0
     interrupted = 0
+    ranges: list[int] = []  # copied ranges (stream checkpoints) found after each kill
     for attempt in range(KILLS + 1):
         if DOCUMENTS - done_before < 4 * BATCH:
             break
@@ -122,18 +131,20 @@ def test_kill_9_at_random_points_then_resume(
         # are still to copy (two batches of margin were too few once the copy got faster).
         target = rng.randrange(done_before + BATCH, done_before + (DOCUMENTS - done_before) // 3)
         how = signal.SIGINT if attempt == KILLS else signal.SIGKILL
-        process = start_migration(source_url, destination_url)
+        process = start_migration(source_url, destination_url,
+                                  "--workers", str(workers + attempt % 2 * (workers > 1)))
         if not interrupt_at(process, target, how):
             break
         interrupted += 1
         expected = -signal.SIGKILL if how == signal.SIGKILL else 130
         assert process.returncode == expected, (seed, process.returncode)
-        done_now = asyncio.run(check_checkpoint_not_ahead(source_url, destination_url))
+        done_now = asyncio.run(check_checkpoint_not_ahead(source_url, destination_url, ranges))
         assert done_now >= done_before, seed  # progress is never lost
         done_before = done_now
     assert interrupted >= 2, f"the migration finished before it could be killed (seed {seed})"
+    assert max(ranges) >= (2 if workers > 1 else 1), (seed, ranges)
 
-    process = start_migration(source_url, destination_url, "--json")
+    process = start_migration(source_url, destination_url, "--json", "--workers", str(workers))
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, (seed, err)
     result = orjson.loads(out)
@@ -144,8 +155,7 @@ def test_kill_9_at_random_points_then_resume(
 
     async def final_state() -> None:
         async with open_store(source_url) as source, open_store(destination_url) as destination:
-            with reserved_keys_allowed(checkpoint_key("")):
-                assert await destination.get(checkpoint_key("")) is None
+            assert [key async for key, _ in destination.scan(checkpoint_key(""))] == []
             verification = await verify_migration(source, destination)
             assert verification["ok"] and verification["destination_count"] == DOCUMENTS
 

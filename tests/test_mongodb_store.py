@@ -20,7 +20,13 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient
 
 from kvsessions.errors import ConfigError, DocumentTooLargeError, StoreUnavailableError
-from kvsessions.kv.mongodb import EXPIRES_FIELD, MongoDBStore, escape_names, unescape_names
+from kvsessions.kv.mongodb import (
+    EXPIRES_FIELD,
+    PARTITION_FIELD,
+    MongoDBStore,
+    escape_names,
+    unescape_names,
+)
 from kvsessions.kv.registry import open_store
 from kvsessions.testing import same_json
 from tests.mongo_server import drop_collections, mongodb_url
@@ -53,11 +59,50 @@ def _depth(node: Any) -> int:
 
 # ---------------------------------------------------------------------- stored shape
 
+
+async def test_partition_field_and_documents_of_the_release_without_it(
+    namespace: str, raw_client: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    """Every document carries its key's partition (the shard key); a scan inside one session
+    asks for it and still finds documents an earlier release wrote without it, which stay
+    readable and writable, and ``upgrade_layout`` gives them the field."""
+    collection = raw_client.get_default_database()[namespace]
+    async with MongoDBStore(mongodb_url(), namespace=namespace) as store:
+        await store.put_many([(key, orjson.dumps({"k": key})) for key in (
+            "session:s1", "message:s1:01", "message:s1:02", "message:s2:01")])
+        found = await collection.find({}, sort=[("_id", 1)]).to_list(None)
+        assert {d["_id"]: d[PARTITION_FIELD] for d in found} == {
+            "message:s1:01": "s1", "message:s1:02": "s1", "message:s2:01": "s2",
+            "session:s1": "s1"}
+        # As the release before partitions stored them: no _partition.
+        await collection.insert_many([{"_id": key, "k": key} for key in (
+            "message:s1:00", "session:old", "message:old:01", "session:cas")])
+        assert await store.keys("message:s1:") == [
+            "message:s1:00", "message:s1:01", "message:s1:02"]
+        assert await store.keys("message:s1:", reverse=True) == [
+            "message:s1:02", "message:s1:01", "message:s1:00"]
+        assert len(await store.keys()) == 8
+        assert orjson.loads(await store.get("message:s1:00") or b"") == {"k": "message:s1:00"}
+        await store.put("session:old", orjson.dumps({"k": 2}))
+        await store.put_many([("message:old:01", orjson.dumps({"k": 3}))])
+        assert await store.put_if_absent("session:old", orjson.dumps({"k": 4})) is False
+        read = await store.get("session:cas")
+        assert await store.compare_and_set("session:cas", read, orjson.dumps({"k": 5}))
+        rewritten = await collection.find(
+            {"_id": {"$in": ["session:old", "message:old:01", "session:cas"]}}).to_list(None)
+        assert {d["_id"]: (d[PARTITION_FIELD], d["k"]) for d in rewritten} == {
+            "session:old": ("old", 2), "message:old:01": ("old", 3), "session:cas": ("cas", 5)}
+        assert await store.upgrade_layout() == 1  # message:s1:00
+        assert await collection.count_documents({PARTITION_FIELD: {"$exists": False}}) == 0
+        assert await store.upgrade_layout() == 0
+        assert await store.keys("message:s1:") == [
+            "message:s1:00", "message:s1:01", "message:s1:02"]
+
 async def test_stored_document_is_native_bson_with_escaped_names(
     namespace: str, raw_client: AsyncMongoClient[dict[str, Any]]
 ) -> None:
     value = {"text": "a\u0000b", "n": 2**62, "f": 1.0, "$x": 1, "a.b": 2, "": 3, "_id": "mine",
-             "%": "p", EXPIRES_FIELD: "user's", "k\u0000": 4,
+             "%": "p", EXPIRES_FIELD: "user's", "k\u0000": 4, PARTITION_FIELD: "1",
              "nested": {"$in": [1, {"c.d": None}], "_id": 5, "ok": True}}
     async with MongoDBStore(mongodb_url(), namespace=namespace) as store:
         await store.put("doc:1", orjson.dumps(value), ttl=600)
@@ -68,6 +113,7 @@ async def test_stored_document_is_native_bson_with_escaped_names(
         assert raw == {
             "_id": "doc:1", "text": "a\u0000b", "n": 2**62, "f": 1.0, "%24x": 1, "a%2Eb": 2,
             "%": 3, "%5Fid": "mine", "%25": "p", "%5Fexpires_at": "user's", "k%00": 4,
+            "%5Fpartition": "1", "_partition": "1",
             "nested": {"%24in": [1, {"c%2Ed": None}], "_id": 5, "ok": True}}
         assert type(raw["f"]) is float
         assert same_json(orjson.loads(await store.get("doc:1") or b""), value)
@@ -81,7 +127,8 @@ async def test_plain_document_is_stored_as_it_is_and_queryable(
         await store.put("m:1", orjson.dumps(value))
         await store.put("m:2", orjson.dumps({**value, "role": "assistant"}))
         collection = raw_client.get_default_database()[namespace]
-        assert await collection.find_one({"_id": "m:1"}) == {"_id": "m:1", **value}
+        assert await collection.find_one({"_id": "m:1"}) == {
+            "_id": "m:1", **value, PARTITION_FIELD: "1"}
         found = [doc["_id"] async for doc in collection.find({"role": "assistant",
                                                               "meta.tokens": 12})]
         assert found == ["m:2"]

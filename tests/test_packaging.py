@@ -18,7 +18,9 @@ import asyncio, sys, kvsessions
 from kvsessions.documents import codec, models
 from kvsessions.documents.validation import schema_names, validate_document
 assert "site-packages" in kvsessions.__file__, kvsessions.__file__
-assert schema_names() == ["file.v1.json", "index.v1.json", "message.v1.json", "session.v1.json"]
+assert schema_names() == ["checkpoint.v1.json", "checkpoint_writes.v1.json", "file.v1.json",
+                        "index.v1.json", "message.v1.json", "session.v1.json",
+                        "session.v2.json", "state.v1.json"]
 session = models.ChatSession.create("m")
 validate_document(codec.session_to_document(session))
 try:
@@ -34,6 +36,14 @@ async def main():
 asyncio.run(main())
 for driver in ("asyncpg", "pymongo", "redis"):
     assert driver not in sys.modules, driver
+import kvsessions.integrations
+for integration, extra in (("langgraph", "langgraph"), ("langchain", "langchain")):
+    try:
+        __import__(f"kvsessions.integrations.{integration}")
+    except kvsessions.MissingDependencyError as exc:  # the framework is an optional extra
+        assert f"pip install 'kvsessions[{extra}]'" in str(exc), str(exc)
+    else:
+        raise SystemExit(f"kvsessions.integrations.{integration} imported without its extra")
 print("wheel ok")
 """
 

@@ -23,7 +23,9 @@ from kvsessions.errors import (
     MissingDependencyError,
     StoreUnavailableError,
 )
+from kvsessions.kv.base import KeyRange
 from kvsessions.kv.redis import RedisStore
+from kvsessions.kv.redis_layout import PartitionNames, partition_names
 from kvsessions.kv.registry import open_store
 from tests.backends.redis import REDIS_CLUSTER_URL, REDIS_URL, drop_namespaces
 
@@ -50,7 +52,7 @@ async def store(url: str) -> AsyncIterator[RedisStore]:
 
 
 async def index_members(store: RedisStore) -> list[str]:
-    members = await store._client.zrange(store._index_key, 0, -1)
+    members = await store._client.zrange(names(store).index, 0, -1)
     return [member.decode() for member in members]
 
 
@@ -63,34 +65,91 @@ def assert_no_secret(error: BaseException) -> None:
 # ---------------------------------------------------------------- layout
 
 
-async def test_layout_keys_carry_one_hash_tag(store: RedisStore) -> None:
+def names(store: RedisStore, partition: str = "") -> PartitionNames:
+    """The names of a partition of the store (keys without ':' are in partition "")."""
+    return partition_names(store.namespace, partition)
+
+
+async def test_layout_keys_carry_their_partition_tag(store: RedisStore) -> None:
     await store.put("session:1", doc(1))
-    await store.put("session:2", doc(2), ttl=60)
-    tag = f"{{{store.namespace}}}"
+    await store.put("message:1:a", doc(2), ttl=60)
+    tag = f"{{{store.namespace}:1}}"
     client = store._client
     assert await client.get(f"kvs:{tag}:v:session:1".encode()) == doc(1)
-    assert await index_members(store) == ["session:1", "session:2"]
-    assert await client.zscore(store._index_key, b"session:1") == 0
-    assert await client.zscore(store._expiry_key, b"session:2") is not None
-    assert await store.delete_many(["session:1", "session:2"]) == 2
-    assert await client.exists(store._index_key, store._expiry_key) == 0
+    assert await client.zrange(names(store, "1").index, 0, -1) == [b"message:1:a", b"session:1"]
+    assert await client.zscore(names(store, "1").expiry, b"message:1:a") is not None
+    assert await client.smembers(names(store, "1").runs) == {b"session:1", b"message:1:"}
+    assert await client.zrange(store._directory, 0, -1) == [b"message:1:", b"session:1"]
+    assert await store.delete_many(["session:1", "message:1:a"]) == 2
+    assert await client.exists(names(store, "1").index, names(store, "1").expiry) == 0
 
 
-async def test_values_and_index_share_one_cluster_slot() -> None:
+async def test_one_session_shares_a_slot_and_sessions_spread() -> None:
     namespace = "rt_" + uuid.uuid4().hex[:12]
     async with RedisStore(REDIS_CLUSTER_URL, namespace=namespace) as store:
-        keys = ["a", "zzz", "session:9:{other}", "{brace}", "😀"]
+        client: Any = store._client
+        keys = ["session:s{x}", "message:s{x}:1", "message:s{x}:2", "session-state:s{x}"]
         await store.put_many([(key, doc(1)) for key in keys])
-        names = [store._index_key, store._expiry_key,
-                 *[store._value_prefix + key.encode() for key in keys]]
-        slots = {await store._client.execute_command("CLUSTER KEYSLOT", name) for name in names}
+        partition = names(store, "s{x}")
+        slot_names = [partition.index, partition.expiry, partition.runs,
+                      *[partition.value(key) for key in keys]]
+        slots = {await client.execute_command("CLUSTER KEYSLOT", name) for name in slot_names}
         assert len(slots) == 1
-        # Different namespaces spread over the cluster's nodes rather than all on one.
-        other_slots = {
-            await store._client.execute_command("CLUSTER KEYSLOT", f"kvs:{{ns{i}}}:idx")
-            for i in range(20)}
-        assert len(other_slots) > 1
+        nodes = set()
+        for i in range(30):
+            slot = await client.execute_command("CLUSTER KEYSLOT", names(store, f"s{i}").index)
+            nodes.add(client.get_node_from_key(names(store, f"s{i}").index).name)
+            assert isinstance(slot, int)
+        assert len(nodes) == 3  # 30 sessions reach every node of the 3-node cluster
     await drop_namespaces(REDIS_CLUSTER_URL, {namespace})
+
+
+async def test_put_many_and_delete_many_over_many_partitions(store: RedisStore) -> None:
+    items = [(f"message:s{n}:{i}", doc(i)) for n in range(40) for i in range(3)]
+    items += [(f"session:s{n}", doc(n)) for n in range(40)]
+    await store.put_many(items)
+    assert await store.keys() == sorted(key for key, _ in items)
+    assert len(await store._client.zrange(store._directory, 0, -1)) == 80  # two runs a session
+    await store.put_many([(key, doc(7)) for key, _ in items])  # runs known: no second pass
+    assert {value for _, value in await collect_all(store)} == {doc(7)}
+    assert await store.delete_many([key for key, _ in items] + ["session:none"]) == len(items)
+    assert await store.keys() == []
+
+
+async def collect_all(store: RedisStore) -> list[tuple[str, bytes]]:
+    return [item async for item in store.scan()]
+
+
+async def test_compare_and_set_with_over_partitions_registers_runs(store: RedisStore) -> None:
+    # A head, a key to create in its partition, entries to put in other partitions (runs the
+    # directory does not hold yet): on one server one script, on a cluster (keys in other
+    # slots) the default order, so only the single server promises atomicity.
+    assert store.atomic_compare_and_set_with is not store._cluster
+    await store.put("entry:old:x", doc(0))
+    assert await store.compare_and_set_with(
+        "session:7", None, doc(1), create=[("message:7:a", doc(2))],
+        put=[("entry:p:x", doc(3)), ("other:q:y", doc(4))], delete=["entry:old:x"])
+    assert await store.keys("") == ["entry:p:x", "message:7:a", "other:q:y", "session:7"]
+    assert [key async for key, _ in store.scan("other:")] == ["other:q:y"]
+    directory = await store._client.zrange(store._directory, 0, -1)
+    assert {b"message:7:", b"entry:p:", b"other:q:"} <= set(directory)
+    # a key to create that is taken fails the call, and nothing changes
+    assert not await store.compare_and_set_with(
+        "session:7", doc(1), doc(5), create=[("message:7:a", doc(6))],
+        put=[("entry:r:z", doc(7))])
+    assert await store.get("session:7") == doc(1)
+    assert await store.get("entry:r:z") is None
+
+
+async def test_one_scan_page_across_runs_skips_deleted_ones(store: RedisStore) -> None:
+    await store.put_many([(f"session:{n}", doc(n)) for n in range(10)])
+    await store.delete_many(["session:1", "session:2"])  # their directory entries stay
+    items, last = await store._scan_page(KeyRange("session:", True, "session;"), False, 5)
+    assert [key for key, _ in items] == [f"session:{n}" for n in (0, 3, 4, 5, 6)]
+    assert last == "session:6"
+    items, last = await store._scan_page(KeyRange("session:6", False, "session;"), False, 5)
+    assert [key for key, _ in items] == ["session:7", "session:8", "session:9"]
+    assert last is None
 
 
 # ---------------------------------------------------------------- expiry and the index
@@ -106,7 +165,7 @@ async def test_expired_members_are_never_seen_and_leave_the_index(store: RedisSt
     live = [f"k{i:02d}" for i in range(0, 12, 2)]
     assert await store.keys() == live
     assert await index_members(store) == live
-    assert await store._client.zcard(store._expiry_key) == 7  # the sweep clears these later
+    assert await store._client.zcard(names(store).expiry) == 7  # the sweep clears these later
 
 
 async def test_ttl_writes_sweep_expired_members_without_a_scan(store: RedisStore) -> None:
@@ -115,7 +174,7 @@ async def test_ttl_writes_sweep_expired_members_without_a_scan(store: RedisStore
     await asyncio.sleep(0.4)
     await store.put("fresh", doc(1), ttl=60)
     assert await index_members(store) == ["forever", "fresh"]
-    members = await store._client.zrange(store._expiry_key, 0, -1)
+    members = await store._client.zrange(names(store).expiry, 0, -1)
     assert members == [b"fresh"]
 
 
@@ -126,34 +185,36 @@ async def test_a_key_reput_without_ttl_survives_the_sweep(store: RedisStore) -> 
     await store.put("other", doc(3), ttl=60)  # sweeps "k"'s old expiry entry
     assert await index_members(store) == ["k", "other"]
     assert await store.keys() == ["k", "other"]
-    assert await store._client.zrange(store._expiry_key, 0, -1) == [b"other"]
+    assert await store._client.zrange(names(store).expiry, 0, -1) == [b"other"]
 
 
 async def test_concurrent_reput_during_index_cleanup_stays_indexed(store: RedisStore) -> None:
-    await store.put("a", doc(0))
-    await store.put("b", doc(1), ttl=0.2)
-    await store.put("c", doc(2))
+    # One run ("r:x:"), so the scan reads its partition's index page by page.
+    await store.put("r:x:a", doc(0))
+    await store.put("r:x:b", doc(1), ttl=0.2)
+    await store.put("r:x:c", doc(2))
     await asyncio.sleep(0.4)
-    original = store._command
+    original = store._read
     reput_done = False
 
-    async def command_then_reput(*args: Any) -> Any:
+    async def page_then_reput(*args: Any) -> Any:
         nonlocal reput_done
         reply = await original(*args)
-        if args[0] == "MGET" and not reput_done:
+        if not reput_done:
             # The page has read "b" as gone; another writer puts it back before the cleanup.
             reput_done = True
-            await store.put("b", doc(5))
+            await store.put("r:x:b", doc(5))
         return reply
 
-    store._command = command_then_reput  # type: ignore[method-assign]
-    seen = await store.keys()
-    store._command = original  # type: ignore[method-assign]
+    store._read = page_then_reput  # type: ignore[method-assign]
+    seen = await store.keys("r:x:")
+    store._read = original  # type: ignore[method-assign]
     assert reput_done
-    assert seen == ["a", "c"]  # read before the re-put
-    assert await index_members(store) == ["a", "b", "c"]
-    assert await store.keys() == ["a", "b", "c"]
-    assert await store.get("b") == doc(5)
+    assert seen == ["r:x:a", "r:x:c"]  # read before the re-put
+    members = await store._client.zrange(names(store, "x").index, 0, -1)
+    assert members == [b"r:x:a", b"r:x:b", b"r:x:c"]
+    assert await store.keys() == ["r:x:a", "r:x:b", "r:x:c"]
+    assert await store.get("r:x:b") == doc(5)
 
 
 async def test_put_if_absent_over_an_expired_key(store: RedisStore) -> None:
@@ -213,7 +274,7 @@ async def test_a_client_handed_in_stays_open() -> None:
         async with RedisStore(client=client, namespace=namespace) as again:
             assert await again.get("k") == doc(1)
             assert "client=<given>" in repr(again)
-        assert await client.get(f"kvs:{{{namespace}}}:v:k".encode()) == doc(1)
+        assert await client.get(f"kvs:{{{namespace}:}}:v:k".encode()) == doc(1)
     finally:
         await drop_namespaces(REDIS_URL, {namespace})
         await client.aclose()
@@ -298,7 +359,9 @@ async def test_strict_durability_says_when_config_is_disabled() -> None:
     try:
         with pytest.raises(ConfigError, match="CONFIG GET is disabled"):
             await RedisStore(client=client, durability="strict").open()
-        async with RedisStore(client=client, durability="normal") as store:
+        # A namespace of its own: the shared server's default one may hold anything.
+        namespace = "rt_" + uuid.uuid4().hex[:12]
+        async with RedisStore(client=client, durability="normal", namespace=namespace) as store:
             assert await store.get("nothing") is None
     finally:
         await client.aclose()
@@ -342,13 +405,13 @@ async def test_bad_credentials_do_not_show_the_password() -> None:
 
 
 async def test_server_errors_become_store_errors(store: RedisStore) -> None:
-    await store._client.set(store._index_key + b"-not", b"x")
-    await store._client.delete(store._index_key)
-    await store._client.set(store._index_key, b"not a sorted set")  # broken by someone else
+    await store._client.set(names(store).index + b"-not", b"x")
+    await store._client.delete(names(store).index)
+    await store._client.set(names(store).index, b"not a sorted set")  # broken by someone else
     with pytest.raises(KVSessionsError, match="WRONGTYPE") as caught:
         await store.put("k", doc(1))
     assert not isinstance(caught.value, StoreUnavailableError)
-    await store._client.delete(store._index_key, store._index_key + b"-not")
+    await store._client.delete(names(store).index, names(store).index + b"-not")
 
 
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,4 +432,4 @@ async def test_one_put_many_larger_than_a_script_slice(store: RedisStore) -> Non
     items = [(f"big{i:05d}", doc(i)) for i in range(1100)]
     await store.put_many(items)
     assert [item async for item in store.scan("big")] == items
-    assert await store._client.zcard(store._index_key) == 1100
+    assert await store._client.zcard(names(store).index) == 1100

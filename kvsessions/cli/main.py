@@ -26,6 +26,7 @@ logger = logging.getLogger("kvsessions.cli")
 #: and may set ``when_interrupted`` (what running it again after Ctrl-C does).
 COMMAND_MODULES = (
     "kvsessions.cli.sessions",
+    "kvsessions.cli.search",
     "kvsessions.cli.migration",
 )
 

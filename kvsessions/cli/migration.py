@@ -115,7 +115,7 @@ async def _migrate(args: argparse.Namespace) -> int:
                 source, destination, verify=args.verify, progress_callback=display,
                 batch_size=args.batch_size, resume=args.resume, prefix=args.prefix,
                 upgrade=args.upgrade, validate=args.validate, dry_run=args.dry_run,
-                concurrency=args.concurrency, merge=args.merge)
+                concurrency=args.concurrency, merge=args.merge, workers=args.workers)
     if args.json:
         _emit_json(result)
     else:
@@ -231,6 +231,9 @@ async def _upgrade(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result)
     else:
+        if result["layout_keys_moved"]:
+            print(f"moved {plural(result['layout_keys_moved'], 'key')} out of the store "
+                  "layout of an earlier release")
         print(f"checked {plural(result['documents_checked'], 'document')}, upgraded "
               f"{result['documents_upgraded']:,} to the newest version")
         _show_invalid(result)
@@ -297,6 +300,9 @@ def register(subparsers: Any) -> None:
     migrate.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
                          help="batches written at once (default: measure 1 and 2, keep the "
                               "faster)")
+    migrate.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                         help="streams copying key ranges at once, each resumable on its own "
+                              "(default 1)")
     _common(migrate)
     migrate.set_defaults(handler=_migrate, when_interrupted="run the same command again to "
                          "resume where it stopped")

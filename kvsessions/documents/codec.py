@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: The version written for each kind of document.
-CURRENT_VERSIONS: dict[str, int] = {"session": 1, "message": 1, "file": 1, "index": 1}
+CURRENT_VERSIONS: dict[str, int] = {"session": 2, "message": 1, "file": 1, "index": 1,
+                                     "state": 1, "checkpoint": 1, "checkpoint_writes": 1}
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 #: (kind, version) -> function turning a document of that version into the next version.
@@ -103,7 +104,12 @@ def session_to_document(session: ChatSession) -> dict[str, Any]:
         "message_count": session.message_count,
         "status": session.status,
         "metadata": session.metadata,
+        "revision": session.revision,
     }
+    if session.user_id is not None:
+        document["user_id"] = session.user_id
+    if session.app_name is not None:
+        document["app_name"] = session.app_name
     key = session_key(session.session_id) if isinstance(session.session_id, str) else None
     for name in ("created_at", "updated_at"):
         document[name] = _timestamp_field(document, name, key)
@@ -163,6 +169,9 @@ def document_to_session(document: dict[str, Any], *, key: str | None = None) -> 
         messages=[],
         metadata=document["metadata"],
         status=document["status"],
+        user_id=document.get("user_id"),
+        app_name=document.get("app_name"),
+        revision=document.get("revision", 0),
     )
 
 
@@ -275,6 +284,12 @@ def register_upcaster(kind: str, version: int, upcaster: Upcaster) -> None:
     _UPCASTERS[(kind, version)] = upcaster
 
 
+def _session_v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 adds the revision (a head written before it reads as revision 0) and the
+    optional owner (none)."""
+    return {**document, "v": 2, "revision": 0}
+
+
 def upgrade_document(document: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
     """Upcast ``document`` to the newest version of its kind, one step at a time, checking that
     every step advances the version. The input is not changed."""
@@ -304,3 +319,6 @@ def upgrade_document(document: dict[str, Any], *, key: str | None = None) -> dic
                 path="v", kind=kind)
         version = new_version
     return document
+
+
+register_upcaster("session", 1, _session_v1_to_v2)

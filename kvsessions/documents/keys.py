@@ -9,12 +9,30 @@
     index:sessions:{t}:{sid}          every session, by updated_at ``t`` (see below)
     index:status:{status}:{t}:{sid}   the sessions of one status, by updated_at
     index:file-expiry:{t}:{fid}       file records, by expires_at
+    index:owner:{app}:{user}:{t}:{sid}  the sessions of one user of one application
+    index:app:{app}:{t}:{sid}           the sessions of one application (any user)
+    index:user:{user}:{t}:{sid}         the sessions of one user (any application)
     index:state                       whether the index entries are complete
+    session-state:{sid}    the state document of session sid (deleted with the session)
+    state:user:{app}:{user}  the state of one user of one application
+    state:app:{app}        the state of one application
+
+A session has owner entries only for the parts of its owner it has (``user_id``,
+``app_name``); the owner never changes after creation, so they move only with ``updated_at``.
 
 Index entries are ordinary keys holding a tiny ``index`` document; their key is what matters.
 ``{t}`` is a fixed-width UTC timestamp (``index_timestamp``), so key order is time order and
 "the newest sessions" is one short reverse scan, "what has expired" one short forward scan.
 How entries stay right under concurrent writers is ``kvsessions.sessions.index``'s business.
+
+Partitions (``kvsessions.kv.partitions``): a key's partition is the text between its first and
+second ``:``. Every per-session key built here puts the session id there (``session:``,
+``message:``, ``session-state:``), so a session's head, messages and state share a partition;
+a file record's is its id; each index is one partition (``index:sessions:``, ``index:owner:``
+...), and so are the user states (``state:user:``) and the application states
+(``state:app:``). Stores that shard keep a partition together (a Redis Cluster slot, a MongoDB
+shard, a PostgreSQL hash partition). A new per-session kind keeps the shape
+``kind:{encoded sid}`` or ``kind:{encoded sid}:...``; nothing else is needed from callers.
 
 Each id is encoded before it goes into a key: ``%`` becomes ``%25``, ``:`` becomes ``%3A``
 and NUL (which no key may hold) ``%00``. An encoded id holds no ``:``, so in a message key the
@@ -42,14 +60,20 @@ from kvsessions.errors import StoreError
 from kvsessions.kv.base import KVStore
 
 __all__ = [
+    "APP_INDEX_PREFIX",
     "FILE_EXPIRY_PREFIX",
     "FILE_PREFIX",
     "INDEX_PREFIX",
     "INDEX_STATE_KEY",
     "MESSAGE_PREFIX",
+    "OWNER_INDEX_PREFIX",
     "SESSION_INDEX_PREFIX",
     "SESSION_PREFIX",
+    "SESSION_STATE_PREFIX",
+    "STATE_PREFIX",
     "STATUS_INDEX_PREFIX",
+    "USER_INDEX_PREFIX",
+    "app_state_key",
     "decode_id",
     "encode_id",
     "file_expiry_key",
@@ -62,10 +86,14 @@ __all__ = [
     "legacy_key_of_document",
     "message_key",
     "message_prefix",
+    "owner_index_keys",
+    "owner_index_prefix",
     "session_index_keys",
     "session_index_prefix",
     "session_key",
+    "session_state_key",
     "upgrade_key_layout",
+    "user_state_key",
 ]
 
 SESSION_PREFIX = "session:"
@@ -76,9 +104,15 @@ SESSION_INDEX_PREFIX = "index:sessions:"
 STATUS_INDEX_PREFIX = "index:status:"
 FILE_EXPIRY_PREFIX = "index:file-expiry:"
 INDEX_STATE_KEY = "index:state"
+OWNER_INDEX_PREFIX = "index:owner:"
+APP_INDEX_PREFIX = "index:app:"
+USER_INDEX_PREFIX = "index:user:"
+STATE_PREFIX = "state:"
+#: Per-session state sits in its session's partition, so not under ``state:``.
+SESSION_STATE_PREFIX = "session-state:"
 
 _KIND_OF_PREFIX = {SESSION_PREFIX: "session", MESSAGE_PREFIX: "message", FILE_PREFIX: "file",
-                   INDEX_PREFIX: "index"}
+                   INDEX_PREFIX: "index", STATE_PREFIX: "state", SESSION_STATE_PREFIX: "state"}
 #: Length of ``index_timestamp``'s text: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 _TIMESTAMP_WIDTH = 27
 _DECODED = {"%25": "%", "%3A": ":", "%00": "\x00"}
@@ -137,6 +171,46 @@ def session_index_keys(session_id: str, status: str, updated_at: datetime) -> tu
     sessions and in the index of its status."""
     tail = f"{index_timestamp(updated_at)}:{encode_id(session_id)}"
     return SESSION_INDEX_PREFIX + tail, session_index_prefix(status) + tail
+
+
+def owner_index_prefix(user_id: str | None, app_name: str | None) -> str:
+    """The prefix of the updated-at entries of the sessions owned by ``user_id`` in
+    ``app_name`` (either may be None: any; not both)."""
+    if app_name is not None and user_id is not None:
+        return f"{OWNER_INDEX_PREFIX}{encode_id(app_name)}:{encode_id(user_id)}:"
+    if app_name is not None:
+        return f"{APP_INDEX_PREFIX}{encode_id(app_name)}:"
+    if user_id is not None:
+        return f"{USER_INDEX_PREFIX}{encode_id(user_id)}:"
+    raise ValueError("an owner index needs a user_id, an app_name or both")
+
+
+def owner_index_keys(session_id: str, user_id: str | None, app_name: str | None,
+                     updated_at: datetime) -> tuple[str, ...]:
+    """The owner entries naming a head owned by ``user_id`` in ``app_name``, updated at
+    ``updated_at``: by application, by user, and by both (only those its owner has)."""
+    tail = f"{index_timestamp(updated_at)}:{encode_id(session_id)}"
+    owners: list[tuple[str | None, str | None]] = []
+    if user_id is not None:
+        owners.append((user_id, None))
+    if app_name is not None:
+        owners.append((None, app_name))
+    if user_id is not None and app_name is not None:
+        owners.append((user_id, app_name))
+    return tuple(owner_index_prefix(user, app) + tail for user, app in owners)
+
+
+def session_state_key(session_id: str) -> str:
+    """The state document of ``session_id`` (``delete_session`` removes it)."""
+    return SESSION_STATE_PREFIX + encode_id(session_id)
+
+
+def user_state_key(app_name: str, user_id: str) -> str:
+    return f"{STATE_PREFIX}user:{encode_id(app_name)}:{encode_id(user_id)}"
+
+
+def app_state_key(app_name: str) -> str:
+    return f"{STATE_PREFIX}app:{encode_id(app_name)}"
 
 
 def file_expiry_key(file_id: str, expires_at: datetime) -> str:

@@ -67,9 +67,15 @@ class ChatSession:
     messages: list[ChatMessage] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     status: str = "active"
+    #: The owner, set when the session is created (``None``: none); never changed after.
+    user_id: str | None = None
+    app_name: str | None = None
+    #: The stored head's revision as last read or written (0: never stored).
+    revision: int = 0
 
     @classmethod
-    def create(cls, model: str, metadata: dict[str, Any] | None = None) -> ChatSession:
+    def create(cls, model: str, metadata: dict[str, Any] | None = None, *,
+               user_id: str | None = None, app_name: str | None = None) -> ChatSession:
         now = utc_now()
         return cls(
             session_id=uuid7_str(),
@@ -77,6 +83,8 @@ class ChatSession:
             created_at=now,
             updated_at=now,
             metadata=dict(metadata or {}),
+            user_id=user_id,
+            app_name=app_name,
         )
 
     def add_message(

@@ -38,14 +38,16 @@ the batch hooks).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from kvsessions.errors import (
     InvalidValueError,
@@ -53,6 +55,8 @@ from kvsessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from kvsessions.kv.loops import PerLoop
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, query_words, scan_search
 from kvsessions.kv.values import check_key, check_prefix, check_written, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
@@ -129,32 +133,51 @@ class KVStore(ABC):
     #: does not exist, instead of creating it: for commands that only read. (An embedded
     #: store's file or folder is looked at before opening: ``kvsessions.cli.existing``.)
     create_missing: bool = True
+    #: A store whose driver's clients belong to one event loop keeps them here, one per loop
+    #: (``kv.loops``); ``_ready`` makes the calling loop's before each operation.
+    _per_loop: PerLoop[Any] | None = None
+    #: Whether event loops in several threads may use this store at the same time (every
+    #: store may be used from one loop after another). False: a second loop that calls
+    #: while the first one runs gets ``EventLoopError``.
+    loops_at_once: bool = True
 
     def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = check_namespace(namespace)
         self._state = _NEW
-        self._open_lock: asyncio.Lock | None = None
+        #: Guards ``_opening``: opens may come from several event loops (threads) at once, so
+        #: no asyncio lock (it belongs to one loop) and nothing held across an await.
+        self._open_guard = threading.Lock()
+        #: Set while one caller runs ``_open``; the others, in any loop, wait for it.
+        self._opening: concurrent.futures.Future[None] | None = None
         #: Strings that must never appear in an error message (passwords).
         self._secrets: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> Self:
-        """Connect and create what the store needs (tables, indexes). Idempotent."""
-        if self._state == _OPEN:
-            return self
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._state != _OPEN:
-                try:
-                    await self._open()
-                except Exception as exc:
-                    error = self._map_error(exc, "open")
-                else:
-                    self._state = _OPEN
-                    return self
-                raise error
+        """Connect and create what the store needs (tables, indexes). Idempotent, and safe
+        from several event loops and threads at once: one caller opens, the others wait."""
+        while self._state != _OPEN:
+            with self._open_guard:
+                opening = self._opening
+                if opening is None:
+                    self._opening = concurrent.futures.Future()
+            if opening is not None:
+                await asyncio.shield(asyncio.wrap_future(opening))
+                continue  # open now, or that attempt failed and this caller tries itself
+            try:
+                await self._open()
+            except Exception as exc:
+                error = self._map_error(exc, "open")
+            else:
+                self._state = _OPEN
+                return self
+            finally:
+                with self._open_guard:
+                    done, self._opening = self._opening, None
+                assert done is not None
+                done.set_result(None)
+            raise error
         return self
 
     async def close(self) -> None:
@@ -177,11 +200,18 @@ class KVStore(ABC):
         await self.close()
 
     async def _ready(self) -> None:
-        if self._state == _OPEN:
-            return
-        if self._state == _CLOSED:
-            raise StoreError(f"{self!r} is closed")
-        await self.open()
+        if self._state != _OPEN:
+            if self._state == _CLOSED:
+                raise StoreError(f"{self!r} is closed")
+            await self.open()
+        if self._per_loop is not None:
+            try:
+                await self._per_loop.get()
+            except Exception as exc:
+                error = self._map_error(exc, "open")
+            else:
+                return
+            raise error
 
     # ------------------------------------------------------------------ single keys
 
@@ -413,6 +443,51 @@ class KVStore(ABC):
                 key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last_examined)
             else:
                 key_range = KeyRange(last_examined, False, key_range.upper)
+
+    async def upgrade_layout(self) -> int:
+        """Move what an earlier release of this adapter stored in an older layout of its own
+        (not the documents: ``kvsessions upgrade`` does those) to the current one; the number
+        of keys moved. Adapters whose layout never changed move nothing."""
+        await self._ready()
+        return 0
+
+    # ------------------------------------------------------------------ text search
+
+    #: How this store searches text: "scan" (``kv.text_search.scan_search``) or the name of
+    #: its native index.
+    text_search: str = "scan"
+
+    async def search_text(
+        self,
+        index: TextIndex,
+        query: str,
+        *,
+        within: str | None = None,
+        limit: int = 20,
+        accept: Accept | None = None,
+    ) -> list[TextHit]:
+        """Documents under ``index.prefix`` (and under ``within``, a longer prefix, when
+        given) whose ``index.field`` holds every word of ``query``, best first, at most
+        ``limit``; ``accept(key, value)`` may refuse hits. The store's native index is made
+        on first use (see ``kv.text_search``)."""
+        terms = query_words(query)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidValueError(f"limit must be a whole number from 1 to 1000, not {limit!r}")
+        within = index.prefix if within is None else check_prefix(within, what="within")
+        if not within.startswith(index.prefix):
+            raise InvalidValueError(f"within={within!r} is not under the index's prefix "
+                                    f"{index.prefix!r}")
+        await self._ready()
+        try:
+            return await self._search_text(index, terms, within, limit, accept)
+        except Exception as exc:
+            error = self._map_error(exc, "search_text")
+        raise error
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """Adapter hook: the native search, or (here) the scan."""
+        return await scan_search(self, index, terms, within, limit, accept)
 
     # ------------------------------------------------------------------ hooks
 

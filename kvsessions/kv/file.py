@@ -3,9 +3,13 @@
 
 Why it is built this way:
 
-* Writes go to ``.tmp-<pid>-<random>`` in the target folder, are fsynced, renamed over the
-  final name and the folder is fsynced: a reader sees the old file or the new one. A failed
-  write raises. Opening removes temp files whose writing process is gone.
+* Writes go to ``.tmp/.tmp-<pid>-<random>`` in the namespace folder, are fsynced, renamed over
+  the final name in the key's folder and that folder is fsynced: a reader sees the old file or
+  the new one. A failed write raises. Opening removes temp files whose writing process is gone
+  (one folder to look in, whatever the number of keys).
+* Scans read the names of the keys in their range only (``file_layout.list_keys``): one
+  session's messages are one folder. Opening moves a folder of the previous layout into the
+  current one (``file_upgrade``).
 * Renames, deletions and the removal of expired files in a namespace are serialised by an
   ``flock`` on ``.lock`` (and a thread lock within the process): that makes ``put_if_absent``
   and ``compare_and_set`` atomic across processes even when they replace an expired file, and
@@ -46,22 +50,20 @@ from kvsessions.kv.base import (
 )
 from kvsessions.kv.file_layout import (
     CLOEXEC,
-    DIR_NAME,
-    DIR_SUFFIX,
     DIRECTORY,
-    FILE_NAME,
-    FILE_SUFFIX,
     LOCK_NAME,
     NOFOLLOW,
-    PART,
+    TEMP_FOLDER,
     TEMP_NAME,
     TEMP_PREFIX,
     Found,
-    decode_key,
     encode_header,
     key_to_parts,
+    list_keys,
+    list_names,
     read_file,
 )
+from kvsessions.kv.file_upgrade import legacy_files
 from kvsessions.kv.options import SHARED, Flag, batch_size_option, not_allowed, read_options
 from kvsessions.urls import StoreURL
 
@@ -69,6 +71,12 @@ __all__ = ["FileStore", "key_to_parts"]
 
 _T = TypeVar("_T")
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _dead_temp(name: str) -> bool:
+    """Whether ``name`` is a temp file of a writer process that no longer runs."""
+    match = TEMP_NAME.fullmatch(name)
+    return match is not None and not _pid_alive(int(match.group(1)))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,6 +113,7 @@ class FileStore(KVStore):
         self.fsync = settings["fsync"]
         self._dir_fd = -1
         self._lock_fd = -1
+        self._tmp_fd = -1
         self._thread_lock = threading.Lock()
 
     @classmethod
@@ -146,29 +155,45 @@ class FileStore(KVStore):
             os.close(root_fd)
         self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC,
                                 0o600, dir_fd=self._dir_fd)
-        self._remove_dead_temp_files(self._dir_fd)
+        self._tmp_fd = self._open_dir(self._dir_fd, TEMP_FOLDER, create=True)
+        self._remove_dead_temp_files(self._tmp_fd)
+        self._remove_dead_temp_files(self._dir_fd)  # where earlier releases wrote them
+        self._upgrade_layout()
 
     async def _close(self) -> None:
-        for fd in (self._lock_fd, self._dir_fd):
+        for fd in (self._tmp_fd, self._lock_fd, self._dir_fd):
             if fd >= 0:
                 os.close(fd)
-        self._dir_fd = self._lock_fd = -1
+        self._dir_fd = self._lock_fd = self._tmp_fd = -1
 
     def _remove_dead_temp_files(self, dir_fd: int) -> None:
         """Temp files of writers that died mid-write; a live writer's are left alone."""
-        with os.scandir(dir_fd) as entries:
-            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for name, is_dir in names:
-            match = TEMP_NAME.fullmatch(name)
-            if match and not is_dir and not _pid_alive(int(match.group(1))):
+        for name, is_dir, _ in list_names(dir_fd):
+            if not is_dir and _dead_temp(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dir_fd)
-            elif is_dir and DIR_NAME.fullmatch(name):
-                sub = self._open_dir(dir_fd, name)
-                try:
-                    self._remove_dead_temp_files(sub)
-                finally:
-                    os.close(sub)
+
+    def _upgrade_layout(self) -> None:
+        """Move files of the previous layout to their current place (see ``file_upgrade``),
+        under the namespace lock, each by one rename; a file already at the current place
+        (written since) wins over the old one."""
+        moved: set[int] = set()
+        with self._locked():
+            for folder_fd, name, key in legacy_files(self._dir_fd, self._open_dir,
+                                                     _dead_temp):
+                with self._key_dir(key, create=True) as where:
+                    assert where is not None
+                    target_fd, target = where
+                    try:
+                        os.stat(target, dir_fd=target_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        os.replace(name, target, src_dir_fd=folder_fd, dst_dir_fd=target_fd)
+                        self._sync_dir(target_fd)
+                    else:
+                        os.unlink(name, dir_fd=folder_fd)
+                    moved.add(folder_fd)
+            if moved:
+                self._sync_dir(self._dir_fd)
 
     @staticmethod
     async def _run(function: Callable[..., _T], *args: Any) -> _T:
@@ -180,9 +205,16 @@ class FileStore(KVStore):
     # ------------------------------------------------------------------ paths
 
     def _open_dir(self, parent_fd: int, name: str, *, create: bool = False) -> int:
+        """Open the sub-folder ``name``; with ``create``, make it first if needed and fsync
+        the parent, so that a file renamed into a new folder cannot lose that folder in a
+        power cut."""
         if create:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+            else:
+                self._sync_dir(parent_fd)
         try:
             return os.open(name, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC | _NONBLOCK,
                            dir_fd=parent_fd)
@@ -232,9 +264,9 @@ class FileStore(KVStore):
 
     def _read_live(self, key: str, now: float) -> tuple[bytes | None, bool]:
         """The live value of ``key`` and whether an expired file was seen."""
-        hexed = key.encode().hex()
-        if len(hexed) <= PART:  # the common case: the file sits in the namespace folder
-            found = self._read_file(self._dir_fd, hexed + FILE_SUFFIX, key)
+        dirs, name = key_to_parts(key)
+        if not dirs:  # a key of one piece: the file sits in the namespace folder
+            found = self._read_file(self._dir_fd, name, key)
         else:
             with self._key_dir(key) as where:
                 if where is None:
@@ -277,8 +309,9 @@ class FileStore(KVStore):
 
     # ------------------------------------------------------------------ writing
 
-    def _write_temp(self, dir_fd: int, value: bytes, deadline: float | None) -> str:
-        """A fsynced temp file holding the header and ``value``; its name."""
+    def _write_temp(self, value: bytes, deadline: float | None) -> str:
+        """A fsynced temp file in ``.tmp/`` holding the header and ``value``; its name."""
+        dir_fd = self._tmp_fd
         name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o600,
                      dir_fd=dir_fd)
@@ -314,20 +347,20 @@ class FileStore(KVStore):
         with self._key_dir(key, create=True) as where:
             assert where is not None
             dir_fd, name = where
-            temp = self._write_temp(dir_fd, value, deadline)
+            temp = self._write_temp(value, deadline)
             try:
                 with self._locked():
                     if only_if_absent:
                         found = self._read_file(dir_fd, name, key)
                         if found is not None and (found[1] is None or found[1] > time.time()):
-                            os.unlink(temp, dir_fd=dir_fd)
+                            os.unlink(temp, dir_fd=self._tmp_fd)
                             return False
                     else:
                         self._refuse_folder(dir_fd, name, key)
-                    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    os.replace(temp, name, src_dir_fd=self._tmp_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.unlink(temp, dir_fd=dir_fd)
+                    os.unlink(temp, dir_fd=self._tmp_fd)
                 raise
             self._sync_dir(dir_fd)
             return True
@@ -347,7 +380,7 @@ class FileStore(KVStore):
             if where is None:  # no folder, so no file: the value is absent
                 return expected is None
             dir_fd, name = where
-            temp = None if new is None else self._write_temp(dir_fd, new, deadline)
+            temp = None if new is None else self._write_temp(new, deadline)
             try:
                 with self._locked():
                     found = self._read_file(dir_fd, name, key)
@@ -355,14 +388,14 @@ class FileStore(KVStore):
                     if (found[0] if found is not None and live else None) != expected:
                         return False
                     if temp is not None:
-                        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                        os.replace(temp, name, src_dir_fd=self._tmp_fd, dst_dir_fd=dir_fd)
                         temp = None
                     elif found is not None:
                         os.unlink(name, dir_fd=dir_fd)
             finally:
                 if temp is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(temp, dir_fd=dir_fd)
+                        os.unlink(temp, dir_fd=self._tmp_fd)
             self._sync_dir(dir_fd)
             return True
 
@@ -373,35 +406,42 @@ class FileStore(KVStore):
 
     def _put_many_sync(self, items: list[tuple[str, bytes]], deadline: float | None) -> None:
         """All temp files written and fsynced first, then renamed under one lock: a failure
-        before the renames changes nothing."""
+        before the renames changes nothing. Each folder is opened once per batch."""
+        folders: dict[tuple[str, ...], int] = {(): self._dir_fd}
         staged: list[list[Any]] = []  # [folder fd, temp name or None once renamed, name, key]
         try:
             for key, value in items:
                 dirs, name = key_to_parts(key)
-                dir_fd = self._dir_fd
-                for part in dirs:
-                    child = self._open_dir(dir_fd, part, create=True)
-                    if dir_fd != self._dir_fd:
-                        os.close(dir_fd)
-                    dir_fd = child
+                dir_fd = self._folder(folders, tuple(dirs))
                 entry: list[Any] = [dir_fd, None, name, key]
                 staged.append(entry)
-                entry[1] = self._write_temp(dir_fd, value, deadline)
+                entry[1] = self._write_temp(value, deadline)
             with self._locked():
                 for entry in staged:  # checked before the first rename: all or nothing
                     self._refuse_folder(entry[0], entry[2], entry[3])
                 for entry in staged:
-                    os.replace(entry[1], entry[2], src_dir_fd=entry[0], dst_dir_fd=entry[0])
+                    os.replace(entry[1], entry[2], src_dir_fd=self._tmp_fd,
+                               dst_dir_fd=entry[0])
                     entry[1] = None
             for dir_fd in dict.fromkeys(entry[0] for entry in staged):
                 self._sync_dir(dir_fd)
         finally:
-            for dir_fd, temp, _, _ in staged:
+            for _, temp, _, _ in staged:
                 if temp is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(temp, dir_fd=dir_fd)
-                if dir_fd != self._dir_fd:
-                    os.close(dir_fd)
+                        os.unlink(temp, dir_fd=self._tmp_fd)
+            for path, opened_fd in folders.items():
+                if path:
+                    os.close(opened_fd)
+
+    def _folder(self, opened: dict[tuple[str, ...], int], dirs: tuple[str, ...]) -> int:
+        """The descriptor of the folder ``dirs`` (created if needed), opened once and kept in
+        ``opened``, whose caller closes them."""
+        found = opened.get(dirs)
+        if found is None:
+            parent = self._folder(opened, dirs[:-1])
+            found = opened[dirs] = self._open_dir(parent, dirs[-1], create=True)
+        return found
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         await self._run(self._put_many_sync, items, expires_at(ttl))
@@ -445,51 +485,44 @@ class FileStore(KVStore):
     # ------------------------------------------------------------------ ordered scan
 
     def _list_keys(self, key_range: KeyRange) -> list[str]:
-        """Keys in ``key_range``, sorted, from one walk over the names (no file is read)."""
-        lower = key_range.lower.encode().hex()
-        upper = None if key_range.upper is None else key_range.upper.encode().hex()
-        keys: list[str] = []
-
-        def walk(dir_fd: int, prefix: str) -> None:
-            with os.scandir(dir_fd) as entries:
-                names = [(e.name, e.is_symlink()) for e in entries]
-            for name, is_link in names:
-                if FILE_NAME.fullmatch(name):
-                    hexed = prefix + name[:-len(FILE_SUFFIX)]
-                elif DIR_NAME.fullmatch(name):
-                    hexed = prefix + name[:-len(DIR_SUFFIX)]
-                    # every key below starts with ``hexed`` and is longer
-                    if hexed < lower[:len(hexed)] or (upper is not None and hexed >= upper):
-                        continue
-                    if is_link:
-                        raise StoreError(f"{self!r}: {name[:20]}... is a symlink; refusing to "
-                                         "follow it")
-                    sub = self._open_dir(dir_fd, name)
-                    try:
-                        walk(sub, hexed)
-                    finally:
-                        os.close(sub)
-                    continue
-                else:
-                    continue  # temp files, the lock, anything not ours
-                key = decode_key(hexed)
-                if key is not None and key in key_range:
-                    keys.append(key)
-
-        walk(self._dir_fd, "")
-        keys.sort()
-        return keys
+        """Keys in ``key_range``, sorted, from the names in its folders (no file is read)."""
+        return list_keys(self._dir_fd, key_range.lower, key_range.lower_inclusive,
+                         key_range.upper, self._open_dir)
 
     def _read_page(self, keys: list[str]) -> list[tuple[str, bytes]]:
+        """The live values of ``keys``; each folder is opened once for the page (a page is
+        mostly one session's folder)."""
         now = time.time()
         items: list[tuple[str, bytes]] = []
-        for key in keys:
-            value, expired = self._read_live(key, now)
-            if value is not None:
-                items.append((key, value))
-            elif expired:
-                self._remove_if_expired(key)
+        folders: dict[tuple[str, ...], int] = {(): self._dir_fd}
+        try:
+            for key in keys:
+                dirs, name = key_to_parts(key)
+                try:
+                    dir_fd = self._existing_folder(folders, tuple(dirs))
+                except FileNotFoundError:
+                    continue
+                found = self._read_file(dir_fd, name, key)
+                if found is None:
+                    continue
+                if found[1] is not None and found[1] <= now:
+                    self._remove_if_expired(key)
+                else:
+                    items.append((key, found[0]))
+        finally:
+            for path, opened_fd in folders.items():
+                if path:
+                    os.close(opened_fd)
         return items
+
+    def _existing_folder(self, opened: dict[tuple[str, ...], int],
+                         dirs: tuple[str, ...]) -> int:
+        """Like ``_folder``, without creating: ``FileNotFoundError`` when it is missing."""
+        found = opened.get(dirs)
+        if found is None:
+            parent = self._existing_folder(opened, dirs[:-1])
+            found = opened[dirs] = self._open_dir(parent, dirs[-1])
+        return found
 
     async def _scan(
         self, key_range: KeyRange, reverse: bool, limit: int | None = None

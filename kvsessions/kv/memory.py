@@ -1,8 +1,13 @@
-"""An in-process store: a dict and a sorted key list. For tests, demos and embedding."""
+"""An in-process store: a dict and a sorted key list. For tests, demos and embedding.
+
+Each operation runs without an await under a ``threading.Lock``: atomic for the tasks of one
+event loop, and for event loops in other threads too.
+"""
 
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from typing import Any
 
@@ -29,6 +34,7 @@ class MemoryStore(KVStore):
         self.scan_batch_size = settings["batch_size"]
         self._values: dict[str, tuple[bytes, float | None]] = {}
         self._sorted_keys: list[str] = []
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: StoreURL, **given: Any) -> MemoryStore:
@@ -41,8 +47,9 @@ class MemoryStore(KVStore):
         pass
 
     async def _close(self) -> None:
-        self._values.clear()
-        self._sorted_keys.clear()
+        with self._lock:
+            self._values.clear()
+            self._sorted_keys.clear()
 
     def _live(self, key: str, now: float) -> bytes | None:
         entry = self._values.get(key)
@@ -59,58 +66,77 @@ class MemoryStore(KVStore):
         index = bisect.bisect_left(self._sorted_keys, key)
         del self._sorted_keys[index]
 
-    async def _get(self, key: str) -> bytes | None:
-        return self._live(key, time.time())
-
-    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         if key not in self._values:
             bisect.insort(self._sorted_keys, key)
         self._values[key] = (value, expires_at(ttl))
 
+    async def _get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key, time.time())
+
+    async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        with self._lock:
+            self._set(key, value, ttl)
+
     async def _delete(self, key: str) -> bool:
-        if self._live(key, time.time()) is None:
-            return False
-        self._remove(key)
-        return True
+        with self._lock:
+            if self._live(key, time.time()) is None:
+                return False
+            self._remove(key)
+            return True
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
-        # No await between the check and the write: atomic on the event loop.
-        if self._live(key, time.time()) is not None:
-            return False
-        await self._put(key, value, ttl)
-        return True
+        with self._lock:
+            if self._live(key, time.time()) is not None:
+                return False
+            self._set(key, value, ttl)
+            return True
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
-        # No await between the comparison and the write: atomic on the event loop.
-        current = self._live(key, time.time())
-        if current != expected:
-            return False
-        if new is not None:
-            await self._put(key, new, ttl)
-        elif current is not None:
-            self._remove(key)
-        return True
+        with self._lock:
+            current = self._live(key, time.time())
+            if current != expected:
+                return False
+            if new is not None:
+                self._set(key, new, ttl)
+            elif current is not None:
+                self._remove(key)
+            return True
 
     _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
                                     put: list[tuple[str, bytes]], delete: list[str]) -> bool:
-        # Nothing here waits for anything: atomic on the event loop.
-        now = time.time()
-        if any(self._live(other, now) is not None for other, _ in create):
-            return False
-        if not await self._compare_and_set(key, expected, new, None):
-            return False
-        for other, value in (*create, *put):
-            await self._put(other, value, None)
-        for other in delete:
-            await self._delete(other)
-        return True
+        # Under the lock that every method takes: atomic for every loop and thread.
+        with self._lock:
+            now = time.time()
+            if any(self._live(other, now) is not None for other, _ in create):
+                return False
+            current = self._live(key, now)
+            if current != expected:
+                return False
+            if new is not None:
+                self._set(key, new, None)
+            elif current is not None:
+                self._remove(key)
+            for other, value in (*create, *put):
+                self._set(other, value, None)
+            for other in delete:
+                if self._live(other, now) is not None:
+                    self._remove(other)
+            return True
 
     async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        with self._lock:
+            return self._page_of(key_range, reverse, limit)
+
+    def _page_of(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
         keys = self._sorted_keys

@@ -2,7 +2,8 @@
 
 Stored shape, readable and queryable in mongosh::
 
-    {"_id": "<key>", <the JSON object's own fields>, "_expires_at": <date, only with a ttl>}
+    {"_id": "<key>", <the JSON object's own fields>, "_partition": "<the key's partition>",
+     "_expires_at": <date, only with a ttl>}
 
 The value's fields sit at the top level beside ``_id``, so a document nested 100 levels deep
 (the most ``values.py`` accepts) is stored 100 levels deep, within MongoDB's limit. Field names
@@ -13,6 +14,15 @@ length-prefixed); integers are int64 (``values.py`` refuses larger ones); floats
 ``ttl`` sets ``_expires_at`` under a sparse TTL index (``expireAfterSeconds=0``, created with
 the first write that has a ttl), so MongoDB removes expired documents in the background; every
 read also checks the date (client clock), so they are invisible at once.
+
+``_partition`` is the key's partition (``kvsessions.kv.partitions``: the session id of a
+session's keys), the field a sharded cluster shards on (``{"_partition": "hashed"}``: see
+docs/stores.md), so one session's documents live on one shard and sessions spread over all.
+Upserts name it beside ``_id`` in their filter (a sharded cluster needs the shard key there),
+and a scan inside one run asks for it too, so ``mongos`` sends that scan to one shard (two:
+documents of earlier releases have no ``_partition``, which shards as null, until ``kvsessions
+upgrade`` adds it, ``upgrade_layout``). Scans over many partitions go to every shard, and
+``mongos`` merges their ``_id`` order.
 
 Scans read ``_id`` ranges (``$gt``/``$gte`` the cursor, ``$lt`` the prefix's upper bound, never
 ``$regex``) in binary order, through one cursor pinned to the ``_id`` index and read in batches,
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -37,6 +48,7 @@ import orjson
 from kvsessions.errors import (
     ConfigError,
     DocumentTooLargeError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
@@ -48,8 +60,10 @@ from kvsessions.kv.base import (
     expires_at,
     outlive_cancellation,
 )
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.mongodb_names import (
     EXPIRES_FIELD,
+    PARTITION_FIELD,
     escape_names,
     has_escaped_name,
     has_non_finite,
@@ -64,12 +78,22 @@ from kvsessions.kv.options import (
     read_options,
     unknown_options,
 )
+from kvsessions.kv.partitions import partition_of, run_of_range
+from kvsessions.kv.text_search import (
+    Accept,
+    TextHit,
+    TextIndex,
+    field_of,
+    ranked_pages,
+    score_text,
+)
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url, redact_url, url_secrets
 
 try:
     from bson.codec_options import CodecOptions
     from bson.errors import InvalidDocument
-    from pymongo import AsyncMongoClient, ReplaceOne, WriteConcern
+    from pymongo import AsyncMongoClient, ReplaceOne, UpdateOne, WriteConcern
     from pymongo import errors as mongo_errors
     from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
     from pymongo.uri_parser import parse_uri
@@ -78,11 +102,16 @@ except ImportError:  # exercised in a subprocess by the tests
 else:
     HAVE_PYMONGO = True
 
-__all__ = ["EXPIRES_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
+logger = logging.getLogger("kvsessions.kv.mongodb")
+
+__all__ = ["EXPIRES_FIELD", "PARTITION_FIELD", "MongoDBStore", "escape_names", "unescape_names"]
 
 DEFAULT_DATABASE = "kvsessions"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _TTL_INDEX = "kvsessions_expires_at_ttl"
+#: Where a text search's score comes back: a name this store never writes (its documents'
+#: names have every "%" escaped as "%25").
+_SCORE = "%score"
 # MongoDB refuses these characters (and NUL) in database names.
 _BAD_DATABASE_NAME = re.compile(r'[/\\. "$*<>:|?\x00]')
 #: Keys in one ``$in`` list: 40,000 keys of 512 bytes would pass MongoDB's 16 MiB limit on
@@ -148,8 +177,8 @@ class MongoDBStore(KVStore):
         self._durability: str = settings["durability"]
         self.scan_batch_size = settings["batch_size"]
         self._client_options = dict(client_options or {})
-        self._own_client: Any = None
-        self._collection: Any = None
+        self._per_loop = self._collections = PerLoop(self._connect, self._disconnect)
+        self._text_indexes: set[TextIndex] = set()
         self._ttl_index_ready = False
 
     @classmethod
@@ -164,22 +193,11 @@ class MongoDBStore(KVStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
-        database = self._given_database
-        if database is None:
-            client = self._given_client
-            if client is None:
-                await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
-                client = self._own_client = self._new_client()
-            database = client.get_database(self._database_name)
+        if self._given_database is None and self._given_client is None:
+            await _refuse_unreachable(self._url or "", self._connect_timeout, repr(self))
         try:
+            database = (await self._collections.get()).database
             await self._check_collation(database)
-            write_concern = WriteConcern(w="majority", j=True) \
-                if self._durability == "strict" else None
-            collection = database.get_collection(
-                self.namespace,
-                codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
-                write_concern=write_concern,
-            )
         except BaseException as exc:
             await self._close()
             if HAVE_PYMONGO and isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
@@ -188,8 +206,40 @@ class MongoDBStore(KVStore):
                 raise StoreUnavailableError(f"open failed: {self!r} is unavailable ({reason})"
                                             ) from None
             raise
-        self._collection = collection
         self._ttl_index_ready = False
+
+    async def _connect(self) -> Any:
+        """The calling event loop's collection: of our own client, made here, or of the
+        client or database given (which belongs to the loop that first used it)."""
+        database = self._given_database
+        if database is None and self._given_client is None:
+            database = self._new_client().get_database(self._database_name)
+        else:
+            first_loop = self._collections.first_loop_if_other()
+            if first_loop is not None:
+                given = "client" if database is None else "database"
+                raise EventLoopError(
+                    f"{self!r} was given a {given} that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own client, or pass a URL instead")
+            if database is None:
+                database = self._given_client.get_database(self._database_name)
+        write_concern = WriteConcern(w="majority", j=True) \
+            if self._durability == "strict" else None
+        return database.get_collection(
+            self.namespace,
+            codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
+            write_concern=write_concern,
+        )
+
+    async def _disconnect(self, collection: Any) -> None:
+        if self._given_database is None and self._given_client is None:
+            await collection.database.client.close()
+
+    @property
+    def _collection(self) -> Any:
+        """The calling event loop's collection (``_ready`` made it)."""
+        return self._collections.current()
 
     async def _ensure_ttl_index(self) -> None:
         """Create the TTL index with the first write that has a ttl: a store that never uses
@@ -226,10 +276,7 @@ class MongoDBStore(KVStore):
                     "created without a collation")
 
     async def _close(self) -> None:
-        self._collection = None
-        client, self._own_client = self._own_client, None
-        if client is not None:
-            await client.close()
+        await self._collections.close()
 
     # ------------------------------------------------------------------ documents
 
@@ -238,7 +285,7 @@ class MongoDBStore(KVStore):
         document: dict[str, Any] = orjson.loads(value)
         if needs_escape(document):
             document = escape_names(document)
-        stored = {"_id": key, **document}
+        stored = {"_id": key, **document, PARTITION_FIELD: partition_of(key)}
         if ttl is not None:
             deadline = expires_at(ttl)
             assert deadline is not None
@@ -251,6 +298,8 @@ class MongoDBStore(KVStore):
         A document written by another program may hold what JSON has no form for (ObjectId,
         binary, Decimal128, NaN, which orjson would write as null): ``StoreError`` naming it."""
         key = stored.pop("_id")
+        if stored.get(PARTITION_FIELD) == partition_of(key):
+            del stored[PARTITION_FIELD]
         deadline = stored.pop(EXPIRES_FIELD, None)
         if deadline is not None:
             if type(deadline) is not datetime:
@@ -296,20 +345,22 @@ class MongoDBStore(KVStore):
         stored = self._to_stored(key, value, ttl)
         for attempt in range(3):
             try:
-                await outlive_cancellation(
-                    self._collection.replace_one({"_id": key}, stored, upsert=True))
+                await outlive_cancellation(self._collection.replace_one(
+                    _upsert_filter(key, attempt), stored, upsert=True))
                 return
             except mongo_errors.DuplicateKeyError:
-                # Two upserts of one new key raced; the retry finds the document and replaces.
+                # Two upserts of one new key raced, or the document is one of an earlier
+                # release (no _partition): the retry finds it by _id and replaces it.
                 if attempt == 2:
                     raise
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         if ttl is not None and not self._ttl_index_ready:
             await self._ensure_ttl_index()
-        operations = [ReplaceOne({"_id": key}, self._to_stored(key, value, ttl), upsert=True)
-                      for key, value in items]
+        documents = [(key, self._to_stored(key, value, ttl)) for key, value in items]
         for attempt in range(3):
+            operations = [ReplaceOne(_upsert_filter(key, attempt), stored, upsert=True)
+                          for key, stored in documents]
             try:
                 await outlive_cancellation(self._collection.bulk_write(operations, ordered=False))
                 return
@@ -317,7 +368,7 @@ class MongoDBStore(KVStore):
                 errors = exc.details.get("writeErrors", [])
                 if attempt == 2 or not errors or any(e.get("code") != 11000 for e in errors):
                     raise
-                operations = [operations[error["index"]] for error in errors]
+                documents = [documents[error["index"]] for error in errors]
 
     async def _delete(self, key: str) -> bool:
         result = await outlive_cancellation(
@@ -339,12 +390,18 @@ class MongoDBStore(KVStore):
         if ttl is not None and not self._ttl_index_ready:
             await self._ensure_ttl_index()
         stored = self._to_stored(key, value, ttl)
-        expired = {"_id": key, EXPIRES_FIELD: {"$lte": datetime.now(UTC)}}
-        try:
-            await outlive_cancellation(self._collection.replace_one(expired, stored, upsert=True))
-        except mongo_errors.DuplicateKeyError:
-            return False
-        return True
+        now = datetime.now(UTC)
+        for attempt in range(2):
+            # The second attempt replaces an expired document that has no _partition (written
+            # by an earlier release or another program); a live one fails both.
+            expired = {**_upsert_filter(key, attempt), EXPIRES_FIELD: {"$lte": now}}
+            try:
+                await outlive_cancellation(
+                    self._collection.replace_one(expired, stored, upsert=True))
+            except mongo_errors.DuplicateKeyError:
+                continue
+            return True
+        return False
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
@@ -379,7 +436,13 @@ class MongoDBStore(KVStore):
         if key_range.upper is not None:
             bounds["$lt"] = key_range.upper
         direction = -1 if reverse else 1
-        return self._collection.find({"_id": bounds}, sort=[("_id", direction)],
+        query: dict[str, Any] = {"_id": bounds}
+        run = run_of_range(key_range.lower, key_range.upper)
+        if run is not None:
+            # Inside one partition: a sharded cluster asks one shard (and the shard of null,
+            # where documents of earlier releases without the field are).
+            query[PARTITION_FIELD] = {"$in": [partition_of(run), None]}
+        return self._collection.find(query, sort=[("_id", direction)],
                                      hint=[("_id", 1)], limit=limit, batch_size=batch_size)
 
     async def _scan_page(
@@ -417,6 +480,31 @@ class MongoDBStore(KVStore):
         finally:
             await cursor.close()
 
+    async def upgrade_layout(self) -> int:
+        """Give ``_partition`` to the documents an earlier release wrote without it (one pass
+        over the collection, in batches); the number of documents changed."""
+        await self._ready()
+        changed = 0
+        operations: list[Any] = []
+        cursor = self._collection.find({PARTITION_FIELD: {"$exists": False}},
+                                       projection={"_id": 1}, batch_size=self.scan_batch_size)
+        async for found in cursor:
+            if isinstance(found["_id"], str):  # other programs' documents are left alone
+                operations.append(UpdateOne(
+                    {"_id": found["_id"], PARTITION_FIELD: {"$exists": False}},
+                    {"$set": {PARTITION_FIELD: partition_of(found["_id"])}}))
+            if len(operations) >= self.scan_batch_size:
+                changed += await self._apply(operations)
+                operations = []
+        return changed + await self._apply(operations)
+
+    async def _apply(self, operations: list[Any]) -> int:
+        if not operations:
+            return 0
+        result = await outlive_cancellation(
+            self._collection.bulk_write(operations, ordered=False))
+        return int(result.modified_count)
+
     def _items(self, stored_page: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
         items: list[tuple[str, bytes]] = []
         for stored in stored_page:
@@ -425,6 +513,58 @@ class MongoDBStore(KVStore):
             if value is not None:
                 items.append((key, value))
         return items
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "mongodb"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """MongoDB's text index on the field, made on first use (``default_language`` none:
+        no stemming, no stop words). ``$text`` matches any word; hits that lack one are
+        dropped here, so a match needs every word as on every store. A server without text
+        search (SecantusDB) is searched by the scan, with one warning."""
+        if self.text_search == "scan":
+            return await super()._search_text(index, terms, within, limit, accept)
+        try:
+            if index not in self._text_indexes:
+                await self._collection.create_index(
+                    [(index.field, "text")], name=f"text_{index.field}", default_language="none")
+                self._text_indexes.add(index)
+            return await self._native_search(index, terms, within, limit, accept)
+        except mongo_errors.OperationFailure as exc:
+            logger.warning("%r: no MongoDB text search (%s); searching by a scan",
+                           self, self._scrub(str(exc))[:200])
+            self.text_search = "scan"
+            return await super()._search_text(index, terms, within, limit, accept)
+
+    async def _native_search(self, index: TextIndex, terms: list[str], within: str,
+                             limit: int, accept: Accept | None) -> list[TextHit]:
+        upper = prefix_upper_bound(within)
+        bounds: dict[str, Any] = {"$gte": within} if upper is None else {"$gte": within,
+                                                                          "$lt": upper}
+        search = " ".join(terms)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            cursor = self._collection.find(
+                {"$text": {"$search": search}, "_id": bounds},
+                {_SCORE: {"$meta": "textScore"}},
+                sort=[(_SCORE, {"$meta": "textScore"}), ("_id", 1)], skip=offset, limit=size)
+            hits: list[TextHit] = []
+            for stored in await cursor.to_list(None):
+                score = float(stored.pop(_SCORE))
+                key = stored["_id"]
+                value = self._to_value(stored)
+                if value is not None:
+                    hits.append(TextHit(key, value, score))
+            return hits
+
+        async def every_word(key: str, value: bytes) -> bool:
+            if score_text(field_of(value, index.field), terms) <= 0:
+                return False
+            return accept is None or await accept(key, value)
+
+        return await ranked_pages(page, limit, every_word)
 
     # ------------------------------------------------------------------ errors
 
@@ -446,6 +586,15 @@ class MongoDBStore(KVStore):
         if isinstance(exc, mongo_errors.PyMongoError | InvalidDocument):
             return StoreError
         return None
+
+
+def _upsert_filter(key: str, attempt: int) -> dict[str, Any]:
+    """The filter of an upsert of ``key``: with its partition, as a sharded cluster needs the
+    shard key there; a retry (after a duplicate key) finds the document by ``_id`` alone, which
+    also matches one of an earlier release, without ``_partition``."""
+    if attempt == 0:
+        return {"_id": key, PARTITION_FIELD: partition_of(key)}
+    return {"_id": key}
 
 
 def _chunks(keys: list[str]) -> list[list[str]]:

@@ -2,9 +2,11 @@
 
 MongoDB restricts some field names and BSON cannot hold others, so those, and only those, are
 escaped percent-style: ``%`` -> ``%25``, ``.`` -> ``%2E``, NUL -> ``%00``, a leading ``$`` ->
-``%24``, the empty name -> ``%``, and at the top level a field of the value named ``_id`` or
-``_expires_at`` gets its leading ``_`` as ``%5F``. Every escaped name contains ``%``, and every
-``%`` of the original is escaped, so reading undoes it exactly.
+``%24``, the empty name -> ``%``, and at the top level a field of the value named ``_id``,
+``_expires_at`` or ``_partition`` gets its leading ``_`` as ``%5F``. Every escaped name
+contains ``%``, and every ``%`` of the original is escaped, so reading undoes it exactly.
+(Releases before partitions did not reserve ``_partition``: a value field of that name in a
+document they wrote is read as a field, unless it equals the key's partition.)
 
 Documents in the collection may also come from other programs, whose names hold ``%`` freely
 (``growth%2024``). A name is unescaped only when it is exactly what the escape would have
@@ -19,12 +21,14 @@ import math
 import re
 from typing import Any
 
-__all__ = ["EXPIRES_FIELD", "escape_names", "has_escaped_name", "has_non_finite", "needs_escape",
-           "unescape_names"]
+__all__ = ["EXPIRES_FIELD", "PARTITION_FIELD", "escape_names", "has_escaped_name",
+           "has_non_finite", "needs_escape", "unescape_names"]
 
 #: The date field the TTL index watches.
 EXPIRES_FIELD = "_expires_at"
-_RESERVED_TOP = frozenset({"_id", EXPIRES_FIELD})
+#: The key's partition (``kvsessions.kv.partitions``): the field a sharded cluster shards on.
+PARTITION_FIELD = "_partition"
+_RESERVED_TOP = frozenset({"_id", EXPIRES_FIELD, PARTITION_FIELD})
 _NEEDS_ESCAPE = re.compile(r"\A(?:\$|\Z)|[.%\x00]").search
 _ESCAPE_SEQUENCE = re.compile(r"%([0-9A-Fa-f]{2})")
 
@@ -71,7 +75,8 @@ def _plain_array(items: list[Any]) -> bool:
 
 def needs_escape(document: dict[str, Any]) -> bool:
     """True when ``escape_names(document)`` would change any name."""
-    return "_id" in document or EXPIRES_FIELD in document or not _plain_object(document)
+    return ("_id" in document or EXPIRES_FIELD in document or PARTITION_FIELD in document
+            or not _plain_object(document))
 
 
 def has_escaped_name(node: Any) -> bool:

@@ -28,6 +28,7 @@ __all__ = [
     "BATCH_SIZE",
     "DURABILITY",
     "NAMESPACE",
+    "PARTITIONS",
     "Choice",
     "Duration",
     "Flag",
@@ -189,6 +190,10 @@ def batch_size_option(default: int) -> Whole:
 
 
 BATCH_SIZE = batch_size_option(1000)
+
+#: Hash partitions of a table a store creates (``kvsessions.kv.partitions``); unset: one plain
+#: table. Read by the stores that can partition a table (PostgreSQL).
+PARTITIONS = Whole("partitions", None, minimum=1, unit="hash partitions")
 
 #: Options every store takes, besides its own.
 SHARED: tuple[Option, ...] = (NAMESPACE, DURABILITY)

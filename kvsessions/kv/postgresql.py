@@ -39,13 +39,16 @@ from typing import Any
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
+    PARTITIONS,
     SHARED,
     Duration,
     Whole,
@@ -57,9 +60,12 @@ from kvsessions.kv.options import (
 from kvsessions.kv.postgresql_jsonb import decode_jsonb, encode_jsonb, jsonb_loses
 from kvsessions.kv.postgresql_jsonb import split_exact as _split
 from kvsessions.kv.postgresql_pool import CallerPool, Connection, OwnPool, PoolTimeoutError
+from kvsessions.kv.postgresql_text import PostgreSQLTextIndex
 from kvsessions.kv.registry import schemes_of
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.table_layouts import quote_identifier as _quote_identifier
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
+from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.urls import StoreURL, parse_store_url
 
 try:
@@ -67,7 +73,7 @@ try:
 except ImportError:
     asyncpg = None
 
-__all__ = ["PostgreSQLStore", "jsonb_loses"]
+__all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_table_sql"]
 
 #: Settings of the store's own connections. Every statement reads one key, a list of keys or
 #: a key range in key order, which the primary key's index serves; with bitmap scans the
@@ -102,12 +108,50 @@ class _Statements:
     delete_many: str
     #: scan[(reverse, lower_inclusive, bounded)]
     scan: dict[tuple[bool, bool, bool], str]
+    #: The condition naming the row of key $1.
+    one_key: str
+    #: A row's value columns (value, raw), as every read selects them.
+    read: str
+    #: The columns an insert names, the expression that fills the partition column from the
+    #: key in ``{key}`` ('' when the table is not partitioned), and the ON CONFLICT target.
+    insert_columns: str
+    partition_of: str
+    conflict: str
 
 
-def _statements(table_name: str, *, with_codec: bool) -> _Statements:
-    """Every statement the store runs. ``with_codec``: our connections carry the binary jsonb
-    codec, so jsonb goes in and out as bytes; a caller's pool converts on the server instead."""
+#: The partition column of a hash-partitioned table: ``kvsessions.kv.partitions``'s rule in SQL.
+PARTITION_COLUMN = "key_partition"
+_PARTITION_OF = "split_part({key}, ':', 2)"
+
+
+def partitioned_table_sql(table_name: str, partitions: int) -> list[str]:
+    """A namespace table ``PARTITION BY HASH`` on the partition column, with ``partitions``
+    partitions named ``"<namespace>-p<i>"`` (a ``-``, which no namespace has). The primary key
+    holds the partition column, as PostgreSQL (and Citus) want of a partitioned table's unique
+    keys; the key alone is still unique, as the partition is a function of the key."""
     table = _quote_identifier(table_name)
+    statements = [
+        f'CREATE TABLE {table} (key text COLLATE "C" NOT NULL, value jsonb NOT NULL, '
+        f'raw bytea, expires_at timestamptz, {PARTITION_COLUMN} text COLLATE "C" NOT NULL, '
+        f"PRIMARY KEY (key, {PARTITION_COLUMN})) PARTITION BY HASH ({PARTITION_COLUMN})"]
+    statements += [
+        f"CREATE TABLE {_quote_identifier(f'{table_name}-p{i}')} PARTITION OF {table} "
+        f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i})" for i in range(partitions)]
+    return statements
+
+
+def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False) -> _Statements:
+    """Every statement the store runs. ``with_codec``: our connections carry the binary jsonb
+    codec, so jsonb goes in and out as bytes; a caller's pool converts on the server instead.
+    ``partitioned``: the table is partitioned on ``PARTITION_COLUMN``, which inserts fill and
+    single-key statements name (so PostgreSQL, or Citus, goes to one partition)."""
+    table = _quote_identifier(table_name)
+    columns, extra, conflict, one_key = "(key, value, raw, expires_at)", "", "(key)", "key = $1"
+    if partitioned:
+        columns = f"(key, value, raw, expires_at, {PARTITION_COLUMN})"
+        extra = ", " + _PARTITION_OF.format(key="$1")
+        conflict = f"(key, {PARTITION_COLUMN})"
+        one_key = f"key = $1 AND {PARTITION_COLUMN} = {_PARTITION_OF.format(key='$1')}"
     if with_codec:
         value_in, values_in, value_out = "$2::jsonb", "$2::jsonb[]", "value"
         unnest_value = "v"
@@ -117,8 +161,8 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
         unnest_value = "convert_from(v, 'UTF8')::jsonb"
     live = "(expires_at IS NULL OR expires_at > now())"
     deadline = "now() + $4::float8 * interval '1 second'"
-    upsert = ("ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw, "
-              "expires_at = EXCLUDED.expires_at")
+    upsert = (f"ON CONFLICT {conflict} DO UPDATE SET value = EXCLUDED.value, "
+              "raw = EXCLUDED.raw, expires_at = EXCLUDED.expires_at")
     read = f"CASE WHEN raw IS NULL THEN {value_out} END, raw"
     scan: dict[tuple[bool, bool, bool], str] = {}
     for reverse in (False, True):
@@ -135,20 +179,26 @@ def _statements(table_name: str, *, with_codec: bool) -> _Statements:
         columns=("SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.collname "
                  "FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
-        get=f"SELECT {read} FROM {table} WHERE key = $1 AND {live}",
+        get=f"SELECT {read} FROM {table} WHERE {one_key} AND {live}",
         get_many=f"SELECT key, {read} FROM {table} WHERE key = ANY($1::text[]) AND {live}",
-        put=(f"INSERT INTO {table} (key, value, raw, expires_at) "
-             f"VALUES ($1, {value_in}, $3::bytea, {deadline}) {upsert}"),
-        put_if_absent=(f"INSERT INTO {table} AS t (key, value, raw, expires_at) "
-                       f"VALUES ($1, {value_in}, $3::bytea, {deadline}) {upsert} "
+        put=(f"INSERT INTO {table} {columns} "
+             f"VALUES ($1, {value_in}, $3::bytea, {deadline}{extra}) {upsert}"),
+        put_if_absent=(f"INSERT INTO {table} AS t {columns} "
+                       f"VALUES ($1, {value_in}, $3::bytea, {deadline}{extra}) {upsert} "
                        "WHERE t.expires_at <= now() RETURNING true"),
-        put_many=(f"INSERT INTO {table} (key, value, raw, expires_at) "
-                  f"SELECT k, {unnest_value}, r, {deadline} "
+        put_many=(f"INSERT INTO {table} {columns} "
+                  f"SELECT k, {unnest_value}, r, {deadline}"
+                  f"{extra.replace('$1', 'k')} "
                   f"FROM unnest($1::text[], {values_in}, $3::bytea[]) AS u(k, v, r) {upsert}"),
-        delete=f"DELETE FROM {table} WHERE key = $1 RETURNING {live}",
+        delete=f"DELETE FROM {table} WHERE {one_key} RETURNING {live}",
         delete_many=(f"WITH gone AS (DELETE FROM {table} WHERE key = ANY($1::text[]) "
                      f"RETURNING expires_at) SELECT count(*) FROM gone WHERE {live}"),
         scan=scan,
+        one_key=one_key,
+        read=read,
+        insert_columns=columns,
+        partition_of=", " + _PARTITION_OF if partitioned else "",
+        conflict=conflict,
     )
 
 
@@ -166,7 +216,7 @@ class PostgreSQLStore(KVStore):
         *SHARED, batch_size_option(1000),
         Whole("min_pool_size", 1, minimum=0), Whole("max_pool_size", 10, minimum=1),
         Duration("connect_timeout", 5.0), Duration("command_timeout", None),
-        Duration("acquire_timeout", 10.0))
+        Duration("acquire_timeout", 10.0), PARTITIONS)
 
     def __init__(
         self,
@@ -181,6 +231,7 @@ class PostgreSQLStore(KVStore):
         acquire_timeout: float | None = None,
         durability: str | None = None,
         batch_size: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         if asyncpg is None:
             raise MissingDependencyError("asyncpg", "postgresql")
@@ -193,7 +244,8 @@ class PostgreSQLStore(KVStore):
             "namespace": namespace, "min_pool_size": min_pool_size,
             "max_pool_size": max_pool_size, "connect_timeout": connect_timeout,
             "command_timeout": command_timeout, "acquire_timeout": acquire_timeout,
-            "durability": durability, "batch_size": batch_size}, parsed, keep_unknown=True)
+            "durability": durability, "batch_size": batch_size, "partitions": partitions},
+            parsed, keep_unknown=True)
         super().__init__(namespace=settings["namespace"])
         self._url_shown = parsed.redacted if parsed is not None else None
         self.min_pool_size: int = settings["min_pool_size"]
@@ -204,12 +256,15 @@ class PostgreSQLStore(KVStore):
         self.acquire_timeout: float = settings["acquire_timeout"]
         self.durability: str = settings["durability"]
         self.scan_batch_size = settings["batch_size"]
+        #: Hash partitions to create the table with (None: a plain table); see docs/stores.md.
+        self.partitions: int | None = settings["partitions"]
         # What is left of the URL (sslmode, server settings, ...) is asyncpg's business.
         self._dsn = parsed.with_options_left() if parsed is not None else None
         self._caller_pool = pool
         self._secrets = parsed.secrets if parsed is not None else ()
         self._sql = _statements(self.namespace, with_codec=pool is None)
-        self._pool: OwnPool | CallerPool | None = None
+        self._per_loop = self._pools = PerLoop(self._start_pool, self._stop_pool)
+        self._text_indexes: dict[TextIndex, PostgreSQLTextIndex] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> PostgreSQLStore:
@@ -243,18 +298,8 @@ class PostgreSQLStore(KVStore):
         return connection
 
     async def _open(self) -> None:
-        pool: OwnPool | CallerPool
-        if self._caller_pool is not None:
-            pool = CallerPool(self._caller_pool, self.acquire_timeout)
-            connection = await pool.acquire()
-        else:
-            pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
-                            self.acquire_timeout)
-            try:
-                connection = await pool.start()
-            except BaseException:
-                await pool.close()
-                raise
+        pool = await self._pools.get()
+        connection = await pool.acquire()
         error: BaseException | None = None
         try:
             if self.durability == "strict":
@@ -266,8 +311,36 @@ class PostgreSQLStore(KVStore):
         finally:
             await pool.release(connection, error)
             if error is not None:
-                await pool.close()
-        self._pool = pool
+                await self._pools.close()
+
+    async def _start_pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool: ours, started here, or the caller's."""
+        if self._caller_pool is not None:
+            first_loop = self._pools.first_loop_if_other()
+            if first_loop is not None:
+                raise EventLoopError(
+                    f"{self!r} was given a pool that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own pool, or pass a URL instead")
+            return CallerPool(self._caller_pool, self.acquire_timeout)
+        pool = OwnPool(self._connect, self.min_pool_size, self.max_pool_size,
+                       self.acquire_timeout)
+        try:
+            connection = await pool.start()
+            await pool.release(connection, None)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    @staticmethod
+    async def _stop_pool(pool: OwnPool | CallerPool) -> None:
+        await pool.close()
+
+    @property
+    def _pool(self) -> OwnPool | CallerPool:
+        """The calling event loop's pool (``_ready`` made it)."""
+        return self._pools.current()
 
     async def _check_durability(self, connection: Connection) -> None:
         """``durability=strict``: refuse a server that may acknowledge a commit it can lose."""
@@ -282,9 +355,27 @@ class PostgreSQLStore(KVStore):
             raise ConfigError(f"durability=strict needs fsync=on, but {self!r} has fsync={fsync}")
 
     async def _ensure_table(self, connection: Connection) -> None:
-        """Bring the table to the newest layout. When it is up to date this only reads; else
-        the steps run in one transaction under one advisory lock (two CREATE TABLE IF NOT
-        EXISTS at once can still collide in pg_type), the version read again under it."""
+        """Bring the table to the newest layout, then use the statements of its kind (plain
+        or hash-partitioned)."""
+        await self._ensure_layout(connection)
+        partitioned = bool(await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attname = $2 AND NOT attisdropped)",
+            _quote_identifier(self.namespace), PARTITION_COLUMN))
+        if self.partitions is not None and not partitioned:
+            raise ConfigError(
+                f"partitions={self.partitions} asks for a hash-partitioned table, but table "
+                f"{self.namespace!r} in {self!r} exists unpartitioned; copy it into a new "
+                "namespace opened with partitions (kvsessions migrate)")
+        self._sql = _statements(self.namespace, with_codec=self._caller_pool is None,
+                                partitioned=partitioned)
+        self.__dict__.pop("_cas_sql", None)
+
+    async def _ensure_layout(self, connection: Connection) -> None:
+        """When the table is up to date this only reads; else the steps run in one
+        transaction under one advisory lock (two CREATE TABLE IF NOT EXISTS at once can still
+        collide in pg_type), the version read again under it. A missing table is created
+        partitioned first when ``partitions`` asks; the steps then find it made."""
         if await self._layout_version(connection) == LAYOUTS.current:
             return
         if not self.create_missing and not await connection.fetchval(
@@ -297,6 +388,11 @@ class PostgreSQLStore(KVStore):
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "kvsessions.layouts")
                 await connection.execute(LAYOUTS.create_sql)
                 version = await self._layout_version(connection)
+                if version == 0 and self.partitions is not None and not await \
+                        connection.fetchval("SELECT to_regclass($1) IS NOT NULL",
+                                            _quote_identifier(self.namespace)):
+                    for sql in partitioned_table_sql(self.namespace, self.partitions):
+                        await connection.execute(sql)
                 for sql in LAYOUTS.pending(version, name=self.namespace, owner=repr(self)):
                     await connection.execute(sql)
                 if version == 0:  # a table from before versions, or someone else's
@@ -337,16 +433,13 @@ class PostgreSQLStore(KVStore):
                 f"{found['key'][1]!r}; kvsessions needs COLLATE \"C\" for byte order")
 
     async def _close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # ------------------------------------------------------------------ running statements
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
         """One statement on a pooled connection: one round trip."""
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         try:
             result = await getattr(connection, method)(sql, *args)
@@ -392,7 +485,7 @@ class PostgreSQLStore(KVStore):
         else:
             old_value = "convert_from($2::bytea, 'UTF8')::jsonb"
             new_value = "convert_from($4::bytea, 'UTF8')::jsonb"
-        matches = (f"key = $1 AND (expires_at IS NULL OR expires_at > now()) "
+        matches = (f"{self._sql.one_key} AND (expires_at IS NULL OR expires_at > now()) "
                    f"AND value = {old_value} AND (raw IS NULL OR raw = $3::bytea)")
         update = (f"UPDATE {table} SET value = {new_value}, raw = $5::bytea, "
                   f"expires_at = now() + $6::float8 * interval '1 second' "
@@ -443,9 +536,11 @@ class PostgreSQLStore(KVStore):
         else between that check and the insert (no lock covers an absent row), the final
         SELECT divides by zero, which rolls the whole statement back."""
         table = _quote_identifier(self.namespace)
+        sql = self._sql  # a partitioned table: inserts fill its column, conflicts name it
+        columns, partition_of = sql.insert_columns, sql.partition_of
         live = "(expires_at IS NULL OR expires_at > now())"
-        upsert = ("ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw, "
-                  "expires_at = EXCLUDED.expires_at")
+        upsert = (f"ON CONFLICT {sql.conflict} DO UPDATE SET value = EXCLUDED.value, "
+                  "raw = EXCLUDED.raw, expires_at = EXCLUDED.expires_at")
 
         def document(n: int, array: str = "") -> str:
             if self._caller_pool is None:
@@ -455,20 +550,22 @@ class PostgreSQLStore(KVStore):
         values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
 
         def rows(n: int) -> str:
-            return (f"SELECT k, {values_out}, r, NULL::timestamptz FROM unnest(${n}::text[], "
+            return (f"SELECT k, {values_out}, r, NULL::timestamptz"
+                    f"{partition_of.format(key='k')} FROM unnest(${n}::text[], "
                     f"{document(n + 1, '[]')}, ${n + 2}::bytea[]) AS u(k, v, r)")
 
-        matches = (f"key = $1 AND {live} AND value = {document(2)} "
+        matches = (f"{sql.one_key} AND {live} AND value = {document(2)} "
                    "AND (raw IS NULL OR raw = $3::bytea)")
         swaps = {
             (False, False): (f"UPDATE {table} SET value = {document(4)}, raw = $5::bytea, "
                              f"expires_at = NULL WHERE {matches} AND @free RETURNING true", 6),
             (False, True): (f"DELETE FROM {table} WHERE {matches} AND @free RETURNING true", 4),
-            (True, False): (f"INSERT INTO {table} AS t (key, value, raw, expires_at) SELECT "
-                            f"$1, {document(2)}, $3::bytea, NULL WHERE @free {upsert} "
+            (True, False): (f"INSERT INTO {table} AS t {columns} SELECT "
+                            f"$1, {document(2)}, $3::bytea, NULL"
+                            f"{partition_of.format(key='$1')} WHERE @free {upsert} "
                             "WHERE t.expires_at <= now() RETURNING true", 4),
             (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
-                           f"WHERE key = $1 AND {live})", 2),
+                           f"WHERE {sql.one_key} AND {live})", 2),
         }
         statements = {}
         for variant, (swap, n) in swaps.items():
@@ -476,10 +573,10 @@ class PostgreSQLStore(KVStore):
                     f"AND {live})")
             statements[variant] = (
                 f"WITH swap AS ({swap.replace('@free', free)}), "
-                f"made AS (INSERT INTO {table} AS t (key, value, raw, expires_at) {rows(n)} "
+                f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
                 f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
                 "RETURNING 1), "
-                f"put AS (INSERT INTO {table} (key, value, raw, expires_at) {rows(n + 3)} "
+                f"put AS (INSERT INTO {table} {columns} {rows(n + 3)} "
                 f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
                 f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
                 "AND EXISTS (SELECT 1 FROM swap)) "
@@ -495,7 +592,6 @@ class PostgreSQLStore(KVStore):
             await self._run("execute", self._sql.put_many, *chunks[0], ttl)
             return
         pool = self._pool
-        assert pool is not None
         connection = await pool.acquire()
         error: BaseException | None = None
         try:
@@ -528,6 +624,27 @@ class PostgreSQLStore(KVStore):
                           limit)
 
     # ------------------------------------------------------------------ errors
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "postgresql"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """Full-text search on a GIN index made on first use (``postgresql_text``)."""
+        sql = self._text_indexes.get(index)
+        if sql is None:
+            sql = PostgreSQLTextIndex(self.namespace, index, self._sql.read)
+            await self._run("execute", sql.create)
+            self._text_indexes[index] = sql
+        query, upper = " ".join(terms), prefix_upper_bound(within)
+
+        async def page(size: int, offset: int) -> list[TextHit]:
+            rows = await self._run("fetch", sql.search, query, within, upper, size, offset)
+            return [TextHit(key, value if raw is None else raw, float(score))
+                    for key, value, raw, score in rows]
+
+        return await ranked_pages(page, limit, accept)
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
         if isinstance(exc, PoolTimeoutError | OSError | TimeoutError):

@@ -1,14 +1,14 @@
-"""Redis and Redis Cluster: one string per document plus a sorted set that keeps the keys in order.
+"""Redis and Redis Cluster: one string per document plus, per partition, a sorted set that keeps
+the partition's keys in order, and a directory of runs that orders the partitions' key ranges.
 
-Layout of a namespace ``ns`` (every name carries the hash tag ``{ns}``, so in a cluster the
-values and their index live in one slot and every write below is atomic there too)::
-
-    kvs:{ns}:v:<key>   the document (a string; native PX expiry for ttl)
-    kvs:{ns}:idx       sorted set of every key, all scores 0: ZRANGEBYLEX gives byte order
-    kvs:{ns}:exp       sorted set key -> expiry (ms), only for keys written with a ttl
-
-A value and its index member are written together (a Lua script, or MULTI/EXEC for
-``put_many``), so scans are ordered and pageable without KEYS, SCAN or a client-side sort.
+The layout is in ``kvsessions.kv.redis_layout``: each partition (``kvsessions.kv.partitions``:
+one session's keys) under a hash tag of its own, so a cluster spreads sessions over its nodes
+while one session stays in one slot. A value and its index member are written together by one
+Lua script on the partition, so scans are ordered and pageable without KEYS, SCAN or a
+client-side sort. A scan inside one run (one session's messages, one index) reads one
+partition's sorted set; a scan that spans runs walks the directory (a sorted set of run names)
+in order and reads each run from its partition: one directory read per page of runs, plus one
+read per run (runs of one key are fetched together with one MGET per slot).
 Redis expires values by itself; the index learns of it in two places, both through a script
 that removes a member only if its value is really gone (so a concurrent re-put stays indexed):
 a scan page drops and cleans members whose value is missing, and each write with a ttl sweeps
@@ -18,10 +18,14 @@ a few index members whose expiry has passed, so the index does not grow with dea
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     KVSessionsError,
     MissingDependencyError,
     StoreError,
@@ -29,6 +33,7 @@ from kvsessions.errors import (
 )
 from kvsessions.kv import redis_scripts as scripts
 from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
     SHARED,
     Duration,
@@ -37,6 +42,19 @@ from kvsessions.kv.options import (
     Whole,
     batch_size_option,
     read_options,
+)
+from kvsessions.kv.partitions import (
+    partition_of,
+    run_bounds,
+    run_of,
+    run_of_range,
+    single_key_run,
+)
+from kvsessions.kv.redis_layout import (
+    LegacyNames,
+    PartitionNames,
+    directory_name,
+    partition_names,
 )
 from kvsessions.urls import StoreURL, parse_store_url, redact_url
 
@@ -50,6 +68,8 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
     redis_errors = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator
+
     from redis.asyncio import Redis as RedisClient
     from redis.asyncio.cluster import RedisCluster as RedisClusterClient
 
@@ -58,12 +78,26 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 Durability = Literal["normal", "strict"]
+#: Scripts of one batch that a cluster client sends side by side rather than as a pipeline.
+_GATHER_AT_MOST = 8
+#: A script with its keys and arguments.
+_ScriptCall = tuple[scripts.Script, list[bytes], list[Any]]
 #: TLS options of the URL, passed to redis-py as they are (the last is a flag).
 _SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname")
 #: Commands in flight at once (and connections per server): redis-py's asyncio pools raise
 #: instead of waiting when they run out, so the store queues its callers itself.
 _DEFAULT_MAX_CONNECTIONS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _LoopClient:
+    """One event loop's client, and the slots that bound its commands in flight."""
+
+    client: Any
+    limit: asyncio.Semaphore
+
+
 def _require_driver() -> None:
     if redis_errors is None:
         raise MissingDependencyError("redis", "redis")
@@ -116,19 +150,21 @@ class RedisStore(KVStore):
         else:
             assert parsed is not None
             self._cluster = parsed.scheme.endswith("+cluster") or settings["cluster"]
+        # one script may name several partitions on one server, not across cluster slots
+        self._atomic_compare_and_set_with = not self._cluster
         self._ssl = {name: settings[name] for name in _SSL_OPTIONS
                      if settings[name] is not None}
         if parsed is not None:
             self._secrets = parsed.secrets
         self._given_client = client
-        self._client: Any = client
         if self._max_connections is None:
             self._max_connections = _pool_size(client) or _DEFAULT_MAX_CONNECTIONS
-        self._limit = asyncio.Semaphore(self._max_connections)
-        prefix = f"kvs:{{{self.namespace}}}:"
-        self._value_prefix = f"{prefix}v:".encode()
-        self._index_key = f"{prefix}idx".encode()
-        self._expiry_key = f"{prefix}exp".encode()
+        self._per_loop = self._clients = PerLoop(self._connect, self._disconnect)
+        self._directory = directory_name(self.namespace)
+        self._legacy = LegacyNames.of(self.namespace)
+        #: True while the namespace holds keys of the one-tag layout of earlier releases.
+        self._legacy_found = False
+        self._moving_layout = False
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> RedisStore:
@@ -144,27 +180,52 @@ class RedisStore(KVStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
-        if self._given_client is not None:
-            self._check_client(self._given_client)
-        else:
-            self._client = self._make_client()
+        await self._clients.get()
         try:
-            if self._cluster and self._given_client is None:
-                await self._client.initialize()
-            else:
-                await self._client.execute_command("PING")
             if self._durability == "strict":
                 await self._check_durability()
+            self._legacy_found = bool(await self._client.execute_command(
+                "EXISTS", self._legacy.index))
         except BaseException:
-            if self._given_client is None:
-                await self._client.aclose()
-                self._client = None
+            await self._clients.close()
             raise
 
     async def _close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._given_client is None:
-            await client.aclose()
+        await self._clients.close()
+
+    @property
+    def _client(self) -> Any:
+        """The calling event loop's client (``_ready`` made it)."""
+        return self._clients.current().client
+
+    async def _connect(self) -> _LoopClient:
+        """The calling event loop's client: ours, made and checked here, or the one given."""
+        if self._given_client is not None:
+            self._check_client(self._given_client)
+            first_loop = self._clients.first_loop_if_other()
+            if first_loop is not None:
+                raise EventLoopError(
+                    f"{self!r} was given a client that belongs to {first_loop}; "
+                    f"it cannot serve {describe_loop(asyncio.get_running_loop())}: give each "
+                    "event loop its own client, or pass a URL instead")
+            client = self._given_client
+        else:
+            client = self._make_client()
+        try:
+            if self._cluster and self._given_client is None:
+                await client.initialize()
+            else:
+                await client.execute_command("PING")
+        except BaseException:
+            if self._given_client is None:
+                await client.aclose()
+            raise
+        assert self._max_connections is not None
+        return _LoopClient(client, asyncio.Semaphore(self._max_connections))
+
+    async def _disconnect(self, loop_client: _LoopClient) -> None:
+        if self._given_client is None:
+            await loop_client.client.aclose()
 
     def _make_client(self) -> Any:
         url = self._url
@@ -223,43 +284,81 @@ class RedisStore(KVStore):
                     f"{' / '.join(bad)}, and needs {name} {expected} so that acknowledged "
                     f"writes are kept")
 
-    async def _acquire(self) -> None:
-        """Take one of ``max_connections`` slots, waiting at most ``acquire_timeout``: under
-        back-pressure callers queue, and a stuck server gives a typed error, never a hang."""
-        if not self._limit.locked():
-            await self._limit.acquire()  # a free slot: returns at once
-            return
+    async def _acquire(self) -> _LoopClient:
+        """Take one of ``max_connections`` slots of the calling loop's client, waiting at most
+        ``acquire_timeout``: under back-pressure callers queue, and a stuck server gives a
+        typed error, never a hang."""
+        loop_client = self._clients.current()
+        limit = loop_client.limit
+        if not limit.locked():
+            await limit.acquire()  # a free slot: returns at once
+            return loop_client
         try:
             async with asyncio.timeout(self._acquire_timeout):
-                await self._limit.acquire()
+                await limit.acquire()
         except TimeoutError:
             raise StoreUnavailableError(
                 f"no free connection to {self._where()} within acquire_timeout="
                 f"{self._acquire_timeout:g} s (max_connections={self._max_connections})"
             ) from None
+        return loop_client
 
     async def _command(self, *args: Any) -> Any:
-        await self._acquire()
+        self._refuse_legacy()
+        loop_client = await self._acquire()
         try:
-            return await self._client.execute_command(*args)
+            return await loop_client.client.execute_command(*args)
         finally:
-            self._limit.release()
+            loop_client.limit.release()
+
+    async def _read(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script that only reads."""
+        self._refuse_legacy()
+        loop_client = await self._acquire()
+        try:
+            return await script(loop_client.client, keys, args)
+        finally:
+            loop_client.limit.release()
 
     async def _run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         """Run a (writing) script; a cancelled caller waits for its outcome, as a script that
         reached the server runs there even after the client gave up on it."""
-        await self._acquire()
+        self._refuse_legacy()
+        loop_client = await self._acquire()
         try:
-            return await outlive_cancellation(script(self._client, keys, args))
+            return await outlive_cancellation(script(loop_client.client, keys, args))
         finally:
-            self._limit.release()
+            loop_client.limit.release()
+
+    # ------------------------------------------------------------------ the layout
+
+    def _names(self, key: str) -> PartitionNames:
+        return partition_names(self.namespace, partition_of(key))
+
+    def _refuse_legacy(self) -> None:
+        """Every server call passes here: a namespace still in the layout of an earlier
+        release is refused (its data would look missing) until it is moved."""
+        if self._legacy_found and not self._moving_layout:
+            raise StoreError(
+                f"{self!r} holds keys of the layout of an earlier release (the whole namespace "
+                "under one hash tag); move them once with `kvsessions upgrade URL` "
+                "(KVStore.upgrade_layout), after stopping processes that run the earlier "
+                "release")
+
+    async def _registering(self, run: str, attempt: Any) -> Any:
+        """Run a writing script (``attempt(confirmed)``); when it answers -1, the run it
+        writes in is not in the directory yet: add it there, then write again, confirmed."""
+        result = await attempt("")
+        if result != -1:
+            return result
+        await self._command("ZADD", self._directory, 0, run.encode())
+        return await attempt("1")
 
     # ------------------------------------------------------------------ single keys
 
     async def _get(self, key: str) -> bytes | None:
         try:
-            value: bytes | None = await self._command(
-                "GET", self._value_prefix + key.encode())
+            value: bytes | None = await self._command("GET", self._names(key).value(key))
         except redis_errors.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
@@ -271,12 +370,15 @@ class RedisStore(KVStore):
                           "(written by something other than kvsessions?)")
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
-        if ttl is None:
-            member = key.encode()
-            await self._run(scripts.PUT, [self._value_prefix + member, self._index_key],
-                            [value, member])
-        else:
+        if ttl is not None:
             await self._write(key, value, ttl, nx=False)
+            return
+        names = self._names(key)
+        member = key.encode()
+        run = run_of(key)
+        keys = [names.value_prefix + member, names.index, names.expiry, names.runs]
+        await self._registering(run, lambda confirmed: self._run(
+            scripts.PUT, keys, [value, member, run, confirmed]))
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         return await self._write(key, value, ttl, nx=True)
@@ -284,48 +386,64 @@ class RedisStore(KVStore):
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
+        names = self._names(key)
         member = key.encode()
-        keys = [self._value_prefix + member, self._index_key, self._expiry_key]
+        run = run_of(key)
+        keys = [names.value_prefix + member, names.index, names.expiry, names.runs]
         px = "" if ttl is None else _milliseconds(ttl)
         try:
-            swapped = await self._run(scripts.COMPARE_AND_SET, keys, [
-                b"" if expected is None else expected, b"" if new is None else new, member,
-                px, self._value_prefix])
+            swapped = await self._registering(run, lambda confirmed: self._run(
+                scripts.COMPARE_AND_SET, keys, [
+                    b"" if expected is None else expected, b"" if new is None else new,
+                    member, px, names.value_prefix, run, confirmed]))
         except redis_errors.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             raise self._foreign(key) from None
         return bool(swapped)
-
-    _atomic_compare_and_set_with = True
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
                                     put: list[tuple[str, bytes]], delete: list[str]) -> bool:
-        """One script: every key of a namespace is in its hash tag's slot."""
-        prefix, member = self._value_prefix, key.encode()
-        written = [*create, *put]
-        members = [other.encode() for other, _ in written]
-        deleted = [other.encode() for other in delete]
-        keys = [prefix + member, self._index_key, self._expiry_key,
-                *[prefix + other for other in members], *[prefix + other for other in deleted]]
-        args: list[Any] = [b"" if expected is None else expected, b"" if new is None else new,
-                           member, len(create), len(put), *members,
-                           *[value for _, value in written], *deleted]
+        """One script over every key's partition names. A single server runs it whatever the
+        partitions; a cluster only when every key is in the head's partition (one slot: a
+        script across slots is refused, CROSSSLOT), else the safe-order default, which is
+        why ``atomic_compare_and_set_with`` is False on a cluster."""
+        named = [key, *[other for other, _ in create], *[other for other, _ in put], *delete]
+        if self._cluster and any(partition_of(other) != partition_of(key) for other in named):
+            return await super()._compare_and_set_with(key, expected, new, create, put, delete)
+        keys: list[bytes] = []
+        for other in named:
+            names = self._names(other)
+            keys += (names.value(other), names.index, names.expiry, names.runs)
+        head: list[Any] = [b"" if expected is None else expected, b"" if new is None else new]
+        rest: list[Any] = [len(create), len(put), *[other.encode() for other in named],
+                           *[run_of(other) for other in named],
+                           *[value for _, value in create], *[value for _, value in put]]
         try:
-            swapped = await self._run(scripts.COMPARE_AND_SET_WITH, keys, args)
+            result = await self._run(scripts.COMPARE_AND_SET_WITH, keys, [*head, "", *rest])
+            if isinstance(result, list):  # runs the directory lacks: add them, then confirm
+                pairs: list[Any] = []
+                for run in dict.fromkeys(result):
+                    pairs += (0, run)
+                await self._command("ZADD", self._directory, *pairs)
+                result = await self._run(scripts.COMPARE_AND_SET_WITH, keys,
+                                         [*head, "1", *rest])
         except redis_errors.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             raise self._foreign(key) from None
-        return bool(swapped)
+        return bool(result == 1)
 
     async def _write(self, key: str, value: bytes, ttl: float | None, *, nx: bool) -> bool:
+        names = self._names(key)
         member = key.encode()
-        keys = [self._value_prefix + member, self._index_key, self._expiry_key]
+        run = run_of(key)
+        keys = [names.value_prefix + member, names.index, names.expiry, names.runs]
         px = "" if ttl is None else _milliseconds(ttl)
-        stored = await self._run(scripts.WRITE, keys,
-                                 [value, member, px, "1" if nx else "", self._value_prefix])
+        stored = await self._registering(run, lambda confirmed: self._run(
+            scripts.WRITE, keys,
+            [value, member, px, "1" if nx else "", names.value_prefix, run, confirmed]))
         return bool(stored)
 
     async def _delete(self, key: str) -> bool:
@@ -334,97 +452,337 @@ class RedisStore(KVStore):
     # ------------------------------------------------------------------ batches
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
-        prefix = self._value_prefix
-        values: list[bytes | None] = await self._command(
-            "MGET", *[prefix + key.encode() for key in keys])
+        names = [self._names(key).value(key) for key in keys]
+        return await self._values(names)
+
+    async def _values(self, names: list[bytes]) -> list[bytes | None]:
+        """MGET of value keys of any partitions: one MGET per slot on a cluster."""
+        self._refuse_legacy()
+        loop_client = await self._acquire()
+        try:
+            if self._cluster:
+                values: list[bytes | None] = await loop_client.client.mget_nonatomic(names)
+            else:
+                values = await loop_client.client.execute_command("MGET", *names)
+        finally:
+            loop_client.limit.release()
         return values
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
-        prefix = self._value_prefix
-        step = self.scan_batch_size
-        if ttl is not None:
-            # One script per chunk: the values, their index members and expiries together.
-            px = _milliseconds(ttl)
-            for start in range(0, len(items), step):
-                chunk = items[start:start + step]
-                members = [key.encode() for key, _ in chunk]
-                keys = [self._index_key, self._index_key, self._expiry_key,
-                        *[prefix + member for member in members]]
-                args: list[Any] = [px, prefix]
-                for member, (_, value) in zip(members, chunk, strict=True):
-                    args += (member, value)
-                await self._run(scripts.WRITE_MANY_TTL, keys, args)
-            return
-        if self._cluster:
-            for start in range(0, len(items), step):
-                members = [key.encode() for key, _ in items[start:start + step]]
-                await self._run(scripts.PUT_MANY, [self._index_key, *[prefix + m for m in members]],
-                                [*members, *[value for _, value in items[start:start + step]]])
-            return
-        # One MULTI: MSET of the values and one ZADD of their members (chunked commands, so no
-        # single command grows without bound, but all in the same transaction).
-        pipe = self._client.pipeline(transaction=True)
-        for start in range(0, len(items), step):
-            chunk = items[start:start + step]
-            mset: list[bytes] = []
-            zadd: list[bytes] = []
-            for key, value in chunk:
-                member = key.encode()
-                mset += (prefix + member, value)
-                zadd += (b"0", member)
-            pipe.execute_command("MSET", *mset)
-            pipe.execute_command("ZADD", self._index_key, *zadd)
-        await self._acquire()
+        """One script per partition, which writes all of its items or none; the scripts go
+        in one pipeline (one round trip per server), and the call returns (or raises) only
+        once all have ended. Runs missing from the directory are added, then the partitions
+        that lacked them are written again, confirmed."""
+        groups: dict[str, list[tuple[str, bytes]]] = {}
+        for item in items:
+            groups.setdefault(partition_of(item[0]), []).append(item)
+        px = "" if ttl is None else _milliseconds(ttl)
+        calls = {partition: self._write_many_call(partition, group, px)
+                 for partition, group in groups.items()}
+        results = await self._at_once([call("") for call in calls.values()])
+        missing = {partition: result for partition, result in zip(calls, results, strict=True)
+                   if isinstance(result, list)}
+        if missing:
+            pairs: list[Any] = []
+            for run in dict.fromkeys(run for runs in missing.values() for run in runs):
+                pairs += (0, run)
+            await self._command("ZADD", self._directory, *pairs)
+            await self._at_once([calls[partition]("1") for partition in missing])
+
+    def _write_many_call(self, partition: str, items: list[tuple[str, bytes]], px: Any
+                         ) -> Callable[[str], _ScriptCall]:
+        names = partition_names(self.namespace, partition)
+        members = [key.encode() for key, _ in items]
+        runs = list(dict.fromkeys(run_of(key) for key, _ in items))
+        keys = [names.runs, names.index, names.expiry,
+                *[names.value_prefix + member for member in members]]
+        values = [value for _, value in items]
+
+        def call(confirmed: str) -> _ScriptCall:
+            return scripts.WRITE_MANY, keys, [px, names.value_prefix, confirmed, len(runs),
+                                              *runs, *members, *values]
+        return call
+
+    async def _at_once(self, calls: list[_ScriptCall]) -> list[Any]:
+        """Run writing scripts in one pipeline (one round trip per server), results in order;
+        a script the server has not cached yet runs again by EVAL. Raises the first error
+        once every script has ended."""
+        if len(calls) == 1:
+            return [await self._run(*calls[0])]
+        if self._cluster and len(calls) <= _GATHER_AT_MOST:
+            # redis-py's cluster pipeline costs more than a few commands sent side by side.
+            gathered = await asyncio.gather(*(self._run(*call) for call in calls),
+                                            return_exceptions=True)
+            for outcome in gathered:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return gathered
+        self._refuse_legacy()
+        loop_client = await self._acquire()
         try:
-            await outlive_cancellation(pipe.execute())
+            pipe = loop_client.client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results: list[Any] = await outlive_cancellation(pipe.execute(raise_on_error=False))
         finally:
-            self._limit.release()
+            loop_client.limit.release()
+        for position, result in enumerate(results):
+            if isinstance(result, redis_errors.NoScriptError):
+                results[position] = await self._run(*calls[position])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def _delete_many(self, keys: list[str]) -> int:
-        deleted = 0
-        prefix = self._value_prefix
-        for start in range(0, len(keys), self.scan_batch_size):
-            members = [key.encode() for key in keys[start:start + self.scan_batch_size]]
-            script_keys = [self._index_key, self._expiry_key,
-                           *[prefix + member for member in members]]
-            deleted += int(await self._run(scripts.DELETE, script_keys, members))
-        return deleted
+        calls: list[_ScriptCall] = []
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(partition_of(key), []).append(key)
+        for partition, group in groups.items():
+            names = partition_names(self.namespace, partition)
+            for start in range(0, len(group), self.scan_batch_size):
+                members = [key.encode() for key in group[start:start + self.scan_batch_size]]
+                calls.append((scripts.DELETE, [names.index, names.expiry,
+                                               *[names.value_prefix + m for m in members]],
+                              members))
+        return sum(int(deleted) for deleted in await self._at_once(calls))
 
     # ------------------------------------------------------------------ ordered scan
+
+    async def _scan(
+        self, key_range: KeyRange, reverse: bool, limit: int | None = None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Pages of a scan: inside one run, straight from its partition; across runs, by
+        walking the directory of runs in order (see the module docstring)."""
+        run = run_of_range(key_range.lower, key_range.upper)
+        if run is not None:
+            async for page in self._scan_run(run, key_range, reverse, limit):
+                yield page
+            return
+        async for page in self._scan_directory(key_range, reverse, limit):
+            yield page
 
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
-        low = (b"[" if key_range.lower_inclusive else b"(") + key_range.lower.encode()
-        if low == b"[":
-            low = b"-"
-        high = b"+" if key_range.upper is None else b"(" + key_range.upper.encode()
-        if reverse:
-            members: list[bytes] = await self._command(
-                "ZREVRANGEBYLEX", self._index_key, high, low, "LIMIT", 0, limit)
-        else:
-            members = await self._command(
-                "ZRANGEBYLEX", self._index_key, low, high, "LIMIT", 0, limit)
-        if not members:
+        """One page of any scan (the base class's hook; ``_scan`` does better)."""
+        items: list[tuple[str, bytes]] = []
+        scan = cast("AsyncGenerator[list[tuple[str, bytes]], None]",
+                    self._scan(key_range, reverse, limit))
+        async with contextlib.aclosing(scan) as pages:
+            async for page in pages:
+                items += page
+                if len(items) >= limit:
+                    items = items[:limit]
+                    return items, items[-1][0]
+        return items, None
+
+    async def _scan_run(
+        self, run: str, key_range: KeyRange, reverse: bool, limit: int | None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Pages of ``key_range`` (inside ``run``) from the run's partition, keyset-paged."""
+        names = partition_names(self.namespace, partition_of(run))
+        remaining = limit
+        while True:
+            size = self.scan_batch_size if remaining is None else min(self.scan_batch_size,
+                                                                       remaining)
+            items, last_examined = await self._partition_page(names, key_range, reverse, size)
+            if items:
+                yield items
+                if remaining is not None:
+                    remaining -= len(items)
+                    if remaining <= 0:
+                        return
+            if last_examined is None:
+                return
+            if reverse:
+                key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last_examined)
+            else:
+                key_range = KeyRange(last_examined, False, key_range.upper)
+
+    async def _partition_page(
+        self, names: PartitionNames, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        low, high = _lex_bounds(key_range)
+        reply: list[bytes | None] = await self._read(scripts.PAGE, [names.index], [
+            low, high, limit, "1" if reverse else "", names.value_prefix])
+        if not reply:
             return [], None
-        prefix = self._value_prefix
-        value_keys = [prefix + member for member in members]
-        values: list[bytes | None] = await self._command("MGET", *value_keys)
+        members = cast("list[bytes]", reply[0::2])
+        values = reply[1::2]
         items = [(member.decode(), value)
                  for member, value in zip(members, values, strict=True) if value is not None]
         if len(items) < len(members):
-            await self._clean_index(members, values)
+            await self._clean_index(names, members, values)
         last = members[-1].decode() if len(members) >= limit else None
         return items, last
 
-    async def _clean_index(self, members: list[bytes], values: list[bytes | None]) -> None:
+    async def _clean_index(self, names: PartitionNames, members: list[bytes],
+                           values: list[bytes | None]) -> None:
         """Un-index members whose value expired or vanished, unless re-put meanwhile."""
         gone = [member for member, value in zip(members, values, strict=True) if value is None]
-        prefix = self._value_prefix
-        foreign = await self._run(scripts.CLEAN, [self._index_key, *[prefix + m for m in gone]],
+        prefix = names.value_prefix
+        foreign = await self._run(scripts.CLEAN, [names.index, *[prefix + m for m in gone]],
                                   gone)
         if foreign:
             raise self._foreign(foreign[0].decode())
+
+    async def _scan_directory(
+        self, key_range: KeyRange, reverse: bool, limit: int | None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Pages of a scan over several runs: the directory's run names in order, in pages;
+        each run of many keys read from its partition, runs of one key fetched together."""
+        remaining = limit
+        # The run that holds ``lower`` may sort before it ("message:s:" before
+        # "message:s:m5"); the directory read below starts after ``lower``, so that run is
+        # read on its own: first going forwards, last going backwards.
+        first = run_of(key_range.lower)
+        first_apart = not single_key_run(first)
+        if first_apart and not reverse:
+            async for page in self._scan_run(
+                    first, _clamp(key_range, first), reverse, remaining):
+                yield page
+                if remaining is not None:
+                    remaining -= len(page)
+                    if remaining <= 0:
+                        return
+        cursor = key_range
+        if first_apart:
+            cursor = KeyRange(key_range.lower, False, key_range.upper)
+        while True:
+            size = self.scan_batch_size if remaining is None else min(self.scan_batch_size,
+                                                                       remaining)
+            low, high = _lex_bounds(cursor)
+            if reverse:
+                runs: list[bytes] = await self._command(
+                    "ZREVRANGEBYLEX", self._directory, high, low, "LIMIT", 0, size)
+            else:
+                runs = await self._command(
+                    "ZRANGEBYLEX", self._directory, low, high, "LIMIT", 0, size)
+            single: list[str] = []
+            for name in [run.decode() for run in runs]:
+                if single_key_run(name):
+                    single.append(name)
+                    continue
+                async for page in self._single_key_runs(single):
+                    yield page
+                    if remaining is not None:
+                        remaining -= len(page)
+                single = []
+                if remaining is not None and remaining <= 0:
+                    return
+                async for page in self._scan_run(
+                        name, _clamp(key_range, name), reverse, remaining):
+                    yield page
+                    if remaining is not None:
+                        remaining -= len(page)
+                        if remaining <= 0:
+                            return
+            async for page in self._single_key_runs(single):
+                yield page
+                if remaining is not None:
+                    remaining -= len(page)
+            if remaining is not None and remaining <= 0:
+                return
+            if len(runs) < size:
+                break
+            last = runs[-1].decode()
+            cursor = (KeyRange(cursor.lower, cursor.lower_inclusive, last) if reverse
+                      else KeyRange(last, False, cursor.upper))
+        if first_apart and reverse:
+            async for page in self._scan_run(
+                    first, _clamp(key_range, first), reverse, remaining):
+                yield page
+
+    async def _single_key_runs(self, keys: list[str]) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """The live values of runs of one key each (in the order given), as one page."""
+        if not keys:
+            return
+        values = await self._get_many(keys)
+        items = [(key, value) for key, value in zip(keys, values, strict=True)
+                 if value is not None]
+        if len(items) < len(keys):
+            # Expired, deleted (their directory entry stays) or foreign: clean as a page does.
+            gone: dict[str, list[bytes]] = {}
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    gone.setdefault(partition_of(key), []).append(key.encode())
+            for partition, members in gone.items():
+                await self._clean_index(partition_names(self.namespace, partition), members,
+                                        [None] * len(members))
+        if items:
+            yield items
+
+    async def _drop_namespace(self) -> None:
+        """Delete every key of the namespace, through the directory, in both layouts (for
+        tests and benchmarks, which each use a namespace of their own)."""
+        await self._ready()
+        self._moving_layout = True
+        try:
+            await self._drop_everything()
+        finally:
+            self._moving_layout = False
+        self._legacy_found = False
+
+    async def _drop_everything(self) -> None:
+        runs: list[bytes] = await self._command("ZRANGE", self._directory, 0, -1)
+        partitions = {partition_of(run.decode()) for run in runs}
+        legacy = self._legacy
+        every = [*(partition_names(self.namespace, p) for p in partitions),
+                 PartitionNames(legacy.value_prefix, legacy.index, legacy.expiry, legacy.expiry)]
+        for names in every:
+            members: list[bytes] = await self._command("ZRANGE", names.index, 0, -1)
+            for start in range(0, len(members), 1000):
+                await self._command("DEL", *[names.value_prefix + member
+                                             for member in members[start:start + 1000]])
+            await self._command("DEL", names.index, names.expiry, names.runs)
+        await self._command("DEL", self._directory)
+
+    # ------------------------------------------------------------------ earlier layouts
+
+    async def upgrade_layout(self) -> int:
+        """Move the keys an earlier release kept under the namespace's one hash tag into
+        their partitions (with their remaining ttl); the number moved. Each batch is written
+        to the new layout before it is removed from the old one, so an interrupted run loses
+        nothing and the next run carries on. Stop processes of the earlier release first:
+        what they write meanwhile to the old layout is moved only by a later run."""
+        await self._ready()
+        if not self._legacy_found:
+            return 0
+        self._moving_layout = True
+        try:
+            moved = await self._move_legacy_keys()
+        finally:
+            self._moving_layout = False
+        self._legacy_found = False
+        return moved
+
+    async def _move_legacy_keys(self) -> int:
+        legacy = self._legacy
+        moved = 0
+        while True:
+            members: list[bytes] = await self._command(
+                "ZRANGEBYLEX", legacy.index, "-", "+", "LIMIT", 0, self.scan_batch_size)
+            if not members:
+                break
+            value_keys = [legacy.value_prefix + member for member in members]
+            values: list[bytes | None] = await self._command("MGET", *value_keys)
+            lasting: list[tuple[str, bytes]] = []
+            for member, value_key, value in zip(members, value_keys, values, strict=True):
+                if value is None:
+                    continue
+                remaining_ms = int(await self._command("PTTL", value_key))
+                if remaining_ms > 0:
+                    await self._put(member.decode(), value, remaining_ms / 1000)
+                elif remaining_ms == -1:
+                    lasting.append((member.decode(), value))
+                moved += 1
+            if lasting:
+                await self._put_many(lasting, None)
+            await self._run(scripts.DELETE, [legacy.index, legacy.expiry, *value_keys], members)
+        await self._command("DEL", legacy.expiry)
+        return moved
 
     # ------------------------------------------------------------------ errors
 
@@ -463,6 +821,27 @@ def _database(url: StoreURL) -> int:
     if not path.isdigit():
         raise ConfigError(f"the path of {url.redacted} must be a database number like /0")
     return int(path)
+
+
+def _lex_bounds(key_range: KeyRange) -> tuple[bytes, bytes]:
+    """``key_range`` as the min and max arguments of ZRANGEBYLEX."""
+    low = (b"[" if key_range.lower_inclusive else b"(") + key_range.lower.encode()
+    if low == b"[":
+        low = b"-"
+    high = b"+" if key_range.upper is None else b"(" + key_range.upper.encode()
+    return low, high
+
+
+def _clamp(key_range: KeyRange, run: str) -> KeyRange:
+    """The part of ``key_range`` inside ``run``."""
+    lower, upper = run_bounds(run)
+    if key_range.lower >= lower:
+        lower, inclusive = key_range.lower, key_range.lower_inclusive
+    else:
+        inclusive = True
+    if key_range.upper is not None and (upper is None or key_range.upper < upper):
+        upper = key_range.upper
+    return KeyRange(lower, inclusive, upper)
 
 
 def _milliseconds(ttl: float) -> int:

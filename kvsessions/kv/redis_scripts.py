@@ -1,8 +1,9 @@
 """The Lua scripts of the Redis store: each write of a value and its index members (and expiry
-entries) is one script, so it is atomic on a single server and in a cluster slot alike.
+entries) is one script on one partition, so it is atomic on a single server and in a cluster
+slot alike.
 
-See ``kvsessions.kv.redis`` for the layout the scripts keep (value keys, the index sorted set,
-the expiry sorted set, all under one hash tag).
+See ``kvsessions.kv.redis_layout`` for the keys the scripts keep (per partition: value keys, the
+index sorted set, the expiry sorted set, the set of runs the directory holds).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ try:
 except ImportError:  # pragma: no cover - the store refuses to start without redis
     NoScriptError = None  # type: ignore[assignment,misc]
 
-__all__ = ["CLEAN", "COMPARE_AND_SET", "COMPARE_AND_SET_WITH", "DELETE", "PUT", "PUT_MANY",
-           "WRITE", "WRITE_MANY_TTL", "Script"]
+__all__ = ["CLEAN", "COMPARE_AND_SET", "COMPARE_AND_SET_WITH", "DELETE", "PAGE", "PUT", "WRITE",
+           "WRITE_MANY", "Script"]
 
 #: Index members past their expiry that one ttl write removes (keeps the index bounded).
 _SWEEP_PER_WRITE = 16
@@ -41,16 +42,35 @@ local function track_expiry(members, px, prefix)
 end
 """.replace("SWEEP", str(_SWEEP_PER_WRITE))
 
-# The common case, lean (every argument costs the client time): KEYS: value key, index.
-# ARGV: value, member.
-_PUT_LUA = """
+# Every script that writes a value first makes sure the value's run is in the directory
+# (``kvsessions.kv.redis_layout``): the partition's ``runs`` set says which runs are. A run it
+# does not list makes the script return -1 (or the missing runs) without writing anything; the
+# store then adds the run to the directory and runs the script again with ``confirmed`` = '1',
+# which records the run. So a key is never stored while a scan over the directory could miss it.
+# ``runs`` is KEYS[1] of the batch script and KEYS[4] of the others.
+_REGISTERED_LUA = """
+local function registered(runs_key, run, confirmed)
+  if confirmed == '1' then
+    redis.call('SADD', runs_key, run)
+    return true
+  end
+  return redis.call('SISMEMBER', runs_key, run) == 1
+end
+"""
+
+# The common case, lean (every argument costs the client time): KEYS: value key, index,
+# (unused), runs. ARGV: value, member, run, confirmed.
+_PUT_LUA = _REGISTERED_LUA + """
+if not registered(KEYS[4], ARGV[3], ARGV[4]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 return 1
 """
 
-# KEYS: value key, index, expiry set. ARGV: value, member, px ('' = no ttl), nx ('1'), prefix.
-_WRITE_LUA = _EXPIRY_LUA + """
+# KEYS: value key, index, expiry set, runs. ARGV: value, member, px ('' = no ttl), nx ('1'),
+# prefix, run, confirmed.
+_WRITE_LUA = _EXPIRY_LUA + _REGISTERED_LUA + """
+if not registered(KEYS[4], ARGV[6], ARGV[7]) then return -1 end
 local command = {'SET', KEYS[1], ARGV[1]}
 if ARGV[4] == '1' then command[#command + 1] = 'NX' end
 if ARGV[3] ~= '' then
@@ -63,38 +83,68 @@ if ARGV[3] ~= '' then track_expiry({ARGV[2]}, tonumber(ARGV[3]), ARGV[5]) end
 return 1
 """
 
-# KEYS: (index again, unused), index, expiry set, value keys...
-# ARGV: px, prefix, then member, value pairs.
-_WRITE_MANY_TTL_LUA = _EXPIRY_LUA + """
-local px = tonumber(ARGV[1])
-local members = {}
-for i = 4, #KEYS do
-  local member = ARGV[2 * (i - 4) + 3]
-  redis.call('SET', KEYS[i], ARGV[2 * (i - 4) + 4], 'PX', px)
-  redis.call('ZADD', KEYS[2], 0, member)
-  members[#members + 1] = member
+# put_many within one partition, all or nothing. KEYS: runs, index, expiry set, value keys...
+# ARGV: px ('' = no ttl), prefix, confirmed, the number of runs, the runs..., then members...,
+# then values... (in the order of the value keys). Returns the runs the directory may lack
+# (nothing written), or the number of values written. MSET and ZADD in slices, within Lua's
+# unpack limit.
+_WRITE_MANY_LUA = _EXPIRY_LUA + _REGISTERED_LUA + """
+local nruns = tonumber(ARGV[4])
+local missing = {}
+for i = 5, 4 + nruns do
+  if not registered(KEYS[1], ARGV[i], ARGV[3]) then missing[#missing + 1] = ARGV[i] end
 end
-track_expiry(members, px, ARGV[2])
-return #members
-"""
-
-# put_many on Redis Cluster, where redis-py's transaction pipeline is slow (it queues each
-# command through a new thread and event loop). KEYS: index, value keys...; ARGV: members...,
-# then values... (same order). MSET and ZADD in slices, within Lua's unpack limit.
-_PUT_MANY_LUA = """
-local n = #ARGV / 2
+if #missing > 0 then return missing end
+local first_member = 5 + nruns
+local n = #KEYS - 3
+local px = ARGV[1]
 for first = 1, n, 500 do
   local mset, zadd = {}, {}
   for i = first, math.min(n, first + 499) do
-    mset[#mset + 1] = KEYS[i + 1]
-    mset[#mset + 1] = ARGV[n + i]
+    if px == '' then
+      mset[#mset + 1] = KEYS[i + 3]
+      mset[#mset + 1] = ARGV[first_member + n + i - 1]
+    else
+      redis.call('SET', KEYS[i + 3], ARGV[first_member + n + i - 1], 'PX', px)
+    end
     zadd[#zadd + 1] = 0
-    zadd[#zadd + 1] = ARGV[i]
+    zadd[#zadd + 1] = ARGV[first_member + i - 1]
   end
-  redis.call('MSET', unpack(mset))
-  redis.call('ZADD', KEYS[1], unpack(zadd))
+  if #mset > 0 then redis.call('MSET', unpack(mset)) end
+  redis.call('ZADD', KEYS[2], unpack(zadd))
+end
+if px ~= '' then
+  local members = {}
+  for i = 1, n do members[i] = ARGV[first_member + i - 1] end
+  track_expiry(members, tonumber(px), ARGV[2])
 end
 return n
+"""
+
+# One scan page of a partition, in one round trip: the members in the page's bounds and their
+# values (false for a value that is gone). KEYS: index. ARGV: min, max, limit, reverse ('1'),
+# value prefix. Returns member, value, member, value... The value keys are built here: they
+# share the index's hash tag, so its slot. MGET in slices, within Lua's unpack limit.
+_PAGE_LUA = """
+local members
+if ARGV[4] == '1' then
+  members = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[2], ARGV[1], 'LIMIT', 0, ARGV[3])
+else
+  members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+end
+local out = {}
+for first = 1, #members, 500 do
+  local names = {}
+  for i = first, math.min(#members, first + 499) do
+    names[#names + 1] = ARGV[5] .. members[i]
+  end
+  local values = redis.call('MGET', unpack(names))
+  for i = 1, #names do
+    out[#out + 1] = members[first + i - 1]
+    out[#out + 1] = values[i]
+  end
+end
+return out
 """
 
 # KEYS: index, expiry set, value keys... ARGV: members. Deletes values, members and expiry
@@ -125,10 +175,12 @@ return foreign
 """
 
 
-# compare_and_set. KEYS: value key, index, expiry set. ARGV: expected ('' = absent), new
-# ('' = delete), member, px ('' = no ttl), prefix. A value is a non-empty JSON object, so ''
-# never stands for one. Runs as one script on one slot: nothing runs between GET and the write.
-_COMPARE_AND_SET_LUA = _EXPIRY_LUA + """
+# compare_and_set. KEYS: value key, index, expiry set, runs. ARGV: expected ('' = absent), new
+# ('' = delete), member, px ('' = no ttl), prefix, run, confirmed. A value is a non-empty
+# JSON object, so '' never stands for one. Runs as one script on one slot: nothing runs
+# between GET and the write.
+_COMPARE_AND_SET_LUA = _EXPIRY_LUA + _REGISTERED_LUA + """
+if ARGV[2] ~= '' and not registered(KEYS[4], ARGV[6], ARGV[7]) then return -1 end
 local current = redis.call('GET', KEYS[1])
 if current then
   if current ~= ARGV[1] then return 0 end
@@ -153,40 +205,52 @@ if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
 return 1
 """
 
-# compare_and_set_with, no ttl. KEYS: value key, index, expiry set, the value keys of the items
-# created then put, then those of the keys deleted. ARGV: expected ('' = absent), new ('' =
-# delete), member, how many items are created, how many put, their members, their values,
-# then the members deleted. One script on one slot: the other writes happen exactly when the
-# compare matched and no key to create was taken.
-_COMPARE_AND_SET_WITH_LUA = """
+# compare_and_set_with, no ttl. Every key named comes with its partition's names: KEYS holds,
+# per key, its value key, index, expiry set and runs set (4 each): first the compared key, then
+# those created, then put, then deleted. ARGV: expected ('' = absent), new ('' = delete),
+# confirmed, how many keys are created, how many put, every key's member, every key's run, then
+# the values created and put. Returns 0 (the compare failed or a key to create was taken), 1
+# (all written), or the runs of written keys that the directory may lack (nothing written; the
+# store adds them and runs the script again, confirmed). One script: on one server it may name
+# keys of several partitions; a cluster runs it only on keys of one partition (one slot).
+_COMPARE_AND_SET_WITH_LUA = _REGISTERED_LUA + """
+local m = #KEYS / 4
+local created, put = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function name(i, part) return KEYS[4 * (i - 1) + part] end
 local current = redis.call('GET', KEYS[1])
 if current then
   if current ~= ARGV[1] then return 0 end
 elseif ARGV[1] ~= '' then
   return 0
 end
-local created, n = tonumber(ARGV[4]), tonumber(ARGV[4]) + tonumber(ARGV[5])
-for i = 1, created do
-  if redis.call('EXISTS', KEYS[3 + i]) == 1 then return 0 end
+for i = 2, 1 + created do
+  if redis.call('EXISTS', name(i, 1)) == 1 then return 0 end
 end
-local function remove(key, member)
-  redis.call('DEL', key)
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZREM', KEYS[3], member)
+local first = 1
+if ARGV[2] == '' then first = 2 end
+local missing = {}
+for i = first, 1 + created + put do
+  if not registered(name(i, 4), ARGV[5 + m + i], ARGV[3]) then
+    missing[#missing + 1] = ARGV[5 + m + i]
+  end
+end
+if #missing > 0 then return missing end
+local function remove(i)
+  redis.call('DEL', name(i, 1))
+  redis.call('ZREM', name(i, 2), ARGV[5 + i])
+  redis.call('ZREM', name(i, 3), ARGV[5 + i])
 end
 if ARGV[2] == '' then
-  if current then remove(KEYS[1], ARGV[3]) end
+  if current then remove(1) end
 else
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+  redis.call('ZADD', KEYS[2], 0, ARGV[6])
 end
-for i = 1, n do
-  redis.call('SET', KEYS[3 + i], ARGV[5 + n + i])
-  redis.call('ZADD', KEYS[2], 0, ARGV[5 + i])
+for i = 2, 1 + created + put do
+  redis.call('SET', name(i, 1), ARGV[4 + 2 * m + i])
+  redis.call('ZADD', name(i, 2), 0, ARGV[5 + i])
 end
-for i = 4 + n, #KEYS do
-  remove(KEYS[i], ARGV[i + n + 2])
-end
+for i = 2 + created + put, m do remove(i) end
 return 1
 """
 
@@ -207,9 +271,9 @@ class Script:
 
 PUT = Script(_PUT_LUA)
 WRITE = Script(_WRITE_LUA)
-WRITE_MANY_TTL = Script(_WRITE_MANY_TTL_LUA)
-PUT_MANY = Script(_PUT_MANY_LUA)
+WRITE_MANY = Script(_WRITE_MANY_LUA)
 DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
+PAGE = Script(_PAGE_LUA)
 COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)
 COMPARE_AND_SET_WITH = Script(_COMPARE_AND_SET_WITH_LUA)

@@ -35,8 +35,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,8 +49,10 @@ from kvsessions.errors import (
 )
 from kvsessions.kv.base import KeyRange, KVStore, expires_at
 from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
+from kvsessions.kv.sqlite_fts import SQLiteTextIndex
 from kvsessions.kv.sqlite_worker import SQLiteWorker
 from kvsessions.kv.table_layouts import TableLayouts
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
 from kvsessions.urls import StoreURL
 
 __all__ = ["SQLiteStore"]
@@ -139,6 +142,10 @@ class SQLiteStore(KVStore):
         self.scan_batch_size = settings["batch_size"]
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
         self._conn: SQLiteWorker | None = None
+        #: Event loops in other threads may call ``get`` at once: one uses the reader, the
+        #: others go to the store's thread (nobody waits for this lock).
+        self._reader_lock = threading.Lock()
+        self._text_indexes: dict[TextIndex, SQLiteTextIndex] = {}
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
         live = "(expires_at IS NULL OR expires_at > ?)"
@@ -154,6 +161,32 @@ class SQLiteStore(KVStore):
         self._sql_purge = f"DELETE FROM {table} WHERE expires_at <= ?"
         self._table = table
         self._live = live
+
+    # ------------------------------------------------------------------ text search
+
+    text_search = "fts5"
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        """FTS5 (``sqlite_fts``); the scan where this SQLite was built without it."""
+        fts = self._text_indexes.get(index)
+        if fts is None:
+            fts = SQLiteTextIndex(self.namespace, index)
+            try:
+                await self._in_thread(self._conn, fts.ensure)
+            except sqlite3.OperationalError as exc:
+                if "fts5" not in str(exc):
+                    raise
+                self.text_search = "scan"
+                return await super()._search_text(index, terms, within, limit, accept)
+            self._text_indexes[index] = fts
+        ready = fts
+
+        def page(size: int, offset: int) -> Awaitable[list[TextHit]]:
+            return self._in_thread(
+                self._conn, lambda db: ready.page(db, terms, within, size, offset))
+
+        return await ranked_pages(page, limit, accept)
 
     @classmethod
     def from_url(cls, url: StoreURL, **given: Any) -> SQLiteStore:
@@ -299,12 +332,14 @@ class SQLiteStore(KVStore):
         sql, params = self._sql_get, (key, time.time())
         reader = self._reader
         rows: list[Any] | None = None
-        if reader is not None:
+        if reader is not None and self._reader_lock.acquire(blocking=False):
             try:
                 rows = reader.execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
+            finally:
+                self._reader_lock.release()
         if rows is None:
             rows = await self._in_thread(
                 self._conn, lambda db: db.execute(sql, params).fetchall())

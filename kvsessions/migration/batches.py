@@ -33,6 +33,7 @@ __all__ = [
     "check_batch_size",
     "count_documents",
     "count_kinds",
+    "drop_reserved",
     "kind_counts",
     "report_progress",
     "scan_batches",
@@ -130,16 +131,16 @@ async def scan_batches(
         pending.extend(page)
         if len(pending) < size:
             continue
-        _drop_reserved(pending)
+        drop_reserved(pending)
         while len(pending) >= size:
             yield pending[:size]
             pending = pending[size:]
-    _drop_reserved(pending)
+    drop_reserved(pending)
     if pending:
         yield pending
 
 
-def _drop_reserved(batch: Items) -> None:
+def drop_reserved(batch: Items) -> None:
     """Remove reserved keys from a sorted batch (one contiguous range). Keys there that are no
     checkpoint can only have been written by a release that did not refuse them yet: say so,
     since they are left out."""

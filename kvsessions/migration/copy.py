@@ -40,17 +40,19 @@ from kvsessions.migration.batches import (
     count_kinds,
     kind_counts,
     report_progress,
-    scan_batches,
 )
 from kvsessions.migration.checkpoint import (
+    ResumePlan,
     checkpoint_key,
     claim_destination,
-    delete_checkpoint,
+    delete_checkpoints,
     encode_checkpoint,
     put_many_with_checkpoint,
-    read_checkpoint,
+    read_checkpoints,
+    stream_checkpoint_key,
 )
 from kvsessions.migration.document_checks import DocumentCheck
+from kvsessions.migration.streams import Stream, StreamPool, shared_length, span_batches
 from kvsessions.migration.verify import verify_migration
 
 __all__ = ["migrate_storage"]
@@ -64,9 +66,9 @@ _TRIAL = 4
 async def migrate_storage(
     source: Any,
     destination: Any,
-    *,
     verify: bool = True,
     progress_callback: ProgressCallback | None = None,
+    *,
     batch_size: int = 1000,
     resume: bool = True,
     prefix: str = "",
@@ -75,6 +77,7 @@ async def migrate_storage(
     dry_run: bool = False,
     concurrency: int | None = None,
     merge: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Copy every document under ``prefix`` from ``source`` to ``destination`` (see the module
     docstring for resuming). ``dry_run`` reads and checks everything and writes nothing.
@@ -82,10 +85,12 @@ async def migrate_storage(
     then two writes in flight on the first batches and keeps the faster (two help a server
     with cores to spare, such as PostgreSQL; they slow down one that shares this machine's).
     ``merge`` copies into a destination that already holds other documents under ``prefix``
-    (refused with ``ConfigError`` otherwise, before anything is written).
+    (refused with ``ConfigError`` otherwise, before anything is written). ``workers`` streams
+    copy key ranges at once (``kvsessions.migration.streams``), each with its own checkpoint
+    and ``concurrency`` writes in flight (default 1 when ``workers`` > 1).
 
-    Counts are of this run (a resumed run counts from its checkpoint); ``verified`` is None when
-    ``verify`` is false, else whether verify found both sides equal (details in
+    Counts are of this run (a resumed run counts from its checkpoints); ``verified`` is None
+    when ``verify`` is false, else whether verify found both sides equal (details in
     ``verification``).
     """
     src = as_store(source, "source")
@@ -95,40 +100,57 @@ async def migrate_storage(
     size = check_batch_size(batch_size)
     if concurrency is not None:
         concurrency = check_batch_size(concurrency, what="concurrency")
+    workers = check_batch_size(workers, what="workers")
     check_prefix(prefix)
     started = time.perf_counter()
     check = DocumentCheck(validate=validate, upgrade=upgrade)
     ckey = checkpoint_key(prefix)
     identity = {"source": repr(src), "prefix": prefix, "upgrade": upgrade}
 
-    start = await read_checkpoint(dst, ckey, identity, resume=resume)
-    if not start.claimed and not merge:
+    plan = await read_checkpoints(dst, prefix, identity, resume=resume)
+    if not plan.claimed and not merge:
         await _refuse_occupied(dst, prefix)
     if not dry_run:
-        if start.stale:
-            await delete_checkpoint(dst, ckey)
-        if start.last_key is None:
+        if plan.stale_keys:
+            await delete_checkpoints(dst, plan.stale_keys)
+        if not any(interval.stream == 0 for interval in plan.done):
             await claim_destination(dst, ckey, identity)
-    resumed_from, copied_before = start.last_key, start.copied
+    copied_before = plan.copied
+    resumed_from = plan.done[0].last_key if plan.done else None
+    tally = _Tally(copied_before, progress_callback, started)
 
     # The checkpoint rides in each batch: read one document less, so that a put_many holds
     # exactly batch_size entries (stores that split bigger batches stay at one statement).
     read_size = size if dry_run or size == 1 else size - 1
-    batches = _processed(check, scan_batches(src, prefix, resumed_from, read_size))
-    writer = _CheckpointedWriter(
-        dst, ckey, identity, resumed_from, copied_before,
-        writers=1 if dry_run else concurrency,
-        dry_run=dry_run, progress_callback=progress_callback, started=started)
-    try:
-        async with Prefetch(batches) as prefetched:
-            async for batch in prefetched:
-                await writer.write(batch)
-            await writer.drain()
-    finally:
-        await writer.cancel()
+    in_flight = 1 if dry_run else concurrency if workers == 1 or concurrency else 1
+
+    async def copy(stream: Stream) -> None:
+        writer = _CheckpointedWriter(
+            dst, stream_checkpoint_key(prefix, stream.number), identity, stream.resume_after,
+            stream.copied_before, writers=in_flight, dry_run=dry_run, tally=tally,
+            after=stream.after)
+        batches = _processed(check, span_batches(src, prefix, stream, read_size))
+        try:
+            async with Prefetch(batches) as prefetched:
+                async for batch in prefetched:
+                    await writer.write(batch)
+                await writer.drain()
+        finally:
+            await writer.cancel()
+
+    streams = _streams(plan)
+    pool = StreamPool(workers, copy, lambda after: _next_key(src, prefix, after),
+                      first_key=None, last_key=None, skip=len(prefix), min_split=size,
+                      next_number=max(plan.streams | {s.number for s in streams}) + 1)
+    if workers > 1:
+        pool.first_key = await _next_key(src, prefix, None)
+        pool.last_key = await _last_key(src, prefix)
+        if pool.first_key is not None and pool.last_key is not None:
+            pool.skip = shared_length(pool.first_key, pool.last_key)
+    await pool.run(streams)
     if not dry_run:
-        await delete_checkpoint(dst, ckey)
-    counts, copied = writer.counts, writer.copied
+        await delete_checkpoints(dst, [key async for key, _ in dst.scan(ckey)])
+    counts, copied = tally.counts, tally.copied
 
     result: dict[str, Any] = {
         "sessions_migrated": counts["sessions"],
@@ -142,6 +164,8 @@ async def migrate_storage(
         "invalid_documents": check.invalid_count,
         "invalid": check.invalid,
         "dry_run": dry_run,
+        "workers": workers,
+        "streams": len(streams) + pool.splits,
         "verified": None,
         "verification": None,
     }
@@ -152,6 +176,34 @@ async def migrate_storage(
         result["verification"] = verification
     result["duration_seconds"] = time.perf_counter() - started
     return result
+
+
+def _streams(plan: ResumePlan) -> list[Stream]:
+    """The streams that copy what the checkpoints say is left: a gap after a stream's copied
+    interval continues that stream (its checkpoint stays one interval); another is new."""
+    streams: list[Stream] = []
+    used = {interval.stream for interval in plan.done}
+    fresh = (number for number in range(1 << 30) if number not in plan.streams or
+             (number == 0 and 0 not in used))
+    for after, upto, continues in plan.gaps():
+        if continues is not None:
+            streams.append(Stream(continues.stream, continues.after, upto, after,
+                                  continues.copied))
+        else:
+            streams.append(Stream(next(fresh), after, upto, after))
+    return streams
+
+
+async def _next_key(store: KVStore, prefix: str, after: str | None) -> str | None:
+    async for key, _ in store.scan(prefix, start_after=after, limit=1):
+        return key
+    return None
+
+
+async def _last_key(store: KVStore, prefix: str) -> str | None:
+    async for key, _ in store.scan(prefix, limit=1, reverse=True):
+        return key
+    return None
 
 
 #: How many of the documents found in an occupied destination the refusal names.
@@ -179,6 +231,26 @@ async def _refuse_occupied(destination: KVStore, prefix: str) -> None:
         "merge into this one on purpose (--merge, merge=True)")
 
 
+class _Tally:
+    """What every stream has written in this run, summed for the result and the progress
+    callback."""
+
+    def __init__(self, copied_before: int, callback: ProgressCallback | None,
+                 started: float) -> None:
+        self.copied_before = copied_before
+        self.callback = callback
+        self.started = started
+        self.counts = kind_counts()
+        self.copied = 0  # documents whose write returned, in this run
+
+    async def add(self, batch: Items) -> None:
+        self.copied += len(batch)
+        count_kinds(self.counts, batch)
+        await report_progress(self.callback, MigrationProgress(
+            self.copied_before + self.copied, self.copied_before, batch[-1][0],
+            time.perf_counter() - self.started))
+
+
 class _CheckpointedWriter:
     """Writes batches with up to ``writers`` ``put_many`` calls in flight. The checkpoint added
     to a batch names the last key of the longest run of batches, from the start, whose writes
@@ -187,20 +259,17 @@ class _CheckpointedWriter:
 
     def __init__(self, destination: KVStore, checkpoint: str, identity: dict[str, Any],
                  resumed_from: str | None, copied_before: int, *, writers: int | None,
-                 dry_run: bool,
-                 progress_callback: ProgressCallback | None, started: float) -> None:
+                 dry_run: bool, tally: _Tally, after: str | None = None) -> None:
         self.destination = destination
         self.checkpoint = checkpoint
         self.identity = identity
+        self.after = after
         self.auto = writers is None
         self.writers = 1 if writers is None else writers
         self.dry_run = dry_run
         self._trial_marks: dict[int, tuple[float, int]] = {}
-        self.progress_callback = progress_callback
-        self.started = started
+        self.tally = tally
         self.copied_before = copied_before
-        self.counts = kind_counts()
-        self.copied = 0  # documents whose write returned, in this run
         self._next_index = 0
         self._contiguous = -1  # every batch up to this index has been written
         self._contiguous_copied = 0
@@ -222,7 +291,8 @@ class _CheckpointedWriter:
         items = batch
         if self._done_key is not None and self._done_key != self._written_key:
             state = encode_checkpoint(self.identity, self._done_key,
-                                      self.copied_before + self._contiguous_copied)
+                                      self.copied_before + self._contiguous_copied,
+                                      after=self.after)
             items = [*batch, (self.checkpoint, state)]
             self._written_key = self._done_key
         task = asyncio.create_task(
@@ -239,8 +309,6 @@ class _CheckpointedWriter:
     async def _finish(self, index: int) -> None:
         batch = self._pending[index]
         self._finished.add(index)
-        self.copied += len(batch)
-        count_kinds(self.counts, batch)
         while self._contiguous + 1 in self._finished:
             self._contiguous += 1
             self._finished.discard(self._contiguous)
@@ -249,9 +317,7 @@ class _CheckpointedWriter:
             self._done_key = done[-1][0]
             if self.auto:
                 self._tune()
-        await report_progress(self.progress_callback, MigrationProgress(
-            self.copied_before + self.copied, self.copied_before, batch[-1][0],
-            time.perf_counter() - self.started))
+        await self.tally.add(batch)
 
     def _tune(self) -> None:
         """Auto concurrency: time _TRIAL batches with one write in flight, then _TRIAL with

@@ -4,6 +4,7 @@ these commands drops data on its own."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +43,15 @@ class DocumentCheck:
         return self.validate or self.upgrade
 
     def _record(self, key: str, exc: Exception) -> None:
+        """Count it; list the ``SAMPLE_LIMIT`` smallest keys (the first ones met by one
+        stream in key order, and the same ones whatever order several streams meet them in)."""
         self.invalid_count += 1
-        if len(self.invalid) < SAMPLE_LIMIT:
-            reason = str(exc) or type(exc).__name__
-            self.invalid.append({"key": key, "error": reason[:300]})
+        if len(self.invalid) >= SAMPLE_LIMIT and key >= self.invalid[-1]["key"]:
+            return
+        reason = str(exc) or type(exc).__name__
+        bisect.insort(self.invalid, {"key": key, "error": reason[:300]},
+                      key=lambda entry: entry["key"])
+        del self.invalid[SAMPLE_LIMIT:]
 
     def process(self, items: Items) -> Items:
         """The items to write: upgraded where asked; invalid ones recorded, kept unchanged."""

@@ -61,7 +61,8 @@ async def upgrade_storage(
     storage: Any, *, prefix: str = "", batch_size: int = 1000,
     progress_callback: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Rewrite, in place, every document of an older version as the newest version, and move
+    """Move keys the store kept in an older layout of its own (``KVStore.upgrade_layout``),
+    rewrite, in place, every document of an older version as the newest version, and move
     documents an earlier release stored under legacy keys (ids holding ``:`` or ``%``) to the
     keys of this layout (``upgrade_key_layout``), then build the session and file index if the
 store has none yet (``kvsessions.sessions.index.build_index``: resumable, it reports progress
@@ -71,6 +72,9 @@ like the rewrite). Documents that cannot be upgraded are left as
     store = as_store(storage, "storage")
     size = check_batch_size(batch_size)
     started = time.perf_counter()
+    # The store's own older layout first (a Redis namespace under one hash tag): until it is
+    # moved, the store refuses to read it.
+    layout_moved = await store.upgrade_layout()
     check = DocumentCheck(validate=False, upgrade=True)
     checked = 0
     async with Prefetch(scan_batches(store, prefix, None, size)) as batches:
@@ -95,6 +99,7 @@ like the rewrite). Documents that cannot be upgraded are left as
         "documents_checked": checked,
         "documents_upgraded": check.upgraded,
         "keys_moved": moved,
+        "layout_keys_moved": layout_moved,
         "documents_indexed": indexed,
         "invalid_documents": check.invalid_count,
         "invalid": check.invalid,

@@ -4,13 +4,17 @@ Concurrent writers, in any number of processes, need no lock: every change of a 
 ``compare_and_set`` from the head just read, repeated from a fresh read when another writer
 got in first. Hence:
 
-* ``message_count`` is exact once the writers are done: a head's count grows by exactly the
-  number of message documents a writer created (each with ``put_if_absent``, so a message
-  stored twice counts once), and no increment is lost to a concurrent append or save;
+* ``message_count`` is exact once the writers are done: a writer counts the messages it
+  adds before it stores them (each with ``put_if_absent``) and then takes back those that
+  were already stored, so a message stored twice counts once; a writer removing messages
+  takes off exactly those its delete removed; no change is lost to a concurrent writer
+  (``kvsessions.sessions.message_edits`` says why counting first keeps the count exact);
 * ``save_session`` merges with what others wrote: fields this object changed since it was
-  loaded or last saved here are written, the others keep the stored value, ``updated_at``
+  loaded or last saved here are written (``metadata`` key by key: the top-level keys it set,
+  changed or removed), the others keep the stored value, ``updated_at``
   never goes back (unless this object set it back), and the count is the stored count plus
-  the messages this save created;
+  the messages this save created minus those it removed (a delete that found the message
+  gone, removed by another writer, does not count);
 * ``delete_session`` first marks the head ``deleting`` (such a session reads as absent), then
   deletes the messages, then the head. An append or save that finds the mark, or finds the
   head gone, removes the messages it wrote and fails (``SessionNotFoundError``; a save returns
@@ -20,8 +24,12 @@ got in first. Hence:
   writes nothing; an object never stored here creates the session. A delete that was
   interrupted is finished by running ``delete_session`` again.
 
-A writer killed between its message write and its head update leaves that message uncounted;
-a full ``load_session`` reports the number of messages stored.
+Every write of a head adds 1 to its ``revision`` (``next_revision``; a new head is revision
+1, a version 1 head reads as 0), so "only if unchanged" is one comparison
+(``check_revision``), repeated on every read of the compare-and-set loop.
+
+A writer killed between counting a message and storing it leaves the count one above what is
+stored; a full ``load_session`` reports the number of messages stored.
 """
 
 from __future__ import annotations
@@ -33,8 +41,21 @@ from typing import Any
 import orjson
 
 from kvsessions.documents.codec import parse_timestamp
+from kvsessions.errors import InvalidValueError, RevisionConflictError
+from kvsessions.sessions.message_changes import Fingerprint
 
-__all__ = ["DELETING", "Head", "SavedState", "head_fields", "is_stale", "merged_head"]
+__all__ = [
+    "DELETING",
+    "Head",
+    "SavedState",
+    "check_expected_revision",
+    "check_revision",
+    "head_fields",
+    "is_stale",
+    "merged_head",
+    "merged_metadata",
+    "next_revision",
+]
 
 #: The status a head has while its session is being deleted (never a model's status).
 DELETING = "deleting"
@@ -44,14 +65,12 @@ MERGED_FIELDS = ("model", "created_at", "status", "metadata")
 
 @dataclass
 class SavedState:
-    """What one storage stored of one session object: the message ids, how many leading
-    messages of ``session.messages`` were all stored (so a save looks only at the messages
-    after them: O(new messages), not O(history)), and the object's head fields as of its last
-    load or save here (None: never stored through this storage)."""
+    """What one storage stored of one session object: a fingerprint of each message it loaded
+    or saved (``kvsessions.sessions.message_changes``: how a save finds new, edited and
+    removed messages), and the object's head fields as of its last load or save here (None:
+    never stored through this storage)."""
 
-    ids: set[str] = field(default_factory=set)
-    prefix: int = 0
-    last_id: str | None = None
+    messages: dict[str, Fingerprint] = field(default_factory=dict)
     base: dict[str, Any] | None = None
 
 
@@ -91,15 +110,60 @@ def merged_head(current: dict[str, Any], mine: dict[str, Any], base: dict[str, A
     """The head a save writes over ``current``: the fields this object changed since
     ``base`` (all of them without a base), the stored value of the others, the later
     ``updated_at`` (or this object's, when it set it back), and the stored count plus the
-    messages this save created."""
+    messages this save created minus those it removed (``created``; never below 0)."""
     merged = dict(current)
     changed = head_fields(mine)
     for name in MERGED_FIELDS:
         if base is None or changed[name] != base[name]:
             merged[name] = mine[name]
+    if base is not None and changed["metadata"] != base["metadata"]:
+        merged["metadata"] = merged_metadata(current["metadata"], base["metadata"],
+                                             mine["metadata"])
     updated = changed["updated_at"]
     set_back = base is not None and updated < base["updated_at"]
     if set_back or updated > parse_timestamp(current["updated_at"], path="updated_at"):
         merged["updated_at"] = mine["updated_at"]
-    merged["message_count"] = current["message_count"] + created
+    merged["message_count"] = max(0, current["message_count"] + created)
     return merged
+
+
+_MISSING = object()
+
+
+def merged_metadata(current: dict[str, Any], base: dict[str, Any],
+                    mine: dict[str, Any]) -> dict[str, Any]:
+    """The stored metadata with the top-level keys this object set, changed or removed since
+    ``base`` applied (so two writers changing different keys both keep theirs)."""
+    merged = dict(current)
+    for name in base.keys() | mine.keys():
+        value = mine.get(name, _MISSING)
+        if value != base.get(name, _MISSING):
+            if value is _MISSING:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+    return merged
+
+
+def next_revision(document: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """``document`` (changed in place and returned) as the next revision of ``current``
+    (None: a new head, revision 1). Call it last, after deciding the head changes at all."""
+    document["revision"] = 1 if current is None else current.get("revision", 0) + 1
+    return document
+
+
+def check_expected_revision(expected: object) -> None:
+    """None (no condition) or a whole number >= 0 (0: never written)."""
+    if expected is not None and (type(expected) is not int or expected < 0):
+        raise InvalidValueError(f"expected_revision must be a whole number >= 0 or None, "
+                                f"not {expected!r}")
+
+
+def check_revision(what: str, expected: int | None, current: dict[str, Any] | None) -> None:
+    """Raise ``RevisionConflictError`` when ``expected`` is given and ``current`` (None: not
+    stored, revision 0) is at another revision."""
+    if expected is None:
+        return
+    actual = 0 if current is None else current.get("revision", 0)
+    if actual != expected:
+        raise RevisionConflictError(what, expected, actual)

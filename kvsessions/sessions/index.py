@@ -1,11 +1,12 @@
-"""Index entries: keys that sort sessions by ``updated_at`` (all of them, and per status) and
-file records by ``expires_at``, kept right by ordinary KV writes, with no multi-key transaction.
+"""Index entries: keys that sort sessions by ``updated_at`` (all of them, per status, and per
+owner: application, user, both) and file records by ``expires_at``, kept right by ordinary KV
+writes, with no multi-key transaction.
 
 The keys are in ``kvsessions.documents.keys``. An entry *names* a head (session id, status,
 updated_at); it is *current* when the head it names says exactly that. The rules:
 
-1. **Before** a head changes, the entries of the new head are written (``before_change``);
-   **after** it changed, the entries only the old head had are deleted (``after_change``).
+1. **Before** a head changes, the entries of the new head are written;
+   **after** it changed, the entries only the old head had are deleted.
    So the current entries of a head exist whenever the head does.
 2. Readers check every entry against the head it names, never trust it alone: a missing or
    ``deleting`` head, or one whose fields differ, is skipped; a listing therefore never shows
@@ -23,12 +24,13 @@ late with another status). An entry later than its head (a writer on its way, or
 crashed between entry and head) is skipped and left alone.
 
 A writer does all of rule 1 in one call, ``compare_and_set_with`` (new entries, head, old
-entries). Where the store makes that one transaction (SQLite, PostgreSQL, Redis, memory:
-``atomic_compare_and_set_with``), the entries change exactly when the head does: no entry a
-writer wrote waits for its head change, and none it deletes can be one another writer has
-just written for a head change still to come (that writer's compare-and-set then fails, and it
-writes its entries again from the new head). So rules 3 and 4 hold for such writers without
-the read again, and an append costs what it cost before the index: one call per head change.
+entries). Where the store makes that one transaction (SQLite, PostgreSQL, single-server Redis,
+memory: ``atomic_compare_and_set_with``; not Redis Cluster, whose partitions are in other
+slots), the entries change exactly when the head does: no entry a writer wrote waits for its
+head change, and none it deletes can be one another writer has just written for a head change
+still to come (that writer's compare-and-set then fails, and it writes its entries again from
+the new head). So rules 3 and 4 hold for such writers without the read again, and an append
+costs what it cost before the index: one call per head change.
 Readers still follow rule 3 everywhere.
 """
 
@@ -42,14 +44,18 @@ import orjson
 
 from kvsessions.documents.codec import parse_timestamp
 from kvsessions.documents.keys import (
+    APP_INDEX_PREFIX,
     FILE_PREFIX,
     INDEX_STATE_KEY,
+    OWNER_INDEX_PREFIX,
     SESSION_INDEX_PREFIX,
     SESSION_PREFIX,
     STATUS_INDEX_PREFIX,
+    USER_INDEX_PREFIX,
     file_expiry_key,
     index_entry_parts,
     index_timestamp,
+    owner_index_keys,
     session_index_keys,
     session_key,
 )
@@ -64,6 +70,7 @@ __all__ = [
     "IndexState",
     "SessionIndex",
     "build_index",
+    "every_entry",
     "file_entry",
     "head_entries",
     "is_removable",
@@ -85,7 +92,17 @@ def head_entries(document: dict[str, Any] | None) -> frozenset[str]:
     if document is None or document["status"] == DELETING:
         return frozenset()
     updated = parse_timestamp(document["updated_at"], path="updated_at")
-    return frozenset(session_index_keys(document["session_id"], document["status"], updated))
+    session_id = document["session_id"]
+    return frozenset((*session_index_keys(session_id, document["status"], updated),
+                      *owner_index_keys(session_id, document.get("user_id"),
+                                        document.get("app_name"), updated)))
+
+
+def every_entry(document: dict[str, Any]) -> frozenset[str]:
+    """The entries a head at ``document``'s ``updated_at`` may have had under any status (a
+    ``deleting`` mark does not keep the status before it): what a delete removes."""
+    return frozenset(entry for status in SESSION_STATUSES
+                     for entry in head_entries({**document, "status": status}))
 
 
 def file_entry(document: dict[str, Any] | None) -> str | None:
@@ -187,6 +204,15 @@ def _entry_session(entry: str) -> str | None:
         prefix = f"{STATUS_INDEX_PREFIX}{status}:"
         if entry.startswith(prefix):
             parts = index_entry_parts(entry, prefix)
+            return None if parts is None else parts[1]
+    for prefix, owner_parts in ((OWNER_INDEX_PREFIX, 2), (APP_INDEX_PREFIX, 1),
+                                (USER_INDEX_PREFIX, 1)):
+        if entry.startswith(prefix):
+            # the owner parts are encoded ids (no ':'): skip them, then read time and id
+            rest = entry[len(prefix):].split(":", owner_parts)
+            if len(rest) <= owner_parts:
+                return None
+            parts = index_entry_parts(rest[owner_parts], "")
             return None if parts is None else parts[1]
     return None
 

@@ -32,6 +32,7 @@ from kvsessions.kv.base import KVStore
 from kvsessions.sessions.arguments import check_limit, check_status
 from kvsessions.sessions.heads import DELETING
 from kvsessions.sessions.index import IndexState, SessionIndex, is_removable, time_text
+from kvsessions.sessions.owners import OwnerFilter, owner_filter
 from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = ["SessionListing", "SessionPage"]
@@ -85,23 +86,28 @@ class SessionListing:
     async def list_sessions(
         self, status: str | None = None, limit: int = 100, *,
         updated_since: datetime | None = None, updated_before: datetime | None = None,
+        user_id: str | None = None, app_name: str | None = None,
     ) -> list[ChatSession]:
         """Session heads (``messages`` empty, ``message_count`` from the head), most recently
         updated first: the first page of ``page_sessions``."""
         sessions, _ = await self.page_sessions(status, limit, updated_since=updated_since,
-                                               updated_before=updated_before)
+                                               updated_before=updated_before,
+                                               user_id=user_id, app_name=app_name)
         return sessions
 
     async def page_sessions(
         self, status: str | None = None, limit: int = 100, before: str | None = None, *,
         updated_since: datetime | None = None, updated_before: datetime | None = None,
+        user_id: str | None = None, app_name: str | None = None,
     ) -> SessionPage:
         """Up to ``limit`` session heads, newest first, below the cursor ``before`` (from an
-        earlier page), updated at or after ``updated_since`` and before ``updated_before``;
-        and the cursor of the next page (None after the last). Reads about ``limit`` index
-        entries and their heads, whatever the store's size; a damaged head raises
+        earlier page), updated at or after ``updated_since`` and before ``updated_before``,
+        owned by ``user_id`` and/or ``app_name`` when given; and the cursor of the next page
+        (None after the last). Reads about ``limit`` index entries and their heads, whatever
+        the store's size (``kvsessions.sessions.owners``); a damaged head raises
         ``ValidationError`` naming it."""
         check_status(status)
+        owner = owner_filter(user_id, app_name)
         check_limit(limit, "limit")
         if before is not None and (type(before) is not str
                                    or index_entry_parts("x" + before, "x") is None):
@@ -116,15 +122,15 @@ class SessionListing:
             return [], None
         window = _Window(before, updated_since, updated_before)
         if await self._index_state.complete_for_reading():
-            listed, more = await self._page_from_index(status, limit, window)
+            listed, more = await self._page_from_index(status, limit, window, owner)
         else:
-            listed, more = await self._page_from_scan(status, limit, window)
+            listed, more = await self._page_from_scan(status, limit, window, owner)
         sessions = [self._listed(document, key) for _, key, document in listed]
         return sessions, (listed[-1][0] if more and listed else None)
 
-    async def _page_from_index(self, status: str | None, limit: int,
-                               window: _Window) -> tuple[list[Listed], bool]:
-        prefix = session_index_prefix(status)
+    async def _page_from_index(self, status: str | None, limit: int, window: _Window,
+                               owner: OwnerFilter | None = None) -> tuple[list[Listed], bool]:
+        prefix = session_index_prefix(status) if owner is None else owner.prefix
         start = None if window.upper is None else prefix + window.upper
         found: dict[str, Listed] = {}
         stale: list[str] = []
@@ -146,7 +152,7 @@ class SessionListing:
                     break
                 entries.append((key, *parts))
                 boundary = key[len(prefix):]
-            await self._check_entries(entries, status, window, found, stale)
+            await self._check_entries(entries, status, window, found, stale, owner)
             if chunk:
                 start = chunk[-1]
             if sum(1 for item in found.values() if item[0] >= boundary) >= limit:
@@ -159,7 +165,7 @@ class SessionListing:
 
     async def _check_entries(self, entries: list[tuple[str, str, str]], status: str | None,
                              window: _Window, found: dict[str, Listed],
-                             stale: list[str]) -> None:
+                             stale: list[str], owner: OwnerFilter | None = None) -> None:
         """Read the heads ``entries`` name; keep the live ones in the window in ``found``
         (by their own position, which a concurrent writer may have moved), and note the
         entries that readers may remove in ``stale``."""
@@ -176,7 +182,8 @@ class SessionListing:
         for entry, entry_time, session_id in entries:
             head = heads[session_id]
             live = head is not None and head["status"] != DELETING and (
-                status is None or head["status"] == status)
+                status is None or head["status"] == status) and (
+                owner is None or owner.matches(head))
             if head is not None and live:
                 key = session_key(session_id)
                 position = _position(head, key)
@@ -184,16 +191,18 @@ class SessionListing:
                     found[session_id] = (position, key, head)
                 if position.startswith(entry_time + ":"):
                     continue  # current
-            if is_removable(entry_time, status, head):
+            # an owner entry is not a status entry: a status asked for is a filter on it
+            if is_removable(entry_time, status if owner is None else None, head):
                 stale.append(entry)
 
-    async def _page_from_scan(self, status: str | None, limit: int,
-                              window: _Window) -> tuple[list[Listed], bool]:
+    async def _page_from_scan(self, status: str | None, limit: int, window: _Window,
+                              owner: OwnerFilter | None = None) -> tuple[list[Listed], bool]:
         """The page from every head (stores whose index is not built yet)."""
         heap: list[Listed] = []
         async for key, document in self._live_heads(status):
             position = _position(document, key)
-            if not window.holds(position):
+            if not window.holds(position) or (owner is not None
+                                              and not owner.matches(document)):
                 continue
             item = (position, key, document)
             if len(heap) <= limit:

@@ -104,9 +104,12 @@ class SessionManager:
 
     # ------------------------------------------------------------------ sessions
 
-    async def create_session(self, model: str) -> ChatSession:
-        """A new active session, stored at once when auto-save is on."""
-        session = ChatSession.create(model)
+    async def create_session(self, model: str, *, user_id: str | None = None,
+                             app_name: str | None = None,
+                             metadata: dict[str, Any] | None = None) -> ChatSession:
+        """A new active session (owned by ``user_id`` of ``app_name`` when given), stored at
+        once when auto-save is on."""
+        session = ChatSession.create(model, metadata, user_id=user_id, app_name=app_name)
         if self.auto_save_enabled:
             await self.storage.save_session(session)
         await self._remember(session)

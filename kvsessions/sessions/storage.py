@@ -5,15 +5,24 @@ message is its own document under ``message:{sid}:{mid}`` (message ids are time-
 order is conversation order), and ``file:{fid}`` holds an uploaded-file record. So:
 
 * appending a message costs one get of the head, one new message document and one
-  compare-and-set of the head, whatever the history's length; ``save_session`` writes only the
-  messages this storage has not stored from that session object yet, and the head only when
-  something in it changed; it never deletes anything another writer stored;
+  compare-and-set of the head, whatever the history's length; ``save_session`` writes only
+  what changed: the messages this storage has not stored from that session object yet, the
+  edits of those it loaded or saved, the deletion of those removed from the list, and the
+  head when something in it changed; it never deletes a message the object never held;
+* single messages are appended, read, updated, deleted and popped, or all cleared, by the
+  methods of ``kvsessions.sessions.message_edits``, each at the cost of the messages it
+  touches;
 * loading a session is one get (the head) and one prefix scan (its messages); the latest N
   messages are one short reverse scan;
 * listing sessions reads about ``limit`` index entries and the heads they name, whatever the
   store's size (``kvsessions.sessions.listing``; the rules that keep the entries right under
   concurrent writers are in ``kvsessions.sessions.index``): an append or a save that moves
   ``updated_at`` also writes the new entries before the head and removes the old after it.
+
+``update_session`` changes a head alone (``kvsessions.sessions.head_updates``); state
+documents live beside sessions (``kvsessions.sessions.state``); sessions may have an owner,
+listed through owner index entries (``kvsessions.sessions.owners``). Every head write adds one
+to the head's ``revision``.
 
 Concurrent writers, in any number of processes, need no lock: every change of a head is a
 ``compare_and_set`` from the head just read (see ``kvsessions.sessions.heads``), so
@@ -27,18 +36,16 @@ invalid session or message raises ``ValidationError`` naming the field and store
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import orjson
-
 from kvsessions.documents.codec import (
     decode_document,
-    document_to_message,
     document_to_session,
     format_timestamp,
     message_to_document,
-    parse_timestamp,
     session_to_document,
 )
 from kvsessions.documents.keys import (
@@ -47,13 +54,13 @@ from kvsessions.documents.keys import (
     legacy_key_error,
     message_key,
     message_prefix,
-    session_index_keys,
     session_key,
+    session_state_key,
 )
 from kvsessions.documents.models import (
-    SESSION_STATUSES,
     ChatMessage,
     ChatSession,
+    utc_now,
 )
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import SessionNotFoundError, ValidationError
@@ -61,18 +68,35 @@ from kvsessions.kv.base import KVStore, outlive_cancellation
 from kvsessions.kv.registry import open_store
 from kvsessions.kv.values import check_key
 from kvsessions.sessions.arguments import check_limit
+from kvsessions.sessions.conditional_append import ConditionalAppend
+from kvsessions.sessions.damaged import (
+    DamagedHandling,
+    DamagedPolicy,
+    DamagedReport,
+    check_damaged_policy,
+)
 from kvsessions.sessions.files import FileRecords
+from kvsessions.sessions.head_updates import HeadChange, update_head
 from kvsessions.sessions.heads import (
     DELETING,
     Head,
     SavedState,
+    check_expected_revision,
+    check_revision,
     head_fields,
     is_stale,
     merged_head,
+    next_revision,
 )
-from kvsessions.sessions.index import IndexState, SessionIndex
+from kvsessions.sessions.index import IndexState, SessionIndex, every_entry
+from kvsessions.sessions.insertion import SessionInsertion
 from kvsessions.sessions.listing import SessionListing
-from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
+from kvsessions.sessions.message_edits import CREATE_TOGETHER, MessageEdits
+from kvsessions.sessions.message_scan import scan_messages
+from kvsessions.sessions.message_times import TimeWindow
+from kvsessions.sessions.search import MessageHit, search_messages
+from kvsessions.sessions.state import State, StateDocuments, StateScope
 from kvsessions.wrappers.validating import ValidatingStore
 
 if TYPE_CHECKING:
@@ -123,22 +147,25 @@ def __getattr__(name: str) -> Any:
 _DELETE_BATCH = 500
 #: Message documents one save writes at once (each with its own ``put_if_absent``).
 _WRITE_CONCURRENCY = 32
-#: Messages a save creates in its head change's transaction at most (more: one by one).
-_CREATE_TOGETHER = 1000
 #: Attribute on a ChatSession object that remembers what one storage stored of it.
 _SAVED_ATTRIBUTE = "_kvsessions_saved"
 
 
 
 
-class SessionStorage(SessionListing, FileRecords):
+class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion,
+                     ConditionalAppend):
     """The seed's storage API over any ``KVStore`` (see the module docstring for the layout).
 
     ``store`` is the key-value store given; everything goes through a ``ValidatingStore``
     around it (or the store itself when it already is one). ``close()`` closes the store.
+    ``on_damaged`` is what reads do with a damaged message document: ``"raise"`` its
+    ``ValidationError`` or ``"skip"`` it, logging a warning and calling
+    ``on_damaged_report(key)`` (``kvsessions.sessions.damaged``); reads may override it.
     """
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: KVStore, *, on_damaged: DamagedPolicy = "raise",
+                 on_damaged_report: DamagedReport | None = None) -> None:
         if not isinstance(store, KVStore):
             raise TypeError(f"SessionStorage needs a KVStore, not {type(store).__name__}; "
                             "use SessionStorage.from_url(url) for a URL")
@@ -149,6 +176,10 @@ class SessionStorage(SessionListing, FileRecords):
         self._token = object()
         self._index = SessionIndex(self._raw, self._read_head_document)
         self._index_state = IndexState(self._raw)
+        if on_damaged_report is not None and not callable(on_damaged_report):
+            raise TypeError("on_damaged_report must be a callable taking a key, or None")
+        self._damaged = DamagedHandling(check_damaged_policy(on_damaged), on_damaged_report)
+        self._states = StateDocuments(self._documents, self._read_head)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SessionStorage:
@@ -181,68 +212,95 @@ class SessionStorage(SessionListing, FileRecords):
 
     # ------------------------------------------------------------------ sessions
 
-    async def save_session(self, session: ChatSession) -> bool:
-        """Store the messages not stored yet and merge the head (see the module docstring).
+    async def save_session(self, session: ChatSession, *,
+                           expected_revision: int | None = None) -> bool:
+        """Store what changed and merge the head (see the module docstring): messages new
+        to this storage, edits of messages it loaded or saved from this object, deletions
+        of those no longer in ``session.messages`` (``kvsessions.sessions.message_changes``).
         True when stored; False, with nothing written, when the session was deleted since
         this object was loaded or saved here (or is being deleted). Nothing is written when
-        any document is invalid or two messages share an id; messages already stored (by
-        anyone) are kept."""
+        any document is invalid or two messages share an id; messages this object never
+        held are kept, and a message another writer deleted is not stored again. With
+        ``expected_revision`` (e.g. ``session.revision``), nothing is written and
+        ``RevisionConflictError`` raised unless the stored head is at that revision (0: no
+        head yet)."""
+        check_expected_revision(expected_revision)
         saved = self._saved(session)
-        unsaved = self._unsaved(session, saved)
-        messages: list[tuple[str, bytes]] = []
-        for message in unsaved:
-            key = check_key(message_key(session.session_id, message.message_id))
-            document = self._message_document(session.session_id, message)
-            messages.append((key, self._documents.encode(key, document)))
+        plan = plan_save(session, saved.messages)
+        messages = [self._message_item(session.session_id, m) for m in plan.new]
+        edits = [self._message_item(session.session_id, m) for m in plan.edited]
+        removed = [message_key(session.session_id, m) for m in plan.removed]
         mine = session_to_document(session)
+        if plan.changes_stored:  # the stored session changes: it counts as updated now
+            mine["updated_at"] = format_timestamp(max(session.updated_at, utc_now()))
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
         await self._index_state.before_write()
         head = await self._read_head(session.session_id)
         if is_stale(head, saved):
             return False
+        check_revision(f"session {session.session_id!r}", expected_revision,
+                       None if head is None else head[1])
         return await outlive_cancellation(
-            self._save(session, saved, unsaved, messages, mine, head))
+            self._save(session, saved, plan, (messages, edits, removed), mine, head,
+                       expected_revision))
 
-    async def _save(self, session: ChatSession, saved: SavedState,
-                    unsaved: list[ChatMessage], messages: list[tuple[str, bytes]],
-                    mine: dict[str, Any], head: Head | None) -> bool:
+    def _message_item(self, session_id: str, message: ChatMessage) -> tuple[str, bytes]:
+        key = check_key(message_key(session_id, message.message_id))
+        return key, self._documents.encode(key, self._message_document(session_id, message))
+
+    async def _save(self, session: ChatSession, saved: SavedState, plan: SavePlan,
+                    writes: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]],
+                    mine: dict[str, Any], head: Head | None,
+                    expected_revision: int | None = None) -> bool:
         """The writes of a save, run to the end even when the caller is cancelled, so that
-        no message is left stored and uncounted."""
-        # Where the store writes a head and other keys in one transaction, the first try
-        # creates the messages in the head change's (one call); should one be stored already,
-        # or the head have changed, they are then created one by one and counted.
+        no message is left stored and uncounted. The head first (counting the new messages,
+        as ``kvsessions.sessions.message_edits`` explains), then the messages, then the
+        count of what was not created or was removed. Where the store writes a head and
+        other keys in one transaction, the first try creates the messages in the head
+        change's (counted exactly when they exist); should one be stored already, or the
+        head have changed, the order above follows from a fresh read."""
+        messages, edits, removals = writes
         together = (self._raw.atomic_compare_and_set_with
-                    and 0 < len(messages) <= _CREATE_TOGETHER)
-        created = [] if together else await self._create_messages(messages)
+                    and 0 < len(messages) <= CREATE_TOGETHER)
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
-                await self._remove(created)
                 return False
-            count = len(messages) if together else len(created)
+            check_revision(f"session {session.session_id!r}", expected_revision,
+                           None if head is None else head[1])
             if head is None:
-                document = {**mine, "message_count": count}
+                document = next_revision({**mine, "message_count": len(messages)}, None)
             else:
-                document = merged_head(head[1], mine, saved.base, count)
-                if document == head[1]:
+                current = head[1]
+                document = merged_head(current, mine, saved.base, len(messages))
+                if document == current:
+                    together = False
                     break
+                next_revision(document, current)
             encoded = self._documents.encode(head_key, document)
             if await self._index.change(session.session_id, head, document, encoded,
                                         messages if together else None):
                 break
-            if together:
-                together = False
-                created = await self._create_messages(messages)
+            together = False
             head = await self._read_head(session.session_id)
-        saved.ids.update(message.message_id for message in unsaved)
-        self._mark_prefix(session, saved)
+        if (messages and not together
+                and await self._create_counted(session.session_id, messages) is None):
+            return False
+        await self._store_edits(edits)
+        removed = await self._raw.delete_many(removals) if removals else 0
+        recounted = await self._recount(session.session_id, -removed)
+        plan.settle(saved.messages)
         saved.base = head_fields(mine)
-        session.message_count = document["message_count"]
+        session.updated_at = saved.base["updated_at"]
+        final = recounted or document
+        session.message_count = final["message_count"]
+        session.revision = final["revision"]
+        session.user_id, session.app_name = final.get("user_id"), final.get("app_name")
         return True
 
     async def _create_messages(self, messages: list[tuple[str, bytes]]) -> list[str]:
         """Store each message unless its key is taken; the keys this call created. A failure
-        removes what this call created, so no stored message goes uncounted."""
+        removes what this call created (its caller then takes the count back)."""
         created: list[str] = []
         failure: BaseException | None = None
         for start in range(0, len(messages), _WRITE_CONCURRENCY):
@@ -280,32 +338,7 @@ class SessionStorage(SessionListing, FileRecords):
 
     async def _append(self, session_id: str, key: str, value: bytes, message: ChatMessage,
                       head: Head | None) -> None:
-        # Where the store writes a head and other keys in one transaction, the message is
-        # created in the head change's (one call in all); else first, then counted.
-        together = self._raw.atomic_compare_and_set_with
-        created = together or await self._raw.put_if_absent(key, value)
-        head_key = session_key(session_id)
-        while True:
-            if head is None or head[1]["status"] == DELETING:
-                if created and not together:
-                    await self._raw.delete(key)
-                raise SessionNotFoundError(
-                    f"session {session_id!r} was deleted while a message was appended")
-            current = head[1]
-            document = dict(current)
-            document["message_count"] = current["message_count"] + created
-            updated = parse_timestamp(current["updated_at"], key=head_key, path="updated_at")
-            if message.created_at > updated:
-                document["updated_at"] = format_timestamp(message.created_at)
-            if document == current:
-                return
-            encoded = self._documents.encode(head_key, document)
-            create = [(key, value)] if together and created else []
-            if await self._index.change(session_id, head, document, encoded, create):
-                return
-            if create and await self._raw.get(key) is not None:
-                created = False  # stored already (a retried append): not counted again
-            head = await self._read_head(session_id)
+        await self._append_counted(session_id, [(key, value)], message.created_at, head)
 
     async def _read_head(self, session_id: str) -> Head | None:
         """The head of ``session_id`` as stored (any status), or None. A head found only under
@@ -326,14 +359,17 @@ class SessionStorage(SessionListing, FileRecords):
         return None
 
     async def load_session(
-        self, session_id: str, *, last_messages: int | None = None
+        self, session_id: str, *, last_messages: int | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> ChatSession | None:
         """The session with all its messages (or only the latest ``last_messages``), or None.
 
-        A full load reports ``message_count`` as the number of messages stored; a partial load
-        reports the head's count (see the module docstring)."""
+        A full load reports ``message_count`` as the number of messages stored (with
+        ``on_damaged="skip"``: readable ones); a partial load reports the head's count (see
+        the module docstring). A damaged head always raises."""
         if last_messages is not None:
             check_limit(last_messages, "last_messages")
+        handling = self._handling(on_damaged)
         key = session_key(session_id)
         stored = await self._read_head(session_id)
         if stored is None or stored[1]["status"] == DELETING:
@@ -341,14 +377,14 @@ class SessionStorage(SessionListing, FileRecords):
         head = stored[1]
         session = document_to_session(head, key=key)
         if last_messages is None:
-            session.messages = await self._scan_messages(message_prefix(session_id))
+            session.messages = await self._scan_messages(message_prefix(session_id), handling)
             session.message_count = len(session.messages)
         else:
-            session.messages = await self.load_messages(session_id, limit=last_messages)
+            session.messages = await self.load_messages(session_id, limit=last_messages,
+                                                        on_damaged=handling.policy)
             session.message_count = max(session.message_count, len(session.messages))
         saved = self._saved(session)
-        saved.ids.update(message.message_id for message in session.messages)
-        self._mark_prefix(session, saved)
+        remember(saved.messages, session.messages)
         saved.base = head_fields(head)
         return session
 
@@ -359,22 +395,35 @@ class SessionStorage(SessionListing, FileRecords):
         limit: int | None = None,
         before: str | None = None,
         after: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        on_damaged: DamagedPolicy | None = None,
     ) -> list[ChatMessage]:
         """A page of a session's messages, in conversation order, by message id (exclusive).
 
         With only ``after``: the first ``limit`` messages after it (paging forwards). Otherwise
         the latest ``limit`` messages (before ``before``, after ``after``, when given): the chat
         window, and paging backwards with ``before=<oldest message loaded>.message_id``. Only the
-        page is read, never the rest of the history."""
+        page is read, never the rest of the history. ``since`` (inclusive) and ``until``
+        (exclusive) keep the messages whose ``created_at`` is in that window, reading only
+        the key range its ids' times span (``kvsessions.sessions.message_times``)."""
         if limit is not None:
             check_limit(limit, "limit")
+        handling = self._handling(on_damaged)
+        window = TimeWindow(since, until)
         prefix = message_prefix(session_id)
         after_key = None if after is None else message_key(session_id, after)
         before_key = None if before is None else message_key(session_id, before)
-        if after_key is not None and before_key is None:
-            return await self._scan_messages(prefix, start_after=after_key, limit=limit)
-        messages = await self._scan_messages(prefix, start_after=before_key, limit=limit,
-                                             reverse=True, stop_at=after_key)
+        forwards = after_key is not None and before_key is None
+        lower = max((k for k in (after_key, window.lower_key(session_id)) if k is not None),
+                    default=None)
+        upper = min((k for k in (before_key, window.upper_key(session_id)) if k is not None),
+                    default=None)
+        if forwards:
+            return await self._scan_messages(prefix, handling, start_after=lower, limit=limit,
+                                             stop_at=upper, keep=window.keep())
+        messages = await self._scan_messages(prefix, handling, start_after=upper, limit=limit,
+                                             reverse=True, stop_at=lower, keep=window.keep())
         messages.reverse()
         return messages
 
@@ -384,6 +433,13 @@ class SessionStorage(SessionListing, FileRecords):
         session = document_to_session(document, key=key)
         self._saved(session).base = head_fields(document, decoded=True)
         return session
+
+    async def search_messages(self, query: str, *, session_id: str | None = None,
+                              user_id: str | None = None, limit: int = 20) -> list[MessageHit]:
+        """Messages whose content holds every word of ``query``, best first: in one session,
+        or in the sessions of one owner, when given (``kvsessions.sessions.search``)."""
+        return await search_messages(self._raw, query, session_id=session_id, user_id=user_id,
+                                     limit=limit, validate=self._documents.validate_reads)
 
     async def delete_session(self, session_id: str) -> bool:
         """Remove the session and all its messages; True if anything was there. The head is
@@ -400,7 +456,8 @@ class SessionStorage(SessionListing, FileRecords):
             if current["status"] == DELETING:
                 marked = stored
                 break
-            mark = self._documents.encode(head_key, {**current, "status": DELETING})
+            mark = self._documents.encode(
+                head_key, next_revision({**current, "status": DELETING}, current))
             if await self._raw.compare_and_set(head_key, stored, mark):
                 marked = mark
                 break
@@ -414,6 +471,7 @@ class SessionStorage(SessionListing, FileRecords):
                 batch = []
         if batch:
             deleted += await self._raw.delete_many(batch)
+        await self._raw.delete(session_state_key(session_id))  # before the head: see state.py
         last_mark = marked
         while marked is not None and not await self._raw.compare_and_set(head_key, marked,
                                                                         None):
@@ -427,9 +485,7 @@ class SessionStorage(SessionListing, FileRecords):
     async def _remove_entries(self, session_id: str, mark: dict[str, Any]) -> None:
         """Remove the entries a deleted head had (its status before the mark is not kept, so
         those of every status), then settle them (``kvsessions.sessions.index``)."""
-        updated = parse_timestamp(mark["updated_at"], path="updated_at")
-        entries = sorted({entry for status in SESSION_STATUSES
-                          for entry in session_index_keys(session_id, status, updated)})
+        entries = sorted(every_entry(mark))
         await self._raw.delete_many(entries)
         await self._index.settle(session_id, entries)
 
@@ -446,11 +502,45 @@ class SessionStorage(SessionListing, FileRecords):
             raise
         return document
 
+    # ------------------------------------------------------------------ heads and state
+
+    async def update_session(self, session_id: str, *,
+                             metadata: Mapping[str, Any] | None = None,
+                             status: str | None = None, model: str | None = None,
+                             expected_revision: int | None = None) -> ChatSession:
+        """Change the head only (no messages read): ``metadata`` merged key by key (a value
+        None removes the key), ``status``, ``model``; atomic under concurrent writers (see
+        ``kvsessions.sessions.head_updates``). The head as stored after it (``messages``
+        empty). ``SessionNotFoundError``; ``RevisionConflictError`` when
+        ``expected_revision`` is given and the head is at another revision."""
+        change = HeadChange(metadata, status, model)
+        await self._index_state.before_write()
+        document = await outlive_cancellation(update_head(
+            self._documents, self._index, self._read_head, session_id, change,
+            expected_revision))
+        return self._listed(document, session_key(session_id))
+
+    async def get_state(self, scope: StateScope) -> State:
+        """The state of ``scope`` (``State()``, revision 0, when never written)."""
+        return await self._states.get(scope)
+
+    async def update_state(self, scope: StateScope, delta: Mapping[str, Any], *,
+                           expected_revision: int | None = None) -> State:
+        """Merge ``delta`` into the state of ``scope`` (a value None removes its key),
+        atomically (``kvsessions.sessions.state``); the state as stored after it."""
+        return await self._states.update(scope, delta, expected_revision)
+
+    async def set_state(self, scope: StateScope, value: Mapping[str, Any], *,
+                        expected_revision: int | None = None) -> State:
+        """Replace the state of ``scope`` with ``value``, atomically; the state stored."""
+        return await self._states.set(scope, value, expected_revision)
+
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
-        or head fields changed since this storage last loaded, listed or saved the object."""
+        edited or removed, or head fields changed since this storage last loaded, listed or
+        saved the object."""
         saved = self._saved(session)
-        if saved.base is None or self._unsaved(session, saved):
+        if saved.base is None or not plan_save(session, saved.messages).empty:
             return True
         return head_fields(session_to_document(session)) != saved.base
 
@@ -467,34 +557,24 @@ class SessionStorage(SessionListing, FileRecords):
     async def _scan_messages(
         self,
         prefix: str,
+        handling: DamagedHandling,
         *,
         start_after: str | None = None,
         limit: int | None = None,
         reverse: bool = False,
         stop_at: str | None = None,
+        keep: Callable[[ChatMessage], bool] | None = None,
     ) -> list[ChatMessage]:
-        """Messages of one scan, each parsed once. A document in the form this release writes
-        is checked field by field on the spot (``message_from_document``); anything else
-        takes the full path (upcast, JSON Schema), which names what is wrong."""
-        messages: list[ChatMessage] = []
-        append, loads, fast = messages.append, orjson.loads, message_from_document
-        async for page in self._raw.scan_pages(prefix, start_after=start_after, limit=limit,
-                                               reverse=reverse):
-            for key, value in page:
-                if stop_at is not None and key <= stop_at:
-                    return messages
-                try:
-                    document = loads(value)
-                except orjson.JSONDecodeError:
-                    document = None
-                message = fast(document)
-                if message is None:
-                    document = decode_document(value, key=key)
-                    if self._documents.validate_reads:
-                        validate_document(document, key=key)
-                    message = document_to_message(document, key=key)
-                append(message)
-        return messages
+        """Messages of one scan, each parsed once (``kvsessions.sessions.message_scan``)."""
+        return await scan_messages(self._raw, self._documents, prefix, handling,
+                                   start_after=start_after, limit=limit, reverse=reverse,
+                                   stop_at=stop_at, keep=keep)
+
+    def _handling(self, on_damaged: str | None) -> DamagedHandling:
+        """The damaged-data policy of one call: its own, else this storage's."""
+        if on_damaged is None or on_damaged == self._damaged.policy:
+            return self._damaged
+        return DamagedHandling(check_damaged_policy(on_damaged), self._damaged.report)
 
     def _saved(self, session: ChatSession) -> SavedState:
         registry: dict[object, SavedState] | None = getattr(session, _SAVED_ATTRIBUTE, None)
@@ -505,30 +585,3 @@ class SessionStorage(SessionListing, FileRecords):
         if saved is None:
             saved = registry[self._token] = SavedState()
         return saved
-
-    @staticmethod
-    def _unsaved(session: ChatSession, saved: SavedState) -> list[ChatMessage]:
-        """The messages to store; ``ValidationError`` when two messages share an id (one key
-        cannot hold both, and counting both would make the count wrong)."""
-        messages = session.messages
-        start = saved.prefix
-        if start and (start > len(messages) or messages[start - 1].message_id != saved.last_id):
-            start = 0  # the list was changed other than by appending: look at all of it
-        seen: set[str] = set()
-        unsaved: list[ChatMessage] = []
-        for message in messages[start:]:
-            message_id = message.message_id
-            if message_id in seen or (start and message_id in saved.ids):
-                raise ValidationError(
-                    f"two messages of session {session.session_id!r} have the id "
-                    f"{message_id!r}", key=message_key(session.session_id, str(message_id)),
-                    path="message_id", kind="message")
-            seen.add(message_id)
-            if message_id not in saved.ids:
-                unsaved.append(message)
-        return unsaved
-
-    @staticmethod
-    def _mark_prefix(session: ChatSession, saved: SavedState) -> None:
-        saved.prefix = len(session.messages)
-        saved.last_id = session.messages[-1].message_id if session.messages else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import pytest
 
 from kvsessions.errors import (
     ConfigError,
+    EventLoopError,
     InvalidKeyError,
     InvalidValueError,
     KVSessionsError,
@@ -74,6 +76,12 @@ HARD_VALUES: dict[str, dict[str, Any]] = {
 
 def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
+
+
+async def _close_and_clean(store: KVStore, store_factory: StoreFactory) -> None:
+    await store.close()
+    if store_factory.cleanup is not None:
+        await store_factory.cleanup()
 
 
 async def collect(iterator: AsyncIterator[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -296,6 +304,35 @@ class KVStoreContract:
             assert flat == await collect(store.scan("p", **kwargs)), kwargs
         assert [k for page in [p async for p in store.scan_pages("p", limit=13)]
                 for k, _ in page] == keys[:13]
+
+    #: Keys of many partitions and runs (``kvsessions.kv.partitions``) whose runs interleave
+    #: in key order: "s" and "s0" are partitions whose keys sort differently by kind.
+    PARTITIONED_KEYS = (
+        "session:s", "session:s0", "session:s%3A1", "session:t", "message:s:01", "message:s:02",
+        "message:s:10", "message:s0:01", "message:s%3A1:01", "message:sa:01", "message:t:01",
+        "index:sessions:2026-01-01T00:00:00.000000Z:t", "index:sessions:2026-01-02:s",
+        "index:status:active:2026:s", "index:state", "index:", "index", "a", "a:", "a::",
+        "a::b", "a:b", "a:b:", "a:b:c", "a:bb:c", ":", "::", ":x:y", "z\U0010ffff:q:r")
+
+    async def test_scan_order_across_partitions(self, store: KVStore) -> None:
+        """Scans over any prefix and from any cursor, in both directions and in small pages,
+        give key order when the keys lie in many partitions and their runs interleave."""
+        store.scan_batch_size = 2
+        keys = utf8_sorted(self.PARTITIONED_KEYS)
+        await store.put_many([(k, dumps({"k": k})) for k in keys[::2]])
+        for k in keys[1::2]:
+            await store.put(k, dumps({"k": k}))
+        prefixes = {k[:n] for k in keys for n in range(len(k) + 1)} | {"message:s:0", "b"}
+        for prefix in sorted(prefixes):
+            expected = [k for k in keys if k.startswith(prefix)]
+            assert await store.keys(prefix) == expected, prefix
+            assert await store.keys(prefix, reverse=True) == expected[::-1], prefix
+        for cursor in [*keys, "message:s:05", "message:s", "a:b:b", "session:s1"]:
+            after = [k for k in keys if k > cursor]
+            before = [k for k in keys if k < cursor][::-1]
+            assert await self._keys(store, "", start_after=cursor) == after, cursor
+            assert await self._keys(store, "", start_after=cursor, limit=3) == after[:3]
+            assert await self._keys(store, "", start_after=cursor, reverse=True) == before
 
     async def test_scan_bad_arguments(self, store: KVStore) -> None:
         for kwargs in ({"start_after": "\x00"}, {"start_after": 5}):
@@ -686,3 +723,76 @@ class KVStoreContract:
 
     def test_repr_names_the_store(self, store: KVStore) -> None:
         assert type(store).__name__ in repr(store)
+
+    # ---------------------------------------------------------------- event loops
+
+    def test_serves_one_event_loop_after_another(self, store_factory: StoreFactory) -> None:
+        """Frameworks call ``asyncio.run`` (or ``Runner.run_sync``) again and again: one store
+        serves each new loop, writes and scans included."""
+        store = store_factory.new()
+
+        async def step(run: int) -> None:
+            await store.put(f"run-{run}", dumps({"run": run}))
+            await store.put_many([(f"batch-{run}-{i}", dumps({"i": i})) for i in range(3)])
+            value = await store.get(f"run-{run}")
+            assert value is not None and orjson.loads(value) == {"run": run}
+            assert await store.compare_and_set(f"run-{run}", value,
+                                               dumps({"run": run, "ok": True}))
+            assert await store.keys("run-") == [f"run-{i}" for i in range(run + 1)]
+
+        try:
+            for run in range(3):
+                asyncio.run(step(run))
+        finally:
+            asyncio.run(_close_and_clean(store, store_factory))
+
+    def test_serves_two_threads_each_with_its_own_loop(self, store_factory: StoreFactory
+                                                       ) -> None:
+        """Two threads, each running its own loop, open one store at the same moment and use
+        it at once: nothing hangs; each store serves both, or (``loops_at_once`` False)
+        refuses the second loop with an ``EventLoopError`` that names it."""
+        store = store_factory.new()
+        start = threading.Barrier(2, timeout=30)
+        both_called = threading.Barrier(2, timeout=30)
+        errors: dict[int, BaseException] = {}
+
+        async def work(thread: int) -> None:
+            await asyncio.to_thread(start.wait)
+            try:
+                await store.put(f"t{thread}-00", dumps({"thread": thread}))
+            finally:
+                await asyncio.to_thread(both_called.wait)  # both loops are running now
+            for i in range(1, 20):
+                await store.put(f"t{thread}-{i:02}", dumps({"thread": thread, "i": i}))
+                assert await store.get(f"t{thread}-{i:02}") is not None
+            assert len(await store.keys(f"t{thread}-")) == 20
+
+        def run(thread: int) -> None:
+            try:
+                asyncio.run(work(thread))
+            except BaseException as exc:
+                errors[thread] = exc
+
+        threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in (1, 2)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert not any(thread.is_alive() for thread in threads), "a loop hangs"
+            if store.loops_at_once:
+                assert not errors, errors
+                expected = 40
+            else:
+                assert len(errors) == 1, errors
+                (error,) = errors.values()
+                assert isinstance(error, EventLoopError), error
+                assert "event loop 0x" in str(error)
+                expected = 20
+
+            async def check() -> None:
+                assert len(await store.keys("t")) == expected
+
+            asyncio.run(check())
+        finally:
+            asyncio.run(_close_and_clean(store, store_factory))

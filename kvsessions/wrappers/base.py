@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.text_search import Accept, TextHit, TextIndex
 
 __all__ = ["StoreWrapper"]
 
@@ -23,6 +24,8 @@ class StoreWrapper(KVStore):
         super().__init__(namespace=inner.namespace)
         self.inner = inner
         self.scan_batch_size = inner.scan_batch_size
+        self.loops_at_once = inner.loops_at_once
+        self.text_search = inner.text_search
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
@@ -33,12 +36,20 @@ class StoreWrapper(KVStore):
         await super().close()
         await self.inner.close()
 
+    async def upgrade_layout(self) -> int:
+        await self._ready()
+        return await self.inner.upgrade_layout()
+
     async def _open(self) -> None:
         await self.inner.open()
         self._secrets = self.inner._secrets
 
     async def _close(self) -> None:
         await self.inner.close()
+
+    async def _ready(self) -> None:
+        await super()._ready()
+        await self.inner._ready()  # the hooks below need its clients for the calling loop
 
     async def _get(self, key: str) -> bytes | None:
         return await self.inner._get(key)
@@ -85,6 +96,10 @@ class StoreWrapper(KVStore):
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
         return await self.inner._scan_page(key_range, reverse, limit)
+
+    async def _search_text(self, index: TextIndex, terms: list[str], within: str, limit: int,
+                           accept: Accept | None) -> list[TextHit]:
+        return await self.inner._search_text(index, terms, within, limit, accept)
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
         return self.inner._classify_error(exc)

@@ -45,6 +45,7 @@ class Peer:
     fsyncs = False  #: every commit is fsynced
     per_message = True  #: one row or item per message (not one document per session)
     kvsessions = False
+    adapts: str | None = None  #: a kvsessions adapter: the name of the store it replaces
 
     async def open(self, folder: Path, stack: AsyncExitStack) -> None:
         raise NotImplementedError
@@ -346,3 +347,70 @@ async def drop_redis_keys(client: Any, pattern: str) -> None:
     keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
     for start in range(0, len(keys), 1000):
         await client.delete(*keys[start:start + 1000])
+
+
+# ---------------------------------------------------------------------- the adapters
+
+class OpenAIAdapter(OpenAISQLite):
+    """kvsessions' ``OpenAIAgentsSession`` on kvsessions' SQLite store, set against the SDK's
+    ``SQLiteSession`` (``adapts``): the same calls, the same items."""
+
+    package, kvsessions, adapts = "openai-agents", True, "OpenAI SQLiteSession"
+
+    def __init__(self, durability: str) -> None:
+        self.durability, self.fsyncs = durability, durability == "strict"
+        self.name = f"kvsessions OpenAIAgentsSession sqlite {durability}"
+
+    async def open(self, folder: Path, stack: AsyncExitStack) -> None:
+        from kvsessions.integrations.openai_agents import OpenAIAgentsSession
+
+        storage = SessionStorage.from_url(
+            f"sqlite:///{folder / f'adapter_openai_{self.durability}.db'}"
+            f"?durability={self.durability}")
+        await storage.initialize()
+        stack.push_async_callback(storage.close)
+        self._new = lambda: OpenAIAgentsSession(uuid.uuid4().hex, storage)
+        self._sessions = []
+
+    async def create(self, i: int) -> None:
+        await self._new().add_items([item(j) for j in range(5)])
+
+
+class ADKAdapter(ADK):
+    """kvsessions' ``KVSessionService`` on kvsessions' SQLite store, set against ADK's
+    ``SqliteSessionService`` (``adapts``)."""
+
+    package, kvsessions, adapts = "google-adk", True, "ADK SqliteSessionService"
+
+    def __init__(self, durability: str) -> None:
+        self.durability, self.fsyncs, self.database = durability, durability == "strict", False
+        self.name = f"kvsessions KVSessionService sqlite {durability}"
+
+    async def open(self, folder: Path, stack: AsyncExitStack) -> None:
+        await super().open(folder, stack)  # the event maker; its own service stays unused
+        from kvsessions.integrations.adk import KVSessionService
+
+        self.storage = SessionStorage.from_url(
+            f"sqlite:///{folder / f'adapter_adk_{self.durability}.db'}"
+            f"?durability={self.durability}")
+        await self.storage.initialize()
+        stack.push_async_callback(self.storage.close)
+        self.service = KVSessionService(self.storage)
+
+    async def fill(self, messages: int) -> Any:
+        """The messages ``append_event`` would store, in one ``append_messages`` call."""
+        from kvsessions.integrations.adk import event_message, stored_id
+
+        session = await self.service.create_session(app_name=APP, user_id=USER)
+        key = stored_id(APP, USER, session.id)
+        start = time.time() - messages * 1e-3
+        await self.storage.append_messages(key, [
+            event_message(key, self._event(i, timestamp=start + i * 1e-3))
+            for i in range(messages)])
+        return await self._get(session.id)
+
+    async def fill_sessions(self, count: int) -> Any:
+        user = "lists_" + uuid.uuid4().hex[:8]
+        for _ in range(count):
+            await self.service.create_session(app_name=APP, user_id=user)
+        return user

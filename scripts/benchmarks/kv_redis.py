@@ -5,6 +5,9 @@ Raw side, in its own keys under one hash tag: put = SET; get = GET; put_many = o
 PERF-NOTES measured it (ZRANGEBYLEX pages + MGET of the values, same page size as ours).
 Every operation includes orjson encoding (writes) or decoding (reads) on both sides. Our writes
 also keep the index (ZADD) in the same round trip, work the raw SET / MSET does not do.
+Keys have the session layer's shape (``message:{sid}:{n}``, 100 per session; the scan covers
+20 runs of 1,000 in as many partitions), so our side writes and reads the partitioned layout as
+sessions use it; the raw side keeps one sorted set under one hash tag.
 Ratio = our time / raw time. Servers: bash scripts/services.sh; bash scripts/redis-cluster.sh
 start (or KVSESSIONS_TEST_REDIS_URL / KVSESSIONS_TEST_REDIS_CLUSTER_URL).
 """
@@ -134,7 +137,9 @@ async def drop_store(store: RedisStore) -> None:
 
 async def operations(ctx: BenchContext, backend: str, ours: RedisStore, raw: RawRedis) -> None:
     n = ctx.n(2000)
-    keys = [f"doc:{i:08d}" for i in range(n)]
+    # Keys shaped as the session layer's: 100 messages a session, so a batch of 100 is one
+    # partition (kvsessions.kv.partitions), as a session's messages are.
+    keys = [f"message:s{i // 100:05d}:{i:08d}" for i in range(n)]
 
     async def put_ours(i: int) -> None:
         await ours.put(keys[i], orjson.dumps(document(i)))
@@ -185,7 +190,7 @@ async def operations(ctx: BenchContext, backend: str, ours: RedisStore, raw: Raw
     total = ctx.n(SCAN_DOCS)
     docs = [orjson.dumps(document(i)) for i in range(min(n, total))]
     for start in range(0, total, 1000):
-        chunk = [(f"scan:{i:08d}", docs[i % len(docs)])
+        chunk = [(f"scan:s{i // 1000:03d}:{i:08d}", docs[i % len(docs)])
                  for i in range(start, min(total, start + 1000))]
         await ours.put_many(chunk)
         await raw.fill_index(chunk)

@@ -10,10 +10,20 @@ aiosqlite pages, asyncpg ``unnest`` into jsonb, PyMongo ``bulk_write``, redis-py
 one ``ZADD`` of the ordered index. A migration cannot beat the slower of the two raw halves,
 so the row's raw figure is min(raw scan rate, raw write rate) and the target is at least 0.8
 of it (ratio = our time / raw time <= 1.25).
+
+For sqlite->postgresql and sqlite->redis a second row sets ``workers=4`` beside ``workers=1``
+(the default: one stream, one or two writes in flight as measured), interleaved run by run
+into fresh destinations: the ratio is the 4-worker time over the 1-worker time, target at most
+1/1.6 (at least 1.6x the one-worker throughput). The note gives, per document, the CPU time
+of this process (one core at most) and of the destination server (Redis: its own ``INFO cpu``;
+PostgreSQL: every ``postgres`` process of this machine, other users' included), and the load
+average: which of them limits the copy, and whether the machine has a core to give more
+streams.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -54,6 +64,10 @@ DOCUMENTS = 100_000
 BATCH = 1000
 TARGET = 1.25  # our time / raw-limit time: at least 0.8 of the raw limit
 PAIRS = [("sqlite", "postgresql"), ("postgresql", "mongodb"), ("sqlite", "redis")]
+#: Pairs that also get the workers row, and its target (4-worker time / 1-worker time).
+WORKER_PAIRS = {("sqlite", "postgresql"), ("sqlite", "redis")}
+WORKERS = 4
+WORKERS_TARGET = round(1 / 1.6, 3)
 PREFIX = "message:"
 _DISTINCT = 1000
 _VALUES = [orjson.dumps(document(i)) for i in range(_DISTINCT)]
@@ -219,12 +233,78 @@ async def bench_pair(ctx: BenchContext, source: Backend, destination: Backend) -
                 assert result["documents_copied"] == n, result
             finally:
                 await destination.drop_ours(ours_destination)
+        scan, write, ours = (statistics.median(r) for r in (scan_rates, write_rates,
+                                                              ours_rates))
+        limit = min(scan, write)
+        ctx.row("migration", f"migrate {n:,} x 2 KB", f"{source.name}->{destination.name}",
+                ours, limit, target=TARGET,
+                note=f"raw scan {scan:,.0f}/s, raw write {write:,.0f}/s; "
+                     f"{ours / limit:.2f} of the raw limit")
+        if (source.name, destination.name) in WORKER_PAIRS:
+            await bench_workers(ctx, ours_source, destination, n, label)
     finally:
         await raw_source.drop()
         await source.drop_ours(ours_source)
-    scan, write, ours = (statistics.median(r) for r in (scan_rates, write_rates, ours_rates))
-    limit = min(scan, write)
-    ctx.row("migration", f"migrate {n:,} x 2 KB", f"{source.name}->{destination.name}", ours,
-            limit, target=TARGET,
-            note=f"raw scan {scan:,.0f}/s, raw write {write:,.0f}/s; "
-                 f"{ours / limit:.2f} of the raw limit")
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by every ``postgres`` process of this machine."""
+    total = 0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)
+            if not fields[0].endswith("(postgres"):
+                continue
+            values = fields[1].split()
+            total += int(values[11]) + int(values[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _server_cpu(destination: Backend) -> float:
+    if destination.name == "redis":
+        client: Any = Redis.from_url(REDIS_URLS["redis"])
+        try:
+            info = await client.info("cpu")
+        finally:
+            await client.aclose()
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return _postgres_cpu()
+
+
+async def bench_workers(ctx: BenchContext, source: KVStore, destination: Backend, n: int,
+                        label: str) -> None:
+    """``workers=WORKERS`` beside ``workers=1``, interleaved, each into a fresh namespace."""
+    rates: dict[int, list[float]] = {1: [], WORKERS: []}
+    cpu: dict[int, list[float]] = {1: [], WORKERS: []}
+    server: dict[int, list[float]] = {1: [], WORKERS: []}
+    streams: list[int] = []
+    for repeat in range(ctx.repeats):
+        for workers in (1, WORKERS):
+            target = await destination.ours(f"bench_dst_{label}_w{workers}_{repeat}").open()
+            try:
+                server_start = await _server_cpu(destination)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                result = await migrate_storage(source, target, verify=False, validate=False,
+                                               batch_size=BATCH, workers=workers)
+                cpu[workers].append((time.process_time() - cpu_start) / n * 1e6)
+                rates[workers].append(n / (time.perf_counter() - start))
+                server[workers].append((await _server_cpu(destination) - server_start) / n
+                                       * 1e6)
+                assert result["documents_copied"] == n, result
+                if workers > 1:
+                    streams.append(result["streams"])
+            finally:
+                await destination.drop_ours(target)
+    one, many = (statistics.median(rates[w]) for w in (1, WORKERS))
+    cpu_one, cpu_many = (statistics.median(cpu[w]) for w in (1, WORKERS))
+    server_one, server_many = (statistics.median(server[w]) for w in (1, WORKERS))
+    ctx.row("migration", f"migrate {n:,} x 2 KB, {WORKERS} workers vs 1",
+            f"sqlite->{destination.name}", many, one, target=WORKERS_TARGET,
+            note=f"{many / one:.2f}x one worker ({one:,.0f}/s); CPU µs/doc with 1 / "
+                 f"{WORKERS}: this process {cpu_one:.0f} / {cpu_many:.0f}, "
+                 f"{destination.name} server {server_one:.0f} / {server_many:.0f} "
+                 f"(cores busy: {server_one * one / 1e6:.2f} / {server_many * many / 1e6:.2f}); "
+                 f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+                 f"streams {max(streams)}")

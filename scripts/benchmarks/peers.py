@@ -50,12 +50,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks._langchain_langgraph import bench as adapter_rows
 from benchmarks._peer_stores import (
     ADK,
     REDIS_URL,
+    ADKAdapter,
     DiskStore,
     KVSessions,
     LangChainSQL,
+    OpenAIAdapter,
     OpenAIRedis,
     OpenAISQLite,
     Peer,
@@ -66,6 +69,9 @@ from benchmarks.harness import BenchContext
 SECTION = "peers"
 #: Targets of the hot-path issue: kvsessions' time over the best peer's.
 APPEND_TARGET, LOAD_TARGET, DOCUMENT_LOAD_TARGET = 0.5, 0.6, 1.5
+#: The integrations issue: each adapter's time over its framework's own store, on append and
+#: load.
+ADAPTER_TARGET = 0.7
 LATEST_TARGET, CREATE_TARGET, STRICT_TARGET = 0.5, 0.5, 1.0
 
 
@@ -91,6 +97,10 @@ def contestants(ctx: BenchContext, redis_up: bool, tag: str) -> list[Peer]:
         (ADK(database=False), ["google.adk"]),
         (ADK(database=True), ["google.adk", "sqlalchemy", "greenlet"]),
         (DiskStore(), ["key_value.aio", "diskcache"]),
+        (OpenAIAdapter("normal"), ["agents"]),
+        (OpenAIAdapter("strict"), ["agents"]),
+        (ADKAdapter("normal"), ["google.adk"]),
+        (ADKAdapter("strict"), ["google.adk"]),
     ]
     for peer, modules in peers:
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -138,6 +148,12 @@ def report(ctx: BenchContext, operation: str, players: list[Peer], rates: dict[s
         ctx.row(SECTION, operation, peer.name, rates[ours], rates[peer.name],
                 target=DOCUMENT_LOAD_TARGET if loads_document else None,
                 note=f"ours = {ours}; peer {1e6 / rates[peer.name]:,.0f} µs/op")
+    for adapter in [p for p in players if p.adapts is not None and p.name in rates]:
+        if adapter.adapts in rates:
+            graded = operation.startswith(("append", "load"))
+            ctx.row(SECTION, operation, f"{adapter.name} / {adapter.adapts}", rates[adapter.name],
+                    rates[adapter.adapts], target=ADAPTER_TARGET if graded else None,
+                    note="the adapter beside the framework's own store")
     local = [p for p in peers if p.backend == "sqlite"
              and (p.per_message or not operation.startswith("load"))]
     for label, ours, candidates, goal in (
@@ -172,6 +188,7 @@ async def run(ctx: BenchContext) -> None:
         for player in players:
             await player.open(folder, stack)
         await bench(ctx, players)
+        await adapter_rows(ctx, folder, stack)  # LangChain and LangGraph adapters (issue 17)
         databases = sorted(folder.rglob("*.db"))
         if databases:
             print("peers: journal modes: " + ", ".join(

@@ -11,6 +11,11 @@ the raw scan of the same keys, and listing sessions.
   driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each
   value into a list (target 1.3).
   MongoDB's raw side is ``find`` returning BSON-decoded dicts (its driver's decode).
+* update / pop: ``update_message`` and ``pop_message`` on the 10,000-message session beside
+  ``append_message`` on it (target 1.5). An update is a get and a compare-and-set of the
+  message and of the head (moving ``updated_at``); a pop a one-key reverse scan, a
+  compare-and-set deleting the message and one of the head; an append a get and two
+  compare-and-sets of the head around a ``put_if_absent`` and a get.
 * list: ``list_sessions(limit=100)`` over 10,000 session heads (read through the index: about
   100 entries and heads) beside the raw scan of every head with orjson decoding.
 
@@ -38,11 +43,13 @@ from benchmarks.harness import BenchContext
 from kvsessions.documents.codec import session_to_document
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.partitions import partition_of, run_of_range
+from kvsessions.kv.redis_layout import partition_names
 from kvsessions.kv.values import prefix_upper_bound
 from kvsessions.sessions.index import head_entries
 from kvsessions.sessions.storage import SessionStorage
 
-APPEND_TARGET, LOAD_TARGET = 1.5, 1.3
+APPEND_TARGET, LOAD_TARGET, EDIT_TARGET = 1.5, 1.3, 1.5
 #: Appenders to as many sessions at once; their throughput is at least 3x one appender's.
 CONCURRENT_APPENDERS, CONCURRENT_TARGET = 16, 0.33
 SECTION = "sessions"
@@ -126,19 +133,8 @@ async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, Ra
         stack.push_async_callback(_drop_redis, redis)
 
         async def redis_scan(prefix: str) -> AsyncIterator[Any]:
-            client, index, values = redis._client, redis._index_key, redis._value_prefix
-            low = b"[" + prefix.encode()
-            high = b"(" + (prefix_upper_bound(prefix) or "").encode()
-            while True:
-                members = await client.zrangebylex(index, low, high, 0, PAGE)
-                if not members:
-                    return
-                found = await client.mget([values + member for member in members])
-                for member, value in zip(members, found, strict=True):
-                    yield member.decode(), orjson.loads(value)
-                if len(members) < PAGE:
-                    return
-                low = b"(" + members[-1]
+            async for key, value in raw_redis_scan(redis, prefix):
+                yield key, orjson.loads(value)
 
         return redis, redis_scan
     from kvsessions.kv.mongodb import MongoDBStore
@@ -166,12 +162,36 @@ async def open_backend(backend: str, stack: AsyncExitStack) -> tuple[KVStore, Ra
 
 
 async def _drop_redis(store: Any) -> None:
-    """Remove the namespace, a page of members at a time (a million at once times out)."""
+    await store._drop_namespace()
+
+
+async def raw_redis_scan(store: Any, prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+    """redis-py reading the store's layout (``kvsessions.kv.redis_layout``) itself: a prefix
+    inside one run from its partition's sorted set (ZRANGEBYLEX pages + MGET), any other
+    prefix through the directory, whose runs here are single keys (session heads)."""
     client = store._client
-    while members := await client.zrange(store._index_key, 0, 4999):
-        await client.unlink(*[store._value_prefix + m for m in members])
-        await client.zrem(store._index_key, *members)
-    await client.delete(store._index_key, store._expiry_key)
+    run = run_of_range(prefix, prefix_upper_bound(prefix))
+    index = partition_names(store.namespace, partition_of(run or prefix))
+    sorted_set = index.index if run is not None else store._directory
+    low = b"[" + prefix.encode()
+    high = b"(" + (prefix_upper_bound(prefix) or "").encode()
+    while True:
+        members = await client.zrangebylex(sorted_set, low, high, 0, PAGE)
+        if not members:
+            return
+        if run is not None:
+            found = await client.mget([index.value_prefix + member for member in members])
+        else:
+            names = [partition_names(store.namespace, partition_of(m.decode())).value_prefix + m
+                     for m in members]
+            found = await (client.mget_nonatomic(names) if store._cluster
+                           else client.mget(names))
+        for member, value in zip(members, found, strict=True):
+            if value is not None:
+                yield member.decode(), value
+        if len(members) < PAGE:
+            return
+        low = b"(" + members[-1]
 
 
 # ---------------------------------------------------------------------- the rows
@@ -192,6 +212,7 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawSc
     ours, raw = await ctx.paired(appends, appender(big), appender(small))
     ctx.row(SECTION, f"append_message at {ctx.n(10_000):,} msgs vs at 10", backend, ours, raw,
             target=APPEND_TARGET, note="raw column = the same call at 10 messages")
+    await bench_edits(ctx, backend, storage, big, appender(big), appends)
 
     writers = [await stored_session(storage, 10) for _ in range(CONCURRENT_APPENDERS)]
     rounds = max(2, appends // CONCURRENT_APPENDERS)
@@ -246,6 +267,35 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawSc
     ours, raw = await ctx.paired(lists, list_ours, list_raw)
     ctx.row(SECTION, f"list_sessions(limit=100) of {sessions:,}", backend, ours, raw,
             note="raw = scan + decode of every head")
+
+
+async def bench_edits(ctx: BenchContext, backend: str, storage: SessionStorage,
+                      big: ChatSession, append: Callable[[], Awaitable[None]],
+                      count: int) -> None:
+    """``update_message`` and ``pop_message`` on the 10,000-message session beside
+    ``append_message`` on it, run by run (pops take back what the appends added)."""
+    session_id = big.session_id
+    targets = [message.message_id for message in big.messages[-count:]]
+    rounds = 0
+
+    async def update() -> None:
+        nonlocal rounds
+        rounds += 1
+        for message_id in targets:
+            await storage.update_message(session_id, message_id,
+                                         content=f"edited {rounds} " + FILLER)
+
+    ours, raw = await ctx.paired(count, update, append)
+    ctx.row(SECTION, f"update_message at {ctx.n(10_000):,} msgs vs append", backend, ours,
+            raw, target=EDIT_TARGET, note="raw column = append_message, same session")
+
+    async def pop() -> None:
+        for _ in range(count):
+            assert await storage.pop_message(session_id) is not None
+
+    ours, raw = await ctx.paired(count, pop, append)
+    ctx.row(SECTION, f"pop_message at {ctx.n(10_000):,} msgs vs append", backend, ours, raw,
+            target=EDIT_TARGET, note="raw column = append_message, same session")
 
 
 async def stored_session(storage: SessionStorage, messages: int) -> ChatSession:

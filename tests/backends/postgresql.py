@@ -33,9 +33,18 @@ async def drop_tables(url: str, namespaces: set[str]) -> None:
 
 
 def postgresql(request: Any, tmp_path: Path) -> StoreFactory:
+    return _factory(request, None)
+
+
+def postgresql_partitioned(request: Any, tmp_path: Path) -> StoreFactory:
+    """Tables ``PARTITION BY HASH`` on the key's partition, in 4 partitions."""
+    return _factory(request, 4)
+
+
+def _factory(request: Any, partitions: int | None) -> StoreFactory:
     # Small pools: many test processes share one server's connection limit.
     factory = StoreFactory(lambda namespace: PostgreSQLStore(
-        POSTGRES_URL, namespace=namespace, max_pool_size=4))
+        POSTGRES_URL, namespace=namespace, max_pool_size=4, partitions=partitions))
 
     async def cleanup() -> None:
         namespaces = set(factory.used_namespaces)
@@ -52,4 +61,4 @@ def postgresql(request: Any, tmp_path: Path) -> StoreFactory:
     return factory
 
 
-BACKENDS = {"postgresql": postgresql}
+BACKENDS = {"postgresql": postgresql, "postgresql_partitioned": postgresql_partitioned}

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kvsessions.kv.partitions import run_of
 from kvsessions.kv.redis import RedisStore
 from kvsessions.testing import StoreFactory
 
@@ -16,15 +17,23 @@ REDIS_CLUSTER_URL = os.environ.get(
 
 
 async def drop_namespaces(url: str, namespaces: set[str]) -> None:
-    """Delete every key of the namespaces a test used (values, index, expiry set)."""
+    """Delete every key of the namespaces a test used (values, indexes, directory)."""
     for namespace in namespaces:
         async with RedisStore(url, namespace=namespace) as store:
-            client: Any = store._client
-            members = await client.zrange(store._index_key, 0, -1)
-            for start in range(0, len(members), 500):
-                chunk = members[start:start + 500]
-                await client.delete(*[store._value_prefix + member for member in chunk])
-            await client.delete(store._index_key, store._expiry_key)
+            await store._drop_namespace()
+
+
+async def index_raw_key(store: RedisStore, key: str) -> bytes:
+    """Make ``key`` part of the store's layout (its partition's index, its run in the
+    directory) as the store's own writes would, for a test that then writes the value key
+    itself; the name of that value key."""
+    client: Any = store._client
+    names = store._names(key)
+    run = run_of(key).encode()
+    await client.zadd(store._directory, {run: 0})
+    await client.sadd(names.runs, run)
+    await client.zadd(names.index, {key.encode(): 0})
+    return names.value(key)
 
 
 def _factory(url: str) -> StoreFactory:

@@ -260,8 +260,9 @@ async def _in_multi(connection: Any) -> bool:
 
 async def redis_leaks(store: Any) -> Counter[str]:
     faults: Counter[str] = Counter()
-    faults["checked_out"] = store._max_connections - store._limit._value
-    client = store._client
+    loop_client = store._clients.current()  # this event loop's client and its slots
+    faults["checked_out"] = store._max_connections - loop_client.limit._value
+    client = loop_client.client
     if hasattr(client, "get_nodes"):  # Redis Cluster: one connection list per node
         for node in client.get_nodes():
             faults["checked_out"] += len(node._connections) - len(node._free)
@@ -281,7 +282,7 @@ async def redis_leaks(store: Any) -> Counter[str]:
 
 def mongodb_leaks(store: Any) -> Counter[str]:
     faults: Counter[str] = Counter()
-    for server in store._own_client._topology._servers.values():
+    for server in store._collection.database.client._topology._servers.values():
         faults["checked_out"] += server.pool.active_sockets + server.pool.requests
     return faults
 

@@ -40,10 +40,12 @@ from kvsessions.errors import (
     ValidationError,
 )
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.redis import RedisStore
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.validating import ValidatingStore
 from tests.backends import ALL
+from tests.backends.redis import index_raw_key
 
 RAW_BACKENDS = ("sqlite", "file", "postgresql", "mongodb", "redis", "redis_cluster")
 NOT_JSON = object()  # a payload that has no JSON value (bytes a JSON store cannot hold)
@@ -148,11 +150,20 @@ async def write_sqlite(store: KVStore, key: str, payload: Payload) -> str | None
 
 
 async def write_file(store: KVStore, key: str, payload: Payload) -> str | None:
-    folder: Path = getattr(store, "folder")  # noqa: B009
-    name = key.encode().hex()
-    assert len(name) <= 240, "short keys only: one file in the namespace folder"
-    (folder / f"{name}.json").write_bytes(b"kvs1 -\n" + payload.raw)
+    (await _file_path(store, key)).write_bytes(b"kvs1 -\n" + payload.raw)
     return None
+
+
+async def _file_path(store: KVStore, key: str) -> Path:
+    """Where the file store keeps ``key`` (its folders created)."""
+    from kvsessions.kv.file_layout import key_to_parts
+
+    folder: Path = getattr(store, "folder")  # noqa: B009
+    dirs, name = key_to_parts(key)
+    for part in dirs:
+        folder = folder / part
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 async def write_postgresql(store: KVStore, key: str, payload: Payload) -> str | None:
@@ -215,8 +226,8 @@ async def write_mongodb(store: KVStore, key: str, payload: Payload) -> str | Non
 async def write_redis(store: KVStore, key: str, payload: Payload) -> str | None:
     """The adapter's layout: the value string, and the key in the ordered index."""
     client: Any = getattr(store, "_client")  # noqa: B009 - the store's own redis-py client
-    await client.set(getattr(store, "_value_prefix") + key.encode(), payload.raw)  # noqa: B009
-    await client.zadd(getattr(store, "_index_key"), {key.encode(): 0})  # noqa: B009
+    assert isinstance(store, RedisStore)
+    await client.set(await index_raw_key(store, key), payload.raw)
     return None
 
 
@@ -372,8 +383,7 @@ async def _sqlite_value(store: KVStore, key: str, value: Any) -> None:
 
 
 async def _file_bytes(store: KVStore, key: str, data: bytes) -> None:
-    folder: Path = getattr(store, "folder")  # noqa: B009
-    (folder / f"{key.encode().hex()}.json").write_bytes(data)
+    (await _file_path(store, key)).write_bytes(data)
 
 
 async def _mongo_document(store: KVStore, key: str, document: dict[str, Any]) -> None:
@@ -409,10 +419,10 @@ def _special_writers() -> dict[str, list[tuple[str, SpecialWriter]]]:
 
     async def redis_hash(store: KVStore, key: str, document: dict[str, Any]) -> None:
         client: Any = getattr(store, "_client")  # noqa: B009
-        value_key = getattr(store, "_value_prefix") + key.encode()  # noqa: B009
+        assert isinstance(store, RedisStore)
+        value_key = await index_raw_key(store, key)
         await client.delete(value_key)
         await client.hset(value_key, "kind", "session")
-        await client.zadd(getattr(store, "_index_key"), {key.encode(): 0})  # noqa: B009
 
     sqlite: list[tuple[str, SpecialWriter]] = [
         ("text-value", lambda s, k, d: _sqlite_value(s, k, orjson.dumps(d).decode())),

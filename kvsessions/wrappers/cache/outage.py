@@ -139,6 +139,15 @@ class TierMonitor:
                 await self._watcher
             self._watcher = None
 
+    def abandon(self) -> None:
+        """The watcher's event loop has stopped: forget the watcher and, as after
+        ``reset``, remember writes and serve no tier until a new watcher brings Redis back."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and not watcher.done():
+            with contextlib.suppress(RuntimeError):  # its loop closed: it never runs again
+                watcher.get_loop().call_soon_threadsafe(watcher.cancel)
+        self.reset()
+
     def reset(self) -> None:
         """Back to the state before ``start`` (an open that failed half way)."""
         if self.redis is not None:
@@ -237,6 +246,18 @@ class TierMonitor:
 
     async def _watch(self, first_attempt: asyncio.Event) -> None:
         """Keep the subscription to the channel, and bring the tier back."""
+        try:
+            await self._keep_watching(first_attempt)
+        except asyncio.CancelledError:
+            # Stopped, or its event loop is ending (``asyncio.run`` cancels what is left):
+            # invalidations no longer arrive, so the local tier must not serve any more. (A
+            # watcher abandoned for another loop's has nothing left to say.)
+            if self._watcher is asyncio.current_task() and self.state is not TierState.CLOSED:
+                self.enter(TierState.CONNECTING)
+                self.local.clear()
+            raise
+
+    async def _keep_watching(self, first_attempt: asyncio.Event) -> None:
         assert self.redis is not None
         timeout = self.redis.timeout
         channel = self.redis.keys.channel

@@ -101,6 +101,15 @@ class RedisTier:
         self._fill_script = self.client.register_script(FILL_LUA)
         return self.client
 
+    def abandon(self) -> None:
+        """Forget what belongs to an event loop that has ended: its client (when ours; its
+        connections died with the loop), its fill task and timer, the queued fills."""
+        self.discard_fills()
+        self._fill_task = None
+        self._fill_timer = None
+        if self.owns_client:
+            self.client = None
+
     async def close(self) -> None:
         self.discard_fills()
         if self._fill_task is not None:

@@ -38,12 +38,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kvsessions.errors import ConfigError, MissingDependencyError, StoreUnavailableError
+from kvsessions.errors import (
+    ConfigError,
+    EventLoopError,
+    MissingDependencyError,
+    StoreUnavailableError,
+)
 from kvsessions.kv.base import KVStore, outlive_cancellation
+from kvsessions.kv.loops import describe_loop
 from kvsessions.urls import redact_url, url_secrets
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.cache.identity import default_key_prefix, split_prefix_option
@@ -131,6 +138,10 @@ class CachedStore(StoreWrapper):
                 url=client_url, client=redis, keys=CacheKeys(prefix), writer=Writer(),
                 timeout=timeout, entry_ttl_ms=redis_ttl_ms, counts=self._counts,
                 on_error=self._tier_error)
+        #: The event loop the tiers belong to (``_follow_loop``).
+        self.loops_at_once = False
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._home_guard = threading.Lock()
         self._tiers = TierMonitor(
             self._redis, self._local, self._counts, retry_interval=self._retry_interval,
             max_missed=max_missed, scrub=self._scrub, inner_repr=lambda: repr(self.inner),
@@ -185,6 +196,7 @@ class CachedStore(StoreWrapper):
     async def _open(self) -> None:
         try:
             await self.inner.open()
+            self._home = asyncio.get_running_loop()
             if self._redis is not None:
                 self._redis.connect()
                 await self._tiers.start(first_wait=self._redis.timeout * 6)
@@ -193,6 +205,37 @@ class CachedStore(StoreWrapper):
             # threads (an SQLite store's) keep the process alive; nobody will close us.
             await self._undo_open()
             raise
+
+    async def _ready(self) -> None:
+        await super()._ready()
+        if self._home is not asyncio.get_running_loop():
+            await self._follow_loop()
+
+    async def _follow_loop(self) -> None:
+        """The tiers belong to the event loop that opened the cache (the local tier has no
+        lock; the Redis tier's client, fills and watcher are that loop's). Once that loop has
+        stopped (frameworks call ``asyncio.run`` again and again) the calling loop takes them
+        over, making the Redis tier again; while it runs, another loop is refused."""
+        here = asyncio.get_running_loop()
+        with self._home_guard:
+            home = self._home
+            if home is here:
+                return
+            if home is not None and home.is_running():
+                raise EventLoopError(
+                    f"{self!r} is in use by {describe_loop(home)}, which still runs; it "
+                    f"cannot serve {describe_loop(here)} too: use one CachedStore per "
+                    "event loop")
+            if self._redis is not None and not self._redis.owns_client:
+                raise EventLoopError(
+                    f"{self!r} was given a Redis client of {describe_loop(home or here)}; "
+                    f"it cannot serve {describe_loop(here)}: pass redis_url instead")
+            self._home = here
+        if self._redis is not None:
+            self._tiers.abandon()
+            self._redis.abandon()
+            self._redis.connect()
+            await self._tiers.start(first_wait=self._redis.timeout * 6)
 
     async def _undo_open(self) -> None:
         await self._tiers.stop()
@@ -205,6 +248,11 @@ class CachedStore(StoreWrapper):
                 await self.inner.close()
 
     async def _close(self) -> None:
+        if self._home is not None and self._home is not asyncio.get_running_loop():
+            # Closed from another loop than the tiers': what is that loop's stays there.
+            self._tiers.abandon()
+            if self._redis is not None:
+                self._redis.abandon()
         await self._tiers.stop()
         if self._redis is not None:
             with contextlib.suppress(TimeoutError):

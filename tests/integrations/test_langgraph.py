@@ -1,0 +1,219 @@
+"""KVSessionsSaver (kvsessions.integrations.langgraph) on SQLite, PostgreSQL, Redis and MongoDB:
+LangGraph's own conformance kit (``langgraph-checkpoint-conformance``, every base capability),
+a real graph run through the sync and the async API, the documents it stores, bad input."""
+
+from __future__ import annotations
+
+import operator
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import orjson
+import pytest
+from langgraph.checkpoint.base import WRITES_IDX_MAP, empty_checkpoint
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES
+from langgraph.graph import END, START, StateGraph
+
+from kvsessions.errors import StoreError, ValidationError
+from kvsessions.integrations.langgraph import (
+    PREFIX,
+    KVSessionsSaver,
+    checkpoint_key,
+    key_part,
+    write_prefix,
+)
+from kvsessions.migration.in_place import validate_storage
+from kvsessions.sessions.storage import SessionStorage
+from tests.cli import run_kvsessions
+from tests.integrations.conftest import IntegrationStore
+
+#: The channel of a task's error: a special write, which replaces the one stored.
+ERROR = next(channel for channel, idx in WRITES_IDX_MAP.items() if idx == -1)
+#: The base tests of the kit, per capability (langgraph-checkpoint-conformance 0.0.2: 58), and
+#: the extended ones implemented (``prune`` is not: see docs/integrations/langgraph.md).
+BASE = sorted(capability.value for capability in BASE_CAPABILITIES)
+EXTENDED = ["copy_thread", "delete_for_runs"]
+
+
+@pytest.mark.parametrize("capability", BASE + EXTENDED)
+async def test_conformance_kit_base_capability(integration_store: IntegrationStore,
+                                               capability: str) -> None:
+    @checkpointer_test(name=f"kvsessions-{integration_store.backend}")
+    async def saver() -> Any:
+        yield KVSessionsSaver(integration_store.store())
+
+    report = await validate(saver, capabilities={capability})
+    result = report.results[capability]
+    assert result.detected, f"{capability} not detected"
+    assert result.passed, "\n".join(str(failure) for failure in result.failures or [])
+    assert result.tests_passed > 0 and result.tests_failed == 0
+
+
+class State(TypedDict):
+    said: Annotated[list[str], operator.add]
+
+
+def echo_graph(saver: KVSessionsSaver) -> Any:
+    """A two-node graph whose state accumulates: each run adds what it was told, twice."""
+    builder = StateGraph(State)
+    builder.add_node("first", lambda state: {"said": [f"first saw {len(state['said'])}"]})
+    builder.add_node("second", lambda state: {"said": [f"second saw {len(state['said'])}"]})
+    builder.add_edge(START, "first")
+    builder.add_edge("first", "second")
+    builder.add_edge("second", END)
+    return builder.compile(checkpointer=saver)
+
+
+async def test_a_graph_resumes_its_thread_async(integration_store: IntegrationStore) -> None:
+    saver = KVSessionsSaver(integration_store.store())
+    graph = echo_graph(saver)
+    config = {"configurable": {"thread_id": "chat:1"}}
+    await graph.ainvoke({"said": ["hello"]}, config)
+    state = await graph.ainvoke({"said": ["again"]}, config)
+    assert state["said"] == ["hello", "first saw 1", "second saw 2",
+                             "again", "first saw 4", "second saw 5"]
+    history = [item async for item in saver.alist(config)]
+    steps = [item.metadata["step"] for item in history]
+    assert steps == sorted(steps, reverse=True) and len(steps) == 8  # input + 3 steps, twice
+    other = await graph.ainvoke({"said": ["x"]}, {"configurable": {"thread_id": "chat:2"}})
+    assert other["said"] == ["x", "first saw 1", "second saw 2"]
+
+
+def test_a_graph_runs_through_the_sync_api_from_a_url(integration_store: IntegrationStore) -> None:
+    with KVSessionsSaver(integration_store.url()) as saver:
+        graph = echo_graph(saver)
+        config = {"configurable": {"thread_id": "sync"}}
+        graph.invoke({"said": ["a"]}, config)
+        state = graph.invoke({"said": ["b"]}, config)
+        assert state["said"][-3:] == ["b", "first saw 4", "second saw 5"]
+        assert len(list(saver.list(config, limit=3))) == 3
+        saver.delete_thread("sync")
+        assert saver.get_tuple(config) is None
+
+
+async def test_sync_calls_inside_a_running_loop_work_on_a_url_saver(
+        integration_store: IntegrationStore) -> None:
+    async with KVSessionsSaver(integration_store.url()) as saver:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        stored = saver.put(config, empty_checkpoint(), {"source": "input", "step": -1}, {})
+        found = await saver.aget_tuple(stored)
+        assert found is not None and saver.get_tuple(stored) == found
+
+
+async def test_a_sync_call_inside_the_loop_of_a_callers_store_says_what_to_do(
+        integration_store: IntegrationStore) -> None:
+    saver = KVSessionsSaver(integration_store.store())
+    config = {"configurable": {"thread_id": "t"}}
+    assert await saver.aget_tuple(config) is None
+    with pytest.raises(StoreError, match="await the async method"):
+        saver.get_tuple(config)
+
+
+async def test_checkpoints_are_validated_documents_under_their_own_prefix(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(SessionStorage(store))
+    config = {"configurable": {"thread_id": "a:b%c", "checkpoint_ns": "sub:graph"}}
+    checkpoint = empty_checkpoint()
+    stored = await saver.aput(config, checkpoint, {"source": "loop", "step": 0, "note": "é"}, {})
+    await saver.aput_writes(stored, [("channel", {"value": [1, 2]}), ("other", b"\x00\xff")],
+                            task_id="task:1")
+    keys = await store.keys()
+    assert keys[0] == checkpoint_key("a:b%c", "sub:graph", checkpoint["id"])
+    assert keys[0].startswith(PREFIX + "a%3Ab%25c:sub%3Agraph:")
+    assert keys[1:] == [write_prefix("a:b%c", "sub:graph", checkpoint["id"]) + "task%3A1"]
+    document = orjson.loads(await store.get(keys[0]) or b"")
+    assert document["kind"] == "checkpoint" and document["metadata"]["note"] == "é"
+    report = await validate_storage(store)
+    assert report["ok"] and report["documents_checked"] == 2, report
+    found = await saver.aget_tuple(stored)
+    assert found is not None and found.pending_writes == [
+        ("task:1", "channel", {"value": [1, 2]}), ("task:1", "other", b"\x00\xff")]
+    await store.close()
+
+
+async def test_metadata_that_is_not_json_is_refused_and_nothing_is_stored(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(store)
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    with pytest.raises(ValidationError, match="metadata"):
+        await saver.aput(config, empty_checkpoint(), {"source": "input", "x": object()}, {})
+    assert await store.keys() == []
+    await store.close()
+
+
+def test_key_parts_keep_each_checkpoint_and_its_writes_one_key_range() -> None:
+    assert key_part("1f1-ab_C.d") == "1f1-ab_C.d"  # uuids and names are their own encoding
+    assert key_part("a:b%c!d e\x01") == "a%3Ab%25c%21d%20e%01"
+    # Checkpoint "1" with its writes sorts wholly before (or after) checkpoint "10" and "1!":
+    ones = [checkpoint_key("t", "", "1"), write_prefix("t", "", "1") + "task!0"]
+    others = [checkpoint_key("t", "", other) for other in ("10", "1!", "1 ", "0", "2")]
+    for other in others:
+        assert all(key < other for key in ones) or all(key > other for key in ones)
+
+
+async def test_latest_checkpoint_with_many_writes_and_orphan_writes(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(store)
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    first = await saver.aput(config, empty_checkpoint(), {"step": 0}, {})
+    await saver.aput_writes(first, [("c", i) for i in range(40)], task_id="busy")
+    orphan = {"configurable": {**first["configurable"], "checkpoint_id": "never-stored"}}
+    await saver.aput_writes(orphan, [("c", "lost")], task_id="x")
+    found = await saver.aget_tuple(config)
+    assert found is not None and found.config == first
+    assert [value for _, _, value in found.pending_writes or []] == list(range(40))
+    listed = [item async for item in saver.alist(None)]
+    assert [item.config for item in listed] == [first]
+    assert listed[0].pending_writes == found.pending_writes
+    await store.close()
+
+
+async def test_a_tasks_writes_are_kept_once_and_special_ones_replaced(
+        integration_store: IntegrationStore) -> None:
+    store = integration_store.store()
+    saver = KVSessionsSaver(store)
+    stored = await saver.aput({"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
+                              empty_checkpoint(), {}, {})
+    await saver.aput_writes(stored, [("a", 1), ("b", 2)], task_id="task")
+    await saver.aput_writes(stored, [("a", "again"), ("b", "again"), ("c", 3)], task_id="task")
+    await saver.aput_writes(stored, [(ERROR, "first")], task_id="task")
+    await saver.aput_writes(stored, [(ERROR, "second")], task_id="task")
+    found = await saver.aget_tuple(stored)
+    assert found is not None and found.pending_writes == [
+        ("task", ERROR, "second"), ("task", "a", 1), ("task", "b", 2), ("task", "c", 3)]
+    assert len(await store.keys()) == 2  # the checkpoint, and one document of the task's writes
+    await store.close()
+
+
+def test_kvsessions_migrate_and_validate_carry_checkpoints(
+        integration_store: IntegrationStore, tmp_path: Path) -> None:
+    url = integration_store.url()
+    with KVSessionsSaver(url) as saver:
+        graph = echo_graph(saver)
+        config = {"configurable": {"thread_id": "moved"}}
+        state = graph.invoke({"said": ["hi"]}, config)
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    migrated = run_kvsessions("migrate", url, copy)
+    assert migrated.returncode == 0, migrated.stderr
+    checked = run_kvsessions("validate", copy)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with KVSessionsSaver(copy) as moved:
+        assert echo_graph(moved).get_state(config).values == state
+        assert len(list(moved.list(config))) == 4
+
+
+def test_importing_kvsessions_imports_no_framework() -> None:
+    code = ("import sys, kvsessions, kvsessions.integrations, kvsessions.integrations.store_loop;"
+            "from kvsessions import SessionStorage;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('langgraph', 'langchain_core', 'langchain', 'agents', 'google')];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
