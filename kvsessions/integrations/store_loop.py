@@ -24,28 +24,21 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from kvsessions.errors import StoreError
-from kvsessions.kv.base import KVStore
+from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["StorageTarget", "StoreLoop", "storage_for"]
 
 _T = TypeVar("_T")
 
-#: What an integration accepts as its store.
-StorageTarget = str | SessionStorage | KVStore
+#: What an integration accepts as its store (one definition: ``storage_source``).
+StorageTarget = StorageSource
 
 
 def storage_for(target: StorageTarget) -> tuple[SessionStorage, bool]:
     """The storage ``target`` names, and whether the integration opened it (and so closes it,
     and runs it on a thread of its own)."""
-    if isinstance(target, SessionStorage):
-        return target, False
-    if isinstance(target, KVStore):
-        return SessionStorage(target), False
-    if isinstance(target, str):
-        return SessionStorage.from_url(target), True
-    raise TypeError(f"expected a store URL, a SessionStorage or a KVStore, not "
-                    f"{type(target).__name__}")
+    return session_storage(target)
 
 
 class StoreLoop:
