@@ -75,6 +75,12 @@ class CountingStore(StoreWrapper):
         self.calls += 1
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        self.calls += 1
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+
     async def _delete(self, key: str) -> bool:
         self.calls += 1
         return await self.inner._delete(key)

@@ -380,3 +380,23 @@ async def test_durability_strict_checks_synchronous_commit(new_namespace: Any) -
     async with PostgreSQLStore(f"{POSTGRES_URL}?synchronous_commit=off",
                                namespace=new_namespace()) as normal:
         await normal.put("k", b"{}")
+
+
+async def test_a_scan_reads_its_page_in_key_order_not_the_whole_prefix(
+        store: PostgreSQLStore) -> None:
+    """With statistics older than the table (a store filled a minute ago), PostgreSQL chose
+    a bitmap scan of the whole prefix and a sort for the first page of a scan: a listing then
+    read every index entry. The store's connections keep to the key index."""
+    await store.put_many([(f"index:sessions:{i:06d}", b'{"kind": "index", "v": 1}')
+                          for i in range(2000)])
+    sql = store._sql.scan[True, True, True]  # reverse, lower bound inclusive, upper bound
+    pool = store._pool
+    assert pool is not None
+    connection = await pool.acquire()
+    try:
+        plan = "\n".join(row[0] for row in await connection.fetch(
+            "EXPLAIN (ANALYZE) " + sql, "index:sessions:", 116, "index:sessions;"))
+    finally:
+        await pool.release(connection, None)
+    assert "Bitmap" not in plan and "Sort" not in plan, plan
+    assert "Index Scan Backward" in plan, plan

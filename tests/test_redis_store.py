@@ -120,6 +120,27 @@ async def collect_all(store: RedisStore) -> list[tuple[str, bytes]]:
     return [item async for item in store.scan()]
 
 
+async def test_compare_and_set_with_over_partitions_registers_runs(store: RedisStore) -> None:
+    # A head, a key to create in its partition, entries to put in other partitions (runs the
+    # directory does not hold yet): on one server one script, on a cluster (keys in other
+    # slots) the default order, so only the single server promises atomicity.
+    assert store.atomic_compare_and_set_with is not store._cluster
+    await store.put("entry:old:x", doc(0))
+    assert await store.compare_and_set_with(
+        "session:7", None, doc(1), create=[("message:7:a", doc(2))],
+        put=[("entry:p:x", doc(3)), ("other:q:y", doc(4))], delete=["entry:old:x"])
+    assert await store.keys("") == ["entry:p:x", "message:7:a", "other:q:y", "session:7"]
+    assert [key async for key, _ in store.scan("other:")] == ["other:q:y"]
+    directory = await store._client.zrange(store._directory, 0, -1)
+    assert {b"message:7:", b"entry:p:", b"other:q:"} <= set(directory)
+    # a key to create that is taken fails the call, and nothing changes
+    assert not await store.compare_and_set_with(
+        "session:7", doc(1), doc(5), create=[("message:7:a", doc(6))],
+        put=[("entry:r:z", doc(7))])
+    assert await store.get("session:7") == doc(1)
+    assert await store.get("entry:r:z") is None
+
+
 async def test_one_scan_page_across_runs_skips_deleted_ones(store: RedisStore) -> None:
     await store.put_many([(f"session:{n}", doc(n)) for n in range(10)])
     await store.delete_many(["session:1", "session:2"])  # their directory entries stay

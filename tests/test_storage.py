@@ -54,10 +54,29 @@ class RecordingStore(StoreWrapper):
         self.writes.append(("compare_and_set", key))
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        # The keys it creates, then the head (from no value it creates it, as put_if_absent
+        # does), as an append wrote them one by one before (one transaction where atomic).
+        self.writes.extend(("put_if_absent", other) for other, _ in create)
+        self.writes.append(("put_if_absent" if expected is None else "compare_and_set", key))
+        self.writes.extend(("put", other) for other, _ in put)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+
 
 def document_writes(recording: RecordingStore) -> list[tuple[str, str]]:
     """The writes of documents, without those of index entries (tests/test_listing.py)."""
     return [write for write in recording.writes if not write[1].startswith(INDEX_PREFIX)]
+
+
+def appended(recording: RecordingStore, head: str, message: str) -> list[tuple[str, str]]:
+    """The writes of adding one message to a stored session: where the store changes the head
+    and creates the message in one transaction, one call (recorded message, then head); else
+    counted first, then stored."""
+    if recording.atomic_compare_and_set_with:
+        return [("put_if_absent", message), ("compare_and_set", head)]
+    return [("compare_and_set", head), ("put_if_absent", message)]
 
 
 @pytest.fixture
@@ -120,9 +139,8 @@ async def test_save_writes_only_messages_not_stored_yet(
     recording.writes.clear()
     new = session.add_message("user", "one more")
     await storage.save_session(session)
-    assert document_writes(recording) == [("compare_and_set", head),  # counted first
-                                          ("put_if_absent", f"message:{session.session_id}:"
-                                                            f"{new.message_id}")]
+    assert document_writes(recording) == appended(
+        recording, head, f"message:{session.session_id}:{new.message_id}")
     recording.writes.clear()
     await storage.save_session(session)  # nothing new: nothing written
     assert document_writes(recording) == []
@@ -192,9 +210,9 @@ async def test_append_message_writes_one_message_and_the_head(
     recording.writes.clear()
     message = ChatMessage.create(session.session_id, "assistant", "appended")
     assert await storage.append_message(session.session_id, message) is None
-    assert document_writes(recording) == [  # counted first, then stored
-        ("compare_and_set", session_key(session.session_id)),
-        ("put_if_absent", f"message:{session.session_id}:{message.message_id}")]
+    assert document_writes(recording) == appended(
+        recording, session_key(session.session_id),
+        f"message:{session.session_id}:{message.message_id}")
     head = (await storage.list_sessions())[0]
     assert head.message_count == 41
     assert head.updated_at == message.created_at

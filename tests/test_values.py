@@ -38,3 +38,23 @@ def test_one_level_too_deep_is_refused(filler: dict[str, int]) -> None:
         deep = [deep]
     with pytest.raises(DocumentTooLargeError, match="deeper"):
         check_value(orjson.dumps({**filler, "deep": deep}))
+
+
+def test_checked_values_are_not_parsed_again_but_still_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the session layer hands down from ``encode_document`` (``CheckedValue``) is taken
+    without a parse; plain bytes are parsed as always; the size limit holds for both."""
+    from kvsessions.kv import values
+
+    parsed: list[bytes] = []
+    real = values.check_value
+    monkeypatch.setattr(values, "check_value",
+                        lambda value, key=None: parsed.append(value) or real(value, key=key))
+    document = orjson.dumps({"kind": "message", "v": 1})
+    values.check_written(values.CheckedValue(document))
+    assert parsed == []
+    values.check_written(document)
+    assert parsed == [document]
+    huge = values.CheckedValue(b'{"a": "' + b"x" * values.MAX_DOCUMENT_BYTES + b'"}')
+    with pytest.raises(DocumentTooLargeError):
+        values.check_written(huge)

@@ -57,7 +57,7 @@ from kvsessions.errors import (
 )
 from kvsessions.kv.loops import PerLoop
 from kvsessions.kv.text_search import Accept, TextHit, TextIndex, query_words, scan_search
-from kvsessions.kv.values import check_key, check_prefix, check_value, prefix_upper_bound
+from kvsessions.kv.values import check_key, check_prefix, check_written, prefix_upper_bound
 from kvsessions.urls import check_namespace
 
 __all__ = ["DEFAULT_NAMESPACE", "MAX_TTL", "KVStore", "KeyRange", "expires_at",
@@ -228,7 +228,7 @@ class KVStore(ABC):
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing what was there, atomically."""
         check_key(key)
-        check_value(value, key=key)
+        check_written(value, key=key)
         ttl = _check_ttl(ttl)
         await self._ready()
         try:
@@ -251,7 +251,7 @@ class KVStore(ABC):
     async def put_if_absent(self, key: str, value: bytes, *, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` has no live value; True if this call stored it."""
         check_key(key)
-        check_value(value, key=key)
+        check_written(value, key=key)
         ttl = _check_ttl(ttl)
         await self._ready()
         try:
@@ -267,15 +267,7 @@ class KVStore(ABC):
         ``new`` (None: delete the key) with ``ttl`` and return True; else change nothing and
         return False. ``expected`` is a value read from this store."""
         check_key(key)
-        if expected is not None:
-            if not isinstance(expected, bytes | bytearray | memoryview):
-                raise InvalidValueError(
-                    f"expected must be bytes read from the store or None, not "
-                    f"{type(expected).__name__}", key=key)
-            expected = bytes(expected)
-        if new is not None:
-            check_value(new, key=key)
-            new = bytes(new)
+        expected, new = _check_swap(key, expected, new)
         ttl = _check_ttl(ttl)
         if new is None and ttl is not None:
             raise InvalidValueError("a ttl needs a value: compare_and_set with new=None "
@@ -285,6 +277,43 @@ class KVStore(ABC):
             return await self._compare_and_set(key, expected, new, ttl)
         except Exception as exc:
             error = self._map_error(exc, "compare_and_set")
+        raise error
+
+    @property
+    def atomic_compare_and_set_with(self) -> bool:
+        """Whether ``compare_and_set_with`` is one atomic transaction on this store."""
+        return self._atomic_compare_and_set_with
+
+    #: Adapters whose ``_compare_and_set_with`` is one transaction set this to True.
+    _atomic_compare_and_set_with: bool = False
+
+    async def compare_and_set_with(
+        self, key: str, expected: bytes | None, new: bytes | None, *,
+        create: Iterable[tuple[str, bytes]] = (), put: Iterable[tuple[str, bytes]] = (),
+        delete: Iterable[str] = (),
+    ) -> bool:
+        """``compare_and_set(key, expected, new)`` together with writes of other keys (no
+        ttl; every key named once): the items of ``create``, which must all be absent (else
+        the call is a failed compare), the items of ``put``, and the removal of ``delete``.
+        Where ``atomic_compare_and_set_with`` is True it is one transaction: everything, or
+        nothing and False. Elsewhere (the default) the writes come in the order an index
+        needs without transactions: ``create`` (undone on failure), ``put`` (stored whatever
+        the outcome), the compare-and-set, then, only if it succeeded, ``delete``."""
+        check_key(key)
+        expected, new = _check_swap(key, expected, new)
+        made = _checked_items(create, "create")
+        items = _checked_items(put, "put")
+        removed = list(dict.fromkeys(check_key(other) for other in _iterable(delete, "delete")))
+        named = [key, *made, *items, *removed]
+        if len(set(named)) != len(named):
+            raise InvalidValueError("compare_and_set_with names each key once: the key, the "
+                                    "keys created, put and deleted may not overlap", key=key)
+        await self._ready()
+        try:
+            return await self._compare_and_set_with(
+                key, expected, new, list(made.items()), list(items.items()), removed)
+        except Exception as exc:
+            error = self._map_error(exc, "compare_and_set_with")
         raise error
 
     # ------------------------------------------------------------------ batches
@@ -312,7 +341,7 @@ class KVStore(ABC):
                 raise InvalidValueError(f"put_many takes (key, value) pairs, not {item!r:.60}")
             key, value = item
             check_key(key)
-            check_value(value, key=key)
+            check_written(value, key=key)
             batch[key] = bytes(value)
         ttl = _check_ttl(ttl)
         if not batch:
@@ -494,6 +523,28 @@ class KVStore(ABC):
         """Up to ``limit`` live items in ``key_range`` in order, and the last key examined
         (None when the range holds nothing more, so the scan stops)."""
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        """Not atomic (see ``compare_and_set_with``); adapters with transactions override
+        this and set ``_atomic_compare_and_set_with``."""
+        made: list[str] = []
+        swapped = False
+        try:
+            for other, value in create:
+                if not await self._put_if_absent(other, value, None):
+                    return False
+                made.append(other)
+            if put:
+                await self._put_many(put, None)
+            swapped = await self._compare_and_set(key, expected, new, None)
+        finally:
+            if made and not swapped:
+                await self._delete_many(made)
+        if swapped and delete:
+            await self._delete_many(delete)
+        return swapped
+
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return [await self._get(key) for key in keys]
 
@@ -581,6 +632,31 @@ def _scan_range(prefix: str, start_after: str | None, reverse: bool) -> KeyRange
     if start_after < prefix:
         return KeyRange(prefix, True, upper)
     return KeyRange(start_after, False, upper)
+
+
+def _check_swap(key: str, expected: object, new: object) -> tuple[bytes | None, bytes | None]:
+    """The ``expected`` and ``new`` of a compare-and-set, checked, as bytes."""
+    if expected is not None and not isinstance(expected, bytes | bytearray | memoryview):
+        raise InvalidValueError(f"expected must be bytes read from the store or None, not "
+                                f"{type(expected).__name__}", key=key)
+    if new is not None:
+        check_written(new, key=key)
+        assert isinstance(new, bytes | bytearray | memoryview)
+    return (None if expected is None else bytes(expected), None if new is None else bytes(new))
+
+
+def _checked_items(items: object, what: str) -> dict[str, bytes]:
+    checked: dict[str, bytes] = {}
+    for item in _iterable(items, what):
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidValueError(f"{what} takes (key, value) pairs, not {item!r:.60}")
+        key, value = item
+        check_key(key)
+        check_written(value, key=key)
+        if key in checked:
+            raise InvalidValueError(f"{what} names the key twice", key=key)
+        checked[key] = bytes(value)
+    return checked
 
 
 def _iterable(value: object, what: str) -> Iterable[object]:

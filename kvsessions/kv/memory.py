@@ -106,6 +106,30 @@ class MemoryStore(KVStore):
                 self._remove(key)
             return True
 
+    _atomic_compare_and_set_with = True
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        # Under the lock that every method takes: atomic for every loop and thread.
+        with self._lock:
+            now = time.time()
+            if any(self._live(other, now) is not None for other, _ in create):
+                return False
+            current = self._live(key, now)
+            if current != expected:
+                return False
+            if new is not None:
+                self._set(key, new, None)
+            elif current is not None:
+                self._remove(key)
+            for other, value in (*create, *put):
+                self._set(other, value, None)
+            for other in delete:
+                if self._live(other, now) is not None:
+                    self._remove(other)
+            return True
+
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:

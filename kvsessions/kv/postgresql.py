@@ -75,6 +75,11 @@ except ImportError:
 
 __all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_table_sql"]
 
+#: Settings of the store's own connections. Every statement reads one key, a list of keys or
+#: a key range in key order, which the primary key's index serves; with bitmap scans the
+#: planner, misled by statistics older than the table's growth, read a whole prefix and
+#: sorted it to return the first rows of a scan (a listing: every index entry, O(store)).
+_SESSION_SETTINGS = {"enable_bitmapscan": "off"}
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
@@ -107,6 +112,11 @@ class _Statements:
     one_key: str
     #: A row's value columns (value, raw), as every read selects them.
     read: str
+    #: The columns an insert names, the expression that fills the partition column from the
+    #: key in ``{key}`` ('' when the table is not partitioned), and the ON CONFLICT target.
+    insert_columns: str
+    partition_of: str
+    conflict: str
 
 
 #: The partition column of a hash-partitioned table: ``kvsessions.kv.partitions``'s rule in SQL.
@@ -186,6 +196,9 @@ def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False)
         scan=scan,
         one_key=one_key,
         read=read,
+        insert_columns=columns,
+        partition_of=", " + _PARTITION_OF if partitioned else "",
+        conflict=conflict,
     )
 
 
@@ -267,7 +280,8 @@ class PostgreSQLStore(KVStore):
         async with asyncio.timeout(self.connect_timeout):
             try:
                 connection = await asyncpg.connect(
-                    self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout)
+                    self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout,
+                    server_settings=_SESSION_SETTINGS)
             except asyncpg.UndefinedObjectError as exc:
                 # An option neither we nor asyncpg took went to the server as a setting.
                 setting = _UNKNOWN_SETTING.search(str(exc))
@@ -495,6 +509,81 @@ class PostgreSQLStore(KVStore):
             found = await self._run("fetchval", update, key, old_document, old_raw,
                                     new_document, new_raw, ttl)
         return found is True
+
+    _atomic_compare_and_set_with = True
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        """One statement, so one round trip and one transaction: the compare-and-set as a
+        data-modifying CTE, and the other writes conditional on its row."""
+        args: list[Any] = [key]
+        if expected is not None:
+            args += _split(expected)
+        if new is not None:
+            args += _split(new)
+        args += [*_columns(create), *_columns(put), delete]
+        sql = self._cas_with_sql[expected is None, new is None]
+        try:
+            return await self._run("fetchval", sql, *args) is True
+        except asyncpg.DivisionByZeroError:
+            return False  # a key to create was taken meanwhile: the statement undid it all
+
+    @functools.cached_property
+    def _cas_with_sql(self) -> dict[tuple[bool, bool], str]:
+        """The statements of ``compare_and_set_with`` by (expected is None, new is None).
+        The swap also needs every key to create absent; should one be created by someone
+        else between that check and the insert (no lock covers an absent row), the final
+        SELECT divides by zero, which rolls the whole statement back."""
+        table = _quote_identifier(self.namespace)
+        sql = self._sql  # a partitioned table: inserts fill its column, conflicts name it
+        columns, partition_of = sql.insert_columns, sql.partition_of
+        live = "(expires_at IS NULL OR expires_at > now())"
+        upsert = (f"ON CONFLICT {sql.conflict} DO UPDATE SET value = EXCLUDED.value, "
+                  "raw = EXCLUDED.raw, expires_at = EXCLUDED.expires_at")
+
+        def document(n: int, array: str = "") -> str:
+            if self._caller_pool is None:
+                return f"${n}::jsonb{array}"
+            return f"convert_from(${n}::bytea, 'UTF8')::jsonb" if not array else f"${n}::bytea[]"
+
+        values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
+
+        def rows(n: int) -> str:
+            return (f"SELECT k, {values_out}, r, NULL::timestamptz"
+                    f"{partition_of.format(key='k')} FROM unnest(${n}::text[], "
+                    f"{document(n + 1, '[]')}, ${n + 2}::bytea[]) AS u(k, v, r)")
+
+        matches = (f"{sql.one_key} AND {live} AND value = {document(2)} "
+                   "AND (raw IS NULL OR raw = $3::bytea)")
+        swaps = {
+            (False, False): (f"UPDATE {table} SET value = {document(4)}, raw = $5::bytea, "
+                             f"expires_at = NULL WHERE {matches} AND @free RETURNING true", 6),
+            (False, True): (f"DELETE FROM {table} WHERE {matches} AND @free RETURNING true", 4),
+            (True, False): (f"INSERT INTO {table} AS t {columns} SELECT "
+                            f"$1, {document(2)}, $3::bytea, NULL"
+                            f"{partition_of.format(key='$1')} WHERE @free {upsert} "
+                            "WHERE t.expires_at <= now() RETURNING true", 4),
+            (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
+                           f"WHERE {sql.one_key} AND {live})", 2),
+        }
+        statements = {}
+        for variant, (swap, n) in swaps.items():
+            free = (f"NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
+                    f"AND {live})")
+            statements[variant] = (
+                f"WITH swap AS ({swap.replace('@free', free)}), "
+                f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
+                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
+                "RETURNING 1), "
+                f"put AS (INSERT INTO {table} {columns} {rows(n + 3)} "
+                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
+                f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
+                "AND EXISTS (SELECT 1 FROM swap)) "
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM swap) THEN false "
+                f"WHEN (SELECT count(*) FROM made) = cardinality(${n}::text[]) THEN true "
+                "ELSE 1 / ((SELECT count(*) FROM made) * 0) = 0 END")
+        return statements
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         size = self.scan_batch_size

@@ -150,6 +150,8 @@ class RedisStore(KVStore):
         else:
             assert parsed is not None
             self._cluster = parsed.scheme.endswith("+cluster") or settings["cluster"]
+        # one script may name several partitions on one server, not across cluster slots
+        self._atomic_compare_and_set_with = not self._cluster
         self._ssl = {name: settings[name] for name in _SSL_OPTIONS
                      if settings[name] is not None}
         if parsed is not None:
@@ -399,6 +401,39 @@ class RedisStore(KVStore):
                 raise
             raise self._foreign(key) from None
         return bool(swapped)
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        """One script over every key's partition names. A single server runs it whatever the
+        partitions; a cluster only when every key is in the head's partition (one slot: a
+        script across slots is refused, CROSSSLOT), else the safe-order default, which is
+        why ``atomic_compare_and_set_with`` is False on a cluster."""
+        named = [key, *[other for other, _ in create], *[other for other, _ in put], *delete]
+        if self._cluster and any(partition_of(other) != partition_of(key) for other in named):
+            return await super()._compare_and_set_with(key, expected, new, create, put, delete)
+        keys: list[bytes] = []
+        for other in named:
+            names = self._names(other)
+            keys += (names.value(other), names.index, names.expiry, names.runs)
+        head: list[Any] = [b"" if expected is None else expected, b"" if new is None else new]
+        rest: list[Any] = [len(create), len(put), *[other.encode() for other in named],
+                           *[run_of(other) for other in named],
+                           *[value for _, value in create], *[value for _, value in put]]
+        try:
+            result = await self._run(scripts.COMPARE_AND_SET_WITH, keys, [*head, "", *rest])
+            if isinstance(result, list):  # runs the directory lacks: add them, then confirm
+                pairs: list[Any] = []
+                for run in dict.fromkeys(result):
+                    pairs += (0, run)
+                await self._command("ZADD", self._directory, *pairs)
+                result = await self._run(scripts.COMPARE_AND_SET_WITH, keys,
+                                         [*head, "1", *rest])
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise self._foreign(key) from None
+        return bool(result == 1)
 
     async def _write(self, key: str, value: bytes, ttl: float | None, *, nx: bool) -> bool:
         names = self._names(key)

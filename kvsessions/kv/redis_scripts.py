@@ -16,8 +16,8 @@ try:
 except ImportError:  # pragma: no cover - the store refuses to start without redis
     NoScriptError = None  # type: ignore[assignment,misc]
 
-__all__ = ["CLEAN", "COMPARE_AND_SET", "DELETE", "PAGE", "PUT", "WRITE", "WRITE_MANY",
-           "Script"]
+__all__ = ["CLEAN", "COMPARE_AND_SET", "COMPARE_AND_SET_WITH", "DELETE", "PAGE", "PUT", "WRITE",
+           "WRITE_MANY", "Script"]
 
 #: Index members past their expiry that one ttl write removes (keeps the index bounded).
 _SWEEP_PER_WRITE = 16
@@ -205,6 +205,55 @@ if ARGV[4] ~= '' then track_expiry({ARGV[3]}, tonumber(ARGV[4]), ARGV[5]) end
 return 1
 """
 
+# compare_and_set_with, no ttl. Every key named comes with its partition's names: KEYS holds,
+# per key, its value key, index, expiry set and runs set (4 each): first the compared key, then
+# those created, then put, then deleted. ARGV: expected ('' = absent), new ('' = delete),
+# confirmed, how many keys are created, how many put, every key's member, every key's run, then
+# the values created and put. Returns 0 (the compare failed or a key to create was taken), 1
+# (all written), or the runs of written keys that the directory may lack (nothing written; the
+# store adds them and runs the script again, confirmed). One script: on one server it may name
+# keys of several partitions; a cluster runs it only on keys of one partition (one slot).
+_COMPARE_AND_SET_WITH_LUA = _REGISTERED_LUA + """
+local m = #KEYS / 4
+local created, put = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function name(i, part) return KEYS[4 * (i - 1) + part] end
+local current = redis.call('GET', KEYS[1])
+if current then
+  if current ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+for i = 2, 1 + created do
+  if redis.call('EXISTS', name(i, 1)) == 1 then return 0 end
+end
+local first = 1
+if ARGV[2] == '' then first = 2 end
+local missing = {}
+for i = first, 1 + created + put do
+  if not registered(name(i, 4), ARGV[5 + m + i], ARGV[3]) then
+    missing[#missing + 1] = ARGV[5 + m + i]
+  end
+end
+if #missing > 0 then return missing end
+local function remove(i)
+  redis.call('DEL', name(i, 1))
+  redis.call('ZREM', name(i, 2), ARGV[5 + i])
+  redis.call('ZREM', name(i, 3), ARGV[5 + i])
+end
+if ARGV[2] == '' then
+  if current then remove(1) end
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], 0, ARGV[6])
+end
+for i = 2, 1 + created + put do
+  redis.call('SET', name(i, 1), ARGV[4 + 2 * m + i])
+  redis.call('ZADD', name(i, 2), 0, ARGV[5 + i])
+end
+for i = 2 + created + put, m do remove(i) end
+return 1
+"""
+
 
 class Script:
     """A Lua script run by EVALSHA, falling back to EVAL (which caches it) after a restart."""
@@ -227,3 +276,4 @@ DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
 PAGE = Script(_PAGE_LUA)
 COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)
+COMPARE_AND_SET_WITH = Script(_COMPARE_AND_SET_WITH_LUA)

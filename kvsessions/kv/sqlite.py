@@ -374,9 +374,15 @@ class SQLiteStore(KVStore):
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
+        return await self._swap(key, expected, new, ttl, None)
+
+    async def _swap(self, key: str, expected: bytes | None, new: bytes | None,
+                    ttl: float | None,
+                    also: Callable[[sqlite3.Connection], bool] | None) -> bool:
         """Read, compare and write inside one ``BEGIN IMMEDIATE`` on the worker thread: the
         write lock is held from the read on, so no other connection or process writes
-        between them."""
+        between them. ``also`` runs in the same transaction when the value matched; when it
+        returns False, everything is rolled back."""
         table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
         upsert = self._sql_put
 
@@ -391,6 +397,9 @@ class SQLiteStore(KVStore):
                     db.execute(upsert, (key, new, deadline))
                 elif swapped and current is not None:
                     db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+                if swapped and also is not None and not also(db):
+                    db.execute("ROLLBACK")
+                    return False
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -402,6 +411,30 @@ class SQLiteStore(KVStore):
         if ttl is not None:
             await self._maybe_purge()
         return swapped
+
+    _atomic_compare_and_set_with = True
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        """The compare-and-set's transaction, with the other writes inside it."""
+        rows = [(other, value, None) for other, value in (*create, *put)]
+        created = [other for other, _ in create]
+        upsert, table, live, now = self._sql_put, self._table, self._live, time.time()
+
+        def write_others(db: sqlite3.Connection) -> bool:
+            for start in range(0, len(created), _IN_CHUNK):
+                if _select_in(db, table, live, created[start:start + _IN_CHUNK], now):
+                    return False  # a key to create is taken
+            if rows:
+                db.executemany(upsert, rows)
+            for start in range(0, len(delete), _IN_CHUNK):
+                chunk = delete[start:start + _IN_CHUNK]
+                db.execute(f"DELETE FROM {table} WHERE key IN ({', '.join('?' * len(chunk))})",
+                           chunk)
+            return True
+
+        return await self._swap(key, expected, new, None, write_others)
 
     async def _maybe_purge(self) -> None:
         """Remove expired rows now and then; reads never depend on it."""

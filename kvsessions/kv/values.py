@@ -23,9 +23,11 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_KEY_BYTES",
     "RESERVED_PREFIX",
+    "CheckedValue",
     "check_key",
     "check_prefix",
     "check_value",
+    "check_written",
     "prefix_upper_bound",
     "reserved_keys_allowed",
     "same_json",
@@ -106,6 +108,27 @@ def _check_text(text: str, what: str) -> None:
         raise InvalidKeyError(f"{what} is {size} UTF-8 bytes; at most {MAX_KEY_BYTES} are allowed")
     if "\x00" in text:
         raise InvalidKeyError(f"{what} {text[:40]!r} contains NUL")
+
+
+class CheckedValue(bytes):
+    """Bytes that ``kvsessions.documents.codec.encode_document`` made from a document it
+    walked first (types, depth, integer range: the rules ``check_value`` enforces), marked so
+    by the session layer as it writes them, so the store takes them without parsing them
+    again (``check_written``). Writes only: orjson does not read a bytes subclass."""
+
+    __slots__ = ()
+
+
+def check_written(value: object, *, key: str | None = None) -> None:
+    """``check_value`` for a value about to be written; a ``CheckedValue`` only has its size
+    checked (the rest was checked on the document it was encoded from)."""
+    if type(value) is CheckedValue:
+        if len(value) > MAX_DOCUMENT_BYTES:
+            raise DocumentTooLargeError(
+                f"document is {len(value)} bytes; at most {MAX_DOCUMENT_BYTES} are allowed",
+                key=key)
+        return
+    check_value(value, key=key)
 
 
 def check_value(value: object, *, key: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The seed's per-store conveniences: ``SQLiteSessionStorage(path)``,
 ``PostgreSQLSessionStorage(dsn, ...)`` and the rest, each a ``SessionStorage`` on the store its
-arguments name (they build the store URL; ``SessionStorage.from_url`` takes any URL)."""
+arguments name (they build the store URL; ``SessionStorage.from_url`` takes any URL).
+
+``durability=`` (``"normal"`` or ``"strict"``) is the URL option of that name, checked by the
+store as it checks the URL's (None: the URL's, else the store's default)."""
 
 from __future__ import annotations
 
@@ -40,34 +43,37 @@ class SQLiteSessionStorage(SessionStorage):
     """Sessions in one SQLite file (created when missing); ``":memory:"`` for a private one."""
 
     def __init__(self, path: str | os.PathLike[str] = "sessions.db", *,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, durability: str | None = None) -> None:
         url = "sqlite:///:memory:" if str(path) == ":memory:" else _path_url("sqlite", path)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
+        super().__init__(open_store(_with_query(url, namespace=namespace,
+                                                durability=durability)))
 
 
 class FileSessionStorage(SessionStorage):
     """Sessions as files in a folder (one file per document), no database needed."""
 
     def __init__(self, directory: str | os.PathLike[str], *,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, durability: str | None = None) -> None:
         url = _path_url("file", directory)
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
+        super().__init__(open_store(_with_query(url, namespace=namespace,
+                                                durability=durability)))
 
 
 class MemorySessionStorage(SessionStorage):
     """Sessions in this process only (tests, demos): nothing survives ``close()``."""
 
-    def __init__(self, *, namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query("memory://", namespace=namespace)))
+    def __init__(self, *, namespace: str | None = None, durability: str | None = None) -> None:
+        super().__init__(open_store(_with_query("memory://", namespace=namespace,
+                                                durability=durability)))
 
 
 class PostgreSQLSessionStorage(SessionStorage):
     """Sessions in a PostgreSQL table, through an asyncpg pool of the given sizes."""
 
     def __init__(self, dsn: str, min_pool_size: int = 5, max_pool_size: int = 20, *,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, durability: str | None = None) -> None:
         url = _with_query(dsn, min_pool_size=min_pool_size, max_pool_size=max_pool_size,
-                          namespace=namespace)
+                          namespace=namespace, durability=durability)
         super().__init__(open_store(url))
 
 
@@ -75,14 +81,15 @@ class MongoDBSessionStorage(SessionStorage):
     """Sessions in a MongoDB collection of ``database_name`` (or the URI's database)."""
 
     def __init__(self, uri: str, database_name: str | None = None, *,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, durability: str | None = None) -> None:
         super().__init__(open_store(_with_query(uri, database=database_name,
-                                                namespace=namespace)))
+                                                namespace=namespace, durability=durability)))
 
 
 class RedisSessionStorage(SessionStorage):
     """Sessions in Redis (or Redis Cluster with ``redis+cluster://``)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
-                 namespace: str | None = None) -> None:
-        super().__init__(open_store(_with_query(url, namespace=namespace)))
+                 namespace: str | None = None, durability: str | None = None) -> None:
+        super().__init__(open_store(_with_query(url, namespace=namespace,
+                                                durability=durability)))

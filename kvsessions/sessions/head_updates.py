@@ -19,7 +19,6 @@ from kvsessions.documents.codec import format_timestamp, parse_timestamp
 from kvsessions.documents.keys import session_key
 from kvsessions.documents.models import utc_now
 from kvsessions.errors import InvalidValueError, SessionNotFoundError
-from kvsessions.kv.base import KVStore
 from kvsessions.sessions.arguments import check_status
 from kvsessions.sessions.heads import (
     DELETING,
@@ -71,13 +70,12 @@ async def update_head(documents: ValidatingStore, index: SessionIndex, read_head
     """Apply ``change`` to the head of ``session_id`` (see the module docstring); the head
     as written (or as stored, when the change changes nothing)."""
     check_expected_revision(expected_revision)
-    raw: KVStore = documents.inner
     key = session_key(session_id)
     while True:
         head = await read_head(session_id)
         if head is None or head[1]["status"] == DELETING:
             raise SessionNotFoundError(f"no session {session_id!r}")
-        stored, current = head
+        current = head[1]
         check_revision(f"session {session_id!r}", expected_revision, current)
         document = change.applied(current)
         if document == current:
@@ -87,7 +85,5 @@ async def update_head(documents: ValidatingStore, index: SessionIndex, read_head
             document["updated_at"] = format_timestamp(now)
         next_revision(document, current)
         encoded = documents.encode(key, document)  # raises, naming the field, if invalid
-        await index.before_change(current, document)
-        if await raw.compare_and_set(key, stored, encoded):
-            await index.after_change(session_id, current, document)
+        if await index.change(session_id, head, document, encoded):
             return document

@@ -5,8 +5,8 @@ writes, with no multi-key transaction.
 The keys are in ``kvsessions.documents.keys``. An entry *names* a head (session id, status,
 updated_at); it is *current* when the head it names says exactly that. The rules:
 
-1. **Before** a head changes, the entries of the new head are written (``before_change``);
-   **after** it changed, the entries only the old head had are deleted (``after_change``).
+1. **Before** a head changes, the entries of the new head are written;
+   **after** it changed, the entries only the old head had are deleted.
    So the current entries of a head exist whenever the head does.
 2. Readers check every entry against the head it names, never trust it alone: a missing or
    ``deleting`` head, or one whose fields differ, is skipped; a listing therefore never shows
@@ -22,6 +22,16 @@ A reader removes an entry only when no writer can still be on its way to making 
 without rule 4: the head is gone or ``deleting``, or it is later than the entry (or equally
 late with another status). An entry later than its head (a writer on its way, or one that
 crashed between entry and head) is skipped and left alone.
+
+A writer does all of rule 1 in one call, ``compare_and_set_with`` (new entries, head, old
+entries). Where the store makes that one transaction (SQLite, PostgreSQL, single-server Redis,
+memory: ``atomic_compare_and_set_with``; not Redis Cluster, whose partitions are in other
+slots), the entries change exactly when the head does: no entry a writer wrote waits for its
+head change, and none it deletes can be one another writer has just written for a head change
+still to come (that writer's compare-and-set then fails, and it writes its entries again from
+the new head). So rules 3 and 4 hold for such writers without the read again, and an append
+costs what it cost before the index: one call per head change.
+Readers still follow rule 3 everywhere.
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ from kvsessions.documents.keys import (
 from kvsessions.documents.models import SESSION_STATUSES
 from kvsessions.errors import KVSessionsError
 from kvsessions.kv.base import KVStore
-from kvsessions.sessions.heads import DELETING
+from kvsessions.kv.values import CheckedValue
+from kvsessions.sessions.heads import DELETING, Head
 
 __all__ = [
     "ENTRY",
@@ -63,10 +74,12 @@ __all__ = [
     "file_entry",
     "head_entries",
     "is_removable",
+    "time_text",
 ]
 
 #: The value of every entry: its key says everything.
 ENTRY = orjson.dumps({"kind": "index", "v": 1})
+_CHECKED_ENTRY = CheckedValue(ENTRY)
 _COMPLETE = orjson.dumps({"kind": "index", "v": 1, "state": "complete"})
 #: Heads or records one build step reads.
 _BUILD_BATCH = 500
@@ -105,13 +118,20 @@ def is_removable(entry_time: str, entry_status: str | None,
     current may be removed by a reader (see the module docstring)."""
     if head is None or head["status"] == DELETING:
         return True
-    head_time = _time_text(head["updated_at"])
+    head_time = time_text(head["updated_at"])
     return head_time > entry_time or (
         head_time == entry_time and entry_status is not None and head["status"] != entry_status)
 
 
-def _time_text(text: str) -> str:
-    return index_timestamp(parse_timestamp(text, path="updated_at"))
+def time_text(text: str, key: str | None = None) -> str:
+    """``index_timestamp`` of a stored timestamp, without parsing it when it is already in
+    the form this release writes (``...SS.ffffffZ``, or ``...SSZ`` for whole seconds)."""
+    size = len(text)
+    if size == 27 and text[19] == "." and text[26] == "Z" and text[10] == "T":
+        return text
+    if size == 20 and text[19] == "Z" and text[10] == "T":
+        return text[:19] + ".000000Z"
+    return index_timestamp(parse_timestamp(text, key=key, path="updated_at"))
 
 
 class SessionIndex:
@@ -121,22 +141,33 @@ class SessionIndex:
         self._raw = raw
         self._decode = decode
 
-    async def before_change(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        """Rule 1: write the entries ``new`` has and ``old`` has not."""
-        missing = head_entries(new) - head_entries(old)
-        if missing:
-            await self._raw.put_many([(key, ENTRY) for key in sorted(missing)])
-
-    async def after_change(self, session_id: str, old: dict[str, Any] | None,
-                           new: dict[str, Any] | None) -> None:
-        """Rules 1, 3 and 4 after the head went from ``old`` to ``new`` (None: removed)."""
+    async def change(self, session_id: str, head: Head | None, new: dict[str, Any],
+                     encoded: bytes, create: list[tuple[str, bytes]] | None = None) -> bool:
+        """Compare-and-set the head of ``session_id`` from ``head`` (as read; None: absent)
+        to ``new`` (``encoded``), with its entries by the rules, and ``create`` those keys
+        (see ``compare_and_set_with``); False when the head was not the one read, or a key
+        to create was taken (the head is then unchanged). ``encoded`` and the values of
+        ``create`` come from ``encode_document``, which checked them: the store does not
+        parse them again."""
+        stored, old = (None, None) if head is None else head
         before, after = head_entries(old), head_entries(new)
+        swapped = await self._raw.compare_and_set_with(
+            session_key(session_id), stored, CheckedValue(encoded),
+            create=[(key, CheckedValue(value)) for key, value in create or ()],
+            put=[(entry, _CHECKED_ENTRY) for entry in sorted(after - before)],
+            delete=sorted(before - after))
+        if swapped and not self._raw.atomic_compare_and_set_with:
+            await self._settle_change(session_id, old, new, before, after)
+        return swapped
+
+    async def _settle_change(self, session_id: str, old: dict[str, Any] | None,
+                             new: dict[str, Any], before: frozenset[str],
+                             after: frozenset[str]) -> None:
+        """Rules 3 and 4 after a change that was not one transaction."""
         gone = before - after
-        if gone:
-            await self._raw.delete_many(sorted(gone))
-        risky = new is not None and after != before and (
+        risky = after != before and (
             old is None or old["status"] == DELETING
-            or _time_text(new["updated_at"]) <= _time_text(old["updated_at"]))
+            or time_text(new["updated_at"]) <= time_text(old["updated_at"]))
         if gone or risky:
             await self.settle(session_id, gone | (after if risky else frozenset()))
 

@@ -64,13 +64,12 @@ class SessionInsertion:
 
     async def _insert(self, session_id: str, key: str, document: dict[str, Any],
                       encoded: bytes) -> bool:
-        await self._index.before_change(None, document)
-        if not await self._raw.put_if_absent(key, encoded):
+        if await self._index.change(session_id, None, document, encoded):
+            return True
+        if not self._raw.atomic_compare_and_set_with:
             # Another writer's head is there: take back the entries written for this one,
             # then put back those that are that head's own (rule 3 of the index).
             entries = head_entries(document)
             await self._raw.delete_many(sorted(entries))
             await self._index.settle(session_id, entries)
-            return False
-        await self._index.after_change(session_id, None, document)
-        return True
+        return False

@@ -31,7 +31,7 @@ from kvsessions.errors import InvalidValueError
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.arguments import check_limit, check_status
 from kvsessions.sessions.heads import DELETING
-from kvsessions.sessions.index import IndexState, SessionIndex, is_removable
+from kvsessions.sessions.index import IndexState, SessionIndex, is_removable, time_text
 from kvsessions.sessions.owners import OwnerFilter, owner_filter
 from kvsessions.wrappers.validating import ValidatingStore
 
@@ -48,8 +48,10 @@ Listed = tuple[str, str, dict[str, Any]]  # (position, head key, head document)
 
 
 def _position(document: dict[str, Any], key: str) -> str:
-    updated = parse_timestamp(document["updated_at"], key=key, path="updated_at")
-    return f"{index_timestamp(updated)}:{encode_id(document['session_id'])}"
+    updated = document["updated_at"]
+    if type(updated) is not str:
+        parse_timestamp(updated, key=key, path="updated_at")  # raises, naming the key
+    return f"{time_text(updated, key)}:{encode_id(document['session_id'])}"
 
 
 class _Window:
@@ -177,7 +179,7 @@ class SessionListing:
                 head = None if value is None else self._read_head_document(key, value)
                 heads[session_id] = (head if head is not None
                                      and head.get("session_id") == session_id else None)
-        for entry, time_text, session_id in entries:
+        for entry, entry_time, session_id in entries:
             head = heads[session_id]
             live = head is not None and head["status"] != DELETING and (
                 status is None or head["status"] == status) and (
@@ -187,10 +189,10 @@ class SessionListing:
                 position = _position(head, key)
                 if window.holds(position):
                     found[session_id] = (position, key, head)
-                if position.startswith(time_text + ":"):
+                if position.startswith(entry_time + ":"):
                     continue  # current
             # an owner entry is not a status entry: a status asked for is a filter on it
-            if is_removable(time_text, status if owner is None else None, head):
+            if is_removable(entry_time, status if owner is None else None, head):
                 stale.append(entry)
 
     async def _page_from_scan(self, status: str | None, limit: int, window: _Window,

@@ -16,6 +16,12 @@ any number of processes, because a message is counted *before* it exists and unc
   the count (``delete`` / ``delete_many`` counted them, or ``compare_and_set(key, read,
   None)`` won), so of two writers removing one message only one counts it.
 
+Where the store writes a head and other keys in one transaction
+(``atomic_compare_and_set_with``), an append first tries the head change that counts its
+messages and their creation as one call: the messages then exist exactly when they are
+counted, which gives the same guarantee; a head changed meanwhile or a message stored
+already (a retried append) makes it fall back to the order above, from a fresh read.
+
 So the count never falls below the messages stored, nor does a removal find it short of what
 it removed (a count that would go below 0 stays 0: only a message stored by a release that
 counted after writing, and whose writer was killed, can do that). A writer killed between
@@ -56,10 +62,13 @@ from kvsessions.sessions.index import IndexState, SessionIndex
 from kvsessions.sessions.message_scan import parse_message, read_message
 from kvsessions.wrappers.validating import ValidatingStore
 
-__all__ = ["MessageEdits", "removal_change", "touched"]
+__all__ = ["CREATE_TOGETHER", "MessageEdits", "removal_change", "touched"]
 
 #: Keys one ``delete_many`` of ``clear_messages`` removes (the head is updated after each).
 _CLEAR_BATCH = 500
+#: Messages at most that a head change creates in its own transaction (where the store has
+#: one, ``atomic_compare_and_set_with``); more are counted first, then stored.
+CREATE_TOGETHER = 1000
 #: Edited messages one save rewrites at once.
 _EDIT_CONCURRENCY = 32
 
@@ -121,15 +130,13 @@ class MessageEdits:
         while True:
             if head is None or head[1]["status"] == DELETING:
                 return None
-            stored, current = head
+            current = head[1]
             document = change(current)
             if document == current:
                 return current
             next_revision(document, current)
             encoded = self._documents.encode(key, document)
-            await self._index.before_change(current, document)
-            if await self._raw.compare_and_set(key, stored, encoded):
-                await self._index.after_change(session_id, current, document)
+            if await self._index.change(session_id, head, document, encoded):
                 return document
             head = await self._read_head(session_id)
 
@@ -146,6 +153,17 @@ class MessageEdits:
             document["message_count"] = current["message_count"] + len(items)
             return touched(document, latest)
 
+        if (self._raw.atomic_compare_and_set_with and 0 < len(items) <= CREATE_TOGETHER
+                and head is not None and head[1]["status"] != DELETING):
+            # The store changes the head and creates the messages in one transaction: they
+            # are counted exactly when they exist, so no removal finds the count short. A
+            # head changed meanwhile, or a message stored already (a retried append), takes
+            # the order below from a fresh read.
+            document = next_revision(count_in(head[1]), head[1])
+            encoded = self._documents.encode(session_key(session_id), document)
+            if await self._index.change(session_id, head, document, encoded, items):
+                return document
+            head = await self._read_head(session_id)
         counted = await self._change_head(session_id, head, count_in)
         if counted is None or await self._create_counted(session_id, items) is None:
             raise SessionNotFoundError(

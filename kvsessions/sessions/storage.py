@@ -92,7 +92,7 @@ from kvsessions.sessions.index import IndexState, SessionIndex, every_entry
 from kvsessions.sessions.insertion import SessionInsertion
 from kvsessions.sessions.listing import SessionListing
 from kvsessions.sessions.message_changes import SavePlan, plan_save, remember
-from kvsessions.sessions.message_edits import MessageEdits
+from kvsessions.sessions.message_edits import CREATE_TOGETHER, MessageEdits
 from kvsessions.sessions.message_scan import scan_messages
 from kvsessions.sessions.message_times import TimeWindow
 from kvsessions.sessions.search import MessageHit, search_messages
@@ -255,8 +255,13 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         """The writes of a save, run to the end even when the caller is cancelled, so that
         no message is left stored and uncounted. The head first (counting the new messages,
         as ``kvsessions.sessions.message_edits`` explains), then the messages, then the
-        count of what was not created or was removed."""
+        count of what was not created or was removed. Where the store writes a head and
+        other keys in one transaction, the first try creates the messages in the head
+        change's (counted exactly when they exist); should one be stored already, or the
+        head have changed, the order above follows from a fresh read."""
         messages, edits, removals = writes
+        together = (self._raw.atomic_compare_and_set_with
+                    and 0 < len(messages) <= CREATE_TOGETHER)
         head_key = session_key(session.session_id)
         while True:
             if is_stale(head, saved):
@@ -265,24 +270,21 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
                            None if head is None else head[1])
             if head is None:
                 document = next_revision({**mine, "message_count": len(messages)}, None)
-                encoded = self._documents.encode(head_key, document)
-                await self._index.before_change(None, document)
-                if await self._raw.put_if_absent(head_key, encoded):
-                    await self._index.after_change(session.session_id, None, document)
-                    break
             else:
-                stored, current = head
+                current = head[1]
                 document = merged_head(current, mine, saved.base, len(messages))
                 if document == current:
+                    together = False
                     break
                 next_revision(document, current)
-                encoded = self._documents.encode(head_key, document)
-                await self._index.before_change(current, document)
-                if await self._raw.compare_and_set(head_key, stored, encoded):
-                    await self._index.after_change(session.session_id, current, document)
-                    break
+            encoded = self._documents.encode(head_key, document)
+            if await self._index.change(session.session_id, head, document, encoded,
+                                        messages if together else None):
+                break
+            together = False
             head = await self._read_head(session.session_id)
-        if messages and await self._create_counted(session.session_id, messages) is None:
+        if (messages and not together
+                and await self._create_counted(session.session_id, messages) is None):
             return False
         await self._store_edits(edits)
         removed = await self._raw.delete_many(removals) if removals else 0

@@ -570,6 +570,95 @@ class KVStoreContract:
                 await handle.close()
         assert orjson.loads(await store.get("counter") or b"") == {"n": 30}
 
+    async def test_compare_and_set_with(self, store: KVStore) -> None:
+        """The other writes happen exactly when the compare matched (and, where the store
+        says it is atomic, not at all otherwise): what index entries need."""
+        atomic = store.atomic_compare_and_set_with
+        await store.put_many([("old:1", dumps({"o": 1})), ("old:2", dumps({"o": 2}))])
+        assert await store.compare_and_set_with("h", None, dumps({"v": 1}),
+                                                put=[("new:1", dumps({"n": 1}))],
+                                                delete=["old:1"]) is True
+        assert await store.keys() == ["h", "new:1", "old:2"]
+        assert await store.compare_and_set_with("h", None, dumps({"v": 2}),
+                                                put=[("new:2", dumps({"n": 2}))],
+                                                delete=["old:2"]) is False
+        assert await store.get("old:2") is not None
+        assert (await store.get("new:2") is None) if atomic else True
+        current = await store.get("h")
+        assert await store.compare_and_set_with("h", current, dumps({"v": 3}),
+                                                delete=["new:1", "missing"]) is True
+        assert orjson.loads(await store.get("h") or b"") == {"v": 3}
+        assert await store.get("new:1") is None
+        latest = await store.get("h")
+        assert await store.compare_and_set_with("h", latest, None,
+                                                put=[("after", dumps({}))]) is True
+        assert await store.get("h") is None and await store.get("after") is not None
+        assert await store.compare_and_set_with("h", None, None, delete=["after"]) is True
+        assert await store.get("after") is None
+
+    async def test_compare_and_set_with_creates_only_absent_keys(self, store: KVStore) -> None:
+        atomic = store.atomic_compare_and_set_with
+        await store.put("taken", dumps({"t": 1}))
+        await store.put("h", dumps({"v": 1}))
+        current = await store.get("h")
+        assert await store.compare_and_set_with(
+            "h", current, dumps({"v": 2}), create=[("free", dumps({"f": 1})),
+                                                   ("taken", dumps({"t": 2}))],
+            delete=["h2"]) is False
+        assert await store.get("h") == current  # nothing happened
+        assert orjson.loads(await store.get("taken") or b"") == {"t": 1}
+        assert await store.get("free") is None
+        assert await store.compare_and_set_with(
+            "h", dumps({"v": 9}), dumps({"v": 2}), create=[("free", dumps({"f": 1}))]) is False
+        assert await store.get("free") is None  # created only with the head change
+        assert await store.compare_and_set_with(
+            "h", current, dumps({"v": 2}), create=[("free", dumps({"f": 1}))],
+            put=[("taken", dumps({"t": 3}))], delete=["other"]) is True
+        assert orjson.loads(await store.get("free") or b"") == {"f": 1}
+        assert orjson.loads(await store.get("taken") or b"") == {"t": 3}
+        assert orjson.loads(await store.get("h") or b"") == {"v": 2}
+        assert atomic in (True, False)
+
+    async def test_compare_and_set_with_bad_arguments_change_nothing(
+        self, store: KVStore
+    ) -> None:
+        await store.put("k", dumps({"v": 1}))
+        current = await store.get("k")
+        for create, put, delete in (
+                ([], [("k", dumps({}))], []), ([], [], ["k"]), ([], [("x", dumps({}))], ["x"]),
+                ([("x", dumps({}))], [("x", dumps({}))], []), ([("k", dumps({}))], [], []),
+                ([], [("x", b"[1]")], []), ([("x", b"1")], [], []), ([], [("", dumps({}))], []),
+                ([], [("x", dumps({}), 1)], [])):
+            with pytest.raises(KVSessionsError):
+                await store.compare_and_set_with(
+                    "k", current, dumps({"v": 2}), create=create, put=put,  # type: ignore[arg-type]
+                    delete=delete)
+        assert await store.keys() == ["k"] and await store.get("k") == current
+
+    async def test_compare_and_set_with_has_one_winner(self, store_factory: StoreFactory,
+                                                       store: KVStore) -> None:
+        extra = 2 if store_factory.persistent else 0
+        handles = [store] + [store_factory.new() for _ in range(extra)]
+        for handle in handles[1:]:
+            await handle.open()
+        try:
+            await store.put("race", dumps({"round": 0}))
+            await store.put("shared", dumps({}))
+            expected = await store.get("race")
+            results = await asyncio.gather(*(
+                handles[i % len(handles)].compare_and_set_with(
+                    "race", expected, dumps({"who": i}), put=[(f"mine:{i:02d}", dumps({}))],
+                    delete=["shared"]) for i in range(12)))
+        finally:
+            for handle in handles[1:]:
+                await handle.close()
+        assert sum(results) == 1
+        winner = results.index(True)
+        assert orjson.loads(await store.get("race") or b"") == {"who": winner}
+        assert await store.get("shared") is None
+        if store.atomic_compare_and_set_with:
+            assert await store.keys("mine:") == [f"mine:{winner:02d}"]
+
     async def test_many_concurrent_puts(self, store: KVStore) -> None:
         await asyncio.gather(*(store.put(f"c{i:03d}", dumps({"i": i})) for i in range(200)))
         items = await collect(store.scan("c"))

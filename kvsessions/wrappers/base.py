@@ -68,6 +68,15 @@ class StoreWrapper(KVStore):
     ) -> bool:
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
+    @property
+    def atomic_compare_and_set_with(self) -> bool:
+        return self.inner.atomic_compare_and_set_with
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return await self.inner._get_many(keys)
 

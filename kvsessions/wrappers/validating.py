@@ -74,6 +74,15 @@ class ValidatingStore(StoreWrapper):
             self._check_bytes(key, value)
         await self.inner._put_many(items, ttl)
 
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        if new is not None:
+            self._check_bytes(key, new)
+        for other, value in (*create, *put):
+            self._check_bytes(other, value)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+
     # reads -------------------------------------------------------------------------------
 
     async def _get(self, key: str) -> bytes | None:

@@ -34,6 +34,7 @@ import orjson
 from benchmarks.harness import BenchContext
 from benchmarks.sessions import POSTGRES_URL, REDIS_URL, _drop_redis
 from kvsessions.documents.codec import format_timestamp
+from kvsessions.documents.keys import session_key
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.index import ENTRY, SessionIndex, head_entries
@@ -204,11 +205,15 @@ async def bench_append(ctx: BenchContext, backend: str, storage: SessionStorage)
 
 
 class _NoIndex(SessionIndex):
+    """An append as it was before the index: ``put_if_absent`` of the message, then one
+    compare-and-set of the head."""
+
     def __init__(self, index: SessionIndex) -> None:
         super().__init__(index._raw, index._decode)
 
-    async def before_change(self, old: Any, new: Any) -> None:
-        return None
-
-    async def after_change(self, session_id: str, old: Any, new: Any) -> None:
-        return None
+    async def change(self, session_id: str, head: Any, new: Any, encoded: bytes,
+                     create: Any = None) -> bool:
+        for key, value in create or ():  # before the index: the message, then the head
+            await self._raw.put_if_absent(key, value)
+        return await self._raw.compare_and_set(session_key(session_id),
+                                               None if head is None else head[0], encoded)

@@ -4,6 +4,8 @@ the raw scan of the same keys, and listing sessions.
 * append: ``append_message`` to a session of 10,000 messages beside the same call on a session
   of 10 (ratio = time at 10,000 / time at 10; target 1.5). Each append is one get of the head,
   one ``put_if_absent`` of the message and one ``compare_and_set`` of the head.
+* concurrent appends: 16 tasks appending to 16 sessions at once beside one task doing as many
+  appends (ratio = time of the 16 / time of the one; target 0.33: three times the throughput).
 * load: ``load_session`` of a 1,000-message session of 2 KB message documents (one get of the
   head, one prefix scan, JSON parse, field checks and ``ChatMessage`` objects) beside the raw
   driver scanning the same ``message:{sid}:`` keys of the same table with orjson decoding each
@@ -23,6 +25,7 @@ here unless KVSESSIONS_BENCH_MONGODB_URL is set. ``--only sqlite`` etc. picks ba
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -47,6 +50,8 @@ from kvsessions.sessions.index import head_entries
 from kvsessions.sessions.storage import SessionStorage
 
 APPEND_TARGET, LOAD_TARGET, EDIT_TARGET = 1.5, 1.3, 1.5
+#: Appenders to as many sessions at once; their throughput is at least 3x one appender's.
+CONCURRENT_APPENDERS, CONCURRENT_TARGET = 16, 0.33
 SECTION = "sessions"
 POSTGRES_URL = os.environ.get("KVSESSIONS_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -208,6 +213,25 @@ async def bench(ctx: BenchContext, backend: str, store: KVStore, raw_scan: RawSc
     ctx.row(SECTION, f"append_message at {ctx.n(10_000):,} msgs vs at 10", backend, ours, raw,
             target=APPEND_TARGET, note="raw column = the same call at 10 messages")
     await bench_edits(ctx, backend, storage, big, appender(big), appends)
+
+    writers = [await stored_session(storage, 10) for _ in range(CONCURRENT_APPENDERS)]
+    rounds = max(2, appends // CONCURRENT_APPENDERS)
+
+    async def one_appender() -> None:
+        await appender_of(writers[0], rounds * CONCURRENT_APPENDERS)
+
+    async def many_appenders() -> None:
+        await asyncio.gather(*(appender_of(session, rounds) for session in writers))
+
+    async def appender_of(session: ChatSession, count: int) -> None:
+        for i in range(count):
+            await storage.append_message(session.session_id, ChatMessage.create(
+                session.session_id, "user", f"concurrent message {i}"))
+
+    ours, raw = await ctx.paired(rounds * CONCURRENT_APPENDERS, many_appenders, one_appender)
+    ctx.row(SECTION, f"{CONCURRENT_APPENDERS} concurrent appenders vs one", backend, ours, raw,
+            target=CONCURRENT_TARGET, note="ops/s = appends/s in all; raw = one appender "
+            "doing as many; target: at least 3x the throughput of one")
 
     loaded = await stored_session(storage, 1000)
     loads = max(3, ctx.n(20))

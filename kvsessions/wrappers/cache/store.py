@@ -465,6 +465,17 @@ class CachedStore(StoreWrapper):
         finally:
             self._local.release(key, lease)
 
+    @property
+    def atomic_compare_and_set_with(self) -> bool:
+        """False: the tiers are invalidated key by key, so the writes go one by one."""
+        return False
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None,
+                                    new: bytes | None, create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        return await KVStore._compare_and_set_with(self, key, expected, new, create, put,
+                                                   delete)
+
     async def _inner_compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                      ttl: float | None) -> bool:
         """The inner store's hook, its errors mapped as its public methods map them."""
