@@ -400,3 +400,27 @@ async def test_a_scan_reads_its_page_in_key_order_not_the_whole_prefix(
         await pool.release(connection, None)
     assert "Bitmap" not in plan and "Sort" not in plan, plan
     assert "Index Scan Backward" in plan, plan
+
+
+async def test_a_read_of_many_keys_planned_on_a_small_table_uses_the_key_index_later(
+        store: PostgreSQLStore) -> None:
+    """A prepared statement keeps its generic plan: planned while the namespace was small,
+    ``key = ANY($1)`` read the whole table, and went on doing so after the table grew (a
+    listing reads its heads with it: O(store)). The store's connections never seq-scan."""
+    await store.put_many([(f"session:{i:03d}", b"{}") for i in range(5)])
+    sql = store._sql.get_many
+    pool = store._pool
+    assert pool is not None
+    connection = await pool.acquire()
+    try:
+        await connection.execute(f'ANALYZE "{store.namespace}"')  # statistics: a small table
+        await connection.execute(f"PREPARE many_keys AS {sql}")
+        for _ in range(6):  # from the sixth run on, PostgreSQL may keep a generic plan
+            await connection.fetch("EXECUTE many_keys('{session:001,session:002}')")
+        await store.put_many([(f"session:{i:06d}", b"{}") for i in range(5000)])
+        plan = "\n".join(row[0] for row in await connection.fetch(
+            "EXPLAIN EXECUTE many_keys('{session:000001,session:000002}')"))
+        await connection.execute("DEALLOCATE many_keys")
+    finally:
+        await pool.release(connection, None)
+    assert "Seq Scan" not in plan, plan

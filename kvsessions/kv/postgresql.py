@@ -79,7 +79,9 @@ __all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_ta
 #: a key range in key order, which the primary key's index serves; with bitmap scans the
 #: planner, misled by statistics older than the table's growth, read a whole prefix and
 #: sorted it to return the first rows of a scan (a listing: every index entry, O(store)).
-_SESSION_SETTINGS = {"enable_bitmapscan": "off"}
+#: Without seq scans, a prepared ``key = ANY($1)`` whose generic plan was made while the table
+#: was small (a sequential read, then cheapest) keeps to the index after the table grew.
+_SESSION_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off"}
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
