@@ -32,6 +32,7 @@ from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
+from tests.backends import store_of
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -100,13 +101,8 @@ class CountingStore(StoreWrapper):
 
 @pytest.fixture
 async def counting(store_factory: StoreFactory) -> AsyncIterator[CountingStore]:
-    store = CountingStore(store_factory.new())
-    try:
+    async with store_of(store_factory, CountingStore) as store:
         yield store
-    finally:
-        await store.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
 
 
 @pytest.fixture

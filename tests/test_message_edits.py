@@ -24,6 +24,7 @@ from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.cache import CachedStore
+from tests.backends import store_of
 from tests.test_storage import RecordingStore, document_writes
 
 
@@ -43,13 +44,8 @@ class ScanCounting(RecordingStore):
 
 @pytest.fixture
 async def recording(store_factory: StoreFactory) -> AsyncIterator[ScanCounting]:
-    store = ScanCounting(store_factory.new())
-    try:
+    async with store_of(store_factory, ScanCounting) as store:
         yield store
-    finally:
-        await store.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
 
 
 @pytest.fixture

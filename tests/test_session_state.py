@@ -35,6 +35,7 @@ from kvsessions.migration.copy import migrate_storage
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
+from tests.backends import store_of
 from tests.test_listing import BASE, CountingStore, order
 
 #: How long the two processes race, times ``--soak`` (``--soak 5``: the issue's 20 s).
@@ -43,13 +44,8 @@ STATE_SECONDS = 4.0
 
 @pytest.fixture
 async def counting(store_factory: StoreFactory) -> AsyncIterator[CountingStore]:
-    store = CountingStore(store_factory.new())
-    try:
+    async with store_of(store_factory, CountingStore) as store:
         yield store
-    finally:
-        await store.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
 
 
 @pytest.fixture

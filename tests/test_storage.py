@@ -28,6 +28,7 @@ from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
 from kvsessions.wrappers.cache import CachedStore
+from tests.backends import store_of
 
 
 class RecordingStore(StoreWrapper):
@@ -81,13 +82,8 @@ def appended(recording: RecordingStore, head: str, message: str) -> list[tuple[s
 
 @pytest.fixture
 async def recording(store_factory: StoreFactory) -> AsyncIterator[RecordingStore]:
-    store = RecordingStore(store_factory.new())
-    try:
+    async with store_of(store_factory, RecordingStore) as store:
         yield store
-    finally:
-        await store.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
 
 
 @pytest.fixture
