@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -86,6 +86,11 @@ class KeyRange:
         if key < self.lower or (key == self.lower and not self.lower_inclusive):
             return False
         return self.upper is None or key < self.upper
+
+
+#: Reads one page of a key range: (items, the last key examined, or None at the range's end).
+PageReader = Callable[[KeyRange, bool, int],
+                      Awaitable[tuple[list[tuple[str, bytes]], str | None]]]
 
 
 def expires_at(ttl: float | None) -> float | None:
@@ -426,11 +431,19 @@ class KVStore(ABC):
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
         """Pages of a scan, by keyset pagination over ``_scan_page``. ``limit`` is a hint: the
         caller stops after that many items, so no page needs to be larger."""
+        async for page in self._keyset_pages(self._scan_page, key_range, reverse, limit):
+            yield page
+
+    async def _keyset_pages(
+        self, read_page: PageReader, key_range: KeyRange, reverse: bool, limit: int | None
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Pages of ``key_range`` from ``read_page`` (one page and the last key it examined,
+        None at the end), each next page starting after that key: keyset pagination."""
         remaining = limit
         while True:
             size = self.scan_batch_size if remaining is None else min(self.scan_batch_size,
                                                                        remaining)
-            items, last_examined = await self._scan_page(key_range, reverse, size)
+            items, last_examined = await read_page(key_range, reverse, size)
             if items:
                 yield items
                 if remaining is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -583,23 +584,9 @@ class RedisStore(KVStore):
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
         """Pages of ``key_range`` (inside ``run``) from the run's partition, keyset-paged."""
         names = partition_names(self.namespace, partition_of(run))
-        remaining = limit
-        while True:
-            size = self.scan_batch_size if remaining is None else min(self.scan_batch_size,
-                                                                       remaining)
-            items, last_examined = await self._partition_page(names, key_range, reverse, size)
-            if items:
-                yield items
-                if remaining is not None:
-                    remaining -= len(items)
-                    if remaining <= 0:
-                        return
-            if last_examined is None:
-                return
-            if reverse:
-                key_range = KeyRange(key_range.lower, key_range.lower_inclusive, last_examined)
-            else:
-                key_range = KeyRange(last_examined, False, key_range.upper)
+        read_page = functools.partial(self._partition_page, names)
+        async for page in self._keyset_pages(read_page, key_range, reverse, limit):
+            yield page
 
     async def _partition_page(
         self, names: PartitionNames, key_range: KeyRange, reverse: bool, limit: int
