@@ -26,16 +26,16 @@ from tests.backends import ALL as BACKENDS
 
 STORES = ("file", "sqlite", "postgresql", "mongodb", "redis", "redis_cluster")
 SESSION_IDS = [f"shared:{n}" for n in range(6)]
-#: Operations each process runs (a bound on the race, not a timing).
+#: Operations each process runs, times ``--soak`` (a bound on the race, not a timing).
 OPERATIONS = 250
 
 
-def _race(make: Any, namespace: str, seed: int, barrier: Any) -> None:
+def _race(make: Any, namespace: str, seed: int, barrier: Any, operations: int) -> None:
     async def run() -> None:
         rng = random.Random(seed)
         async with SessionStorage(make(namespace)) as storage:
             barrier.wait(timeout=60)
-            for _ in range(OPERATIONS):
+            for _ in range(operations):
                 session_id = rng.choice(SESSION_IDS)
                 operation = rng.choices(["append", "archive", "set_back", "recreate"],
                                         [10, 4, 2, 1])[0]
@@ -96,7 +96,7 @@ async def _check(factory: StoreFactory) -> int:
 
 @pytest.mark.parametrize("backend", STORES)
 def test_two_processes_leave_listings_that_match_the_heads(
-    backend: str, request: Any, tmp_path: Path
+    backend: str, request: Any, tmp_path: Path, soak: int
 ) -> None:
     factory = BACKENDS[backend](request, tmp_path)
     context = multiprocessing.get_context("fork")
@@ -104,11 +104,12 @@ def test_two_processes_leave_listings_that_match_the_heads(
     try:
         asyncio.run(_prepare(factory))
         processes = [context.Process(target=_race, args=(
-            factory.make, factory.namespace, seed, barrier)) for seed in (1, 2)]
+            factory.make, factory.namespace, seed, barrier, OPERATIONS * soak))
+            for seed in (1, 2)]
         for process in processes:
             process.start()
         for process in processes:
-            process.join(timeout=600)
+            process.join(timeout=600 * soak)
             assert process.exitcode == 0, f"a racing process failed ({process.exitcode})"
         assert asyncio.run(_check(factory)) > 0
     finally:
