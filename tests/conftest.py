@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kvsessions.kv.base import KVStore
 from kvsessions.testing import StoreFactory
 from tests.backends import ALL as BACKENDS
 
@@ -44,3 +47,25 @@ def store_factory(backend_name: str, request: Any, tmp_path: Path) -> StoreFacto
 @pytest.fixture
 def soak(request: Any) -> int:
     return int(request.config.getoption("--soak"))
+
+
+@pytest.fixture
+async def stores(request: Any, tmp_path: Path) -> AsyncIterator[Callable[[str], KVStore]]:
+    """``make(backend_name)``: a new store of that backend in a fresh namespace (tests that
+    pair stores, such as migrations); all are closed and cleaned up after the test."""
+    factories: dict[str, StoreFactory] = {}
+    opened: list[KVStore] = []
+
+    def make(name: str) -> KVStore:
+        if name not in factories:
+            factories[name] = BACKENDS[name](request, tmp_path)
+        store = factories[name].new("pair_" + uuid.uuid4().hex[:12])
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+    for factory in factories.values():
+        if factory.cleanup is not None:
+            await factory.cleanup()

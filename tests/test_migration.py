@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,11 @@ from kvsessions.migration import (
     verify_migration,
 )
 from kvsessions.migration.jsonl import ExportFileError
-from kvsessions.testing import StoreFactory, same_json
+from kvsessions.testing import same_json
 from kvsessions.testing.contract import HARD_VALUES
-from tests.backends import ALL as BACKENDS
 
 #: The stores every ordered pair of which must migrate (issue 6).
 PAIR_BACKENDS = ["file", "sqlite", "postgresql", "mongodb", "redis"]
-
-
-def namespace() -> str:
-    return "mig_" + uuid.uuid4().hex[:12]
 
 
 def sample_documents(sessions: int = 3, messages: int = 8, files: int = 2) -> dict[str, bytes]:
@@ -78,27 +72,6 @@ async def contents(store: KVStore) -> dict[str, Any]:
 
 def kind_count(documents: dict[str, bytes], prefix: str) -> int:
     return sum(key.startswith(prefix) for key in documents)
-
-
-@pytest.fixture
-async def stores(request: Any, tmp_path: Path) -> AsyncIterator[Callable[[str], KVStore]]:
-    """``make(backend_name)``: a new, opened store of that backend in a fresh namespace."""
-    factories: dict[str, StoreFactory] = {}
-    opened: list[KVStore] = []
-
-    def make(name: str) -> KVStore:
-        if name not in factories:
-            factories[name] = BACKENDS[name](request, tmp_path)
-        store = factories[name].new(namespace())
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-    for factory in factories.values():
-        if factory.cleanup is not None:
-            await factory.cleanup()
 
 
 # ---------------------------------------------------------------------- every pair

@@ -5,8 +5,7 @@ a refused occupied destination. The kill-and-resume test with workers is in
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +26,7 @@ from kvsessions.migration.checkpoint import (
     stream_checkpoint_key,
 )
 from kvsessions.migration.streams import key_between
-from kvsessions.testing import StoreFactory
-from tests.backends import ALL as BACKENDS
 from tests.test_migration import populate, sample_documents
-
-
-def namespace() -> str:
-    return "par_" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-async def stores(request: Any, tmp_path: Path) -> AsyncIterator[Callable[[str], KVStore]]:
-    factories: dict[str, StoreFactory] = {}
-    opened: list[KVStore] = []
-
-    def make(name: str) -> KVStore:
-        if name not in factories:
-            factories[name] = BACKENDS[name](request, tmp_path)
-        store = factories[name].new(namespace())
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-    for factory in factories.values():
-        if factory.cleanup is not None:
-            await factory.cleanup()
 
 
 def sessions_layout() -> dict[str, bytes]:
