@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kvsessions.kv.base import KVStore
+from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
 from tests.backends import ALL as BACKENDS
 
@@ -69,3 +70,17 @@ async def stores(request: Any, tmp_path: Path) -> AsyncIterator[Callable[[str], 
     for factory in factories.values():
         if factory.cleanup is not None:
             await factory.cleanup()
+
+
+@pytest.fixture
+async def storage(store_factory: StoreFactory) -> AsyncIterator[SessionStorage]:
+    """A ``SessionStorage`` right on the backend's store (suites that count or record store
+    calls define their own, on a wrapper)."""
+    storage = SessionStorage(store_factory.new())
+    await storage.initialize()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+        if store_factory.cleanup is not None:
+            await store_factory.cleanup()

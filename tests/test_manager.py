@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,19 +13,6 @@ from kvsessions.errors import ConfigError, KVSessionsError
 from kvsessions.sessions.exports import render_session
 from kvsessions.sessions.manager import SessionManager
 from kvsessions.sessions.storage import MemorySessionStorage, SessionStorage
-from kvsessions.testing import StoreFactory
-
-
-@pytest.fixture
-async def storage(store_factory: StoreFactory) -> AsyncIterator[SessionStorage]:
-    storage = SessionStorage(store_factory.new())
-    await storage.initialize()
-    try:
-        yield storage
-    finally:
-        await storage.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
 
 
 def aged(session: ChatSession, hours: float) -> ChatSession:

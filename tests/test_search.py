@@ -23,18 +23,6 @@ NOTES = TextIndex("note:", "text")
 
 
 @pytest.fixture
-async def storage(store_factory: StoreFactory) -> AsyncIterator[SessionStorage]:
-    storage = SessionStorage(store_factory.new())
-    await storage.initialize()
-    try:
-        yield storage
-    finally:
-        await storage.close()
-        if store_factory.cleanup is not None:
-            await store_factory.cleanup()
-
-
-@pytest.fixture
 async def store(store_factory: StoreFactory) -> AsyncIterator[KVStore]:
     store = store_factory.new()
     await store.open()
