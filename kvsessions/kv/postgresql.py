@@ -43,6 +43,7 @@ from kvsessions.errors import (
     KVSessionsError,
     MissingDependencyError,
     StoreError,
+    StoreNotFoundError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import KeyRange, KVStore
@@ -382,8 +383,8 @@ class PostgreSQLStore(KVStore):
             return
         if not self.create_missing and not await connection.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", _quote_identifier(self.namespace)):
-            raise ConfigError(f"no kvsessions store at {self!r}: table {self.namespace!r} does "
-                              "not exist; nothing was created")
+            raise StoreNotFoundError(f"no kvsessions store at {self!r}: table "
+                                     f"{self.namespace!r} does not exist; nothing was created")
         try:
             async with connection.transaction():
                 await connection.execute(
