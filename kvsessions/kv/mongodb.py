@@ -267,7 +267,7 @@ class MongoDBStore(KVStore):
         reply = await database.command("listCollections", filter={"name": self.namespace})
         if not reply["cursor"]["firstBatch"] and not self.create_missing:
             raise StoreNotFoundError(f"no kvsessions store at {self!r}: collection "
-                              f"{self.namespace!r} does not exist")
+                                     f"{self.namespace!r} does not exist")
         for info in reply["cursor"]["firstBatch"]:
             collation = info.get("options", {}).get("collation")
             if collation and collation.get("locale") != "simple":
