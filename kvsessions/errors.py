@@ -10,6 +10,7 @@ mapped into this tree in one place (``KVStore._map_error``) and kept as ``__caus
     │   └── UnsupportedVersionError           a document version this release cannot read
     ├── InvalidKeyError (ValueError)          a key, prefix or cursor that breaks the key rules
     ├── ConfigError (ValueError)              a URL, setting or namespace that is not allowed
+    │   └── StoreNotFoundError                a store that must exist (file, table) is not there
     ├── UnsupportedFormatError (ValueError)   an export format that does not exist
     ├── ExportFileError (ValueError)          an export file that is not intact or not an export
     ├── SessionNotFoundError (LookupError)    an operation needs a session that is not stored
@@ -41,6 +42,7 @@ __all__ = [
     "RevisionConflictError",
     "SessionNotFoundError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "UnsupportedFormatError",
     "UnsupportedVersionError",
@@ -112,6 +114,11 @@ class ConfigError(KVSessionsError, ValueError):
     def not_allowed(cls, origin: str, value: object, requirement: str) -> ConfigError:
         """The one wording for a setting whose value fails its check, wherever it is set."""
         return cls(f"{origin}={value!r:.80} is not allowed: use {requirement}")
+
+
+class StoreNotFoundError(ConfigError):
+    """A store opened as one that must exist (read-only commands, ``create_missing=False``)
+    is not there: its file, folder, table or collection is missing. Nothing was created."""
 
 
 class UnsupportedFormatError(KVSessionsError, ValueError):

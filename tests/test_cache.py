@@ -5,6 +5,7 @@ involved; the cross-process behaviour is in test_cache_coherence.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -164,14 +165,17 @@ async def test_ambiguous_write_keeps_the_earlier_deadline(ns: str) -> None:
     inner = FailingStore(MemoryStore(namespace=ns))
     async with CachedStore(inner, redis_url=REDIS_URL) as writer, \
             CachedStore(inner.inner, redis_url=REDIS_URL, close_inner=False) as reader:
-        await writer.put("k", doc(1), ttl=0.6)
+        # A ttl long enough for a loaded machine to reach the reads before it ends; the
+        # sleep below waits for the deadline itself, not for a fixed time.
+        deadline = time.monotonic() + 2.0
+        await writer.put("k", doc(1), ttl=2.0)
         inner.fail_with = ConnectionResetError("connection lost after sending the write")
         with pytest.raises(StoreUnavailableError):
             await writer.put("k", doc(2))                 # did not land: doc(1) keeps its ttl
         assert await reader.get("k") == doc(1)
         await reader.drain()
-        assert 0 < await redis_pttl(reader, "k") <= 600
-        await asyncio.sleep(0.8)
+        assert 0 < await redis_pttl(reader, "k") <= 2000
+        await asyncio.sleep(deadline - time.monotonic() + 0.2)
         assert await reader.get("k") is None
 
 

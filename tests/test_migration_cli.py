@@ -72,6 +72,18 @@ def source_url(tmp_path: Path) -> str:
     return url
 
 
+def test_a_dry_run_creates_no_destination(capsys: Any, tmp_path: Path,
+                                          source_url: str) -> None:
+    destination = tmp_path / "not-yet.db"
+    folder = tmp_path / "not-yet-folder"
+    for url in (sqlite_url(destination), f"file://{folder}"):
+        code, out, err = run_cli(capsys, "migrate", source_url, url, "--dry-run")
+        assert code == 0, err
+        assert "would copy 38 documents" in out
+        assert "does not exist yet; compared with an empty store, nothing created" in err
+    assert not destination.exists() and not folder.exists()
+
+
 def test_migrate_verify_and_resume_flags(capsys: Any, tmp_path: Path, source_url: str) -> None:
     destination = sqlite_url(tmp_path / "destination.db")
 

@@ -167,6 +167,17 @@ async def test_refuses_a_table_that_is_not_ours(new_namespace: Any, connection: 
         await PostgreSQLStore(POSTGRES_URL, namespace=other).open()
 
 
+async def test_a_namespace_naming_an_index_says_so(store: PostgreSQLStore) -> None:
+    # PostgreSQL names the primary key index of table X "X_pkey": the namespace "X_pkey" is
+    # taken by that index, which is not a table of the wrong columns.
+    await store.put("k", b'{"a": 1}')
+    taken = f"{store.namespace}_pkey"
+    with pytest.raises(ConfigError, match=f"names an index of table '{store.namespace}', not a "
+                                          "table"):
+        await PostgreSQLStore(POSTGRES_URL, namespace=taken).open()
+    assert await store.get("k") == b'{"a": 1}'
+
+
 async def test_concurrent_openers_create_the_table_once(new_namespace: Any) -> None:
     namespace = new_namespace()
     stores = [PostgreSQLStore(POSTGRES_URL, namespace=namespace, max_pool_size=1)

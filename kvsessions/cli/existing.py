@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from kvsessions.errors import ConfigError
+from kvsessions.errors import StoreNotFoundError
 from kvsessions.kv.base import KVStore
 from kvsessions.kv.file import FileStore
 from kvsessions.kv.sqlite import SQLiteStore
@@ -29,15 +29,15 @@ _MEMORY = ":memory:"
 
 
 def check_store_exists(store: KVStore, shown: str) -> None:
-    """``ConfigError`` naming ``shown`` (the redacted URL) and what is missing, when the store
-    is an embedded one that is not there. Blocking: run it on a worker thread."""
+    """``StoreNotFoundError`` naming ``shown`` (the redacted URL) and what is missing, when
+    the store is an embedded one that is not there. Blocking: run it on a worker thread."""
     reason = None
     if isinstance(store, SQLiteStore) and store.path != _MEMORY:
         reason = _sqlite_missing(Path(store.path), store.namespace)
     elif isinstance(store, FileStore):
         reason = _folder_missing(store.folder)
     if reason is not None:
-        raise ConfigError(f"no kvsessions store at {shown}: {reason}; nothing was created")
+        raise StoreNotFoundError(f"no kvsessions store at {shown}: {reason}; nothing was created")
 
 
 def _folder_missing(folder: Path) -> str | None:

@@ -20,8 +20,9 @@ from kvsessions.atomic_file import check_destination
 from kvsessions.cli.main import number_of, plural, positive_int
 from kvsessions.cli.progress import ProgressDisplay
 from kvsessions.cli.stores import DEFAULT_CONNECT_TIMEOUT, opened_store, store_argument
-from kvsessions.errors import ConfigError
+from kvsessions.errors import ConfigError, StoreNotFoundError
 from kvsessions.kv.base import KVStore
+from kvsessions.kv.memory import MemoryStore
 from kvsessions.migration import (
     backup_storage,
     count_documents,
@@ -33,6 +34,7 @@ from kvsessions.migration import (
     verify_migration,
 )
 from kvsessions.migration.jsonl import STDOUT
+from kvsessions.urls import redact_url
 
 __all__ = ["register"]
 
@@ -55,6 +57,23 @@ async def _counting_total(display: ProgressDisplay, store: KVStore,
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+@contextlib.asynccontextmanager
+async def _destination(args: argparse.Namespace) -> AsyncIterator[KVStore]:
+    """The destination store, created when missing; a dry run creates nothing, so there a
+    destination that does not exist yet reads as an empty store (a memory store stands in)."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(opened_store(
+                args.destination, args.connect_timeout, create=not args.dry_run))
+        except StoreNotFoundError:
+            print(f"dry run: {redact_url(args.destination)} does not exist yet; compared with "
+                  "an empty store, nothing created", file=sys.stderr)
+            store = MemoryStore()
+            await store.open()
+            stack.push_async_callback(store.close)
+        yield store
 
 
 def _display(args: argparse.Namespace) -> ProgressDisplay:
@@ -108,7 +127,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         raise ConfigError("source and destination are the same URL")
     display = _display(args)
     async with opened_store(args.source, args.connect_timeout) as source, \
-            opened_store(args.destination, args.connect_timeout, create=True) as destination, \
+            _destination(args) as destination, \
             _counting_total(display, source, args.prefix):
         with display:
             result = await migrate_storage(

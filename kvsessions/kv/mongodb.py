@@ -52,6 +52,7 @@ from kvsessions.errors import (
     KVSessionsError,
     MissingDependencyError,
     StoreError,
+    StoreNotFoundError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import (
@@ -265,8 +266,8 @@ class MongoDBStore(KVStore):
         by locale rules: keys like "a" and "A" would clash and scans leave byte order."""
         reply = await database.command("listCollections", filter={"name": self.namespace})
         if not reply["cursor"]["firstBatch"] and not self.create_missing:
-            raise ConfigError(f"no kvsessions store at {self!r}: collection "
-                              f"{self.namespace!r} does not exist")
+            raise StoreNotFoundError(f"no kvsessions store at {self!r}: collection "
+                                     f"{self.namespace!r} does not exist")
         for info in reply["cursor"]["firstBatch"]:
             collation = info.get("options", {}).get("collation")
             if collation and collation.get("locale") != "simple":

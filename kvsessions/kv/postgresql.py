@@ -43,6 +43,7 @@ from kvsessions.errors import (
     KVSessionsError,
     MissingDependencyError,
     StoreError,
+    StoreNotFoundError,
     StoreUnavailableError,
 )
 from kvsessions.kv.base import KeyRange, KVStore
@@ -206,6 +207,11 @@ def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False)
 
 _EXPECTED_COLUMNS = {"key": "text", "value": "jsonb", "raw": "bytea",
                      "expires_at": "timestamp with time zone"}
+
+#: What ``pg_class.relkind`` says a relation is, for a namespace whose name is taken.
+_RELATION_KINDS = {"i": "an index", "I": "a partitioned index", "S": "a sequence",
+                   "v": "a view", "m": "a materialized view", "f": "a foreign table",
+                   "c": "a composite type", "t": "a TOAST table"}
 
 
 # ---------------------------------------------------------------------------------- store
@@ -382,8 +388,8 @@ class PostgreSQLStore(KVStore):
             return
         if not self.create_missing and not await connection.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", _quote_identifier(self.namespace)):
-            raise ConfigError(f"no kvsessions store at {self!r}: table {self.namespace!r} does "
-                              "not exist; nothing was created")
+            raise StoreNotFoundError(f"no kvsessions store at {self!r}: table "
+                                     f"{self.namespace!r} does not exist; nothing was created")
         try:
             async with connection.transaction():
                 await connection.execute(
@@ -422,6 +428,7 @@ class PostgreSQLStore(KVStore):
 
     async def _check_columns(self, connection: Connection) -> None:
         """A table made before layout versions must be a kvsessions table with byte order."""
+        await self._check_is_table(connection)
         rows = await connection.fetch(self._sql.columns, _quote_identifier(self.namespace))
         found = {name: (kind, collation) for name, kind, collation in rows}
         for name, kind in _EXPECTED_COLUMNS.items():
@@ -433,6 +440,22 @@ class PostgreSQLStore(KVStore):
             raise ConfigError(
                 f"table {self.namespace!r} has its key column in collation "
                 f"{found['key'][1]!r}; kvsessions needs COLLATE \"C\" for byte order")
+
+    async def _check_is_table(self, connection: Connection) -> None:
+        """The namespace's name may be taken by something that is not a table: most often
+        the primary key index PostgreSQL names ``<table>_pkey`` for the namespace ``<table>``."""
+        row = await connection.fetchrow(
+            "SELECT c.relkind::text AS relkind, owner.relname FROM pg_class c "
+            "LEFT JOIN pg_index i ON i.indexrelid = c.oid "
+            "LEFT JOIN pg_class owner ON owner.oid = i.indrelid "
+            "WHERE c.oid = to_regclass($1)", _quote_identifier(self.namespace))
+        if row is None or row["relkind"] in ("r", "p"):
+            return
+        what = _RELATION_KINDS.get(row["relkind"], "not a table")
+        if row["relname"] is not None:
+            what = f"{what} of table {row['relname']!r}"
+        raise ConfigError(f"namespace {self.namespace!r} in {self!r} names {what}, not a "
+                          "table; choose another namespace")
 
     async def _close(self) -> None:
         await self._pools.close()
