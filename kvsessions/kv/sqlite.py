@@ -326,11 +326,13 @@ class SQLiteStore(KVStore):
 
     @staticmethod
     async def _in_write(conn: SQLiteWorker | None,
-                        function: Callable[[sqlite3.Connection], _T]) -> _T:
+                        function: Callable[[sqlite3.Connection], _T], *,
+                        single: bool = False) -> _T:
         """Run ``function(sqlite3_connection)`` on the store's thread inside a write
-        transaction that concurrent writes share (one commit for all: ``sqlite_worker``)."""
+        transaction that concurrent writes share (one commit for all: ``sqlite_worker``);
+        ``single``: it runs one statement."""
         assert conn is not None
-        return await conn.write(function)
+        return await conn.write(function, single=single)
 
     # ------------------------------------------------------------------ single keys
 
@@ -367,18 +369,19 @@ class SQLiteStore(KVStore):
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         sql, params = self._sql_put, (key, value, expires_at(ttl))
         purge = self._purge_due(ttl)
-        await self._in_write(self._conn, lambda db: purge(db.execute(sql, params)))
+        await self._in_write(self._conn, lambda db: purge(db.execute(sql, params)),
+                             single=ttl is None)
 
     async def _delete(self, key: str) -> bool:
         sql, now = self._sql_delete, time.time()
         return bool(await self._in_write(
-            self._conn, lambda db: db.execute(sql, (key, now)).rowcount))
+            self._conn, lambda db: db.execute(sql, (key, now)).rowcount, single=True))
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
         purge = self._purge_due(ttl)
         stored = await self._in_write(
-            self._conn, lambda db: purge(db.execute(sql, params)).rowcount)
+            self._conn, lambda db: purge(db.execute(sql, params)).rowcount, single=ttl is None)
         return bool(stored)
 
     async def _compare_and_set(
@@ -444,7 +447,7 @@ class SQLiteStore(KVStore):
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_INTERVAL
             sql = self._sql_purge
-            await self._in_write(self._conn, lambda db: db.execute(sql, (now,)))
+            await self._in_write(self._conn, lambda db: db.execute(sql, (now,)), single=True)
 
     def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
         """For a write with a ttl, now and then: a step, run on the thread after the write in

@@ -56,6 +56,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     #: True: runs inside a transaction shared with the write jobs queued beside it.
     shared: bool
+    #: True: one statement, which SQLite makes atomic by itself when the job runs alone.
+    single: bool = False
     result: Any = None
     error: BaseException | None = None
 
@@ -86,21 +88,26 @@ class SQLiteWorker:
     async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
         """``function(connection)`` on the thread, as one step no other job can enter (in
         autocommit mode: it opens and ends any transaction it needs)."""
-        return await self._queue(function, shared=False)
-
-    async def write(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``function(connection)`` inside a write transaction (``BEGIN IMMEDIATE``) that
-        the write jobs queued beside it share; it returns once that transaction committed.
-        ``function`` must not begin or end transactions; it raises ``Discard(result)`` to
-        undo its own writes. It may run more than once (see the module docstring)."""
-        return await self._queue(function, shared=True)
-
-    async def _queue(self, function: Callable[[sqlite3.Connection], _T], shared: bool) -> _T:
         if self._stopping:
             raise ValueError("the SQLite connection is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._jobs.put(_Job(function, future, loop, shared))
+        self._jobs.put(_Job(function, future, loop, False))
+        return await future
+
+    async def write(self, function: Callable[[sqlite3.Connection], _T], *,
+                    single: bool = False) -> _T:
+        """``function(connection)`` inside a write transaction (``BEGIN IMMEDIATE``) that
+        the write jobs queued beside it share; it returns once that transaction committed.
+        ``function`` must not begin or end transactions; it raises ``Discard(result)`` to
+        undo its own writes. It may run more than once (see the module docstring).
+        ``single``: it runs one statement, so alone it runs in autocommit mode (two
+        statements fewer than its own transaction)."""
+        if self._stopping:
+            raise ValueError("the SQLite connection is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._jobs.put(_Job(function, future, loop, True, single))
         return await future
 
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
@@ -127,14 +134,15 @@ class SQLiteWorker:
 
     def _serve(self) -> None:
         """Take the next job, and with a write job every write job queued behind it (up to
-        ``MAX_SHARED``); a job of another kind waits for the next round, so order holds."""
+        ``MAX_SHARED``); a job of another kind waits for the next round, so order holds. A
+        one-statement write with nothing queued behind it runs on its own, in autocommit."""
         held: Any = None
         while True:
             job = held if held is not None else self._jobs.get()
             held = None
             if job is _STOP:
                 return
-            if not job.shared:
+            if not job.shared or (job.single and self._jobs.empty()):
                 try:
                     job.result = job.function(self._connection)
                 except BaseException as exc:  # the caller's to handle, not the thread's
@@ -195,6 +203,12 @@ class SQLiteWorker:
 
 def _deliver(jobs: list[_Job]) -> None:
     """Settle the jobs' futures: one wake-up per event loop, however many jobs."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed meanwhile
+            job.loop.call_soon_threadsafe(_settle_one, job.future, job.result, job.error)
+        job.result = job.error = None
+        return
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
                                                         BaseException | None]]] = {}
     for job in jobs:
@@ -207,9 +221,13 @@ def _deliver(jobs: list[_Job]) -> None:
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+        _settle_one(future, result, error)
+
+
+def _settle_one(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
