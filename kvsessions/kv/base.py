@@ -209,7 +209,7 @@ class KVStore(ABC):
             if self._state == _CLOSED:
                 raise StoreError(f"{self!r} is closed")
             await self.open()
-        if self._per_loop is not None:
+        if self._per_loop is not None and not self._per_loop.made():
             try:
                 await self._per_loop.get()
             except Exception as exc:

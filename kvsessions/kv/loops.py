@@ -65,6 +65,9 @@ class PerLoop(Generic[_T]):
             weakref.WeakKeyDictionary())
         self._first_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._first_described = ""
+        #: The loop that asked last and its item: a lookup without hashing a weak reference
+        #: (the common case is one loop asking again and again). Read and replaced whole.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], _T] | None = None
         #: Loops whose item is being made, and the future its other callers wait on.
         self._making: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Future[None]] = weakref.WeakKeyDictionary()
@@ -72,10 +75,19 @@ class PerLoop(Generic[_T]):
     def current(self) -> _T:
         """The running loop's item (``get`` made it); ``EventLoopError`` if there is none."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         entry = self._entries.get(loop)
         if entry is None:
             raise EventLoopError(f"nothing was opened for {describe_loop(loop)}")
+        self._last = (weakref.ref(loop), entry.item)
         return entry.item
+
+    def made(self) -> bool:
+        """Whether the running loop has its item already (then ``get`` need not be awaited)."""
+        last = self._last
+        return last is not None and last[0]() is asyncio.get_running_loop()
 
     def __len__(self) -> int:
         """How many loops (not closed) hold an item now."""
@@ -95,8 +107,12 @@ class PerLoop(Generic[_T]):
     async def get(self) -> _T:
         """The running loop's item, made on its first call (once, however many tasks ask)."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         entry = self._entries.get(loop)
         if entry is not None:
+            self._last = (weakref.ref(loop), entry.item)
             return entry.item
         while True:
             with self._lock:
@@ -121,6 +137,7 @@ class PerLoop(Generic[_T]):
                 made.set_result(None)
         with self._lock:
             self._entries[loop] = _Entry(item, watcher)
+            self._last = (weakref.ref(loop), item)
             if self._first_loop is None:
                 self._first_loop = weakref.ref(loop)
                 self._first_described = describe_loop(loop)
@@ -142,6 +159,7 @@ class PerLoop(Generic[_T]):
         with self._lock:
             entries = list(self._entries.items())
             self._entries.clear()
+            self._last = None
         here = asyncio.get_running_loop()
         elsewhere: list[concurrent.futures.Future[None]] = []
         errors: list[BaseException] = []

@@ -13,9 +13,11 @@ Why it is built this way:
   which compares UTF-8 bytes: exactly the contract's order. Prefixes become key ranges
   (``prefix <= key < prefix_upper_bound(prefix)``); there is no LIKE anywhere.
 * Each store has one ``sqlite3`` connection on one daemon thread (``sqlite_worker``), in
-  autocommit mode. Every operation is one function run there, one hop from the event loop:
-  a single statement commits by itself; work that needs several statements (``put_many``,
-  opening) is one function too, so no other task's statement can land inside its transaction.
+  autocommit mode. Every operation is one function run there, one hop from the event loop,
+  so no other task's statement can land inside its transaction. Writes run inside a
+  ``BEGIN IMMEDIATE`` transaction that the writes queued at the same moment share (group
+  commit: one commit, one fsync under ``durability=strict``, for all of them); each returns
+  once that commit is done.
   Only ``get`` runs on the event loop, on a second, read-only connection that never waits
   for a lock (see ``_get``).
 * The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
@@ -50,7 +52,7 @@ from kvsessions.errors import (
 from kvsessions.kv.base import KeyRange, KVStore, expires_at
 from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
 from kvsessions.kv.sqlite_fts import SQLiteTextIndex
-from kvsessions.kv.sqlite_worker import SQLiteWorker
+from kvsessions.kv.sqlite_worker import Discard, SQLiteWorker
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
 from kvsessions.urls import StoreURL
@@ -322,6 +324,16 @@ class SQLiteStore(KVStore):
         assert conn is not None
         return await conn.run(function)
 
+    @staticmethod
+    async def _in_write(conn: SQLiteWorker | None,
+                        function: Callable[[sqlite3.Connection], _T], *,
+                        single: bool = False) -> _T:
+        """Run ``function(sqlite3_connection)`` on the store's thread inside a write
+        transaction that concurrent writes share (one commit for all: ``sqlite_worker``);
+        ``single``: it runs one statement."""
+        assert conn is not None
+        return await conn.write(function, single=single)
+
     # ------------------------------------------------------------------ single keys
 
     async def _get(self, key: str) -> bytes | None:
@@ -357,18 +369,19 @@ class SQLiteStore(KVStore):
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         sql, params = self._sql_put, (key, value, expires_at(ttl))
         purge = self._purge_due(ttl)
-        await self._in_thread(self._conn, lambda db: purge(db.execute(sql, params)))
+        await self._in_write(self._conn, lambda db: purge(db.execute(sql, params)),
+                             single=ttl is None)
 
     async def _delete(self, key: str) -> bool:
         sql, now = self._sql_delete, time.time()
-        return bool(await self._in_thread(
-            self._conn, lambda db: db.execute(sql, (key, now)).rowcount))
+        return bool(await self._in_write(
+            self._conn, lambda db: db.execute(sql, (key, now)).rowcount, single=True))
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
         purge = self._purge_due(ttl)
-        stored = await self._in_thread(
-            self._conn, lambda db: purge(db.execute(sql, params)).rowcount)
+        stored = await self._in_write(
+            self._conn, lambda db: purge(db.execute(sql, params)).rowcount, single=ttl is None)
         return bool(stored)
 
     async def _compare_and_set(
@@ -379,35 +392,27 @@ class SQLiteStore(KVStore):
     async def _swap(self, key: str, expected: bytes | None, new: bytes | None,
                     ttl: float | None,
                     also: Callable[[sqlite3.Connection], bool] | None) -> bool:
-        """Read, compare and write inside one ``BEGIN IMMEDIATE`` on the worker thread: the
+        """Read, compare and write inside one write transaction on the worker thread: the
         write lock is held from the read on, so no other connection or process writes
         between them. ``also`` runs in the same transaction when the value matched; when it
-        returns False, everything is rolled back."""
+        returns False, everything this call wrote is undone."""
         table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
         upsert = self._sql_put
 
         def swap(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(f"SELECT value FROM {table} WHERE key = ? AND {live}",
-                                 (key, now)).fetchone()
-                current = None if row is None else self._value(key, row[0])
-                swapped = current == expected
-                if swapped and new is not None:
-                    db.execute(upsert, (key, new, deadline))
-                elif swapped and current is not None:
-                    db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
-                if swapped and also is not None and not also(db):
-                    db.execute("ROLLBACK")
-                    return False
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            row = db.execute(f"SELECT value FROM {table} WHERE key = ? AND {live}",
+                             (key, now)).fetchone()
+            current = None if row is None else self._value(key, row[0])
+            swapped = current == expected
+            if swapped and new is not None:
+                db.execute(upsert, (key, new, deadline))
+            elif swapped and current is not None:
+                db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+            if swapped and also is not None and not also(db):
+                raise Discard(False)
             return swapped
 
-        swapped = await self._in_thread(self._conn, swap)
+        swapped = await self._in_write(self._conn, swap)
         if ttl is not None:
             await self._maybe_purge()
         return swapped
@@ -442,7 +447,7 @@ class SQLiteStore(KVStore):
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_INTERVAL
             sql = self._sql_purge
-            await self._in_thread(self._conn, lambda db: db.execute(sql, (now,)))
+            await self._in_write(self._conn, lambda db: db.execute(sql, (now,)), single=True)
 
     def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
         """For a write with a ttl, now and then: a step, run on the thread after the write in
@@ -488,42 +493,21 @@ class SQLiteStore(KVStore):
         sql = self._sql_put
         purge = self._purge_due(ttl)
 
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(sql, rows)
-                purge(db.execute("COMMIT"))
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-
-        await self._in_thread(self._conn, write)
+        await self._in_write(self._conn, lambda db: purge(db.executemany(sql, rows)))
 
     async def _delete_many(self, keys: list[str]) -> int:
         table, live, now = self._table, self._live, time.time()
 
         def remove(db: sqlite3.Connection) -> int:
-            if len(keys) <= _IN_CHUNK:  # one statement is its own transaction
-                marks = ", ".join("?" * len(keys))
+            count = 0
+            for start in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[start:start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
                 sql = f"DELETE FROM {table} WHERE key IN ({marks}) AND {live}"
-                return int(db.execute(sql, (*keys, now)).rowcount)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                count = 0
-                for start in range(0, len(keys), _IN_CHUNK):
-                    chunk = keys[start:start + _IN_CHUNK]
-                    marks = ", ".join("?" * len(chunk))
-                    sql = f"DELETE FROM {table} WHERE key IN ({marks}) AND {live}"
-                    count += db.execute(sql, (*chunk, now)).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                count += db.execute(sql, (*chunk, now)).rowcount
             return count
 
-        return await self._in_thread(self._conn, remove)
+        return await self._in_write(self._conn, remove)
 
     # ------------------------------------------------------------------ ordered scan
 

@@ -5,6 +5,17 @@ Why not aiosqlite: it hops to its thread once per call (a read is ``execute`` th
 other task's statement can enter) needed its private ``_execute`` and ``_conn``. Here a store
 operation is one function run on the thread with the connection, whatever it does: one hop.
 
+Writes share commits (group commit). A write job (``write``) runs inside a ``BEGIN
+IMMEDIATE`` transaction the thread opens; the write jobs queued behind it when it starts run in
+the same transaction, and one ``COMMIT`` (one WAL append, one fsync with
+``synchronous=FULL``) ends them all. Each caller is told "done" only after that commit, and a
+failed commit fails every job in it. A job that raises (or ends with ``Discard``) must not
+take the others with it: the transaction is rolled back, the jobs before it run again in a
+fresh one (they only read and write the database, so running them again has the same
+effect, and nobody has been told anything yet), and it gets its own outcome. Savepoints would
+do the same for every job; this costs nothing unless a job fails, which is rare, and each
+statement on this thread has to win the GIL back from the event loop (see ``_serve``).
+
 The thread is a daemon, so a process that never closes its store still exits (what was
 committed is in the database; SQLite rolls back an unfinished transaction, as after a crash).
 Jobs run in the order they were queued, so a write whose caller was cancelled still finishes
@@ -20,19 +31,45 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["SQLiteWorker"]
+__all__ = ["Discard", "SQLiteWorker"]
 
 _T = TypeVar("_T")
-_Job = tuple[Callable[[Any], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+#: Write jobs at most in one shared transaction (bounds the time a commit keeps callers).
+MAX_SHARED = 64
+
+
+class Discard(Exception):
+    """Raised by a write job: undo this job's writes (only its) and return ``result``."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__()
+        self.result = result
+
+
+@dataclass(slots=True)
+class _Job:
+    function: Callable[[Any], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    #: True: runs inside a transaction shared with the write jobs queued beside it.
+    shared: bool
+    #: True: one statement, which SQLite makes atomic by itself when the job runs alone.
+    single: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
 
 
 class SQLiteWorker:
     """Runs ``function(connection)`` on its thread; ``start`` makes the connection there."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._connection: sqlite3.Connection | None = None
         self._stopping = False
@@ -49,12 +86,28 @@ class SQLiteWorker:
             raise
 
     async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``function(connection)`` on the thread, as one step no other job can enter."""
+        """``function(connection)`` on the thread, as one step no other job can enter (in
+        autocommit mode: it opens and ends any transaction it needs)."""
         if self._stopping:
             raise ValueError("the SQLite connection is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._jobs.put((function, future, loop))
+        self._jobs.put(_Job(function, future, loop, False))
+        return await future
+
+    async def write(self, function: Callable[[sqlite3.Connection], _T], *,
+                    single: bool = False) -> _T:
+        """``function(connection)`` inside a write transaction (``BEGIN IMMEDIATE``) that
+        the write jobs queued beside it share; it returns once that transaction committed.
+        ``function`` must not begin or end transactions; it raises ``Discard(result)`` to
+        undo its own writes. It may run more than once (see the module docstring).
+        ``single``: it runs one statement, so alone it runs in autocommit mode (two
+        statements fewer than its own transaction)."""
+        if self._stopping:
+            raise ValueError("the SQLite connection is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._jobs.put(_Job(function, future, loop, True, single))
         return await future
 
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
@@ -70,8 +123,8 @@ class SQLiteWorker:
             return
         loop = asyncio.get_running_loop()
         closed: asyncio.Future[None] = loop.create_future()
-        self._jobs.put((self._close_connection, closed, loop))
-        self._jobs.put(None)
+        self._jobs.put(_Job(self._close_connection, closed, loop, shared=False))
+        self._jobs.put(_STOP)
         await closed
 
     def _close_connection(self, _: object) -> None:
@@ -80,26 +133,101 @@ class SQLiteWorker:
             connection.close()
 
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            function, future, loop = job
-            try:
-                result = function(self._connection)
-            except BaseException as exc:  # the caller's to handle, not the thread's
-                _deliver(loop, future, None, exc)
-            else:
-                _deliver(loop, future, result, None)
-            del job, function, future  # no reference kept while waiting for the next job
+        """Take the next job, and with a write job every write job queued behind it (up to
+        ``MAX_SHARED``); a job of another kind waits for the next round, so order holds. A
+        one-statement write with nothing queued behind it runs on its own, in autocommit."""
+        held: Any = None
+        while True:
+            job = held if held is not None else self._jobs.get()
+            held = None
+            if job is _STOP:
+                return
+            if not job.shared or (job.single and self._jobs.empty()):
+                try:
+                    job.result = job.function(self._connection)
+                except BaseException as exc:  # the caller's to handle, not the thread's
+                    job.error = exc
+                _deliver([job])
+                continue
+            jobs = [job]
+            while len(jobs) < MAX_SHARED:
+                try:
+                    following = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if following is _STOP or not following.shared:
+                    held = following
+                    break
+                jobs.append(following)
+            self._write(jobs)
+            _deliver(jobs)
+            del job, jobs  # no reference kept while waiting for the next job
 
-
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
-             error: BaseException | None) -> None:
-    def settle() -> None:
-        if future.cancelled():
+    def _write(self, jobs: list[_Job]) -> None:
+        """Run ``jobs`` in one transaction and commit it; each job's outcome in the job."""
+        db = self._connection
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            for job in jobs:
+                job.error = exc
             return
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+        for index, job in enumerate(jobs):
+            try:
+                job.result = job.function(db)
+            except BaseException as exc:
+                job.result, job.error = None, exc
+            else:
+                continue
+            # Undo the transaction; the jobs before this one run again without it.
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            if isinstance(job.error, Discard):
+                job.result, job.error = job.error.result, None
+            if index:
+                self._write(jobs[:index])
+            if index + 1 < len(jobs):
+                self._write(jobs[index + 1:])
+            return
+        try:
+            db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            for job in jobs:
+                job.result, job.error = None, exc
 
-    with contextlib.suppress(RuntimeError):  # the caller's loop has closed meanwhile
-        loop.call_soon_threadsafe(settle)
+
+def _deliver(jobs: list[_Job]) -> None:
+    """Settle the jobs' futures: one wake-up per event loop, however many jobs."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed meanwhile
+            job.loop.call_soon_threadsafe(_settle_one, job.future, job.result, job.error)
+        job.result = job.error = None
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
+                                                        BaseException | None]]] = {}
+    for job in jobs:
+        by_loop.setdefault(job.loop, []).append((job.future, job.result, job.error))
+        job.result = job.error = None  # no reference kept on the thread
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed meanwhile
+            loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        _settle_one(future, result, error)
+
+
+def _settle_one(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
