@@ -38,6 +38,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
+from kvsessions.sessions.message_documents import load_message_documents
 from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["ITEM_KEY", "OpenAIAgentsSession", "item_message", "message_item"]
@@ -96,8 +97,8 @@ class OpenAIAgentsSession(SessionABC):
         count = resolve_session_limit(limit, self.session_settings)
         if count is not None and count <= 0:
             return []
-        messages = await self.storage.load_messages(self.session_id, limit=count)
-        return [message_item(message) for message in messages]
+        documents = await load_message_documents(self.storage, self.session_id, limit=count)
+        return [document_item(document) for document in documents]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Store the items, in order, after those stored before; the session is created by the
@@ -152,11 +153,20 @@ def item_message(session_id: str, item: TResponseInputItem) -> ChatMessage:
 
 def message_item(message: ChatMessage) -> TResponseInputItem:
     """The item a stored message holds, or one made of its role and content."""
-    item = message.metadata.get(ITEM_KEY)
-    if isinstance(item, dict):
+    return _item(message.metadata, message.role, message.content)
+
+
+def document_item(document: dict[str, Any]) -> TResponseInputItem:
+    """``message_item`` of a message document (``load_message_documents``)."""
+    return _item(document["metadata"], document["role"], document["content"])
+
+
+def _item(metadata: dict[str, Any], role: str, content: str) -> TResponseInputItem:
+    item = metadata.get(ITEM_KEY)
+    if type(item) is dict:
         return cast(TResponseInputItem, item)
-    role = "assistant" if message.role == "tool" else message.role
-    return cast(TResponseInputItem, {"role": role, "content": message.content})
+    return cast(TResponseInputItem,
+                {"role": "assistant" if role == "tool" else role, "content": content})
 
 
 def _role(item: Mapping[str, Any]) -> str:
