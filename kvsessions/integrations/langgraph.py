@@ -40,7 +40,7 @@ from typing import Any, cast
 
 import orjson
 
-from kvsessions.errors import MissingDependencyError, ValidationError
+from kvsessions.errors import InvalidValueError, MissingDependencyError, ValidationError
 from kvsessions.integrations.store_loop import StorageTarget, StoreLoop, storage_for
 from kvsessions.kv.base import KVStore
 from kvsessions.wrappers.validating import ValidatingStore
@@ -83,6 +83,8 @@ _DELETE_BATCH = 500
 #: Items the first page of a "latest checkpoint" scan reads (its writes, then it).
 _LATEST_PAGE = 8
 _ESCAPED = re.compile(r"[\x00-\x25:]")
+#: What ``prune`` may do (LangGraph's strategies).
+_PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 
 def key_part(identifier: str) -> str:
@@ -218,6 +220,10 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._loop.run(self._copy_thread(str(source_thread_id), str(target_thread_id)))
 
+    async def aprune(self, thread_ids: Sequence[str], *,
+                     strategy: str = "keep_latest") -> None:
+        await self._loop.run(self._prune(thread_ids, strategy))
+
     # ------------------------------------------------------------------ sync API
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -249,6 +255,9 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._loop.run_sync(self._copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._loop.run_sync(self._prune(thread_ids, strategy))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions as LangGraph's SQL savers make them: a zero-padded counter, so text order
@@ -458,6 +467,61 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         if batch:
             await self._raw.delete_many(batch)
 
+    async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        """``delete``: every checkpoint of the threads; ``keep_latest``: all but the latest
+        checkpoint of each namespace and what a ``DeltaChannel`` still reads (see
+        ``_prune_thread``)."""
+        if strategy not in _PRUNE_STRATEGIES:
+            raise InvalidValueError(f"strategy must be one of {', '.join(_PRUNE_STRATEGIES)}, "
+                                    f"not {strategy!r}")
+        for thread_id in dict.fromkeys(str(thread_id) for thread_id in thread_ids):
+            if strategy == "delete":
+                await self._delete_thread(thread_id)
+            else:
+                await self._prune_thread(thread_id)
+
+    async def _prune_thread(self, thread_id: str) -> None:
+        """Keep the latest checkpoint of each namespace with its writes, and the ancestors
+        (with their writes) its ``DeltaChannel``s rebuild their values from: LangGraph
+        counts, in the metadata key ``counters_since_delta_snapshot``, the channels whose
+        snapshot lies further back; a checkpoint whose counters no longer name a channel holds
+        its snapshot. So the parent chain is followed while a channel is still counted, and
+        no channel value is opened. Everything else of the thread goes: one reverse scan, in
+        which each namespace's newest checkpoint comes first and a checkpoint's writes come
+        just before it."""
+        doomed: builtins.list[str] = []
+        writes: builtins.list[str] = []
+        namespace: str | None = None
+        wanted: str | None = None  # the next checkpoint of the kept chain
+        counted: set[str] = set()  # delta channels still waiting for their snapshot
+        async for key, value in self._raw.scan(thread_prefix(thread_id), reverse=True):
+            if _is_write(key):
+                writes.append(key)
+                continue
+            document = self._documents.decode(key, value)
+            mine = key + WRITE_SEPARATOR
+            doomed.extend(write for write in writes if not write.startswith(mine))
+            if document["checkpoint_ns"] != namespace:  # the latest of its namespace
+                namespace, counted = document["checkpoint_ns"], _delta_counted(document)
+                keep = True
+            elif document["checkpoint_id"] == wanted and counted:
+                counted &= _delta_counted(document)
+                keep = True
+            else:
+                keep = False
+            if keep:
+                wanted = document["parent_checkpoint_id"]
+            else:
+                doomed.append(key)
+                doomed.extend(write for write in writes if write.startswith(mine))
+            writes = []
+            if len(doomed) >= _DELETE_BATCH:
+                await self._raw.delete_many(doomed)
+                doomed = []
+        doomed.extend(writes)  # writes of no stored checkpoint
+        if doomed:
+            await self._raw.delete_many(doomed)
+
     async def _copy_thread(self, source: str, target: str) -> None:
         """Every checkpoint and write of ``source``, in every namespace, written again as
         ``target``'s (the source is left as it is)."""
@@ -480,6 +544,12 @@ def _key_of(document: dict[str, Any]) -> str:
     if document["kind"] == "checkpoint_writes":
         key += WRITE_SEPARATOR + key_part(document["task_id"])
     return key
+
+
+def _delta_counted(document: dict[str, Any]) -> set[str]:
+    """The delta channels a checkpoint's metadata counts as written since their snapshot."""
+    counters = document["metadata"].get("counters_since_delta_snapshot")
+    return set(counters) if isinstance(counters, dict) else set()
 
 
 def _by_idx(write: dict[str, Any]) -> int:

@@ -12,9 +12,10 @@ from typing import Annotated, Any, TypedDict
 
 import orjson
 import pytest
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import WRITES_IDX_MAP, empty_checkpoint
 from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES
+from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES, EXTENDED_CAPABILITIES
 from langgraph.graph import END, START, StateGraph
 
 from kvsessions.errors import StoreError, ValidationError
@@ -33,9 +34,9 @@ from tests.integrations.conftest import IntegrationStore
 #: The channel of a task's error: a special write, which replaces the one stored.
 ERROR = next(channel for channel, idx in WRITES_IDX_MAP.items() if idx == -1)
 #: The base tests of the kit, per capability (langgraph-checkpoint-conformance 0.0.2: 58), and
-#: the extended ones implemented (``prune`` is not: see docs/integrations/langgraph.md).
+#: every extended one (copy_thread, delete_for_runs, prune).
 BASE = sorted(capability.value for capability in BASE_CAPABILITIES)
-EXTENDED = ["copy_thread", "delete_for_runs"]
+EXTENDED = sorted(capability.value for capability in EXTENDED_CAPABILITIES)
 
 
 @pytest.mark.parametrize("capability", BASE + EXTENDED)
@@ -80,6 +81,44 @@ async def test_a_graph_resumes_its_thread_async(integration_store: IntegrationSt
     assert steps == sorted(steps, reverse=True) and len(steps) == 8  # input + 3 steps, twice
     other = await graph.ainvoke({"said": ["x"]}, {"configurable": {"thread_id": "chat:2"}})
     assert other["said"] == ["x", "first saw 1", "second saw 2"]
+
+
+def _said(state: list[str], writes: list[list[str]]) -> list[str]:
+    return state + [item for write in writes for item in write]
+
+
+class DeltaState(TypedDict):
+    said: Annotated[list[str], DeltaChannel(_said, snapshot_frequency=4)]
+
+
+async def test_prune_keeps_the_latest_and_what_its_delta_channels_are_rebuilt_from(
+        integration_store: IntegrationStore) -> None:
+    """A ``DeltaChannel`` stores a snapshot every few updates and is rebuilt by replaying the
+    writes of the ancestors since: pruning them would lose the conversation."""
+    saver = KVSessionsSaver(integration_store.store())
+    builder = StateGraph(DeltaState)
+    builder.add_node("reply", lambda state: {"said": [f"reply to {len(state['said'])}"]})
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    graph = builder.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "delta"}}
+    other = {"configurable": {"thread_id": "other"}}
+    for turn in range(5):
+        said = (await graph.ainvoke({"said": [f"turn {turn}"]}, config))["said"]
+    await graph.ainvoke({"said": ["elsewhere"]}, other)
+    assert len(said) == 10
+    before = [item async for item in saver.alist(config)]
+    await saver.aprune(["delta"], strategy="keep_latest")
+    after = [item async for item in saver.alist(config)]
+    assert 1 < len(after) < len(before)  # the chain back to the snapshot, no more
+    assert after[0].config == before[0].config
+    assert (await graph.aget_state(config)).values["said"] == said
+    assert (await graph.ainvoke({"said": ["turn 5"]}, config))["said"][:10] == said
+    assert len([item async for item in saver.alist(other)]) == 3  # other threads untouched
+    await saver.aprune(["delta", "other"], strategy="delete")
+    assert await saver.aget_tuple(config) is None and await saver.aget_tuple(other) is None
+    with pytest.raises(ValidationError, match="strategy"):
+        await saver.aprune(["delta"], strategy="keep_oldest")
 
 
 def test_a_graph_runs_through_the_sync_api_from_a_url(integration_store: IntegrationStore) -> None:
