@@ -67,7 +67,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
                                  purpose="kvsessions.integrations.adk") from error
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
-from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
+from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.message_documents import load_message_documents
 from kvsessions.sessions.state import StateScope
 from kvsessions.sessions.storage import SessionStorage
@@ -94,20 +94,21 @@ class KVSessionService(BaseSessionService):
 
     def __init__(self, storage: StorageSource, *, model: str = DEFAULT_MODEL,
                  **store_options: Any) -> None:
-        self._storage = AdapterStorage(storage, **store_options)
+        self._storage, self._owns_storage = session_storage(storage, **store_options)
         self._model = model
 
     @property
     def storage(self) -> SessionStorage:
-        """The kvsessions storage this adapter reads and writes (for the running loop)."""
-        return self._storage.current
+        """The kvsessions storage this adapter reads and writes (from any event loop)."""
+        return self._storage
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage!r})"
 
     async def close(self) -> None:
         """Close the storage when it was made here from a URL; else leave it to its owner."""
-        await self._storage.close()
+        if self._owns_storage:
+            await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -37,7 +37,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
                                  purpose="kvsessions.integrations.openai_agents") from error
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
-from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
+from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.message_documents import load_message_documents
 from kvsessions.sessions.storage import SessionStorage
 
@@ -78,14 +78,14 @@ class OpenAIAgentsSession(SessionABC):
         self.session_id = session_id
         self.session_settings = (coerce_session_settings(session_settings)
                                  if session_settings is not None else SessionSettings())
-        self._storage = AdapterStorage(storage, **store_options)
+        self._storage, self._owns_storage = session_storage(storage, **store_options)
         self._model = model
         self._metadata = dict(metadata or {})
 
     @property
     def storage(self) -> SessionStorage:
-        """The kvsessions storage this adapter reads and writes (for the running loop)."""
-        return self._storage.current
+        """The kvsessions storage this adapter reads and writes (from any event loop)."""
+        return self._storage
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.session_id!r}, {self.storage!r})"
@@ -130,7 +130,8 @@ class OpenAIAgentsSession(SessionABC):
 
     async def close(self) -> None:
         """Close the storage when it was made here from a URL; else leave it to its owner."""
-        await self._storage.close()
+        if self._owns_storage:
+            await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self
