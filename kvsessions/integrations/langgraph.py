@@ -41,6 +41,7 @@ from typing import Any, cast
 import orjson
 
 from kvsessions.errors import InvalidValueError, MissingDependencyError, ValidationError
+from kvsessions.integrations.checkpoint_reader import read_saver_document
 from kvsessions.integrations.store_loop import StorageTarget, StoreLoop, storage_for
 from kvsessions.kv.base import KVStore
 from kvsessions.wrappers.validating import ValidatingStore
@@ -311,7 +312,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             stored = await self._raw.get(key)
             if stored is None:
                 continue  # deleted meanwhile: create it again
-            current = self._documents.decode(key, stored)
+            current = self._read(key, stored)
             merged = {write["idx"]: write for write in current["writes"]}
             for idx, write in mine.items():
                 if replace or idx not in merged:  # INSERT OR REPLACE / OR IGNORE
@@ -382,7 +383,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 continue
             mine = _writes_of(key, writes)
             writes = []
-            document = self._documents.decode(key, value)
+            document = self._read(key, value)
             checkpoint_id = document["checkpoint_id"]
             if wanted_id and checkpoint_id != wanted_id:
                 continue
@@ -400,13 +401,17 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 del found[limit:]
         return [self._tuple(key, document, mine) for key, document, mine in found]
 
+    def _read(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored checkpoint or task writes document, checked (``checkpoint_reader``)."""
+        return read_saver_document(self._documents, key, value)
+
     @staticmethod
     async def _items(scan: AsyncIterator[tuple[str, bytes]]) -> builtins.list[tuple[str, bytes]]:
         return [item async for item in scan]
 
     def _tuple(self, key: str, stored: bytes | dict[str, Any],
                writes: builtins.list[tuple[str, bytes]]) -> CheckpointTuple:
-        document = self._documents.decode(key, stored) if isinstance(stored, bytes) else stored
+        document = self._read(key, stored) if isinstance(stored, bytes) else stored
         thread_id = document["thread_id"]
         checkpoint_ns = document["checkpoint_ns"]
         checkpoint_id = document["checkpoint_id"]
@@ -424,7 +429,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         """One checkpoint's stored writes in LangGraph's order: (task_path, task_id, idx)."""
         ordered: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
         for key, value in writes:
-            document = self._documents.decode(key, value)
+            document = self._read(key, value)
             task_id, task_path = document["task_id"], document["task_path"]
             for write in document["writes"]:
                 ordered.append(((task_path, task_id, write["idx"]),
@@ -456,7 +461,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             if _is_write(key):
                 if doomed is not None and key.startswith(doomed):
                     batch.append(key)
-            elif self._documents.decode(key, value)["metadata"].get("run_id") in runs:
+            elif self._read(key, value)["metadata"].get("run_id") in runs:
                 batch.append(key)
                 doomed = key + WRITE_SEPARATOR
             else:
@@ -498,7 +503,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             if _is_write(key):
                 writes.append(key)
                 continue
-            document = self._documents.decode(key, value)
+            document = self._read(key, value)
             mine = key + WRITE_SEPARATOR
             doomed.extend(write for write in writes if not write.startswith(mine))
             if document["checkpoint_ns"] != namespace:  # the latest of its namespace
@@ -527,7 +532,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         ``target``'s (the source is left as it is)."""
         batch: builtins.list[tuple[str, bytes]] = []
         async for key, value in self._raw.scan(thread_prefix(source)):
-            document = {**self._documents.decode(key, value), "thread_id": target}
+            document = {**self._read(key, value), "thread_id": target}
             copied = _key_of(document)
             batch.append((copied, self._documents.encode(copied, document)))
             if len(batch) >= _DELETE_BATCH:

@@ -18,7 +18,13 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES, EXTENDED_CAPABILITIES
 from langgraph.graph import END, START, StateGraph
 
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import StoreError, ValidationError
+from kvsessions.integrations.checkpoint_reader import (
+    _is_checkpoint,
+    _is_writes,
+    read_saver_document,
+)
 from kvsessions.integrations.langgraph import (
     PREFIX,
     KVSessionsSaver,
@@ -26,8 +32,10 @@ from kvsessions.integrations.langgraph import (
     key_part,
     write_prefix,
 )
+from kvsessions.kv.memory import MemoryStore
 from kvsessions.migration.in_place import validate_storage
 from kvsessions.sessions.storage import SessionStorage
+from kvsessions.wrappers.validating import ValidatingStore
 from tests.cli import run_kvsessions
 from tests.integrations.conftest import IntegrationStore
 
@@ -256,3 +264,67 @@ def test_importing_kvsessions_imports_no_framework() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- the fast read path
+
+def _checkpoint_document() -> dict[str, Any]:
+    return {"kind": "checkpoint", "v": 1, "thread_id": "t", "checkpoint_ns": "",
+            "checkpoint_id": "c2", "parent_checkpoint_id": "c1",
+            "checkpoint": {"type": "msgpack", "data": "AA=="}, "metadata": {"step": 1}}
+
+
+def _writes_document() -> dict[str, Any]:
+    return {"kind": "checkpoint_writes", "v": 1, "thread_id": "t", "checkpoint_ns": "ns",
+            "checkpoint_id": "c2", "task_id": "task", "task_path": "",
+            "writes": [{"idx": 0, "channel": "messages",
+                        "value": {"type": "msgpack", "data": "AA=="}}]}
+
+
+_SAVER_MUTATIONS: dict[str, Any] = {
+    "unchanged": lambda d: None,
+    "no_parent": lambda d: d.update(parent_checkpoint_id=None) if "parent_checkpoint_id" in d
+    else d.update(writes=[]),
+    "version_true": lambda d: d.update(v=True),
+    "version_2": lambda d: d.update(v=2),
+    "kind_message": lambda d: d.update(kind="message"),
+    "empty_thread": lambda d: d.update(thread_id=""),
+    "empty_checkpoint_id": lambda d: d.update(checkpoint_id=""),
+    "namespace_none": lambda d: d.update(checkpoint_ns=None),
+    "extra_field": lambda d: d.update(extra=1),
+    "missing_field": lambda d: d.pop("thread_id"),
+    "parent_number": lambda d: d.update(parent_checkpoint_id=7),
+    "typed_extra": lambda d: (d.get("checkpoint") or d["writes"][0]["value"]).update(x=1),
+    "typed_data_number": lambda d: (d.get("checkpoint") or d["writes"][0]["value"]).update(
+        data=1),
+    "metadata_list": lambda d: d.update(metadata=[]),
+    "task_id_number": lambda d: d.update(task_id=1),
+    "writes_object": lambda d: d.update(writes={}),
+    "write_idx_true": lambda d: d["writes"][0].update(idx=True) if "writes" in d else None,
+    "write_idx_float": lambda d: d["writes"][0].update(idx=1.0) if "writes" in d else None,
+    "write_extra": lambda d: d["writes"][0].update(x=1) if "writes" in d else None,
+    "write_missing": lambda d: d["writes"][0].pop("channel") if "writes" in d else None,
+}
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "checkpoint_writes"])
+@pytest.mark.parametrize("name", sorted(_SAVER_MUTATIONS))
+def test_the_fast_read_path_accepts_only_what_the_schema_accepts(kind: str, name: str) -> None:
+    document = _checkpoint_document() if kind == "checkpoint" else _writes_document()
+    _SAVER_MUTATIONS[name](document)
+    value = orjson.dumps(document)
+    documents = ValidatingStore(MemoryStore())
+    try:
+        validate_document(document)
+        valid = True
+    except ValidationError:
+        valid = False
+    if valid:
+        assert read_saver_document(documents, "k", value) == document
+    else:
+        with pytest.raises(ValidationError):
+            read_saver_document(documents, "k", value)
+    if name in ("unchanged", "no_parent"):
+        assert _is_checkpoint(document) or _is_writes(document), "what this release writes"
+    elif _is_checkpoint(document) or _is_writes(document):
+        assert valid, "the fast path accepted an invalid document"
