@@ -66,6 +66,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
     raise MissingDependencyError("google-adk", "adk",
                                  purpose="kvsessions.integrations.adk") from error
 
+from kvsessions.documents.codec import parse_timestamp
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.message_documents import load_message_documents
@@ -387,8 +388,9 @@ def document_event(document: dict[str, Any]) -> Event:
     stored = document["metadata"].get(EVENT_KEY)
     if type(stored) is dict:
         return Event.model_validate_json(orjson.dumps(stored))
+    moment = parse_timestamp(document["created_at"], path="created_at")
     return _plain_event(document["message_id"], document["role"], document["content"],
-                        datetime.fromisoformat(document["created_at"]).timestamp())
+                        moment.timestamp())
 
 
 def _plain_event(message_id: str, role: str, content: str, timestamp: float) -> Event:

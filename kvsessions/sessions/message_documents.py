@@ -3,11 +3,14 @@ objects nor parsed timestamps: the framework adapters, which keep their own obje
 metadata and return that (``kvsessions.integrations``).
 
 Each document is parsed once with orjson and, when it is in the form this release writes, taken
-as it is after a check of the fields a reader of it uses (kind, version, ids, role, content, the
-timestamp's type, metadata): no ``ChatMessage`` is built and no timestamp parsed, which is most of
-a full read's cost per message. Anything else (an older version, a field of the wrong type,
-not JSON) takes the full path of every read (``parse_message``: upcast, schema check, the
-storage's damaged-data policy) and comes back as the document of the message read.
+as it is after a check of its fields (exactly the schema's eight; kind, version, the types of
+the ids, role, content and metadata): no ``ChatMessage`` is built and no timestamp parsed, which
+is most of a full read's cost per message. The timestamp is checked for its type only: a reader
+that needs the moment parses it (``parse_timestamp``), and one that does not (the adapters,
+which return what the metadata holds) is not stopped by a damaged one. Anything else (an older
+version, a field of the wrong type, not JSON) takes the full path of every read
+(``parse_message``: upcast, schema check, the storage's damaged-data policy) and comes back as
+the document of the message read.
 """
 
 from __future__ import annotations
@@ -29,16 +32,17 @@ __all__ = ["load_message_documents"]
 _loads = orjson.loads
 _ROLES = frozenset(MESSAGE_ROLES)
 _VERSION = CURRENT_VERSIONS["message"]
+_FIELDS = 8  # kind, v, message_id, session_id, role, content, created_at, metadata
 
 
 def _is_current(document: Any) -> bool:
     """A ``message`` document at the current version whose fields have the schema's types."""
     try:
-        return (document["kind"] == "message" and type(document["v"]) is int
-                and document["v"] == _VERSION and type(document["metadata"]) is dict
-                and type(document["content"]) is str and document["role"] in _ROLES
-                and type(document["message_id"]) is str and type(document["session_id"]) is str
-                and type(document["created_at"]) is str)
+        return (len(document) == _FIELDS and document["kind"] == "message"
+                and type(document["v"]) is int and document["v"] == _VERSION
+                and type(document["metadata"]) is dict and type(document["content"]) is str
+                and document["role"] in _ROLES and type(document["message_id"]) is str
+                and type(document["session_id"]) is str and type(document["created_at"]) is str)
     except (KeyError, TypeError):  # not an object, or a field missing
         return False
 
