@@ -1,5 +1,5 @@
 """KVSessionsSaver (kvsessions.integrations.langgraph) on SQLite, PostgreSQL, Redis and MongoDB:
-LangGraph's own conformance kit (``langgraph-checkpoint-conformance``, every base capability),
+LangGraph's own conformance kit (``langgraph-checkpoint-conformance``, every capability),
 a real graph run through the sync and the async API, the documents it stores, bad input."""
 
 from __future__ import annotations
