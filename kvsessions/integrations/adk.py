@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import orjson
 
@@ -66,13 +66,15 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
     raise MissingDependencyError("google-adk", "adk",
                                  purpose="kvsessions.integrations.adk") from error
 
+from kvsessions.documents.codec import parse_timestamp
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
-from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
+from kvsessions.integrations.storage_source import StorageSource, session_storage
+from kvsessions.sessions.message_documents import load_message_documents
 from kvsessions.sessions.state import StateScope
 from kvsessions.sessions.storage import SessionStorage
 
-__all__ = ["EVENT_KEY", "KVSessionService", "adk_ids", "event_message", "message_event",
-           "stored_id"]
+__all__ = ["EVENT_KEY", "KVSessionService", "adk_ids", "document_event", "event_message",
+           "message_event", "stored_id"]
 
 #: The metadata key of a message that holds the ADK event it was made from.
 EVENT_KEY = "adk_event"
@@ -80,6 +82,7 @@ EVENT_KEY = "adk_event"
 DEFAULT_MODEL = "google-adk"
 #: Sessions one listing page reads.
 _LIST_PAGE = 500
+_T = TypeVar("_T")
 
 
 class KVSessionService(BaseSessionService):
@@ -92,20 +95,21 @@ class KVSessionService(BaseSessionService):
 
     def __init__(self, storage: StorageSource, *, model: str = DEFAULT_MODEL,
                  **store_options: Any) -> None:
-        self._storage = AdapterStorage(storage, **store_options)
+        self._storage, self._owns_storage = session_storage(storage, **store_options)
         self._model = model
 
     @property
     def storage(self) -> SessionStorage:
-        """The kvsessions storage this adapter reads and writes (for the running loop)."""
-        return self._storage.current
+        """The kvsessions storage this adapter reads and writes (from any event loop)."""
+        return self._storage
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage!r})"
 
     async def close(self) -> None:
         """Close the storage when it was made here from a URL; else leave it to its owner."""
-        await self._storage.close()
+        if self._owns_storage:
+            await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -138,10 +142,12 @@ class KVSessionService(BaseSessionService):
         such session of that user and application."""
         recent = None if config is None else config.num_recent_events
         after = None if config is None else config.after_timestamp
-        head = await self._owned(app_name, user_id, session_id, None if after else recent)
-        if head is None:
+        found = await self._owned_with_events(app_name, user_id, session_id,
+                                              None if after else recent)
+        if found is None:
             return None
-        events = [message_event(message) for message in head.messages]
+        head, documents = found
+        events = [document_event(document) for document in documents]
         if after:
             events = [event for event in events if event.timestamp >= after]
         events.sort(key=lambda event: event.timestamp)  # ties keep the append order
@@ -237,6 +243,24 @@ class KVSessionService(BaseSessionService):
             return None
         return head
 
+    async def _owned_with_events(self, app_name: str, user_id: str, session_id: str,
+                                 recent: int | None
+                                 ) -> tuple[ChatSession, list[dict[str, Any]]] | None:
+        """``_owned`` with the documents of its latest ``recent`` messages (all with None),
+        the head and the messages read together (``load_message_documents``: no
+        ``ChatMessage`` is built on the way to an event)."""
+        key = stored_id(app_name, user_id, session_id)
+        head, documents = await asyncio.gather(
+            self._owned(app_name, user_id, session_id, 0),
+            load_message_documents(self.storage, key, limit=recent) if recent != 0
+            else _given([]))
+        if head is None:
+            return None
+        if head.session_id != key:  # found under the stripped id: read its messages
+            documents = await load_message_documents(self.storage, head.session_id,
+                                                     limit=recent) if recent != 0 else []
+        return head, documents
+
     async def _shared_states(self, app_name: str, user_ids: set[str]
                              ) -> dict[str | None, dict[str, Any]]:
         """The app state (key None) and each user's state, read once for many sessions."""
@@ -288,7 +312,7 @@ class KVSessionService(BaseSessionService):
                 continue
 
 
-async def _given(value: dict[str | None, dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+async def _given(value: _T) -> _T:
     return value
 
 
@@ -352,13 +376,28 @@ def event_message(session_id: str, event: Event) -> ChatMessage:
 
 def message_event(message: ChatMessage) -> Event:
     """The event a stored message holds, or one made of its role, text and time."""
-    document = message.metadata.get(EVENT_KEY)
-    if isinstance(document, dict):
-        return Event.model_validate_json(orjson.dumps(document))
-    role = "user" if message.role == "user" else "model"
-    return Event(id=message.message_id, invocation_id="", author=message.role,
-                 timestamp=message.created_at.timestamp(),
-                 content=types.Content(role=role, parts=[types.Part(text=message.content)]))
+    stored = message.metadata.get(EVENT_KEY)
+    if type(stored) is dict:
+        return Event.model_validate_json(orjson.dumps(stored))
+    return _plain_event(message.message_id, message.role, message.content,
+                        message.created_at.timestamp())
+
+
+def document_event(document: dict[str, Any]) -> Event:
+    """``message_event`` of a message document (``load_message_documents``)."""
+    stored = document["metadata"].get(EVENT_KEY)
+    if type(stored) is dict:
+        return Event.model_validate_json(orjson.dumps(stored))
+    moment = parse_timestamp(document["created_at"], path="created_at")
+    return _plain_event(document["message_id"], document["role"], document["content"],
+                        moment.timestamp())
+
+
+def _plain_event(message_id: str, role: str, content: str, timestamp: float) -> Event:
+    """The event of a message stored without one (written by other kvsessions code)."""
+    return Event(id=message_id, invocation_id="", author=role, timestamp=timestamp,
+                 content=types.Content(role="user" if role == "user" else "model",
+                                       parts=[types.Part(text=content)]))
 
 
 def _role(event: Event) -> str:

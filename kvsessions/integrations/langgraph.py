@@ -40,7 +40,8 @@ from typing import Any, cast
 
 import orjson
 
-from kvsessions.errors import MissingDependencyError, ValidationError
+from kvsessions.errors import InvalidValueError, MissingDependencyError, ValidationError
+from kvsessions.integrations.checkpoint_reader import read_saver_document
 from kvsessions.integrations.store_loop import StorageTarget, StoreLoop, storage_for
 from kvsessions.kv.base import KVStore
 from kvsessions.wrappers.validating import ValidatingStore
@@ -83,6 +84,8 @@ _DELETE_BATCH = 500
 #: Items the first page of a "latest checkpoint" scan reads (its writes, then it).
 _LATEST_PAGE = 8
 _ESCAPED = re.compile(r"[\x00-\x25:]")
+#: What ``prune`` may do (LangGraph's strategies).
+_PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 
 def key_part(identifier: str) -> str:
@@ -218,6 +221,10 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._loop.run(self._copy_thread(str(source_thread_id), str(target_thread_id)))
 
+    async def aprune(self, thread_ids: Sequence[str], *,
+                     strategy: str = "keep_latest") -> None:
+        await self._loop.run(self._prune(thread_ids, strategy))
+
     # ------------------------------------------------------------------ sync API
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -249,6 +256,9 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._loop.run_sync(self._copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._loop.run_sync(self._prune(thread_ids, strategy))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions as LangGraph's SQL savers make them: a zero-padded counter, so text order
@@ -302,7 +312,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             stored = await self._raw.get(key)
             if stored is None:
                 continue  # deleted meanwhile: create it again
-            current = self._documents.decode(key, stored)
+            current = self._read(key, stored)
             merged = {write["idx"]: write for write in current["writes"]}
             for idx, write in mine.items():
                 if replace or idx not in merged:  # INSERT OR REPLACE / OR IGNORE
@@ -373,7 +383,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 continue
             mine = _writes_of(key, writes)
             writes = []
-            document = self._documents.decode(key, value)
+            document = self._read(key, value)
             checkpoint_id = document["checkpoint_id"]
             if wanted_id and checkpoint_id != wanted_id:
                 continue
@@ -391,13 +401,17 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
                 del found[limit:]
         return [self._tuple(key, document, mine) for key, document, mine in found]
 
+    def _read(self, key: str, value: bytes) -> dict[str, Any]:
+        """A stored checkpoint or task writes document, checked (``checkpoint_reader``)."""
+        return read_saver_document(self._documents, key, value)
+
     @staticmethod
     async def _items(scan: AsyncIterator[tuple[str, bytes]]) -> builtins.list[tuple[str, bytes]]:
         return [item async for item in scan]
 
     def _tuple(self, key: str, stored: bytes | dict[str, Any],
                writes: builtins.list[tuple[str, bytes]]) -> CheckpointTuple:
-        document = self._documents.decode(key, stored) if isinstance(stored, bytes) else stored
+        document = self._read(key, stored) if isinstance(stored, bytes) else stored
         thread_id = document["thread_id"]
         checkpoint_ns = document["checkpoint_ns"]
         checkpoint_id = document["checkpoint_id"]
@@ -415,7 +429,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         """One checkpoint's stored writes in LangGraph's order: (task_path, task_id, idx)."""
         ordered: builtins.list[tuple[tuple[str, str, int], PendingWrite]] = []
         for key, value in writes:
-            document = self._documents.decode(key, value)
+            document = self._read(key, value)
             task_id, task_path = document["task_id"], document["task_path"]
             for write in document["writes"]:
                 ordered.append(((task_path, task_id, write["idx"]),
@@ -447,7 +461,7 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
             if _is_write(key):
                 if doomed is not None and key.startswith(doomed):
                     batch.append(key)
-            elif self._documents.decode(key, value)["metadata"].get("run_id") in runs:
+            elif self._read(key, value)["metadata"].get("run_id") in runs:
                 batch.append(key)
                 doomed = key + WRITE_SEPARATOR
             else:
@@ -458,12 +472,67 @@ class KVSessionsSaver(BaseCheckpointSaver[str]):
         if batch:
             await self._raw.delete_many(batch)
 
+    async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        """``delete``: every checkpoint of the threads; ``keep_latest``: all but the latest
+        checkpoint of each namespace and what a ``DeltaChannel`` still reads (see
+        ``_prune_thread``)."""
+        if strategy not in _PRUNE_STRATEGIES:
+            raise InvalidValueError(f"strategy must be one of {', '.join(_PRUNE_STRATEGIES)}, "
+                                    f"not {strategy!r}")
+        for thread_id in dict.fromkeys(str(thread_id) for thread_id in thread_ids):
+            if strategy == "delete":
+                await self._delete_thread(thread_id)
+            else:
+                await self._prune_thread(thread_id)
+
+    async def _prune_thread(self, thread_id: str) -> None:
+        """Keep the latest checkpoint of each namespace with its writes, and the ancestors
+        (with their writes) its ``DeltaChannel``s rebuild their values from: LangGraph
+        counts, in the metadata key ``counters_since_delta_snapshot``, the channels whose
+        snapshot lies further back; a checkpoint whose counters no longer name a channel holds
+        its snapshot. So the parent chain is followed while a channel is still counted, and
+        no channel value is opened. Everything else of the thread goes: one reverse scan, in
+        which each namespace's newest checkpoint comes first and a checkpoint's writes come
+        just before it."""
+        doomed: builtins.list[str] = []
+        writes: builtins.list[str] = []
+        namespace: str | None = None
+        wanted: str | None = None  # the next checkpoint of the kept chain
+        counted: set[str] = set()  # delta channels still waiting for their snapshot
+        async for key, value in self._raw.scan(thread_prefix(thread_id), reverse=True):
+            if _is_write(key):
+                writes.append(key)
+                continue
+            document = self._read(key, value)
+            mine = key + WRITE_SEPARATOR
+            doomed.extend(write for write in writes if not write.startswith(mine))
+            if document["checkpoint_ns"] != namespace:  # the latest of its namespace
+                namespace, counted = document["checkpoint_ns"], _delta_counted(document)
+                keep = True
+            elif document["checkpoint_id"] == wanted and counted:
+                counted &= _delta_counted(document)
+                keep = True
+            else:
+                keep = False
+            if keep:
+                wanted = document["parent_checkpoint_id"]
+            else:
+                doomed.append(key)
+                doomed.extend(write for write in writes if write.startswith(mine))
+            writes = []
+            if len(doomed) >= _DELETE_BATCH:
+                await self._raw.delete_many(doomed)
+                doomed = []
+        doomed.extend(writes)  # writes of no stored checkpoint
+        if doomed:
+            await self._raw.delete_many(doomed)
+
     async def _copy_thread(self, source: str, target: str) -> None:
         """Every checkpoint and write of ``source``, in every namespace, written again as
         ``target``'s (the source is left as it is)."""
         batch: builtins.list[tuple[str, bytes]] = []
         async for key, value in self._raw.scan(thread_prefix(source)):
-            document = {**self._documents.decode(key, value), "thread_id": target}
+            document = {**self._read(key, value), "thread_id": target}
             copied = _key_of(document)
             batch.append((copied, self._documents.encode(copied, document)))
             if len(batch) >= _DELETE_BATCH:
@@ -480,6 +549,12 @@ def _key_of(document: dict[str, Any]) -> str:
     if document["kind"] == "checkpoint_writes":
         key += WRITE_SEPARATOR + key_part(document["task_id"])
     return key
+
+
+def _delta_counted(document: dict[str, Any]) -> set[str]:
+    """The delta channels a checkpoint's metadata counts as written since their snapshot."""
+    counters = document["metadata"].get("counters_since_delta_snapshot")
+    return set(counters) if isinstance(counters, dict) else set()
 
 
 def _by_idx(write: dict[str, Any]) -> int:

@@ -37,7 +37,8 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
                                  purpose="kvsessions.integrations.openai_agents") from error
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
-from kvsessions.integrations.storage_source import AdapterStorage, StorageSource
+from kvsessions.integrations.storage_source import StorageSource, session_storage
+from kvsessions.sessions.message_documents import load_message_documents
 from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["ITEM_KEY", "OpenAIAgentsSession", "item_message", "message_item"]
@@ -77,14 +78,14 @@ class OpenAIAgentsSession(SessionABC):
         self.session_id = session_id
         self.session_settings = (coerce_session_settings(session_settings)
                                  if session_settings is not None else SessionSettings())
-        self._storage = AdapterStorage(storage, **store_options)
+        self._storage, self._owns_storage = session_storage(storage, **store_options)
         self._model = model
         self._metadata = dict(metadata or {})
 
     @property
     def storage(self) -> SessionStorage:
-        """The kvsessions storage this adapter reads and writes (for the running loop)."""
-        return self._storage.current
+        """The kvsessions storage this adapter reads and writes (from any event loop)."""
+        return self._storage
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.session_id!r}, {self.storage!r})"
@@ -96,8 +97,8 @@ class OpenAIAgentsSession(SessionABC):
         count = resolve_session_limit(limit, self.session_settings)
         if count is not None and count <= 0:
             return []
-        messages = await self.storage.load_messages(self.session_id, limit=count)
-        return [message_item(message) for message in messages]
+        documents = await load_message_documents(self.storage, self.session_id, limit=count)
+        return [document_item(document) for document in documents]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Store the items, in order, after those stored before; the session is created by the
@@ -129,7 +130,8 @@ class OpenAIAgentsSession(SessionABC):
 
     async def close(self) -> None:
         """Close the storage when it was made here from a URL; else leave it to its owner."""
-        await self._storage.close()
+        if self._owns_storage:
+            await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -152,11 +154,20 @@ def item_message(session_id: str, item: TResponseInputItem) -> ChatMessage:
 
 def message_item(message: ChatMessage) -> TResponseInputItem:
     """The item a stored message holds, or one made of its role and content."""
-    item = message.metadata.get(ITEM_KEY)
-    if isinstance(item, dict):
+    return _item(message.metadata, message.role, message.content)
+
+
+def document_item(document: dict[str, Any]) -> TResponseInputItem:
+    """``message_item`` of a message document (``load_message_documents``)."""
+    return _item(document["metadata"], document["role"], document["content"])
+
+
+def _item(metadata: dict[str, Any], role: str, content: str) -> TResponseInputItem:
+    item = metadata.get(ITEM_KEY)
+    if type(item) is dict:
         return cast(TResponseInputItem, item)
-    role = "assistant" if message.role == "tool" else message.role
-    return cast(TResponseInputItem, {"role": role, "content": message.content})
+    return cast(TResponseInputItem,
+                {"role": "assistant" if role == "tool" else role, "content": content})
 
 
 def _role(item: Mapping[str, Any]) -> str:

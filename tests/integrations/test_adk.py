@@ -26,7 +26,7 @@ from kvsessions.kv.base import KVStore
 from kvsessions.sessions.state import StateScope
 from kvsessions.sessions.storage import SessionStorage
 from kvsessions.testing import StoreFactory
-from tests.integrations.store_params import integration_stores, pytest_generate_tests
+from tests.integrations.store_params import integration_stores, pytest_generate_tests, store_url
 
 __all__ = ["integration_stores", "pytest_generate_tests"]
 
@@ -205,6 +205,37 @@ async def test_storage_from_a_url_or_a_store(tmp_path: Any) -> None:
     assert await KVSessionService(store).get_session(
         app_name=APP, user_id=USER, session_id="s1") is not None
     await store.close()
+
+
+def test_a_service_from_a_url_serves_every_event_loop(integration_stores: StoreFactory,
+                                                      tmp_path: Any) -> None:
+    """``asyncio.run`` per call, and a thread's loop while another runs: one storage serves
+    them all (its store keeps the driver's connections per loop)."""
+    adk = KVSessionService(store_url(integration_stores, tmp_path))
+    seen: list[SessionStorage] = []
+
+    async def append(text: str) -> None:
+        session = await adk.get_session(app_name=APP, user_id=USER, session_id="loops")
+        assert session is not None
+        await adk.append_event(session, event(text))
+        seen.append(adk.storage)
+
+    async def first() -> None:
+        await adk.create_session(app_name=APP, user_id=USER, session_id="loops")
+        await append("first")
+        await asyncio.to_thread(asyncio.run, append("from a thread"))
+
+    async def last() -> list[str]:
+        await append("again")
+        session = await adk.get_session(app_name=APP, user_id=USER, session_id="loops")
+        await adk.close()
+        assert session is not None
+        return [str(e.content.parts[0].text) for e in session.events
+                if e.content and e.content.parts]
+
+    asyncio.run(first())
+    assert asyncio.run(last()) == ["first", "from a thread", "again"]
+    assert len(seen) == 3 and all(storage is seen[0] for storage in seen)
 
 
 # ---------------------------------------------------------------------- two processes

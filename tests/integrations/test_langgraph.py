@@ -1,5 +1,5 @@
 """KVSessionsSaver (kvsessions.integrations.langgraph) on SQLite, PostgreSQL, Redis and MongoDB:
-LangGraph's own conformance kit (``langgraph-checkpoint-conformance``, every base capability),
+LangGraph's own conformance kit (``langgraph-checkpoint-conformance``, every capability),
 a real graph run through the sync and the async API, the documents it stores, bad input."""
 
 from __future__ import annotations
@@ -12,12 +12,19 @@ from typing import Annotated, Any, TypedDict
 
 import orjson
 import pytest
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import WRITES_IDX_MAP, empty_checkpoint
 from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES
+from langgraph.checkpoint.conformance.capabilities import BASE_CAPABILITIES, EXTENDED_CAPABILITIES
 from langgraph.graph import END, START, StateGraph
 
+from kvsessions.documents.validation import validate_document
 from kvsessions.errors import StoreError, ValidationError
+from kvsessions.integrations.checkpoint_reader import (
+    _is_checkpoint,
+    _is_writes,
+    read_saver_document,
+)
 from kvsessions.integrations.langgraph import (
     PREFIX,
     KVSessionsSaver,
@@ -25,17 +32,19 @@ from kvsessions.integrations.langgraph import (
     key_part,
     write_prefix,
 )
+from kvsessions.kv.memory import MemoryStore
 from kvsessions.migration.in_place import validate_storage
 from kvsessions.sessions.storage import SessionStorage
+from kvsessions.wrappers.validating import ValidatingStore
 from tests.cli import run_kvsessions
 from tests.integrations.conftest import IntegrationStore
 
 #: The channel of a task's error: a special write, which replaces the one stored.
 ERROR = next(channel for channel, idx in WRITES_IDX_MAP.items() if idx == -1)
 #: The base tests of the kit, per capability (langgraph-checkpoint-conformance 0.0.2: 58), and
-#: the extended ones implemented (``prune`` is not: see docs/integrations/langgraph.md).
+#: every extended one (copy_thread, delete_for_runs, prune).
 BASE = sorted(capability.value for capability in BASE_CAPABILITIES)
-EXTENDED = ["copy_thread", "delete_for_runs"]
+EXTENDED = sorted(capability.value for capability in EXTENDED_CAPABILITIES)
 
 
 @pytest.mark.parametrize("capability", BASE + EXTENDED)
@@ -80,6 +89,44 @@ async def test_a_graph_resumes_its_thread_async(integration_store: IntegrationSt
     assert steps == sorted(steps, reverse=True) and len(steps) == 8  # input + 3 steps, twice
     other = await graph.ainvoke({"said": ["x"]}, {"configurable": {"thread_id": "chat:2"}})
     assert other["said"] == ["x", "first saw 1", "second saw 2"]
+
+
+def _said(state: list[str], writes: list[list[str]]) -> list[str]:
+    return state + [item for write in writes for item in write]
+
+
+class DeltaState(TypedDict):
+    said: Annotated[list[str], DeltaChannel(_said, snapshot_frequency=4)]
+
+
+async def test_prune_keeps_the_latest_and_what_its_delta_channels_are_rebuilt_from(
+        integration_store: IntegrationStore) -> None:
+    """A ``DeltaChannel`` stores a snapshot every few updates and is rebuilt by replaying the
+    writes of the ancestors since: pruning them would lose the conversation."""
+    saver = KVSessionsSaver(integration_store.store())
+    builder = StateGraph(DeltaState)
+    builder.add_node("reply", lambda state: {"said": [f"reply to {len(state['said'])}"]})
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    graph = builder.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "delta"}}
+    other = {"configurable": {"thread_id": "other"}}
+    for turn in range(5):
+        said = (await graph.ainvoke({"said": [f"turn {turn}"]}, config))["said"]
+    await graph.ainvoke({"said": ["elsewhere"]}, other)
+    assert len(said) == 10
+    before = [item async for item in saver.alist(config)]
+    await saver.aprune(["delta"], strategy="keep_latest")
+    after = [item async for item in saver.alist(config)]
+    assert 1 < len(after) < len(before)  # the chain back to the snapshot, no more
+    assert after[0].config == before[0].config
+    assert (await graph.aget_state(config)).values["said"] == said
+    assert (await graph.ainvoke({"said": ["turn 5"]}, config))["said"][:10] == said
+    assert len([item async for item in saver.alist(other)]) == 3  # other threads untouched
+    await saver.aprune(["delta", "other"], strategy="delete")
+    assert await saver.aget_tuple(config) is None and await saver.aget_tuple(other) is None
+    with pytest.raises(ValidationError, match="strategy"):
+        await saver.aprune(["delta"], strategy="keep_oldest")
 
 
 def test_a_graph_runs_through_the_sync_api_from_a_url(integration_store: IntegrationStore) -> None:
@@ -217,3 +264,67 @@ def test_importing_kvsessions_imports_no_framework() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- the fast read path
+
+def _checkpoint_document() -> dict[str, Any]:
+    return {"kind": "checkpoint", "v": 1, "thread_id": "t", "checkpoint_ns": "",
+            "checkpoint_id": "c2", "parent_checkpoint_id": "c1",
+            "checkpoint": {"type": "msgpack", "data": "AA=="}, "metadata": {"step": 1}}
+
+
+def _writes_document() -> dict[str, Any]:
+    return {"kind": "checkpoint_writes", "v": 1, "thread_id": "t", "checkpoint_ns": "ns",
+            "checkpoint_id": "c2", "task_id": "task", "task_path": "",
+            "writes": [{"idx": 0, "channel": "messages",
+                        "value": {"type": "msgpack", "data": "AA=="}}]}
+
+
+_SAVER_MUTATIONS: dict[str, Any] = {
+    "unchanged": lambda d: None,
+    "no_parent": lambda d: d.update(parent_checkpoint_id=None) if "parent_checkpoint_id" in d
+    else d.update(writes=[]),
+    "version_true": lambda d: d.update(v=True),
+    "version_2": lambda d: d.update(v=2),
+    "kind_message": lambda d: d.update(kind="message"),
+    "empty_thread": lambda d: d.update(thread_id=""),
+    "empty_checkpoint_id": lambda d: d.update(checkpoint_id=""),
+    "namespace_none": lambda d: d.update(checkpoint_ns=None),
+    "extra_field": lambda d: d.update(extra=1),
+    "missing_field": lambda d: d.pop("thread_id"),
+    "parent_number": lambda d: d.update(parent_checkpoint_id=7),
+    "typed_extra": lambda d: (d.get("checkpoint") or d["writes"][0]["value"]).update(x=1),
+    "typed_data_number": lambda d: (d.get("checkpoint") or d["writes"][0]["value"]).update(
+        data=1),
+    "metadata_list": lambda d: d.update(metadata=[]),
+    "task_id_number": lambda d: d.update(task_id=1),
+    "writes_object": lambda d: d.update(writes={}),
+    "write_idx_true": lambda d: d["writes"][0].update(idx=True) if "writes" in d else None,
+    "write_idx_float": lambda d: d["writes"][0].update(idx=1.0) if "writes" in d else None,
+    "write_extra": lambda d: d["writes"][0].update(x=1) if "writes" in d else None,
+    "write_missing": lambda d: d["writes"][0].pop("channel") if "writes" in d else None,
+}
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "checkpoint_writes"])
+@pytest.mark.parametrize("name", sorted(_SAVER_MUTATIONS))
+def test_the_fast_read_path_accepts_only_what_the_schema_accepts(kind: str, name: str) -> None:
+    document = _checkpoint_document() if kind == "checkpoint" else _writes_document()
+    _SAVER_MUTATIONS[name](document)
+    value = orjson.dumps(document)
+    documents = ValidatingStore(MemoryStore())
+    try:
+        validate_document(document)
+        valid = True
+    except ValidationError:
+        valid = False
+    if valid:
+        assert read_saver_document(documents, "k", value) == document
+    else:
+        with pytest.raises(ValidationError):
+            read_saver_document(documents, "k", value)
+    if name in ("unchanged", "no_parent"):
+        assert _is_checkpoint(document) or _is_writes(document), "what this release writes"
+    elif _is_checkpoint(document) or _is_writes(document):
+        assert valid, "the fast path accepted an invalid document"

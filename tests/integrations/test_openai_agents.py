@@ -197,25 +197,33 @@ async def test_storage_from_a_url_a_store_or_a_storage(tmp_path: Any) -> None:
 def test_a_session_from_a_url_serves_every_event_loop(integration_stores: StoreFactory,
                                                       tmp_path: Any) -> None:
     """One ``asyncio.run`` after another, and a thread's own loop while the first still runs
-    (how the SDK's ``Runner.run_sync`` and scripts reach a session): each loop gets the
-    store's connections of its own."""
+    (how the SDK's ``Runner.run_sync`` and scripts reach a session): one storage serves them
+    all, its store keeping the driver's connections per loop."""
     session = OpenAIAgentsSession("loops", store_url(integration_stores, tmp_path))
+    seen: list[SessionStorage] = []
 
     def in_a_thread() -> None:
-        asyncio.run(session.add_items([{"role": "user", "content": "from a thread"}]))
+        async def add() -> None:
+            await session.add_items([{"role": "user", "content": "from a thread"}])
+            seen.append(session.storage)
+
+        asyncio.run(add())
 
     async def first() -> None:
         await session.add_items([{"role": "user", "content": "first"}])
+        seen.append(session.storage)
         await asyncio.to_thread(in_a_thread)
         await session.add_items([{"role": "user", "content": "again"}])
 
     async def second() -> list[Any]:
         items = texts(await session.get_items())
+        seen.append(session.storage)
         await session.close()
         return items
 
     asyncio.run(first())
     assert asyncio.run(second()) == ["first", "from a thread", "again"]
+    assert len(seen) == 3 and all(storage is seen[0] for storage in seen)
 
 
 # ---------------------------------------------------------------------- two processes
