@@ -26,6 +26,9 @@ from benchmarks.harness import BenchContext, concurrently, decode_scan, document
 from kvsessions.kv.sqlite import SQLiteStore
 
 GET_PUT_TARGET, BATCH_TARGET = 1.25, 1.15
+#: SQLite runs on a thread of its own, one hop a call where aiosqlite takes two: the hot-path
+#: issue asks its get and put to beat raw aiosqlite (at most 0.6x its time).
+SQLITE_GET_PUT_TARGET = 0.6
 SCAN_DOCS = 20_000
 
 TABLE = '"bench"'
@@ -49,7 +52,8 @@ async def run(ctx: BenchContext) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def operations(ctx: BenchContext, backend: str, ours: Any, raw: Any) -> None:
+async def operations(ctx: BenchContext, backend: str, ours: Any, raw: Any,
+                     get_put_target: float = GET_PUT_TARGET) -> None:
     """The five rows, for an adapter and a raw object with the same async methods."""
     n = ctx.n(2000)
     docs = [orjson.dumps(document(i)) for i in range(n)]
@@ -62,7 +66,7 @@ async def operations(ctx: BenchContext, backend: str, ours: Any, raw: Any) -> No
         await raw.put(keys[i], orjson.dumps(document(i)))
 
     await row(ctx, "put", backend, n, lambda: repeat(n, put_ours), lambda: repeat(n, put_raw),
-              GET_PUT_TARGET)
+              get_put_target)
 
     async def get_ours(i: int) -> None:
         orjson.loads(await ours.get(keys[i]))  # type: ignore[arg-type]
@@ -71,9 +75,9 @@ async def operations(ctx: BenchContext, backend: str, ours: Any, raw: Any) -> No
         orjson.loads(await raw.get(keys[i]))
 
     await row(ctx, "get", backend, n, lambda: repeat(n, get_ours), lambda: repeat(n, get_raw),
-              GET_PUT_TARGET)
+              get_put_target)
     await row(ctx, "16 concurrent gets", backend, n, lambda: concurrently(n, 16, get_ours),
-              lambda: concurrently(n, 16, get_raw), GET_PUT_TARGET)
+              lambda: concurrently(n, 16, get_raw), get_put_target)
 
     batches = max(1, n // 100)
 
@@ -154,7 +158,8 @@ async def bench_sqlite(ctx: BenchContext, folder: Path) -> None:
     await conn.execute("PRAGMA synchronous = NORMAL")
     await conn.execute(CREATE)
     try:
-        await operations(ctx, "sqlite", store, RawSQLite(conn, store.scan_batch_size))
+        await operations(ctx, "sqlite", store, RawSQLite(conn, store.scan_batch_size),
+                         SQLITE_GET_PUT_TARGET)
     finally:
         await conn.close()
         await store.close()
