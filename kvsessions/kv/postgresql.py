@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -526,26 +527,28 @@ class PostgreSQLStore(KVStore):
         if new is not None:
             args += _split(new)
         args += [*_columns(create), *_columns(put), delete]
-        if swap:
-            changed = [(other, read, value) for other, read, value in swap if value is not None]
-            removed = [(other, read) for other, read, value in swap if value is None]
+        changed = [(other, read, value) for other, read, value in swap if value is not None]
+        removed = [(other, read) for other, read, value in swap if value is None]
+        if changed:
             args += [*_columns([(other, read) for other, read, _ in changed]),
-                     *_columns([(other, value) for other, _, value in changed])[1:],
-                     *_columns(removed)]
-        sql = self._cas_with_sql[expected is None, new is None, bool(swap)]
+                     *_columns([(other, value) for other, _, value in changed])[1:]]
+        if removed:
+            args += _columns(removed)
+        sql = self._cas_with_sql[expected is None, new is None, bool(changed), bool(removed)]
         try:
             return await self._run("fetchval", sql, *args) is True
         except asyncpg.DivisionByZeroError:
             return False  # a key to create was taken meanwhile: the statement undid it all
 
     @functools.cached_property
-    def _cas_with_sql(self) -> dict[tuple[bool, bool, bool], str]:
+    def _cas_with_sql(self) -> dict[tuple[bool, bool, bool, bool], str]:
         """The statements of ``compare_and_set_with`` by (expected is None, new is None,
-        other keys to swap). The swap also needs every key to create absent; should one be
-        created by someone else between that check and the insert (no lock covers an absent
-        row), or a key to swap hold another value (checked after the head, so locks are
-        taken head first, as by every other statement that locks a head and other rows),
-        the final SELECT divides by zero, which rolls the whole statement back."""
+        other keys to rewrite, other keys to delete: each a CTE only where needed). The
+        swap also needs every key to create absent; should one be created by someone else
+        between that check and the insert (no lock covers an absent row), or a key to swap
+        hold another value (checked after the head, so locks are taken head first, as by
+        every other statement that locks a head and other rows), the final SELECT divides
+        by zero, which rolls the whole statement back."""
         table = _quote_identifier(self.namespace)
         sql = self._sql  # a partitioned table: inserts fill its column, conflicts name it
         columns, partition_of = sql.insert_columns, sql.partition_of
@@ -581,32 +584,36 @@ class PostgreSQLStore(KVStore):
             (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
                            f"WHERE {sql.one_key} AND {live})", 2),
         }
-        def moved(n: int) -> tuple[str, str]:
-            """The other keys' compare-and-sets (keys, values read, values: $n.. $n + 4,
-            then keys and values read of those deleted: $n + 5..), after the head's."""
-            same = (f"t.key = u.k AND t.{PARTITION_COLUMN} = {_PARTITION_OF.format(key='u.k')}"
-                    if sql.partition_of else "t.key = u.k")
-            read = (f"{same} AND {live} AND t.value = {as_jsonb('u.v')} "
-                    "AND (t.raw IS NULL OR t.raw = u.r) AND EXISTS (SELECT 1 FROM swap)")
-            ctes = (f", changed AS (UPDATE {table} AS t SET value = "
-                    f"{as_jsonb('u.n')}, raw = u.nr, expires_at = NULL "
-                    f"FROM unnest(${n}::text[], {document(n + 1, '[]')}, ${n + 2}::bytea[], "
-                    f"{document(n + 3, '[]')}, ${n + 4}::bytea[]) AS u(k, v, r, n, nr) "
-                    f"WHERE {read} RETURNING 1), "
-                    f"removed AS (DELETE FROM {table} AS t USING unnest(${n + 5}::text[], "
-                    f"{document(n + 6, '[]')}, ${n + 7}::bytea[]) AS u(k, v, r) "
-                    f"WHERE {read} RETURNING 1)")
-            check = (f" AND (SELECT count(*) FROM changed) = cardinality(${n}::text[]) "
-                     f"AND (SELECT count(*) FROM removed) = cardinality(${n + 5}::text[])")
+        same = (f"t.key = u.k AND t.{PARTITION_COLUMN} = {_PARTITION_OF.format(key='u.k')}"
+                if sql.partition_of else "t.key = u.k")
+        read = (f"{same} AND {live} AND t.value = {as_jsonb('u.v')} "
+                "AND (t.raw IS NULL OR t.raw = u.r) AND EXISTS (SELECT 1 FROM swap)")
+
+        def moved(n: int, changing: bool, removing: bool) -> tuple[str, str]:
+            """The other keys' compare-and-sets, after the head's: those rewritten (keys,
+            values read, new values: $n.. $n + 4), then those deleted (keys, values read)."""
+            ctes, check = "", ""
+            if changing:
+                ctes += (f", changed AS (UPDATE {table} AS t SET value = {as_jsonb('u.n')}, "
+                         f"raw = u.nr, expires_at = NULL FROM unnest(${n}::text[], "
+                         f"{document(n + 1, '[]')}, ${n + 2}::bytea[], {document(n + 3, '[]')}, "
+                         f"${n + 4}::bytea[]) AS u(k, v, r, n, nr) WHERE {read} RETURNING 1)")
+                check += f" AND (SELECT count(*) FROM changed) = cardinality(${n}::text[])"
+                n += 5
+            if removing:
+                ctes += (f", removed AS (DELETE FROM {table} AS t USING unnest(${n}::text[], "
+                         f"{document(n + 1, '[]')}, ${n + 2}::bytea[]) AS u(k, v, r) "
+                         f"WHERE {read} RETURNING 1)")
+                check += f" AND (SELECT count(*) FROM removed) = cardinality(${n}::text[])"
             return ctes, check
 
         statements = {}
         for (no_expected, no_new), (swap, n) in swaps.items():
             free = (f"NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
                     f"AND {live})")
-            for swapping in (False, True):
-                ctes, check = moved(n + 7) if swapping else ("", "")
-                statements[no_expected, no_new, swapping] = (
+            for changing, removing in itertools.product((False, True), repeat=2):
+                ctes, check = moved(n + 7, changing, removing)
+                statements[no_expected, no_new, changing, removing] = (
                     f"WITH swap AS ({swap.replace('@free', free)}), "
                     f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
                     f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
