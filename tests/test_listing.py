@@ -78,9 +78,11 @@ class CountingStore(StoreWrapper):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
                                     create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         self.calls += 1
-        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put,
+                                                      delete, swap)
 
     async def _delete(self, key: str) -> bool:
         self.calls += 1

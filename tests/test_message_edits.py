@@ -34,12 +34,35 @@ class ScanCounting(RecordingStore):
     def __init__(self, inner: KVStore) -> None:
         super().__init__(inner)
         self.scanned = 0
+        self.calls: list[str] = []  # the store calls, by the name of their hook
 
     async def _scan(self, key_range: KeyRange, reverse: bool,
                     limit: int | None = None) -> AsyncIterator[list[tuple[str, bytes]]]:
+        self.calls.append("scan")
         async for page in super()._scan(key_range, reverse, limit):
             self.scanned += sum(key.startswith("message:") for key, _ in page)
             yield page
+
+    async def _get(self, key: str) -> bytes | None:
+        self.calls.append("get")
+        return await super()._get(key)
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        self.calls.append("get_many")
+        return await super()._get_many(keys)
+
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        self.calls.append("compare_and_set")
+        return await super()._compare_and_set(key, expected, new, ttl)
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
+        self.calls.append("compare_and_set_with")
+        return await super()._compare_and_set_with(key, expected, new, create, put, delete,
+                                                   swap)
 
 
 @pytest.fixture
@@ -237,6 +260,38 @@ async def test_concurrent_pops_never_return_one_message_twice(storage: SessionSt
     popped = [m.content for m in results if m is not None]
     assert sorted(popped) == sorted(f"p{i}" for i in range(12))
     assert await count_and_documents(storage, sid) == (0, 0)
+
+
+async def test_update_and_pop_are_one_read_and_one_transaction(
+        storage: SessionStorage, recording: ScanCounting) -> None:
+    """Where the store changes several keys in one transaction, an update and a pop cost
+    what an append does: the head and the message read together, then one write."""
+    if not recording.atomic_compare_and_set_with:
+        pytest.skip("the store has no multi-key transaction: updates and pops take steps")
+    session = await stored_session(storage)
+    sid = session.session_id
+    recording.calls.clear()
+    await storage.update_message(sid, session.messages[0].message_id, content="edited")
+    assert recording.calls == ["get_many", "compare_and_set_with"]
+    recording.calls.clear()
+    assert await storage.pop_message(sid) == session.messages[-1]
+    assert sorted(recording.calls) == ["compare_and_set_with", "get", "scan"]
+    assert await count_and_documents(storage, sid) == (2, 2)
+
+
+async def test_pops_and_deletes_of_one_message_count_it_out_once(
+        storage: SessionStorage) -> None:
+    session = await stored_session(storage, 0)
+    sid = session.session_id
+    messages = [ChatMessage.create(sid, "user", f"p{i}") for i in range(12)]
+    await storage.append_messages(sid, messages)
+    results = await asyncio.gather(
+        *(storage.pop_message(sid) for _ in range(6)),
+        *(storage.delete_message(sid, message.message_id) for message in messages[6:]))
+    popped = {m.message_id for m in results[:6] if isinstance(m, ChatMessage)}
+    deleted = {m.message_id for m, done in zip(messages[6:], results[6:], strict=True) if done}
+    assert not popped & deleted
+    assert await count_and_documents(storage, sid) == (12 - len(popped | deleted),) * 2
 
 
 async def test_clear_messages_keeps_the_session(storage: SessionStorage) -> None:

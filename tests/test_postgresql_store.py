@@ -373,6 +373,16 @@ async def test_a_pool_passed_in_is_used_and_stays_open(new_namespace: Any) -> No
                 assert await store.compare_and_set(name, read, b'{"c": 1}') is True
                 assert await store.compare_and_set(name, read, b'{"c": 2}') is False
                 assert await store.compare_and_set(name, await store.get(name), None) is True
+            # compare_and_set_with's statements, with other keys swapped (one kept in raw)
+            await store.put_many([("h", b'{"v": 1}'), ("n", orjson.dumps(HARD_VALUES["mixed"])),
+                                  ("raw", orjson.dumps(HARD_VALUES["nul_in_string"]))])
+            head, mixed, raw = await store.get_many(["h", "n", "raw"])
+            assert head is not None and mixed is not None and raw is not None
+            assert await store.compare_and_set_with(
+                "h", head, b'{"v": 2}', swap=[("n", b'{"other": 1}', None)]) is False
+            assert await store.compare_and_set_with(
+                "h", head, b'{"v": 2}', swap=[("n", mixed, b'{"n": 2}'), ("raw", raw, None)])
+            assert await store.get_many(["h", "n", "raw"]) == [b'{"v": 2}', b'{"n": 2}', None]
         assert not pool._closed
         # Our codec never lands on the caller's connections: jsonb still comes back as text.
         assert await pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == '{"a": 1}'

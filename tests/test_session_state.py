@@ -255,6 +255,46 @@ async def test_state_of_each_scope_merges_replaces_and_compares(
             build()
 
 
+async def test_delete_state_removes_one_scope_and_compares(storage: SessionStorage) -> None:
+    session = ChatSession.create("m")
+    await storage.save_session(session)
+    scopes = [StateScope.session(session.session_id), StateScope.user("app", "u"),
+              StateScope.app("app")]
+    for scope in scopes:
+        await storage.update_state(scope, {"a": 1})
+    user = scopes[1]
+    assert await storage.delete_state(user) is True
+    assert await storage.get_state(user) == State()
+    assert await storage.store.get(user.key) is None
+    assert await storage.delete_state(user) is False  # nothing left to remove
+    for scope in (scopes[0], scopes[2]):  # the other scopes keep theirs
+        assert (await storage.get_state(scope)).value == {"a": 1}
+    app = scopes[2]
+    await storage.update_state(app, {"b": 2})  # revision 2
+    with pytest.raises(RevisionConflictError):
+        await storage.delete_state(app, expected_revision=1)
+    assert (await storage.get_state(app)).revision == 2
+    assert await storage.delete_state(app, expected_revision=2) is True
+    with pytest.raises(RevisionConflictError):
+        await storage.delete_state(app, expected_revision=2)
+    assert await storage.delete_state(app, expected_revision=0) is False
+    with pytest.raises(InvalidValueError):
+        await storage.delete_state(app, expected_revision=-1)
+    with pytest.raises(InvalidValueError):
+        await storage.delete_state("app")  # type: ignore[arg-type]
+    assert await storage.delete_state(scopes[0]) is True  # the session stays
+    assert await storage.load_session(session.session_id) is not None
+    await storage.update_state(user, {"again": True})  # written anew from revision 1
+    assert (await storage.get_state(user)).revision == 1
+
+
+async def test_concurrent_deletes_of_one_state_remove_it_once(storage: SessionStorage) -> None:
+    scope = StateScope.app("race")
+    await storage.update_state(scope, {"a": 1})
+    results = await asyncio.gather(*(storage.delete_state(scope) for _ in range(8)))
+    assert sorted(results) == [False] * 7 + [True]
+
+
 async def test_session_state_needs_its_session_and_goes_with_it(
     storage: SessionStorage
 ) -> None:

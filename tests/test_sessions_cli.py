@@ -43,6 +43,34 @@ def session_ids(listing: str) -> list[str]:
             and len(line.split()[0]) == 36]
 
 
+def test_ls_lists_one_owners_sessions(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    owners = [("ann", "chat"), ("ann", "chat"), ("ann", "mail"), ("bob", "chat"), (None, None)]
+
+    async def store() -> list[str]:
+        async with SessionStorage.from_url(url) as storage:
+            made = [ChatSession.create("m", user_id=user, app_name=app) for user, app in owners]
+            for session in made:
+                await storage.save_session(session)
+            return [session.session_id for session in made]
+
+    made = asyncio.run(store())
+    code, out, _ = run(capsys, "ls", url, "--user", "ann")
+    assert code == 0 and sorted(session_ids(out)) == sorted(made[:3])
+    assert "3 sessions of user 'ann' in" in out
+    code, out, _ = run(capsys, "ls", url, "--app", "chat")
+    assert sorted(session_ids(out)) == sorted([made[0], made[1], made[3]])
+    code, out, _ = run(capsys, "ls", url, "--user", "ann", "--app", "chat")
+    assert sorted(session_ids(out)) == sorted(made[:2])
+    code, out, _ = run(capsys, "ls", url, "--user", "ann", "--app", "chat", "--limit", "1")
+    assert len(session_ids(out)) == 1 and "(there are more)" in out
+    next_page = shlex.split(out.split("next page: kvsessions ")[1].splitlines()[0])
+    assert next_page[:8] == ["ls", url, "--user", "ann", "--app", "chat", "--limit", "1"]
+    code, out, _ = run(capsys, *next_page)
+    assert code == 0 and len(session_ids(out)) == 1 and "next page" not in out
+    code, out, _ = run(capsys, "ls", url, "--user", "carol")
+    assert code == 0 and out.startswith("No sessions of user 'carol' in")
+
+
 def test_demo_then_ls_show_stats(capsys: pytest.CaptureFixture[str], url: str) -> None:
     code, out, _ = run(capsys, "demo", "--url", url)
     assert code == 0

@@ -57,13 +57,17 @@ class RecordingStore(StoreWrapper):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
                                     create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         # The keys it creates, then the head (from no value it creates it, as put_if_absent
         # does), as an append wrote them one by one before (one transaction where atomic).
+        # The keys it swaps come before the head, as an update or a pop wrote them before.
         self.writes.extend(("put_if_absent", other) for other, _ in create)
+        self.writes.extend(("compare_and_set", other) for other, _, _ in swap)
         self.writes.append(("put_if_absent" if expected is None else "compare_and_set", key))
         self.writes.extend(("put", other) for other, _ in put)
-        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put,
+                                                      delete, swap)
 
 
 def document_writes(recording: RecordingStore) -> list[tuple[str, str]]:

@@ -132,25 +132,35 @@ async def list_command(args: argparse.Namespace) -> int:
     """One page of session heads and how many there are; the command for the next page is
     printed under it."""
     url = await _store_url(args)
+    owned = args.user is not None or args.app is not None
     async with opened_session_storage(url) as storage:
         sessions, cursor = await storage.page_sessions(status=args.status, limit=args.limit,
-                                                       before=args.before)
-        # Counting reads every head (streamed): only when there is more than this page.
-        total = await storage.count_sessions(args.status) if cursor is not None else None
+                                                       before=args.before, user_id=args.user,
+                                                       app_name=args.app)
+        # Counting reads every head (streamed): only when there is more than this page, and
+        # not for one owner's sessions (listed through the index, never counted).
+        total = (await storage.count_sessions(args.status)
+                 if cursor is not None and not owned else None)
     what = f"{args.status} session" if args.status else "session"
+    owner = "".join(f" of {kind} {name!r}" for kind, name in (("user", args.user),
+                                                             ("app", args.app)) if name)
     shown = redact_url(url)
     if not sessions:
-        print(f"No {'more ' if args.before else ''}{what}s in {shown}")
+        print(f"No {'more ' if args.before else ''}{what}s{owner} in {shown}")
         return 0
     print(_table(_SESSION_HEADERS, _session_rows(sessions), right={3}))
     if total is not None and total > len(sessions):
         print(f"\n{len(sessions):,} of {plural(total, what)} in {shown} (the most recently "
               "updated; --limit shows more)")
+    elif cursor is not None:
+        print(f"\nthe {plural(len(sessions), what)}{owner} updated most recently in {shown} "
+              "(there are more)")
     else:
-        print(f"\n{plural(len(sessions), what)} in {shown}")
+        print(f"\n{plural(len(sessions), what)}{owner} in {shown}")
     if cursor is not None:
-        status = f" --status {args.status}" if args.status else ""
-        print(f"next page: kvsessions ls {shlex.quote(shown)}{status} "
+        options = "".join(f" --{option} {shlex.quote(value)}" for option, value in (
+            ("status", args.status), ("user", args.user), ("app", args.app)) if value)
+        print(f"next page: kvsessions ls {shlex.quote(shown)}{options} "
               f"--limit {args.limit} --before {shlex.quote(cursor)}")
     return 0
 
@@ -247,6 +257,10 @@ def register(subparsers: Any) -> None:
                         help="show at most N sessions (default 100)")
     parser.add_argument("--before", metavar="CURSOR",
                         help="the page after the one that printed this cursor")
+    parser.add_argument("--user", metavar="USER",
+                        help="only sessions of user USER (their user_id)")
+    parser.add_argument("--app", metavar="APP",
+                        help="only sessions of application APP (their app_name)")
     parser.set_defaults(handler=list_command)
 
     parser = subparsers.add_parser(

@@ -295,28 +295,35 @@ class KVStore(ABC):
     async def compare_and_set_with(
         self, key: str, expected: bytes | None, new: bytes | None, *,
         create: Iterable[tuple[str, bytes]] = (), put: Iterable[tuple[str, bytes]] = (),
-        delete: Iterable[str] = (),
+        delete: Iterable[str] = (), swap: Iterable[tuple[str, bytes, bytes | None]] = (),
     ) -> bool:
         """``compare_and_set(key, expected, new)`` together with writes of other keys (no
         ttl; every key named once): the items of ``create``, which must all be absent (else
-        the call is a failed compare), the items of ``put``, and the removal of ``delete``.
+        the call is a failed compare), the items of ``put``, the removal of ``delete``, and
+        for each ``(other, read, value)`` of ``swap`` a compare-and-set of ``other`` from
+        ``read`` (a value read from this store) to ``value`` (None: delete it), which must
+        match too (else the call is a failed compare).
         Where ``atomic_compare_and_set_with`` is True it is one transaction: everything, or
         nothing and False. Elsewhere (the default) the writes come in the order an index
-        needs without transactions: ``create`` (undone on failure), ``put`` (stored whatever
-        the outcome), the compare-and-set, then, only if it succeeded, ``delete``."""
+        needs without transactions: ``create``, then ``swap`` (both undone on failure, as
+        far as nobody changed them since), ``put`` (stored whatever the outcome), the
+        compare-and-set, then, only if it succeeded, ``delete``."""
         check_key(key)
         expected, new = _check_swap(key, expected, new)
         made = _checked_items(create, "create")
         items = _checked_items(put, "put")
         removed = list(dict.fromkeys(check_key(other) for other in _iterable(delete, "delete")))
-        named = [key, *made, *items, *removed]
+        swaps = _checked_swaps(swap)
+        named = [key, *made, *items, *removed, *swaps]
         if len(set(named)) != len(named):
             raise InvalidValueError("compare_and_set_with names each key once: the key, the "
-                                    "keys created, put and deleted may not overlap", key=key)
+                                    "keys created, put, deleted and swapped may not overlap",
+                                    key=key)
         await self._ready()
         try:
             return await self._compare_and_set_with(
-                key, expected, new, list(made.items()), list(items.items()), removed)
+                key, expected, new, list(made.items()), list(items.items()), removed,
+                [(other, read, value) for other, (read, value) in swaps.items()])
         except Exception as exc:
             error = self._map_error(exc, "compare_and_set_with")
         raise error
@@ -538,22 +545,31 @@ class KVStore(ABC):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         """Not atomic (see ``compare_and_set_with``); adapters with transactions override
         this and set ``_atomic_compare_and_set_with``."""
         made: list[str] = []
+        moved: list[tuple[str, bytes, bytes | None]] = []
         swapped = False
         try:
             for other, value in create:
                 if not await self._put_if_absent(other, value, None):
                     return False
                 made.append(other)
+            for other, read, after in swap:
+                if not await self._compare_and_set(other, read, after, None):
+                    return False
+                moved.append((other, read, after))
             if put:
                 await self._put_many(put, None)
             swapped = await self._compare_and_set(key, expected, new, None)
         finally:
-            if made and not swapped:
-                await self._delete_many(made)
+            if not swapped:
+                for other, read, after in reversed(moved):
+                    await self._compare_and_set(other, after, read, None)
+                if made:
+                    await self._delete_many(made)
         if swapped and delete:
             await self._delete_many(delete)
         return swapped
@@ -656,6 +672,24 @@ def _check_swap(key: str, expected: object, new: object) -> tuple[bytes | None, 
         check_written(new, key=key)
         assert isinstance(new, bytes | bytearray | memoryview)
     return (None if expected is None else bytes(expected), None if new is None else bytes(new))
+
+
+def _checked_swaps(items: object) -> dict[str, tuple[bytes, bytes | None]]:
+    """``compare_and_set_with``'s ``swap``: (key, value read, new value or None) triples."""
+    checked: dict[str, tuple[bytes, bytes | None]] = {}
+    for item in _iterable(items, "swap"):
+        if not isinstance(item, tuple) or len(item) != 3:
+            raise InvalidValueError(f"swap takes (key, expected, new) triples, not {item!r:.60}")
+        key, expected, new = item
+        check_key(key)
+        read, value = _check_swap(key, expected, new)
+        if read is None:
+            raise InvalidValueError("swap compares with a value read from the store (create "
+                                    "names the keys that must be absent)", key=key)
+        if key in checked:
+            raise InvalidValueError("swap names the key twice", key=key)
+        checked[key] = (read, value)
+    return checked
 
 
 def _checked_items(items: object, what: str) -> dict[str, bytes]:

@@ -110,11 +110,14 @@ class MemoryStore(KVStore):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         # Under the lock that every method takes: atomic for every loop and thread.
         with self._lock:
             now = time.time()
             if any(self._live(other, now) is not None for other, _ in create):
+                return False
+            if any(self._live(other, now) != read for other, read, _ in swap):
                 return False
             current = self._live(key, now)
             if current != expected:
@@ -128,6 +131,11 @@ class MemoryStore(KVStore):
             for other in delete:
                 if self._live(other, now) is not None:
                     self._remove(other)
+            for other, _, after in swap:
+                if after is None:
+                    self._remove(other)
+                else:
+                    self._set(other, after, None)
             return True
 
     async def _scan_page(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -539,7 +540,8 @@ class PostgreSQLStore(KVStore):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         """One statement, so one round trip and one transaction: the compare-and-set as a
         data-modifying CTE, and the other writes conditional on its row."""
         args: list[Any] = [key]
@@ -548,18 +550,28 @@ class PostgreSQLStore(KVStore):
         if new is not None:
             args += _split(new)
         args += [*_columns(create), *_columns(put), delete]
-        sql = self._cas_with_sql[expected is None, new is None]
+        changed = [(other, read, value) for other, read, value in swap if value is not None]
+        removed = [(other, read) for other, read, value in swap if value is None]
+        if changed:
+            args += [*_columns([(other, read) for other, read, _ in changed]),
+                     *_columns([(other, value) for other, _, value in changed])[1:]]
+        if removed:
+            args += _columns(removed)
+        sql = self._cas_with_sql[expected is None, new is None, bool(changed), bool(removed)]
         try:
             return await self._run("fetchval", sql, *args) is True
         except asyncpg.DivisionByZeroError:
             return False  # a key to create was taken meanwhile: the statement undid it all
 
     @functools.cached_property
-    def _cas_with_sql(self) -> dict[tuple[bool, bool], str]:
-        """The statements of ``compare_and_set_with`` by (expected is None, new is None).
-        The swap also needs every key to create absent; should one be created by someone
-        else between that check and the insert (no lock covers an absent row), the final
-        SELECT divides by zero, which rolls the whole statement back."""
+    def _cas_with_sql(self) -> dict[tuple[bool, bool, bool, bool], str]:
+        """The statements of ``compare_and_set_with`` by (expected is None, new is None,
+        other keys to rewrite, other keys to delete: each a CTE only where needed). The
+        swap also needs every key to create absent; should one be created by someone else
+        between that check and the insert (no lock covers an absent row), or a key to swap
+        hold another value (checked after the head, so locks are taken head first, as by
+        every other statement that locks a head and other rows), the final SELECT divides
+        by zero, which rolls the whole statement back."""
         table = _quote_identifier(self.namespace)
         sql = self._sql  # a partitioned table: inserts fill its column, conflicts name it
         columns, partition_of = sql.insert_columns, sql.partition_of
@@ -572,7 +584,10 @@ class PostgreSQLStore(KVStore):
                 return f"${n}::jsonb{array}"
             return f"convert_from(${n}::bytea, 'UTF8')::jsonb" if not array else f"${n}::bytea[]"
 
-        values_out = "v" if self._caller_pool is None else "convert_from(v, 'UTF8')::jsonb"
+        def as_jsonb(column: str) -> str:
+            return column if self._caller_pool is None else f"convert_from({column}, 'UTF8')::jsonb"
+
+        values_out = as_jsonb("v")
 
         def rows(n: int) -> str:
             return (f"SELECT k, {values_out}, r, NULL::timestamptz"
@@ -592,22 +607,47 @@ class PostgreSQLStore(KVStore):
             (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
                            f"WHERE {sql.one_key} AND {live})", 2),
         }
+        same = (f"t.key = u.k AND t.{PARTITION_COLUMN} = {_PARTITION_OF.format(key='u.k')}"
+                if sql.partition_of else "t.key = u.k")
+        read = (f"{same} AND {live} AND t.value = {as_jsonb('u.v')} "
+                "AND (t.raw IS NULL OR t.raw = u.r) AND EXISTS (SELECT 1 FROM swap)")
+
+        def moved(n: int, changing: bool, removing: bool) -> tuple[str, str]:
+            """The other keys' compare-and-sets, after the head's: those rewritten (keys,
+            values read, new values: $n.. $n + 4), then those deleted (keys, values read)."""
+            ctes, check = "", ""
+            if changing:
+                ctes += (f", changed AS (UPDATE {table} AS t SET value = {as_jsonb('u.n')}, "
+                         f"raw = u.nr, expires_at = NULL FROM unnest(${n}::text[], "
+                         f"{document(n + 1, '[]')}, ${n + 2}::bytea[], {document(n + 3, '[]')}, "
+                         f"${n + 4}::bytea[]) AS u(k, v, r, n, nr) WHERE {read} RETURNING 1)")
+                check += f" AND (SELECT count(*) FROM changed) = cardinality(${n}::text[])"
+                n += 5
+            if removing:
+                ctes += (f", removed AS (DELETE FROM {table} AS t USING unnest(${n}::text[], "
+                         f"{document(n + 1, '[]')}, ${n + 2}::bytea[]) AS u(k, v, r) "
+                         f"WHERE {read} RETURNING 1)")
+                check += f" AND (SELECT count(*) FROM removed) = cardinality(${n}::text[])"
+            return ctes, check
+
         statements = {}
-        for variant, (swap, n) in swaps.items():
+        for (no_expected, no_new), (swap, n) in swaps.items():
             free = (f"NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
                     f"AND {live})")
-            statements[variant] = (
-                f"WITH swap AS ({swap.replace('@free', free)}), "
-                f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
-                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
-                "RETURNING 1), "
-                f"put AS (INSERT INTO {table} {columns} {rows(n + 3)} "
-                f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
-                f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
-                "AND EXISTS (SELECT 1 FROM swap)) "
-                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM swap) THEN false "
-                f"WHEN (SELECT count(*) FROM made) = cardinality(${n}::text[]) THEN true "
-                "ELSE 1 / ((SELECT count(*) FROM made) * 0) = 0 END")
+            for changing, removing in itertools.product((False, True), repeat=2):
+                ctes, check = moved(n + 7, changing, removing)
+                statements[no_expected, no_new, changing, removing] = (
+                    f"WITH swap AS ({swap.replace('@free', free)}), "
+                    f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
+                    f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
+                    "RETURNING 1), "
+                    f"put AS (INSERT INTO {table} {columns} {rows(n + 3)} "
+                    f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
+                    f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
+                    f"AND EXISTS (SELECT 1 FROM swap)){ctes} "
+                    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM swap) THEN false "
+                    f"WHEN (SELECT count(*) FROM made) = cardinality(${n}::text[]){check} "
+                    "THEN true ELSE 1 / ((SELECT count(*) FROM made) * 0) = 0 END")
         return statements
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:

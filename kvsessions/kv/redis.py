@@ -405,22 +405,28 @@ class RedisStore(KVStore):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         """One script over every key's partition names. A single server runs it whatever the
         partitions; a cluster only when every key is in the head's partition (one slot: a
         script across slots is refused, CROSSSLOT), else the safe-order default, which is
         why ``atomic_compare_and_set_with`` is False on a cluster."""
-        named = [key, *[other for other, _ in create], *[other for other, _ in put], *delete]
+        named = [key, *[other for other, _ in create], *[other for other, _ in put],
+                 *[other for other, _, _ in swap], *delete]
         if self._cluster and any(partition_of(other) != partition_of(key) for other in named):
-            return await super()._compare_and_set_with(key, expected, new, create, put, delete)
+            return await super()._compare_and_set_with(key, expected, new, create, put, delete,
+                                                       swap)
         keys: list[bytes] = []
         for other in named:
             names = self._names(other)
             keys += (names.value(other), names.index, names.expiry, names.runs)
         head: list[Any] = [b"" if expected is None else expected, b"" if new is None else new]
-        rest: list[Any] = [len(create), len(put), *[other.encode() for other in named],
+        rest: list[Any] = [len(create), len(put), len(swap),
+                           *[other.encode() for other in named],
                            *[run_of(other) for other in named],
                            *[value for _, value in create], *[value for _, value in put]]
+        for _, read, value in swap:
+            rest += (read, b"" if value is None else value)
         try:
             result = await self._run(scripts.COMPARE_AND_SET_WITH, keys, [*head, "", *rest])
             if isinstance(result, list):  # runs the directory lacks: add them, then confirm

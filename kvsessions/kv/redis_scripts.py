@@ -207,16 +207,23 @@ return 1
 
 # compare_and_set_with, no ttl. Every key named comes with its partition's names: KEYS holds,
 # per key, its value key, index, expiry set and runs set (4 each): first the compared key, then
-# those created, then put, then deleted. ARGV: expected ('' = absent), new ('' = delete),
-# confirmed, how many keys are created, how many put, every key's member, every key's run, then
-# the values created and put. Returns 0 (the compare failed or a key to create was taken), 1
-# (all written), or the runs of written keys that the directory may lack (nothing written; the
-# store adds them and runs the script again, confirmed). One script: on one server it may name
-# keys of several partitions; a cluster runs it only on keys of one partition (one slot).
+# those created, then put, then swapped, then deleted. ARGV: expected ('' = absent), new ('' =
+# delete), confirmed, how many keys are created, how many put, how many swapped, every key's
+# member, every key's run, then the values created and put, then per key swapped the value it
+# must hold and its new value ('' = delete). Returns 0 (a compare failed or a key to create
+# was taken), 1 (all written), or the runs of written keys that the directory may lack
+# (nothing written; the store adds them and runs the script again, confirmed). One script: on
+# one server it may name keys of several partitions; a cluster runs it only on keys of one
+# partition (one slot).
 _COMPARE_AND_SET_WITH_LUA = _REGISTERED_LUA + """
 local m = #KEYS / 4
-local created, put = tonumber(ARGV[4]), tonumber(ARGV[5])
+local created, put, swapped = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local members, runs, values = 6, 6 + m, 5 + 2 * m
+local last_put, last_swap = 1 + created + put, 1 + created + put + swapped
 local function name(i, part) return KEYS[4 * (i - 1) + part] end
+local function swap_arg(i, which)
+  return ARGV[values + last_put + 2 * (i - last_put) - 2 + which]
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   if current ~= ARGV[1] then return 0 end
@@ -226,31 +233,40 @@ end
 for i = 2, 1 + created do
   if redis.call('EXISTS', name(i, 1)) == 1 then return 0 end
 end
-local first = 1
-if ARGV[2] == '' then first = 2 end
+for i = last_put + 1, last_swap do
+  if redis.call('GET', name(i, 1)) ~= swap_arg(i, 1) then return 0 end
+end
 local missing = {}
-for i = first, 1 + created + put do
-  if not registered(name(i, 4), ARGV[5 + m + i], ARGV[3]) then
-    missing[#missing + 1] = ARGV[5 + m + i]
+local function check(i)
+  if not registered(name(i, 4), ARGV[runs + i], ARGV[3]) then
+    missing[#missing + 1] = ARGV[runs + i]
   end
+end
+if ARGV[2] ~= '' then check(1) end
+for i = 2, last_put do check(i) end
+for i = last_put + 1, last_swap do
+  if swap_arg(i, 2) ~= '' then check(i) end
 end
 if #missing > 0 then return missing end
 local function remove(i)
   redis.call('DEL', name(i, 1))
-  redis.call('ZREM', name(i, 2), ARGV[5 + i])
-  redis.call('ZREM', name(i, 3), ARGV[5 + i])
+  redis.call('ZREM', name(i, 2), ARGV[members + i])
+  redis.call('ZREM', name(i, 3), ARGV[members + i])
+end
+local function set(i, value)
+  redis.call('SET', name(i, 1), value)
+  redis.call('ZADD', name(i, 2), 0, ARGV[members + i])
 end
 if ARGV[2] == '' then
   if current then remove(1) end
 else
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('ZADD', KEYS[2], 0, ARGV[6])
+  set(1, ARGV[2])
 end
-for i = 2, 1 + created + put do
-  redis.call('SET', name(i, 1), ARGV[4 + 2 * m + i])
-  redis.call('ZADD', name(i, 2), 0, ARGV[5 + i])
+for i = 2, last_put do set(i, ARGV[values + i]) end
+for i = last_put + 1, last_swap do
+  if swap_arg(i, 2) == '' then remove(i) else set(i, swap_arg(i, 2)) end
 end
-for i = 2 + created + put, m do remove(i) end
+for i = last_swap + 1, m do remove(i) end
 return 1
 """
 

@@ -421,16 +421,24 @@ class SQLiteStore(KVStore):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         """The compare-and-set's transaction, with the other writes inside it."""
         rows = [(other, value, None) for other, value in (*create, *put)]
+        rows += [(other, value, None) for other, _, value in swap if value is not None]
         created = [other for other, _ in create]
+        delete = [*delete, *(other for other, _, value in swap if value is None)]
         upsert, table, live, now = self._sql_put, self._table, self._live, time.time()
 
         def write_others(db: sqlite3.Connection) -> bool:
             for start in range(0, len(created), _IN_CHUNK):
                 if _select_in(db, table, live, created[start:start + _IN_CHUNK], now):
                     return False  # a key to create is taken
+            for other, read, _ in swap:
+                row = db.execute(f"SELECT value FROM {table} WHERE key = ? AND {live}",
+                                 (other, now)).fetchone()
+                if row is None or self._value(other, row[0]) != read:
+                    return False  # a key to swap holds another value
             if rows:
                 db.executemany(upsert, rows)
             for start in range(0, len(delete), _IN_CHUNK):

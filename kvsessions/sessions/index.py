@@ -142,20 +142,23 @@ class SessionIndex:
         self._decode = decode
 
     async def change(self, session_id: str, head: Head | None, new: dict[str, Any],
-                     encoded: bytes, create: list[tuple[str, bytes]] | None = None) -> bool:
+                     encoded: bytes, create: list[tuple[str, bytes]] | None = None,
+                     swap: list[tuple[str, bytes, bytes | None]] | None = None) -> bool:
         """Compare-and-set the head of ``session_id`` from ``head`` (as read; None: absent)
-        to ``new`` (``encoded``), with its entries by the rules, and ``create`` those keys
-        (see ``compare_and_set_with``); False when the head was not the one read, or a key
-        to create was taken (the head is then unchanged). ``encoded`` and the values of
-        ``create`` come from ``encode_document``, which checked them: the store does not
-        parse them again."""
+        to ``new`` (``encoded``), with its entries by the rules, ``create`` those keys and
+        ``swap`` those (see ``compare_and_set_with``); False when the head was not the one
+        read, a key to create was taken or a key to swap holds another value (the head is
+        then unchanged). ``encoded`` and the new values of ``create`` and ``swap`` come from
+        ``encode_document``, which checked them: the store does not parse them again."""
         stored, old = (None, None) if head is None else head
         before, after = head_entries(old), head_entries(new)
         swapped = await self._raw.compare_and_set_with(
             session_key(session_id), stored, CheckedValue(encoded),
             create=[(key, CheckedValue(value)) for key, value in create or ()],
             put=[(entry, _CHECKED_ENTRY) for entry in sorted(after - before)],
-            delete=sorted(before - after))
+            delete=sorted(before - after),
+            swap=[(key, read, None if value is None else CheckedValue(value))
+                  for key, read, value in swap or ()])
         if swapped and not self._raw.atomic_compare_and_set_with:
             await self._settle_change(session_id, old, new, before, after)
         return swapped

@@ -20,7 +20,12 @@ Where the store writes a head and other keys in one transaction
 (``atomic_compare_and_set_with``), an append first tries the head change that counts its
 messages and their creation as one call: the messages then exist exactly when they are
 counted, which gives the same guarantee; a head changed meanwhile or a message stored
-already (a retried append) makes it fall back to the order above, from a fresh read.
+already (a retried append) makes it fall back to the order above, from a fresh read. There
+an update and a pop are one read and one transaction too: the message's compare-and-set
+(``swap``: rewritten, or removed if it is still the value read) and the head change, all or
+nothing, repeated from fresh reads when another writer got in first. A pop and a concurrent
+``delete_message`` of one message then count it out once: the pop's transaction finds it
+gone and writes nothing.
 
 So the count never falls below the messages stored, nor does a removal find it short of what
 it removed (a count that would go below 0 stays 0: only a message stored by a release that
@@ -46,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvsessions.documents.codec import format_timestamp, message_to_document, parse_timestamp
-from kvsessions.documents.keys import message_key, message_prefix, session_key
+from kvsessions.documents.keys import encode_id, message_key, message_prefix, session_key
 from kvsessions.documents.models import ChatMessage, utc_now
 from kvsessions.errors import (
     InvalidValueError,
@@ -299,9 +304,6 @@ class MessageEdits:
         nothing changes or the result is invalid."""
         key = check_key(message_key(_check_id(session_id, "session_id"),
                                     _check_id(message_id, "message_id")))
-        head = await self._live_head(session_id)
-        if head is None:
-            raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
         changes: dict[str, Any] = {}
         if content is not None:
             changes["content"] = content
@@ -309,22 +311,77 @@ class MessageEdits:
             changes["role"] = role
         if metadata is not None:
             changes["metadata"] = dict(metadata)
+        if self._raw.atomic_compare_and_set_with:
+            return await outlive_cancellation(
+                self._update_together(session_id, message_id, key, changes))
+        head = await self._live_head(session_id)
+        if head is None:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
         return await outlive_cancellation(
             self._update(session_id, message_id, key, changes, head))
+
+    async def _read_together(self, session_id: str, key: str) -> tuple[Head | None,
+                                                                        bytes | None]:
+        """The live head (None: gone or being deleted) and the value of ``key``, in one
+        ``get_many``."""
+        await self._index_state.before_write()
+        head_key = session_key(session_id)
+        value, stored = await self._raw.get_many([head_key, key])
+        head: Head | None = None
+        if value is not None:
+            document = self._documents.decode(head_key, value)
+            if document.get("session_id") == session_id:
+                head = (value, document)
+        if head is None and (value is not None or encode_id(session_id) != session_id):
+            head = await self._read_head(session_id)  # what a legacy key makes of it
+        if head is None or head[1]["status"] == DELETING:
+            return None, stored
+        return head, stored
+
+    def _edited(self, session_id: str, message_id: str, key: str, stored: bytes | None,
+                changes: dict[str, Any]) -> tuple[ChatMessage, ChatMessage, bytes | None]:
+        """The stored message, the message with ``changes``, and its new value (None when
+        nothing changes)."""
+        if stored is None:
+            raise MessageNotFoundError(f"no message {message_id!r} in session {session_id!r}")
+        message = parse_message(self._documents, key, stored)
+        updated = dataclasses.replace(message, **changes)
+        document = message_to_document(updated)
+        if orjson.dumps(document) == orjson.dumps(message_to_document(message)):
+            return message, message, None
+        return message, updated, self._documents.encode(key, document)
+
+    async def _update_together(self, session_id: str, message_id: str, key: str,
+                               changes: dict[str, Any]) -> ChatMessage:
+        """``update_message`` on a store with transactions: one read of the head and the
+        message, then one transaction of both (see the module docstring)."""
+        while True:
+            head, stored = await self._read_together(session_id, key)
+            if head is None:
+                raise SessionNotFoundError(f"no session {session_id!r} in {self.store!r}")
+            message, updated, value = self._edited(session_id, message_id, key, stored,
+                                                   changes)
+            if value is None:
+                return message
+            assert stored is not None
+            current = head[1]
+            document = touched(dict(current), utc_now())
+            encoded = head[0]
+            if document != current:
+                next_revision(document, current)
+                encoded = self._documents.encode(session_key(session_id), document)
+            if await self._index.change(session_id, head, document, encoded,
+                                        swap=[(key, stored, value)]):
+                return updated
 
     async def _update(self, session_id: str, message_id: str, key: str,
                       changes: dict[str, Any], head: Head) -> ChatMessage:
         while True:
             stored = await self._raw.get(key)
-            if stored is None:
-                raise MessageNotFoundError(
-                    f"no message {message_id!r} in session {session_id!r}")
-            message = parse_message(self._documents, key, stored)
-            updated = dataclasses.replace(message, **changes)
-            document = message_to_document(updated)
-            if orjson.dumps(document) == orjson.dumps(message_to_document(message)):
+            message, updated, value = self._edited(session_id, message_id, key, stored,
+                                                   changes)
+            if value is None:
                 return message
-            value = self._documents.encode(key, document)
             if await self._raw.compare_and_set(key, stored, value):
                 break
         if await self._change_head(session_id, head,
@@ -361,14 +418,21 @@ class MessageEdits:
         stays; with ``on_damaged="skip"`` it is removed (it is the latest: popping it is what
         was asked), reported, and the call returns None."""
         handling = self._handling(on_damaged)
-        head = await self._live_head(session_id)
-        if head is None:
-            return None
         prefix = message_prefix(session_id)
+        together = self._raw.atomic_compare_and_set_with
+        head = None if together else await self._live_head(session_id)
+        if not together and head is None:
+            return None
         while True:
-            latest: tuple[str, bytes] | None = None
-            async for page in self._raw.scan_pages(prefix, limit=1, reverse=True):
-                latest = page[0]
+            if together:
+                # the head and the latest message, read concurrently, removed in one
+                # transaction (see the module docstring)
+                head, latest = await asyncio.gather(self._live_head(session_id),
+                                                    self._latest(prefix))
+                if head is None:
+                    return None
+            else:
+                latest = await self._latest(prefix)
             if latest is None:
                 return None
             key, value = latest
@@ -379,10 +443,27 @@ class MessageEdits:
                 if not handling.skips:
                     raise
                 message, damage = None, error
-            if await outlive_cancellation(self._pop(session_id, key, value, head)):
+            assert head is not None
+            pop = self._pop_together if together else self._pop
+            if await outlive_cancellation(pop(session_id, key, value, head)):
                 if damage is not None:
                     handling.damaged(key, damage)
                 return message
+
+    async def _latest(self, prefix: str) -> tuple[str, bytes] | None:
+        latest: tuple[str, bytes] | None = None
+        async for page in self._raw.scan_pages(prefix, limit=1, reverse=True):
+            latest = page[0]
+        return latest
+
+    async def _pop_together(self, session_id: str, key: str, value: bytes,
+                            head: Head) -> bool:
+        """Remove the message ``key`` if it is still ``value`` and count it out, in one
+        transaction; False when it or the head changed meanwhile."""
+        document = next_revision(removal_change(1, utc_now())(head[1]), head[1])
+        encoded = self._documents.encode(session_key(session_id), document)
+        return await self._index.change(session_id, head, document, encoded,
+                                        swap=[(key, value, None)])
 
     async def _pop(self, session_id: str, key: str, value: bytes, head: Head) -> bool:
         if not await self._raw.compare_and_set(key, value, None):

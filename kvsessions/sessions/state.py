@@ -154,6 +154,25 @@ class StateDocuments:
         new = dict(_check_mapping(value, "value"))
         return await self._write(scope, lambda _: dict(new), expected_revision)
 
+    async def delete(self, scope: StateScope, expected_revision: int | None) -> bool:
+        """Remove the state document of ``scope`` by compare-and-set from the document just
+        read (so a write that came between is not lost silently: the delete reads again,
+        and ``expected_revision`` refuses it); True if this call removed it."""
+        key = _scope(scope).key
+        check_expected_revision(expected_revision)
+        return await outlive_cancellation(self._delete_loop(scope, key, expected_revision))
+
+    async def _delete_loop(self, scope: StateScope, key: str,
+                           expected_revision: int | None) -> bool:
+        while True:
+            stored = await self._raw.get(key)
+            current = None if stored is None else self._documents.decode(key, stored)
+            check_revision(scope.describe(), expected_revision, current)
+            if stored is None:
+                return False
+            if await self._raw.compare_and_set(key, stored, None):
+                return True
+
     async def _write(self, scope: StateScope, change: Change,
                      expected_revision: int | None) -> State:
         key = _scope(scope).key

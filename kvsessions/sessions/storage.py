@@ -535,6 +535,13 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
         """Replace the state of ``scope`` with ``value``, atomically; the state stored."""
         return await self._states.set(scope, value, expected_revision)
 
+    async def delete_state(self, scope: StateScope, *,
+                           expected_revision: int | None = None) -> bool:
+        """Remove the state of ``scope`` (it then reads as ``State()``, revision 0); True if
+        this call removed it. ``RevisionConflictError``, nothing removed, when
+        ``expected_revision`` is given and the state is at another revision."""
+        return await self._states.delete(scope, expected_revision)
+
     def has_changes(self, session: ChatSession) -> bool:
         """Whether ``save_session(session)`` has anything to write: messages not stored yet,
         edited or removed, or head fields changed since this storage last loaded, listed or

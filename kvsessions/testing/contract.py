@@ -88,6 +88,13 @@ async def collect(iterator: AsyncIterator[tuple[str, bytes]]) -> list[tuple[str,
     return [item async for item in iterator]
 
 
+async def values(store: KVStore, keys: list[str]) -> list[Any]:
+    """The documents under ``keys`` (None where missing): stores may give back another
+    spelling of the JSON written."""
+    return [None if value is None else orjson.loads(value)
+            for value in await store.get_many(keys)]
+
+
 class KVStoreContract:
     """Subclass this with a ``store_factory`` fixture returning a ``StoreFactory``."""
 
@@ -656,6 +663,106 @@ class KVStoreContract:
         winner = results.index(True)
         assert orjson.loads(await store.get("race") or b"") == {"who": winner}
         assert await store.get("shared") is None
+        if store.atomic_compare_and_set_with:
+            assert await store.keys("mine:") == [f"mine:{winner:02d}"]
+
+    async def test_compare_and_set_with_swaps_other_keys(self, store: KVStore) -> None:
+        """``swap``: other keys compared with a value read and then replaced or deleted,
+        with the head's compare-and-set, all or nothing (on every store when no one else
+        writes: the default undoes its swaps when a later compare fails)."""
+        await store.put_many([("h", dumps({"v": 1})), ("m:1", dumps({"m": 1})),
+                              ("m:2", dumps({"m": 2}))])
+        head, first, second = await store.get_many(["h", "m:1", "m:2"])
+        assert head is not None and first is not None and second is not None
+        for stale_head, swap in (
+                (dumps({"v": 0}), [("m:1", first, dumps({"m": 10})), ("m:2", second, None)]),
+                (head, [("m:1", first, dumps({"m": 10})), ("m:2", dumps({"m": 0}), None)]),
+                (head, [("m:1", first, None), ("m:3", dumps({"m": 3}), dumps({"m": 4}))])):
+            assert await store.compare_and_set_with(
+                "h", stale_head, dumps({"v": 2}), put=[("p", dumps({}))], delete=["m:0"],
+                swap=swap) is False
+            assert await values(store, ["h", "m:1", "m:2", "m:3"]) == [
+                {"v": 1}, {"m": 1}, {"m": 2}, None]
+            if store.atomic_compare_and_set_with:
+                assert await store.get("p") is None
+        assert await store.compare_and_set_with(
+            "h", head, dumps({"v": 2}), swap=[("m:1", first, dumps({"m": 10})),
+                                              ("m:2", second, None)]) is True
+        assert await values(store, ["h", "m:1", "m:2"]) == [{"v": 2}, {"m": 10}, None]
+        assert await store.keys() == ["h", "m:1", "p"] or await store.keys() == ["h", "m:1"]
+
+    async def test_compare_and_set_with_swap_refuses_bad_arguments(
+        self, store: KVStore
+    ) -> None:
+        await store.put("k", dumps({"v": 1}))
+        current = await store.get("k")
+        assert current is not None
+        for swap in ([("k", current, None)], [("x", None, dumps({}))],
+                     [("x", current, b"[1]")], [("x", current)], [("x", current, None),
+                                                                  ("x", current, None)],
+                     [("", current, None)], ["x"]):
+            with pytest.raises(KVSessionsError):
+                await store.compare_and_set_with(
+                    "k", current, dumps({"v": 2}), swap=swap)  # type: ignore[arg-type]
+        with pytest.raises(KVSessionsError):
+            await store.compare_and_set_with("k", current, dumps({"v": 2}), delete=["x"],
+                                             swap=[("x", current, None)])
+        assert await store.keys() == ["k"] and await store.get("k") == current
+
+    async def test_compare_and_set_with_swap_races_a_delete(
+        self, store_factory: StoreFactory, store: KVStore
+    ) -> None:
+        """A counted removal by ``swap`` and a plain delete of the same key, concurrently:
+        exactly one of them removes it (so a count taken down by both would be wrong)."""
+        extra = 1 if store_factory.persistent else 0
+        other = store_factory.new() if extra else store
+        if extra:
+            await other.open()
+        try:
+            for round_ in range(10):
+                await store.put_many([("count", dumps({"n": round_})),
+                                      ("item", dumps({"r": round_}))])
+                head, item = await store.get_many(["count", "item"])
+                assert head is not None and item is not None
+                popped, deleted = await asyncio.gather(
+                    store.compare_and_set_with("count", head, dumps({"n": round_ - 1}),
+                                               swap=[("item", item, None)]),
+                    other.delete("item"))
+                assert popped != deleted
+                # each read on a handle that wrote the key last (a cached store's other
+                # handles see a write once its invalidation arrives)
+                assert await (store if popped else other).get("item") is None
+                assert orjson.loads(await store.get("count") or b"") == {
+                    "n": round_ - 1 if popped else round_}
+        finally:
+            if extra:
+                await other.close()
+
+    async def test_compare_and_set_with_swap_has_one_winner(
+        self, store_factory: StoreFactory, store: KVStore
+    ) -> None:
+        """Writers that all read one head and one key: one wins; where atomic, the others
+        wrote nothing."""
+        extra = 2 if store_factory.persistent else 0
+        handles = [store] + [store_factory.new() for _ in range(extra)]
+        for handle in handles[1:]:
+            await handle.open()
+        try:
+            await store.put_many([("race", dumps({"round": 0})), ("item", dumps({"i": 0}))])
+            head, item = await store.get_many(["race", "item"])
+            assert head is not None and item is not None
+            results = await asyncio.gather(*(
+                handles[i % len(handles)].compare_and_set_with(
+                    "race", head, dumps({"who": i}), put=[(f"mine:{i:02d}", dumps({}))],
+                    swap=[("item", item, dumps({"i": i}))]) for i in range(12)))
+            assert sum(results) == 1
+            winner = results.index(True)
+            # read on the winner's handle, which wrote last (see the test above)
+            assert await values(handles[winner % len(handles)], ["race", "item"]) == [
+                {"who": winner}, {"i": winner}]
+        finally:
+            for handle in handles[1:]:
+                await handle.close()
         if store.atomic_compare_and_set_with:
             assert await store.keys("mine:") == [f"mine:{winner:02d}"]
 

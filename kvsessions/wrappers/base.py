@@ -74,8 +74,10 @@ class StoreWrapper(KVStore):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
-        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
+        return await self.inner._compare_and_set_with(key, expected, new, create, put,
+                                                      delete, swap)
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         return await self.inner._get_many(keys)

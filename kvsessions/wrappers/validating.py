@@ -76,12 +76,17 @@ class ValidatingStore(StoreWrapper):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         if new is not None:
             self._check_bytes(key, new)
         for other, value in (*create, *put):
             self._check_bytes(other, value)
-        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+        for other, _, after in swap:
+            if after is not None:
+                self._check_bytes(other, after)
+        return await self.inner._compare_and_set_with(key, expected, new, create, put,
+                                                      delete, swap)
 
     # reads -------------------------------------------------------------------------------
 

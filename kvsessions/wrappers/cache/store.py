@@ -472,9 +472,10 @@ class CachedStore(StoreWrapper):
 
     async def _compare_and_set_with(self, key: str, expected: bytes | None,
                                     new: bytes | None, create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+                                    put: list[tuple[str, bytes]], delete: list[str],
+                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
         return await KVStore._compare_and_set_with(self, key, expected, new, create, put,
-                                                   delete)
+                                                   delete, swap)
 
     async def _inner_compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                      ttl: float | None) -> bool:
