@@ -121,6 +121,8 @@ def test_naive_datetime_is_refused() -> None:
         ({"obj": object()}, "metadata/obj", ValidationError),
         ({"set": {1}}, "metadata/set", ValidationError),
         ({"d": {1: "int key"}}, "metadata/d", ValidationError),
+        ({"d": {"\udc00": 1}}, "metadata/d", ValidationError),
+        ({"t": (1, 2)}, "metadata/t", ValidationError),
     ],
 )
 def test_encode_refuses_what_cannot_be_kept(metadata: dict[str, Any], field: str,
