@@ -15,7 +15,7 @@ import pytest
 
 from kvsessions.documents import codec
 from kvsessions.documents import keys as layout
-from kvsessions.documents.ids import uuid7
+from kvsessions.documents.ids import uuid7, uuid7_str
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.documents.validation import load_schema, schema_names, validate_document
 from kvsessions.errors import (
@@ -61,6 +61,16 @@ def test_message_ids_are_time_ordered_uuid7() -> None:
     messages = [ChatMessage.create("s", "user", str(i)) for i in range(100)]
     assert [m.message_id for m in messages] == sorted(m.message_id for m in messages)
     assert uuid.UUID(messages[0].message_id).version == 7
+
+
+def test_uuid7_text_is_the_uuid_spelling_and_keeps_the_order() -> None:
+    """uuid7_str formats the id itself: the canonical spelling of the same UUID, ordered
+    with the ids uuid7 makes around it."""
+    made = [uuid7_str() if i % 2 else str(uuid7()) for i in range(5000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    for text in made[1::2]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
 
 
 def test_file_record_expiry() -> None:
@@ -121,6 +131,8 @@ def test_naive_datetime_is_refused() -> None:
         ({"obj": object()}, "metadata/obj", ValidationError),
         ({"set": {1}}, "metadata/set", ValidationError),
         ({"d": {1: "int key"}}, "metadata/d", ValidationError),
+        ({"d": {"\udc00": 1}}, "metadata/d", ValidationError),
+        ({"t": (1, 2)}, "metadata/t", ValidationError),
     ],
 )
 def test_encode_refuses_what_cannot_be_kept(metadata: dict[str, Any], field: str,

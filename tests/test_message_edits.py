@@ -413,6 +413,27 @@ async def test_damaged_message_raises_by_default_naming_its_key(
     assert await below_validation(storage).get(key) is not None  # a raising pop removes nothing
 
 
+async def test_a_damaged_message_deep_in_a_long_page_is_found(plain: SessionStorage) -> None:
+    """Pages are decoded and checked in chunks (kvsessions.sessions.message_reader): one
+    damaged document past the first chunks still raises naming its key, or is the only one
+    skipped."""
+    storage = plain
+    session = await stored_session(storage, 150)
+    sid = session.session_id
+    victim = session.messages[130]
+    key = message_key(sid, victim.message_id)
+    await below_validation(storage).put(key, orjson.dumps(
+        {"kind": "message", "v": 1, "role": "robot", "content": 7}))
+    with pytest.raises(ValidationError, match=key):
+        await storage.load_session(sid)
+    reported: list[str] = []
+    skipping = SessionStorage(storage.store, on_damaged="skip", on_damaged_report=reported.append)
+    loaded = await skipping.load_session(sid)
+    assert loaded is not None and reported == [key]
+    assert [m.message_id for m in loaded.messages] == [
+        m.message_id for m in session.messages if m is not victim]
+
+
 async def test_skip_leaves_damaged_messages_out_and_reports_them(
         plain: SessionStorage, caplog: pytest.LogCaptureFixture) -> None:
     storage = plain

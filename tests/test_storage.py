@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,9 +22,9 @@ from kvsessions.documents.keys import (
 )
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.documents.validation import validate_document
-from kvsessions.errors import InvalidValueError, ValidationError
+from kvsessions.errors import InvalidValueError, RevisionConflictError, ValidationError
 from kvsessions.kv.base import KVStore
-from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.message_reader import message_from_document, messages_from_page
 from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
@@ -125,6 +126,70 @@ async def test_save_and_load_roundtrip(storage: SessionStorage) -> None:
 async def test_load_missing_session_is_none(storage: SessionStorage) -> None:
     assert await storage.load_session("no-such-session") is None
     assert await storage.load_session("no-such-session", last_messages=5) is None
+
+
+class CallRecording(StoreWrapper):
+    """The name of every store call, in order."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.calls: list[str] = []
+
+    async def _get(self, key: str) -> bytes | None:
+        self.calls.append("get")
+        return await self.inner._get(key)
+
+    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        self.calls.append("put_if_absent")
+        return await self.inner._put_if_absent(key, value, ttl)
+
+    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
+                               ttl: float | None) -> bool:
+        self.calls.append("compare_and_set")
+        return await self.inner._compare_and_set(key, expected, new, ttl)
+
+    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
+                                    create: list[tuple[str, bytes]],
+                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
+        self.calls.append("compare_and_set_with")
+        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
+
+
+async def test_a_new_session_is_one_store_call_where_the_store_is_atomic(
+    recording: RecordingStore
+) -> None:
+    """Saving a session object never stored (what creating a conversation is) tries the
+    create without reading the head first where the store creates head, entries and
+    messages in one transaction; a session already under that id makes the try fail with
+    nothing written, and the save merges into it as it always did."""
+    calls = CallRecording(recording)
+    storage = SessionStorage(calls)
+    await storage.save_session(ChatSession.create("m"))  # its first write reads the index state
+    session = conversation(5)
+    calls.calls.clear()
+    recording.writes.clear()
+    assert await storage.save_session(session) is True
+    if recording.atomic_compare_and_set_with:
+        assert calls.calls == ["compare_and_set_with"]
+    assert sorted(document_writes(recording)) == sorted(
+        [("put_if_absent", message_key(session.session_id, m.message_id))
+         for m in session.messages] + [("put_if_absent", session_key(session.session_id))])
+    twin = ChatSession(session.session_id, "other-model", session.created_at,
+                       session.updated_at)
+    twin.add_message("user", "from the twin")
+    assert await storage.save_session(twin) is True
+    loaded = await storage.load_session(session.session_id)
+    assert loaded is not None and loaded.model == "other-model"
+    assert [m.content for m in loaded.messages] == [m.content for m in session.messages] + [
+        "from the twin"]
+    assert loaded.message_count == 6 and loaded.revision == 2
+    third = ChatSession(session.session_id, "third", session.created_at, session.updated_at)
+    third.add_message("user", "never stored")
+    with pytest.raises(RevisionConflictError):
+        await storage.save_session(third, expected_revision=0)
+    assert len(await stored_keys(storage, f"message:{session.session_id}:")) == 6
+    again = await storage.load_session(session.session_id)
+    assert again is not None and again.model == "other-model" and again.message_count == 6
 
 
 async def test_save_writes_only_messages_not_stored_yet(
@@ -560,6 +625,14 @@ def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
         full = None
     if fast is not None:
         assert full is not None and fast == full, "the fast path accepted an invalid document"
+        assert list(vars(fast)) == [f.name for f in dataclasses.fields(ChatMessage)]
+    valid = orjson.dumps(_valid_message_document())
+    page = [("message:s1:a", valid), ("message:s1:b", orjson.dumps(document)),
+            ("message:s1:c", valid)]
+    batch = messages_from_page(page)  # a page read at once: all or nothing
+    if batch is not None:
+        assert full is not None and batch[1] == full, "a page took an invalid document"
+        assert batch[0] == batch[2] == message_from_document(orjson.loads(valid))
     if name in ("unchanged", "whole_seconds", "longest_id"):
         assert fast is not None, "the fast path must take what this release writes"
 

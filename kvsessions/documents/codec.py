@@ -214,6 +214,48 @@ def encode_document(document: dict[str, Any], *, key: str | None = None) -> byte
 
 
 def _check_encodable(document: dict[str, Any], key: str | None) -> None:
+    """Refuse what cannot be stored losslessly, naming where: a quick walk, and only when it
+    finds something, the walk that names the field (building every path costs more than the
+    rest of an encode)."""
+    if not _encodable(document):
+        _name_unencodable(document, key)
+        raise ValidationError("cannot be stored losslessly", key=key)  # pragma: no cover
+
+
+def _encodable(document: dict[str, Any]) -> bool:
+    """Whether every value is a JSON value every store keeps (the rules of
+    ``_name_unencodable``), without building paths."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        node_type = type(node)
+        if node_type is str:
+            if not node.isascii() and _has_surrogate(node):
+                return False
+        elif node_type is dict:
+            if depth > MAX_DEPTH:
+                return False
+            for name, child in node.items():
+                if type(name) is not str or (not name.isascii() and _has_surrogate(name)):
+                    return False
+                push((child, depth + 1))
+        elif node_type is list:
+            if depth > MAX_DEPTH:
+                return False
+            stack.extend([(child, depth + 1) for child in node])
+        elif node_type is int:
+            if not -(2**63) <= node < 2**63:
+                return False
+        elif node_type is float:
+            if not math.isfinite(node):
+                return False
+        elif node is not None and node_type is not bool:
+            return False
+    return True
+
+
+def _name_unencodable(document: dict[str, Any], key: str | None) -> None:
     """One walk over the document: types, floats, strings, integer range and depth."""
     kind = document.get("kind") if isinstance(document.get("kind"), str) else None
     stack: list[tuple[Any, str, int]] = [(document, "", 1)]

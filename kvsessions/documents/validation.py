@@ -19,7 +19,7 @@ from kvsessions.documents.codec import CURRENT_VERSIONS
 from kvsessions.documents.keys import kind_of_key
 from kvsessions.errors import UnsupportedVersionError, ValidationError
 
-__all__ = ["load_schema", "schema_names", "validate_document"]
+__all__ = ["all_valid", "load_schema", "schema_names", "validate_document"]
 
 
 def schema_names() -> list[str]:
@@ -43,6 +43,28 @@ def load_schema(kind: str, version: int) -> dict[str, Any]:
 def _validator(kind: str, version: int) -> Any:
     # Formats on: the pattern says "UTC", the date-time format says "a real date" (no Feb 31).
     return jsonschema_rs.validator_for(load_schema(kind, version), validate_formats=True)
+
+
+@functools.cache
+def _list_validator(kind: str, version: int) -> Any:
+    """The schema of ``kind`` and ``version`` as the items of an array (its ``$defs`` at the
+    root, where its references point)."""
+    schema = load_schema(kind, version)
+    items = {name: part for name, part in schema.items()
+             if name not in ("$schema", "$id", "$defs")}
+    listed = {"$schema": schema["$schema"], "type": "array", "items": items}
+    if "$defs" in schema:
+        listed["$defs"] = schema["$defs"]
+    return jsonschema_rs.validator_for(listed, validate_formats=True)
+
+
+def all_valid(documents: list[Any], kind: str, version: int) -> bool:
+    """Whether every one of ``documents`` meets the schema of ``kind`` and ``version``: a page
+    of documents checked in one call, at a fraction of the cost of one call per document. No
+    error says which one is wrong: a reader then takes them one by one
+    (``validate_document``). JSON Schema takes 1.0 for 1: a caller that reads ``v`` checks
+    that it is an int (as ``validate_document`` does)."""
+    return bool(_list_validator(kind, version).is_valid(documents))
 
 
 def validate_document(document: Any, *, key: str | None = None) -> None:

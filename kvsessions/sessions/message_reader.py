@@ -1,52 +1,76 @@
-"""Reading a stored message document fast: the common case of a scan of messages."""
+"""Reading stored message documents fast: the common case of a scan of messages.
+
+A page of a scan is decoded value by value (one ``orjson.loads`` each: measured, that beats
+one decode of the values joined into an array, which copies them all once more), checked
+against the message schema in one call per chunk of documents (``all_valid``), and each
+document becomes a ``ChatMessage`` in one loop, with no check of its own. A page holding
+anything else (a damaged document, one in an older form) is read one value at a time by the
+caller, where each damaged document gets its own precise error.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from kvsessions.documents.codec import CURRENT_VERSIONS
-from kvsessions.documents.models import MESSAGE_ROLES, ChatMessage
+from kvsessions.documents.models import ChatMessage
+from kvsessions.documents.validation import all_valid
 
-__all__ = ["message_from_document"]
+__all__ = ["message_from_document", "messages_from_page"]
 
-_MESSAGE_FIELD_COUNT = 8  # kind, v, message_id, session_id, role, content, created_at, metadata
-_ROLES = frozenset(MESSAGE_ROLES)
-#: The fast path knows message version 1 only; once a newer one exists, every read of a v1
-#: document must be upcast, so the fast path switches itself off (-1 matches no version).
-_FAST_MESSAGE_VERSION = 1 if CURRENT_VERSIONS["message"] == 1 else -1
+#: The fast path knows message version 1 only (its fields are ChatMessage's); once a newer one
+#: exists, every read of a v1 document must be upcast, so the fast path switches itself off.
+_FAST = CURRENT_VERSIONS["message"] == 1
 _from_iso = datetime.fromisoformat
+_loads = orjson.loads
+#: Documents decoded and checked at once: few enough that they are freed before the garbage
+#: collector's young generation fills (700 objects) and promotes them. Decoding a whole page
+#: of 1,000 first made loads of 10,000 messages twice as slow in a process with a large heap
+#: (its full collections ran far more often), for no gain on the check.
+_CHUNK = 64
 
 
 def message_from_document(document: Any) -> ChatMessage | None:
-    """The message of a ``message`` v1 document that meets ``message.v1.json``, checked here
-    field by field at a fraction of the schema check's cost; None for anything this fast path
-    is not sure of (which then takes the full path and gets a precise error). That this accepts
-    only what the schema accepts is pinned down by tests/test_storage.py."""
-    if type(document) is not dict or len(document) != _MESSAGE_FIELD_COUNT:
+    """The message of a ``message`` v1 document that meets ``message.v1.json``; None for
+    anything else (which then takes the full path and gets a precise error)."""
+    built = _messages([document])
+    return None if built is None else built[0]
+
+
+def messages_from_page(page: list[tuple[str, bytes]]) -> list[ChatMessage] | None:
+    """The messages of ``page``, (key, value) items of a scan, in one pass; None when any
+    value is not a message document of the fast path (the caller then reads them one by
+    one)."""
+    messages: list[ChatMessage] = []
+    for start in range(0, len(page), _CHUNK):
+        try:
+            documents = [_loads(value) for _, value in page[start:start + _CHUNK]]
+        except orjson.JSONDecodeError:
+            return None
+        built = _messages(documents)
+        if built is None:
+            return None
+        messages += built
+    return messages
+
+
+def _messages(documents: list[Any]) -> list[ChatMessage] | None:
+    """The documents as messages, or None unless every one meets the schema (one check for
+    all) and is read as ``validate_document`` would read it."""
+    if not _FAST or not all_valid(documents, "message", 1):
         return None
-    try:  # eight fields, all of these present: exactly the schema's fields
-        kind, version = document["kind"], document["v"]
-        message_id, session_id = document["message_id"], document["session_id"]
-        role, content = document["role"], document["content"]
-        created, metadata = document["created_at"], document["metadata"]
-    except KeyError:
-        return None
-    if (kind != "message" or type(version) is not int or version != _FAST_MESSAGE_VERSION
-            or type(message_id) is not str or not 0 < len(message_id) <= 200
-            or type(session_id) is not str or not 0 < len(session_id) <= 200
-            or type(role) is not str or role not in _ROLES or type(content) is not str
-            or type(metadata) is not dict or type(created) is not str):
-        return None
-    # The timestamp in the shape this release writes, YYYY-MM-DDTHH:MM:SS[.ffffff]Z in ASCII;
-    # fromisoformat then checks the digits and ranges (which the schema's pattern bounds too).
-    size = len(created)
-    if not ((size == 20 or (size == 27 and created[19] == ".")) and created[-1] == "Z"
-            and created[4] == "-" and created[7] == "-" and created[10] == "T"
-            and created[13] == ":" and created[16] == ":" and created.isascii()):
-        return None
-    try:
-        moment = _from_iso(created)
-    except ValueError:
-        return None
-    return ChatMessage(message_id, session_id, role, content, moment, metadata)
+    messages: list[ChatMessage] = []
+    append = messages.append
+    for document in documents:
+        if type(document["v"]) is not int:  # JSON Schema takes 1.0 for 1
+            return None
+        try:  # the schema bounded the form (UTC, 1-6 digits of fraction) and the date
+            moment = _from_iso(document["created_at"])
+        except ValueError:
+            return None
+        append(ChatMessage(document["message_id"], document["session_id"], document["role"],
+                           document["content"], moment, document["metadata"]))
+    return messages

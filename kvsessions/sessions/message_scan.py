@@ -13,7 +13,7 @@ from kvsessions.documents.validation import validate_document
 from kvsessions.errors import ValidationError
 from kvsessions.kv.base import KVStore
 from kvsessions.sessions.damaged import DamagedHandling
-from kvsessions.sessions.message_reader import message_from_document
+from kvsessions.sessions.message_reader import message_from_document, messages_from_page
 from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = ["parse_message", "read_message", "scan_messages"]
@@ -88,7 +88,6 @@ async def scan_messages(
         if len(shared) > len(prefix) and shared.startswith(prefix):
             prefix = shared  # every key between the bounds starts with it
     messages: list[ChatMessage] = []
-    append = messages.append
     cursor = start_after
     chunk = _FIRST_CHUNK
     while True:
@@ -105,20 +104,49 @@ async def scan_messages(
         async for page in raw.scan_pages(prefix, start_after=cursor, limit=fetch,
                                          reverse=reverse):
             seen += len(page)
-            for key, value in page:
-                if stop_at is not None and (key <= stop_at if reverse else key >= stop_at):
+            ended = False
+            if stop_at is not None and (page[-1][0] <= stop_at if reverse
+                                        else page[-1][0] >= stop_at):
+                page = [item for item in page
+                        if (item[0] > stop_at if reverse else item[0] < stop_at)]
+                ended = True  # keys are in scan order: the range ends in this page
+            if page:
+                last = page[-1][0]
+                if _add_page(documents, page, handling, keep, limit, messages):
                     return messages
-                last = key
-                try:
-                    message = parse_message(documents, key, value)
-                except ValidationError as error:
-                    handling.damaged(key, error)
-                    continue
-                if keep is not None and not keep(message):
-                    continue
-                append(message)
-                if limit is not None and len(messages) >= limit:
-                    return messages
+            if ended:
+                return messages
         if fetch is None or last is None or seen < fetch:
             return messages  # the range is exhausted
         cursor = last  # read on: documents were skipped, or the chunk ended in the range
+
+
+def _add_page(documents: ValidatingStore, page: list[tuple[str, bytes]],
+              handling: DamagedHandling, keep: Callable[[ChatMessage], bool] | None,
+              limit: int | None, messages: list[ChatMessage]) -> bool:
+    """Add the messages of ``page`` that ``keep`` takes to ``messages``, up to ``limit`` in
+    all; whether the limit is reached. The page is decoded at once (``messages_from_page``)
+    or, when that path is not sure of it, one document at a time (each damaged one then
+    raised or skipped by the policy, none read past the limit)."""
+    batch = messages_from_page(page)
+    if batch is not None:
+        if keep is not None:
+            batch = [message for message in batch if keep(message)]
+        room = None if limit is None else limit - len(messages)
+        if room is not None and len(batch) >= room:
+            messages.extend(batch[:room])
+            return True
+        messages.extend(batch)
+        return False
+    for key, value in page:
+        try:
+            message = parse_message(documents, key, value)
+        except ValidationError as error:
+            handling.damaged(key, error)
+            continue
+        if keep is not None and not keep(message):
+            continue
+        messages.append(message)
+        if limit is not None and len(messages) >= limit:
+            return True
+    return False

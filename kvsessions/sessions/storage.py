@@ -235,14 +235,26 @@ class SessionStorage(SessionListing, FileRecords, MessageEdits, SessionInsertion
             mine["updated_at"] = format_timestamp(max(session.updated_at, utc_now()))
         self._documents.encode(session_key(session.session_id), mine)  # raises if invalid
         await self._index_state.before_write()
-        head = await self._read_head(session.session_id)
-        if is_stale(head, saved):
-            return False
-        check_revision(f"session {session.session_id!r}", expected_revision,
-                       None if head is None else head[1])
+        head: Head | None = None
+        if not self._creates_unread(session.session_id, saved, expected_revision):
+            head = await self._read_head(session.session_id)
+            if is_stale(head, saved):
+                return False
+            check_revision(f"session {session.session_id!r}", expected_revision,
+                           None if head is None else head[1])
         return await outlive_cancellation(
             self._save(session, saved, plan, (messages, edits, removed), mine, head,
                        expected_revision))
+
+    def _creates_unread(self, session_id: str, saved: SavedState,
+                        expected_revision: int | None) -> bool:
+        """Whether a save may first try to create the head without reading it: an object
+        never stored here, no revision but "none yet" expected, and a store that creates
+        head, entries and messages in one transaction (a failed try writes nothing; the save
+        then reads the head and goes on as usual). A new session is then one store call."""
+        return (saved.base is None and expected_revision in (None, 0)
+                and self._raw.atomic_compare_and_set_with
+                and encode_id(session_id) == session_id)  # no legacy key to look for
 
     def _message_item(self, session_id: str, message: ChatMessage) -> tuple[str, bytes]:
         key = check_key(message_key(session_id, message.message_id))
