@@ -34,7 +34,6 @@ class ScanCounting(RecordingStore):
     def __init__(self, inner: KVStore) -> None:
         super().__init__(inner)
         self.scanned = 0
-        self.calls: list[str] = []  # the store calls, by the name of their hook
 
     async def _scan(self, key_range: KeyRange, reverse: bool,
                     limit: int | None = None) -> AsyncIterator[list[tuple[str, bytes]]]:
@@ -42,27 +41,6 @@ class ScanCounting(RecordingStore):
         async for page in super()._scan(key_range, reverse, limit):
             self.scanned += sum(key.startswith("message:") for key, _ in page)
             yield page
-
-    async def _get(self, key: str) -> bytes | None:
-        self.calls.append("get")
-        return await super()._get(key)
-
-    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
-        self.calls.append("get_many")
-        return await super()._get_many(keys)
-
-    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
-                               ttl: float | None) -> bool:
-        self.calls.append("compare_and_set")
-        return await super()._compare_and_set(key, expected, new, ttl)
-
-    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
-                                    create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str],
-                                    swap: list[tuple[str, bytes, bytes | None]]) -> bool:
-        self.calls.append("compare_and_set_with")
-        return await super()._compare_and_set_with(key, expected, new, create, put, delete,
-                                                   swap)
 
 
 @pytest.fixture

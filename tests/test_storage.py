@@ -33,26 +33,40 @@ from tests.backends import store_of
 
 
 class RecordingStore(StoreWrapper):
-    """Remembers every write (operation, key), to check what a save wrote."""
+    """Remembers every write (operation, key), to check what a save wrote, and the name of
+    every store call (its hook's), to check how many trips an operation takes."""
 
     def __init__(self, inner: KVStore) -> None:
         super().__init__(inner)
         self.writes: list[tuple[str, str]] = []
+        self.calls: list[str] = []
+
+    async def _get(self, key: str) -> bytes | None:
+        self.calls.append("get")
+        return await self.inner._get(key)
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        self.calls.append("get_many")
+        return await self.inner._get_many(keys)
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.calls.append("put")
         self.writes.append(("put", key))
         await self.inner._put(key, value, ttl)
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        self.calls.append("put_many")
         self.writes.extend(("put", key) for key, _ in items)
         await self.inner._put_many(items, ttl)
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        self.calls.append("put_if_absent")
         self.writes.append(("put_if_absent", key))
         return await self.inner._put_if_absent(key, value, ttl)
 
     async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                ttl: float | None) -> bool:
+        self.calls.append("compare_and_set")
         self.writes.append(("compare_and_set", key))
         return await self.inner._compare_and_set(key, expected, new, ttl)
 
@@ -63,6 +77,7 @@ class RecordingStore(StoreWrapper):
         # The keys it creates, then the head (from no value it creates it, as put_if_absent
         # does), as an append wrote them one by one before (one transaction where atomic).
         # The keys it swaps come before the head, as an update or a pop wrote them before.
+        self.calls.append("compare_and_set_with")
         self.writes.extend(("put_if_absent", other) for other, _ in create)
         self.writes.extend(("compare_and_set", other) for other, _, _ in swap)
         self.writes.append(("put_if_absent" if expected is None else "compare_and_set", key))
@@ -128,33 +143,6 @@ async def test_load_missing_session_is_none(storage: SessionStorage) -> None:
     assert await storage.load_session("no-such-session", last_messages=5) is None
 
 
-class CallRecording(StoreWrapper):
-    """The name of every store call, in order."""
-
-    def __init__(self, inner: KVStore) -> None:
-        super().__init__(inner)
-        self.calls: list[str] = []
-
-    async def _get(self, key: str) -> bytes | None:
-        self.calls.append("get")
-        return await self.inner._get(key)
-
-    async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
-        self.calls.append("put_if_absent")
-        return await self.inner._put_if_absent(key, value, ttl)
-
-    async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
-                               ttl: float | None) -> bool:
-        self.calls.append("compare_and_set")
-        return await self.inner._compare_and_set(key, expected, new, ttl)
-
-    async def _compare_and_set_with(self, key: str, expected: bytes | None, new: bytes | None,
-                                    create: list[tuple[str, bytes]],
-                                    put: list[tuple[str, bytes]], delete: list[str]) -> bool:
-        self.calls.append("compare_and_set_with")
-        return await self.inner._compare_and_set_with(key, expected, new, create, put, delete)
-
-
 async def test_a_new_session_is_one_store_call_where_the_store_is_atomic(
     recording: RecordingStore
 ) -> None:
@@ -162,15 +150,14 @@ async def test_a_new_session_is_one_store_call_where_the_store_is_atomic(
     create without reading the head first where the store creates head, entries and
     messages in one transaction; a session already under that id makes the try fail with
     nothing written, and the save merges into it as it always did."""
-    calls = CallRecording(recording)
-    storage = SessionStorage(calls)
+    storage = SessionStorage(recording)
     await storage.save_session(ChatSession.create("m"))  # its first write reads the index state
     session = conversation(5)
-    calls.calls.clear()
+    recording.calls.clear()
     recording.writes.clear()
     assert await storage.save_session(session) is True
     if recording.atomic_compare_and_set_with:
-        assert calls.calls == ["compare_and_set_with"]
+        assert recording.calls == ["compare_and_set_with"]
     assert sorted(document_writes(recording)) == sorted(
         [("put_if_absent", message_key(session.session_id, m.message_id))
          for m in session.messages] + [("put_if_absent", session_key(session.session_id))])
