@@ -45,6 +45,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -99,6 +100,7 @@ def expires_at(ttl: float | None) -> float | None:
 
 
 _T = TypeVar("_T")
+_P = TypeVar("_P")
 
 
 async def outlive_cancellation(write: Awaitable[_T]) -> _T:
@@ -127,6 +129,19 @@ def _check_ttl(ttl: object) -> float | None:
     if ttl > MAX_TTL:
         raise InvalidValueError(f"ttl must be at most {MAX_TTL} seconds (100 years), not {ttl!r}")
     return float(ttl)
+
+
+@asynccontextmanager
+async def closed_after(pages: AsyncIterator[_P]) -> AsyncIterator[AsyncIterator[_P]]:
+    """``pages`` (a scan's generator), closed when the block ends: a scan left early (a limit
+    met, a caller that has enough) is closed at once, not by the garbage collector's
+    finalizer, which costs a task per generator (a tenth of a short read's time)."""
+    try:
+        yield pages
+    finally:
+        close = getattr(pages, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class KVStore(ABC):
@@ -389,10 +404,11 @@ class KVStore(ABC):
         reverse: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """``(key, value)`` pairs whose key starts with ``prefix``, in key order."""
-        async for page in self.scan_pages(prefix, start_after=start_after, limit=limit,
-                                          reverse=reverse):
-            for item in page:
-                yield item
+        async with closed_after(self.scan_pages(prefix, start_after=start_after, limit=limit,
+                                            reverse=reverse)) as pages:
+            async for page in pages:
+                for item in page:
+                    yield item
 
     async def scan_pages(
         self,
@@ -416,13 +432,14 @@ class KVStore(ABC):
         await self._ready()
         remaining = limit
         try:
-            async for page in self._scan(key_range, reverse, limit):
-                if remaining is not None:
-                    if len(page) >= remaining:
-                        yield page[:remaining]
-                        return
-                    remaining -= len(page)
-                yield page
+            async with closed_after(self._scan(key_range, reverse, limit)) as pages:
+                async for page in pages:
+                    if remaining is not None:
+                        if len(page) >= remaining:
+                            yield page[:remaining]
+                            return
+                        remaining -= len(page)
+                    yield page
         except Exception as exc:
             error = self._map_error(exc, "scan")
         else:
@@ -438,8 +455,10 @@ class KVStore(ABC):
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
         """Pages of a scan, by keyset pagination over ``_scan_page``. ``limit`` is a hint: the
         caller stops after that many items, so no page needs to be larger."""
-        async for page in self._keyset_pages(self._scan_page, key_range, reverse, limit):
-            yield page
+        async with closed_after(self._keyset_pages(self._scan_page, key_range, reverse,
+                                               limit)) as pages:
+            async for page in pages:
+                yield page
 
     async def _keyset_pages(
         self, read_page: PageReader, key_range: KeyRange, reverse: bool, limit: int | None

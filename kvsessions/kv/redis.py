@@ -33,7 +33,7 @@ from kvsessions.errors import (
     StoreUnavailableError,
 )
 from kvsessions.kv import redis_scripts as scripts
-from kvsessions.kv.base import KeyRange, KVStore, outlive_cancellation
+from kvsessions.kv.base import KeyRange, KVStore, closed_after, outlive_cancellation
 from kvsessions.kv.loops import PerLoop, describe_loop
 from kvsessions.kv.options import (
     SHARED,
@@ -563,12 +563,11 @@ class RedisStore(KVStore):
         """Pages of a scan: inside one run, straight from its partition; across runs, by
         walking the directory of runs in order (see the module docstring)."""
         run = run_of_range(key_range.lower, key_range.upper)
-        if run is not None:
-            async for page in self._scan_run(run, key_range, reverse, limit):
+        scan = (self._scan_directory(key_range, reverse, limit) if run is None
+                else self._scan_run(run, key_range, reverse, limit))
+        async with closed_after(scan) as pages:
+            async for page in pages:
                 yield page
-            return
-        async for page in self._scan_directory(key_range, reverse, limit):
-            yield page
 
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
@@ -591,8 +590,10 @@ class RedisStore(KVStore):
         """Pages of ``key_range`` (inside ``run``) from the run's partition, keyset-paged."""
         names = partition_names(self.namespace, partition_of(run))
         read_page = functools.partial(self._partition_page, names)
-        async for page in self._keyset_pages(read_page, key_range, reverse, limit):
-            yield page
+        async with closed_after(self._keyset_pages(read_page, key_range, reverse,
+                                                   limit)) as pages:
+            async for page in pages:
+                yield page
 
     async def _partition_page(
         self, names: PartitionNames, key_range: KeyRange, reverse: bool, limit: int
@@ -633,13 +634,14 @@ class RedisStore(KVStore):
         first = run_of(key_range.lower)
         first_apart = not single_key_run(first)
         if first_apart and not reverse:
-            async for page in self._scan_run(
-                    first, _clamp(key_range, first), reverse, remaining):
-                yield page
-                if remaining is not None:
-                    remaining -= len(page)
-                    if remaining <= 0:
-                        return
+            async with closed_after(self._scan_run(
+                    first, _clamp(key_range, first), reverse, remaining)) as pages:
+                async for page in pages:
+                    yield page
+                    if remaining is not None:
+                        remaining -= len(page)
+                        if remaining <= 0:
+                            return
         cursor = key_range
         if first_apart:
             cursor = KeyRange(key_range.lower, False, key_range.upper)
@@ -665,13 +667,14 @@ class RedisStore(KVStore):
                 single = []
                 if remaining is not None and remaining <= 0:
                     return
-                async for page in self._scan_run(
-                        name, _clamp(key_range, name), reverse, remaining):
-                    yield page
-                    if remaining is not None:
-                        remaining -= len(page)
-                        if remaining <= 0:
-                            return
+                async with closed_after(self._scan_run(
+                        name, _clamp(key_range, name), reverse, remaining)) as pages:
+                    async for page in pages:
+                        yield page
+                        if remaining is not None:
+                            remaining -= len(page)
+                            if remaining <= 0:
+                                return
             async for page in self._single_key_runs(single):
                 yield page
                 if remaining is not None:
@@ -684,9 +687,10 @@ class RedisStore(KVStore):
             cursor = (KeyRange(cursor.lower, cursor.lower_inclusive, last) if reverse
                       else KeyRange(last, False, cursor.upper))
         if first_apart and reverse:
-            async for page in self._scan_run(
-                    first, _clamp(key_range, first), reverse, remaining):
-                yield page
+            async with closed_after(self._scan_run(
+                    first, _clamp(key_range, first), reverse, remaining)) as pages:
+                async for page in pages:
+                    yield page
 
     async def _single_key_runs(self, keys: list[str]) -> AsyncIterator[list[tuple[str, bytes]]]:
         """The live values of runs of one key each (in the order given), as one page."""

@@ -11,7 +11,7 @@ from kvsessions.documents.codec import decode_document, document_to_message
 from kvsessions.documents.models import ChatMessage
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import ValidationError
-from kvsessions.kv.base import KVStore
+from kvsessions.kv.base import KVStore, closed_after
 from kvsessions.sessions.damaged import DamagedHandling
 from kvsessions.sessions.message_reader import message_from_document, messages_from_page
 from kvsessions.wrappers.validating import ValidatingStore
@@ -101,21 +101,22 @@ async def scan_messages(
             chunk = min(2 * chunk, _LAST_CHUNK)
         seen = 0
         last: str | None = None
-        async for page in raw.scan_pages(prefix, start_after=cursor, limit=fetch,
-                                         reverse=reverse):
-            seen += len(page)
-            ended = False
-            if stop_at is not None and (page[-1][0] <= stop_at if reverse
-                                        else page[-1][0] >= stop_at):
-                page = [item for item in page
-                        if (item[0] > stop_at if reverse else item[0] < stop_at)]
-                ended = True  # keys are in scan order: the range ends in this page
-            if page:
-                last = page[-1][0]
-                if _add_page(documents, page, handling, keep, limit, messages):
+        async with closed_after(raw.scan_pages(prefix, start_after=cursor, limit=fetch,
+                                           reverse=reverse)) as pages:
+            async for page in pages:
+                seen += len(page)
+                ended = False
+                if stop_at is not None and (page[-1][0] <= stop_at if reverse
+                                            else page[-1][0] >= stop_at):
+                    page = [item for item in page
+                            if (item[0] > stop_at if reverse else item[0] < stop_at)]
+                    ended = True  # keys are in scan order: the range ends in this page
+                if page:
+                    last = page[-1][0]
+                    if _add_page(documents, page, handling, keep, limit, messages):
+                        return messages
+                if ended:
                     return messages
-            if ended:
-                return messages
         if fetch is None or last is None or seen < fetch:
             return messages  # the range is exhausted
         cursor = last  # read on: documents were skipped, or the chunk ended in the range

@@ -15,7 +15,7 @@ from kvsessions.documents.codec import (
 )
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import ValidationError
-from kvsessions.kv.base import KeyRange, KVStore
+from kvsessions.kv.base import KeyRange, KVStore, closed_after
 from kvsessions.wrappers.base import StoreWrapper
 
 __all__ = ["ValidatingStore"]
@@ -107,11 +107,12 @@ class ValidatingStore(StoreWrapper):
     async def _scan(
         self, key_range: KeyRange, reverse: bool, limit: int | None = None
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
-        async for page in super()._scan(key_range, reverse, limit):
-            if self.validate_reads:
-                for key, value in page:
-                    self._check_bytes(key, value)
-            yield page
+        async with closed_after(super()._scan(key_range, reverse, limit)) as pages:
+            async for page in pages:
+                if self.validate_reads:
+                    for key, value in page:
+                        self._check_bytes(key, value)
+                yield page
 
     # documents ---------------------------------------------------------------------------
     # The typed layer works on dicts: one parse per read, one encode per write.

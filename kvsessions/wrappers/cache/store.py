@@ -49,7 +49,7 @@ from kvsessions.errors import (
     MissingDependencyError,
     StoreUnavailableError,
 )
-from kvsessions.kv.base import KVStore, outlive_cancellation
+from kvsessions.kv.base import KVStore, closed_after, outlive_cancellation
 from kvsessions.kv.loops import describe_loop
 from kvsessions.urls import redact_url, url_secrets
 from kvsessions.wrappers.base import StoreWrapper
@@ -396,9 +396,10 @@ class CachedStore(StoreWrapper):
         """Always the inner store's ordered scan (``scan`` too): the tiers hold single keys,
         not ranges."""
         await self._ready()
-        async for page in self.inner.scan_pages(prefix, start_after=start_after, limit=limit,
-                                                reverse=reverse):
-            yield page
+        async with closed_after(self.inner.scan_pages(prefix, start_after=start_after,
+                                                      limit=limit, reverse=reverse)) as pages:
+            async for page in pages:
+                yield page
 
     # ------------------------------------------------------------------ writes
 
