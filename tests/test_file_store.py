@@ -43,7 +43,8 @@ async def test_hostile_keys_stay_inside_and_roundtrip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
     assert [p.name for p in root.iterdir()] == ["ns"]
     names = {p.name for p in (root / "ns").iterdir()}
-    assert names - {".lock", ".tmp"} == {key.encode().hex() + ".json" for key in HOSTILE_KEYS}
+    assert names - {".lock", ".tmp", ".journal"} == {key.encode().hex() + ".json"
+                                                     for key in HOSTILE_KEYS}
 
 
 def test_names_are_injective_across_case_and_normalisation() -> None:
@@ -93,7 +94,7 @@ async def test_long_keys_near_512_bytes_keep_their_order(tmp_path: Path) -> None
         assert await store.get("k" * 512) is None
     for path in all_paths(tmp_path):
         assert len(path.name) <= 245
-        if path.is_dir() and path.name not in ("ns", ".tmp"):
+        if path.is_dir() and path.name not in ("ns", ".tmp", ".journal"):
             assert path.name.endswith(".s")
 
 
@@ -176,7 +177,7 @@ async def test_a_failed_write_raises_and_leaves_nothing(tmp_path: Path,
         assert orjson.loads(await store.get("k") or b"") == {"v": 1}
         assert await store.keys() == ["k"]
     assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == [
-        ".lock", ".tmp", b"k".hex() + ".json"]
+        ".journal", ".lock", ".tmp", b"k".hex() + ".json"]
     assert list((tmp_path / "ns" / ".tmp").iterdir()) == []
 
 
