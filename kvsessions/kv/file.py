@@ -25,6 +25,10 @@ Why it is built this way:
   that sees the mark, first renames what the journal still names (roll forward), and opening
   the store does it always. The cost: one journal file, two fsyncs more per batch, and the
   folders' fsyncs inside the lock.
+* The mark is a counter in the lock file's first 8 bytes, mapped into memory: odd while a batch
+  is between its journal and its last rename (or its writer died there), bumped to odd and back
+  to even by each batch. A single ``get`` reads it before and after reading its file and takes
+  the shared lock only when it was odd or changed (a seqlock): no system call for the lock.
 * Nothing below the namespace folder is followed through a symlink: files and folders are
   opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
   folder should be raises ``StoreError``.
@@ -42,9 +46,11 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import secrets
 import stat
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -92,6 +98,10 @@ def _dead_temp(name: str) -> bool:
     return match is not None and not _pid_alive(int(match.group(1)))
 
 
+#: The batch counter at the start of the lock file (see ``FileStore._journal_marked``).
+_MARK = struct.Struct("<Q")
+
+
 class _Busy(Exception):
     """The namespace lock is held and the caller asked not to wait for it."""
 
@@ -136,6 +146,7 @@ class FileStore(KVStore):
         self._thread_lock = threading.Lock()
         self._readers = 0  # threads of this process reading under the shared lock
         self._readers_lock = threading.Lock()
+        self._mark: mmap.mmap | None = None  # the batch counter (see _journal_marked)
 
     @classmethod
     def from_url(cls, url: StoreURL, **given: Any) -> FileStore:
@@ -180,6 +191,14 @@ class FileStore(KVStore):
                                   dir_fd=self._dir_fd)
         self._tmp_fd = self._open_dir(self._dir_fd, TEMP_FOLDER, create=True)
         self._journal_fd = self._open_dir(self._dir_fd, JOURNAL_FOLDER, create=True)
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(self._lock_fd).st_size < _MARK.size:
+                    os.ftruncate(self._lock_fd, _MARK.size)  # a lock file of a release before
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._mark = mmap.mmap(self._lock_fd, _MARK.size)
         with self._locked():
             # Journals first: a dead writer's temp files that a journal names are its batch.
             self._replay_journals()
@@ -188,6 +207,9 @@ class FileStore(KVStore):
         self._upgrade_layout()
 
     async def _close(self) -> None:
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
         for fd in (self._tmp_fd, self._journal_fd, self._shared_fd, self._lock_fd,
                    self._dir_fd):
             if fd >= 0:
@@ -327,8 +349,19 @@ class FileStore(KVStore):
 
     def _journal_marked(self) -> bool:
         """Whether a batch's writer may have died between its journal and its last rename:
-        the lock file is one byte long from before the journal until after it is removed."""
-        return os.fstat(self._lock_fd).st_size != 0
+        the counter is odd from before the journal until after it is removed."""
+        return self._batches() % 2 == 1
+
+    def _batches(self) -> int:
+        assert self._mark is not None
+        return int(_MARK.unpack_from(self._mark)[0])
+
+    def _bump_batches(self, odd: bool) -> None:
+        """To odd before a journal, to even once it is removed (under the exclusive lock)."""
+        assert self._mark is not None
+        count = self._batches()
+        if count % 2 != odd:
+            _MARK.pack_into(self._mark, 0, count + 1)
 
     def _replay_journals(self) -> None:
         """Under the exclusive lock: rename what each journal still names into place (its
@@ -355,7 +388,7 @@ class FileStore(KVStore):
             os.unlink(name, dir_fd=self._journal_fd)
         if journals:
             self._sync_dir(self._journal_fd)
-        os.ftruncate(self._lock_fd, 0)
+        self._bump_batches(odd=False)
 
     # ------------------------------------------------------------------ reading
 
@@ -390,11 +423,14 @@ class FileStore(KVStore):
                     os.unlink(where[1], dir_fd=where[0])
 
     async def _get(self, key: str) -> bytes | None:
-        try:
-            with self._reading(wait=False):
-                value, expired = self._read_live(key, time.time())
-        except _Busy:  # a writer holds the lock: wait for it on a thread, not on the loop
-            value, expired = await self._run(self._read_live_shared, key)
+        before = self._batches()
+        value, expired = self._read_live(key, time.time())
+        if before % 2 or self._batches() != before:  # a batch ran meanwhile: read it locked
+            try:
+                with self._reading(wait=False):
+                    value, expired = self._read_live(key, time.time())
+            except _Busy:  # a writer holds the lock: wait for it on a thread, not on the loop
+                value, expired = await self._run(self._read_live_shared, key)
         if expired:
             await self._run(self._remove_if_expired, key)
         return value
@@ -540,7 +576,7 @@ class FileStore(KVStore):
                 for entry in staged:  # checked before the first rename: all or nothing
                     self._refuse_folder(entry[0], entry[2], entry[3])
                 if journal is not None:
-                    os.ftruncate(self._lock_fd, 1)  # the mark: see _journal_marked
+                    self._bump_batches(odd=True)  # the mark: see _journal_marked
                     os.replace(journal, journal, src_dir_fd=self._tmp_fd,
                                dst_dir_fd=self._journal_fd)
                     journaled = True
@@ -553,7 +589,7 @@ class FileStore(KVStore):
                     for dir_fd in dict.fromkeys(entry[0] for entry in staged):
                         self._sync_dir(dir_fd)
                     os.unlink(journal, dir_fd=self._journal_fd)
-                    os.ftruncate(self._lock_fd, 0)
+                    self._bump_batches(odd=False)
             if not journaled:
                 for dir_fd in dict.fromkeys(entry[0] for entry in staged):
                     self._sync_dir(dir_fd)

@@ -78,14 +78,15 @@ async def read(url: str, prefix: str) -> None:
         while not stop.is_set():
             together = await store.get_many(keys)
             scanned = [value async for _, value in store.scan(prefix)]
-            first = await store.get(keys[0])
-            last = await store.get(keys[-1])  # read after the first: never an older batch
             for view in (together, scanned or [None] * len(keys)):
                 found = batches(view)
                 seen |= found
                 torn += len(found) > 1 or len(view) != len(keys)
-            if first is not None:
-                torn += last is None or batches([last]).pop() < batches([first]).pop()
+            for _ in range(20):
+                first = await store.get(keys[0])
+                last = await store.get(keys[-1])  # read after the first: never an older batch
+                if first is not None:
+                    torn += last is None or batches([last]).pop() < batches([first]).pop()
             reads += 1
     print(orjson.dumps({"reads": reads, "torn": torn, "batches": len(seen)}).decode(),
           flush=True)
