@@ -29,8 +29,9 @@ START_TIMEOUT = 60.0
 class SecantusServer:
     """One SecantusDB process on 127.0.0.1; ``url`` is set once it accepts connections."""
 
-    def __init__(self, *, cache_size: str = "256M") -> None:
+    def __init__(self, *, cache_size: str = "256M", standalone: bool = True) -> None:
         self.cache_size = cache_size
+        self.standalone = standalone
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -43,8 +44,8 @@ class SecantusServer:
         self.port = free_port()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--standalone", "--host", "127.0.0.1",
-             "--port", str(self.port), "--storage-path", ":memory:",
+            [sys.executable, "-m", "secantus", *(["--standalone"] if self.standalone else []),
+             "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", ":memory:",
              "--cache-size", self.cache_size, "--log-level", "WARNING"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             cwd=tempfile.gettempdir())

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -43,7 +44,8 @@ async def test_hostile_keys_stay_inside_and_roundtrip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
     assert [p.name for p in root.iterdir()] == ["ns"]
     names = {p.name for p in (root / "ns").iterdir()}
-    assert names - {".lock", ".tmp"} == {key.encode().hex() + ".json" for key in HOSTILE_KEYS}
+    assert names - {".lock", ".tmp", ".journal"} == {key.encode().hex() + ".json"
+                                                     for key in HOSTILE_KEYS}
 
 
 def test_names_are_injective_across_case_and_normalisation() -> None:
@@ -93,7 +95,7 @@ async def test_long_keys_near_512_bytes_keep_their_order(tmp_path: Path) -> None
         assert await store.get("k" * 512) is None
     for path in all_paths(tmp_path):
         assert len(path.name) <= 245
-        if path.is_dir() and path.name not in ("ns", ".tmp"):
+        if path.is_dir() and path.name not in ("ns", ".tmp", ".journal"):
             assert path.name.endswith(".s")
 
 
@@ -176,7 +178,7 @@ async def test_a_failed_write_raises_and_leaves_nothing(tmp_path: Path,
         assert orjson.loads(await store.get("k") or b"") == {"v": 1}
         assert await store.keys() == ["k"]
     assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == [
-        ".lock", ".tmp", b"k".hex() + ".json"]
+        ".journal", ".lock", ".tmp", b"k".hex() + ".json"]
     assert list((tmp_path / "ns" / ".tmp").iterdir()) == []
 
 
@@ -251,3 +253,37 @@ async def test_concurrent_scans_each_see_every_key(tmp_path: Path) -> None:
         for _ in range(3):
             found = await asyncio.gather(*(store.keys() for _ in range(6)))
             assert all(scanned == keys for scanned in found)
+
+
+async def test_a_get_during_a_batch_waits_for_its_last_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch stopped after its first file's rename: a ``get`` of that file does not return
+    the new value until the batch is whole (the batch counter is odd meanwhile)."""
+    keys = [f"message:s:{i}" for i in range(3)]
+    async with FileStore(tmp_path, namespace="ns") as store:
+        await store.put_many([(key, dumps({"n": 1})) for key in keys])
+        paused, resume = threading.Event(), threading.Event()
+        real_replace = os.replace
+        renames = 0
+
+        def replace(*args: object, **kwargs: object) -> None:
+            nonlocal renames
+            real_replace(*args, **kwargs)  # type: ignore[arg-type]
+            renames += 1
+            if renames == 2:  # the journal, then the first file
+                paused.set()
+                resume.wait()
+
+        monkeypatch.setattr(os, "replace", replace)
+        writing = asyncio.ensure_future(store.put_many([(key, dumps({"n": 2})) for key in keys]))
+        try:
+            await asyncio.to_thread(paused.wait)
+            reading = asyncio.ensure_future(store.get(keys[0]))
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert not reading.done(), "a get saw part of a batch"
+        finally:
+            resume.set()
+            await writing
+        assert orjson.loads(await reading or b"") == {"n": 2}
+        assert [orjson.loads(v or b"") for v in await store.get_many(keys)] == [{"n": 2}] * 3

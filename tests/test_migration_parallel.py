@@ -5,6 +5,8 @@ a refused occupied destination. The kill-and-resume test with workers is in
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from kvsessions.migration.checkpoint import (
     encode_checkpoint,
     stream_checkpoint_key,
 )
-from kvsessions.migration.streams import key_between
+from kvsessions.migration.streams import Stream, StreamPool, key_between
 from tests.test_migration import populate, sample_documents
 
 
@@ -84,6 +86,31 @@ async def test_workers_copy_exactly_what_one_worker_copies(
     assert parallel["streams"] >= 2, "four workers never split the key space"
     # Progress counts every stream: it rises to the total, one batch at a time.
     assert seen == sorted(seen) and seen[-1] == len(documents)
+
+
+async def test_every_worker_has_a_stream_before_the_first_batch() -> None:
+    """A stream that copies its whole range at once (a machine where the copy outruns the
+    splitting) still leaves one stream per worker: the first splits race no copy."""
+    keys = [f"message:s{i:04d}:m" for i in range(1000)]
+    copied: list[list[str]] = []
+
+    async def probe(after: str) -> str | None:
+        await asyncio.sleep(0)
+        found = bisect.bisect_right(keys, after)
+        return keys[found] if found < len(keys) else None
+
+    async def run(stream: Stream) -> None:
+        start = 0 if stream.resume_after is None else bisect.bisect_right(keys,
+                                                                         stream.resume_after)
+        part = [key for key in keys[start:] if stream.upto is None or key <= stream.upto]
+        stream.handed([(key, b"{}") for key in part])
+        copied.append(part)
+
+    pool = StreamPool(4, run, probe, first_key=keys[0], last_key=keys[-1], skip=8,
+                      min_split=50, next_number=1)
+    await pool.run([Stream(0, None, None, None)])
+    assert len(copied) == 4 and all(copied)
+    assert sorted(key for part in copied for key in part) == keys
 
 
 async def test_a_prefix_is_split_and_nothing_outside_it_is_copied() -> None:

@@ -15,6 +15,20 @@ Why it is built this way:
   and ``compare_and_set`` atomic across processes even when they replace an expired file, and
   it means removing an expired file can never remove a fresh one written at the same moment.
   Writing and fsyncing the data happens outside the lock.
+* Readers hold the same ``flock`` shared (through a descriptor of their own, counted across
+  the process's threads), so a read sees none or all of the renames of one locked step.
+* ``put_many`` of several keys is all or nothing, also across a crash: the temp files are
+  written and fsynced first; then, under the lock, a journal naming every temp file and its
+  key is renamed into ``.journal/`` and fsynced, the temp files are renamed into place, their
+  folders fsynced and the journal removed. A writer that dies in between leaves the journal
+  (and a mark: the lock file one byte long); whoever takes the lock next, a writer or a reader
+  that sees the mark, first renames what the journal still names (roll forward), and opening
+  the store does it always. The cost: one journal file, two fsyncs more per batch, and the
+  folders' fsyncs inside the lock.
+* The mark is a counter in the lock file's first 8 bytes, mapped into memory: odd while a batch
+  is between its journal and its last rename (or its writer died there), bumped to odd and back
+  to even by each batch. A single ``get`` reads it before and after reading its file and takes
+  the shared lock only when it was odd or changed (a seqlock): no system call for the lock.
 * Nothing below the namespace folder is followed through a symlink: files and folders are
   opened relative to a folder descriptor with ``O_NOFOLLOW``; a symlink where a key's file or
   folder should be raises ``StoreError``.
@@ -32,14 +46,18 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import secrets
 import stat
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from kvsessions.errors import ConfigError, StoreError
 from kvsessions.kv.base import (
@@ -51,6 +69,7 @@ from kvsessions.kv.base import (
 from kvsessions.kv.file_layout import (
     CLOEXEC,
     DIRECTORY,
+    JOURNAL_FOLDER,
     LOCK_NAME,
     NOFOLLOW,
     TEMP_FOLDER,
@@ -77,6 +96,14 @@ def _dead_temp(name: str) -> bool:
     """Whether ``name`` is a temp file of a writer process that no longer runs."""
     match = TEMP_NAME.fullmatch(name)
     return match is not None and not _pid_alive(int(match.group(1)))
+
+
+#: The batch counter at the start of the lock file (see ``FileStore._journal_marked``).
+_MARK = struct.Struct("<Q")
+
+
+class _Busy(Exception):
+    """The namespace lock is held and the caller asked not to wait for it."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,7 +141,12 @@ class FileStore(KVStore):
         self._dir_fd = -1
         self._lock_fd = -1
         self._tmp_fd = -1
+        self._journal_fd = -1
+        self._shared_fd = -1  # readers' descriptor of the lock file (a lock of its own)
         self._thread_lock = threading.Lock()
+        self._readers = 0  # threads of this process reading under the shared lock
+        self._readers_lock = threading.Lock()
+        self._mark: mmap.mmap | None = None  # the batch counter (see _journal_marked)
 
     @classmethod
     def from_url(cls, url: StoreURL, **given: Any) -> FileStore:
@@ -155,16 +187,34 @@ class FileStore(KVStore):
             os.close(root_fd)
         self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC,
                                 0o600, dir_fd=self._dir_fd)
+        self._shared_fd = os.open(LOCK_NAME, os.O_RDONLY | NOFOLLOW | CLOEXEC,
+                                  dir_fd=self._dir_fd)
         self._tmp_fd = self._open_dir(self._dir_fd, TEMP_FOLDER, create=True)
-        self._remove_dead_temp_files(self._tmp_fd)
-        self._remove_dead_temp_files(self._dir_fd)  # where earlier releases wrote them
+        self._journal_fd = self._open_dir(self._dir_fd, JOURNAL_FOLDER, create=True)
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(self._lock_fd).st_size < _MARK.size:
+                    os.ftruncate(self._lock_fd, _MARK.size)  # a lock file of a release before
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._mark = mmap.mmap(self._lock_fd, _MARK.size)
+        with self._locked():
+            # Journals first: a dead writer's temp files that a journal names are its batch.
+            self._replay_journals()
+            self._remove_dead_temp_files(self._tmp_fd)
+            self._remove_dead_temp_files(self._dir_fd)  # where earlier releases wrote them
         self._upgrade_layout()
 
     async def _close(self) -> None:
-        for fd in (self._tmp_fd, self._lock_fd, self._dir_fd):
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
+        for fd in (self._tmp_fd, self._journal_fd, self._shared_fd, self._lock_fd,
+                   self._dir_fd):
             if fd >= 0:
                 os.close(fd)
-        self._dir_fd = self._lock_fd = self._tmp_fd = -1
+        self._dir_fd = self._lock_fd = self._tmp_fd = self._journal_fd = self._shared_fd = -1
 
     def _remove_dead_temp_files(self, dir_fd: int) -> None:
         """Temp files of writers that died mid-write; a live writer's are left alone."""
@@ -249,12 +299,96 @@ class FileStore(KVStore):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """The namespace lock, exclusive; a batch a dead writer left half renamed is
+        finished first, so nothing is ever written over it."""
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
+                if self._journal_marked():
+                    self._replay_journals()
                 yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _reading(self, *, wait: bool = True) -> Iterator[None]:
+        """The namespace lock, shared: no locked step (a batch's renames) is half done while
+        it is held. Without ``wait``, ``_Busy`` instead of waiting for it."""
+        while True:
+            self._share(wait)
+            if not self._journal_marked():
+                break
+            self._unshare()
+            if not wait:
+                raise _Busy
+            with self._locked():  # finishes the dead writer's batch
+                pass
+        try:
+            yield
+        finally:
+            self._unshare()
+
+    def _share(self, wait: bool) -> None:
+        if not self._readers_lock.acquire(blocking=wait):
+            raise _Busy
+        try:
+            if self._readers == 0:
+                try:
+                    fcntl.flock(self._shared_fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise _Busy from None
+            self._readers += 1
+        finally:
+            self._readers_lock.release()
+
+    def _unshare(self) -> None:
+        with self._readers_lock:
+            self._readers -= 1
+            if self._readers == 0:
+                fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
+
+    def _journal_marked(self) -> bool:
+        """Whether a batch's writer may have died between its journal and its last rename:
+        the counter is odd from before the journal until after it is removed."""
+        return self._batches() % 2 == 1
+
+    def _batches(self) -> int:
+        assert self._mark is not None
+        return int(_MARK.unpack_from(self._mark)[0])
+
+    def _bump_batches(self, odd: bool) -> None:
+        """To odd before a journal, to even once it is removed (under the exclusive lock)."""
+        assert self._mark is not None
+        count = self._batches()
+        if count % 2 != odd:
+            _MARK.pack_into(self._mark, 0, count + 1)
+
+    def _replay_journals(self) -> None:
+        """Under the exclusive lock: rename what each journal still names into place (its
+        temp files were fsynced before the journal was written), then remove the journal."""
+        journals = [name for name, is_dir, _ in list_names(self._journal_fd) if not is_dir]
+        for name in journals:
+            fd = os.open(name, os.O_RDONLY | NOFOLLOW | CLOEXEC, dir_fd=self._journal_fd)
+            with os.fdopen(fd, "rb") as journal:
+                data = journal.read()
+            try:
+                entries = orjson.loads(data.split(b"\n", 1)[1])
+            except (IndexError, orjson.JSONDecodeError):
+                entries = []  # never renamed into place half written; not ours
+            for temp, key in entries:
+                try:
+                    os.stat(temp, dir_fd=self._tmp_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # renamed before the writer died
+                with self._key_dir(key, create=True) as where:
+                    assert where is not None
+                    self._refuse_folder(*where, key)
+                    os.replace(temp, where[1], src_dir_fd=self._tmp_fd, dst_dir_fd=where[0])
+                    self._sync_dir(where[0])
+            os.unlink(name, dir_fd=self._journal_fd)
+        if journals:
+            self._sync_dir(self._journal_fd)
+        self._bump_batches(odd=False)
 
     # ------------------------------------------------------------------ reading
 
@@ -289,19 +423,34 @@ class FileStore(KVStore):
                     os.unlink(where[1], dir_fd=where[0])
 
     async def _get(self, key: str) -> bytes | None:
+        before = self._batches()
         value, expired = self._read_live(key, time.time())
+        if before % 2 or self._batches() != before:  # a batch ran meanwhile: read it locked
+            try:
+                with self._reading(wait=False):
+                    value, expired = self._read_live(key, time.time())
+            except _Busy:  # a writer holds the lock: wait for it on a thread, not on the loop
+                value, expired = await self._run(self._read_live_shared, key)
         if expired:
             await self._run(self._remove_if_expired, key)
         return value
 
+    def _read_live_shared(self, key: str) -> tuple[bytes | None, bool]:
+        with self._reading():
+            return self._read_live(key, time.time())
+
     def _get_many_sync(self, keys: list[str]) -> list[bytes | None]:
         now = time.time()
         values: list[bytes | None] = []
-        for key in keys:
-            value, expired = self._read_live(key, now)
-            if expired:
-                self._remove_if_expired(key)
-            values.append(value)
+        expired: list[str] = []
+        with self._reading():
+            for key in keys:
+                value, is_expired = self._read_live(key, now)
+                if is_expired:
+                    expired.append(key)
+                values.append(value)
+        for key in expired:  # the exclusive lock, once the shared one is released
+            self._remove_if_expired(key)
         return values
 
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
@@ -405,10 +554,14 @@ class FileStore(KVStore):
         return await self._run(self._compare_and_set_sync, key, expected, new, expires_at(ttl))
 
     def _put_many_sync(self, items: list[tuple[str, bytes]], deadline: float | None) -> None:
-        """All temp files written and fsynced first, then renamed under one lock: a failure
-        before the renames changes nothing. Each folder is opened once per batch."""
+        """All temp files written and fsynced first, then renamed under one lock, which
+        readers hold shared: a failure before the renames changes nothing, and no reader sees
+        part of the batch. With several keys a journal makes it all or nothing across a crash
+        too (see the module's docstring). Each folder is opened once per batch."""
         folders: dict[tuple[str, ...], int] = {(): self._dir_fd}
         staged: list[list[Any]] = []  # [folder fd, temp name or None once renamed, name, key]
+        journal = None  # its name, once the temp files are written
+        journaled = False  # from then on the journal finishes the batch, whatever happens
         try:
             for key, value in items:
                 dirs, name = key_to_parts(key)
@@ -416,20 +569,39 @@ class FileStore(KVStore):
                 entry: list[Any] = [dir_fd, None, name, key]
                 staged.append(entry)
                 entry[1] = self._write_temp(value, deadline)
+            if len(staged) > 1:
+                journal = self._write_temp(
+                    orjson.dumps([[entry[1], entry[3]] for entry in staged]), None)
             with self._locked():
                 for entry in staged:  # checked before the first rename: all or nothing
                     self._refuse_folder(entry[0], entry[2], entry[3])
+                if journal is not None:
+                    self._bump_batches(odd=True)  # the mark: see _journal_marked
+                    os.replace(journal, journal, src_dir_fd=self._tmp_fd,
+                               dst_dir_fd=self._journal_fd)
+                    journaled = True
+                    self._sync_dir(self._journal_fd)
                 for entry in staged:
                     os.replace(entry[1], entry[2], src_dir_fd=self._tmp_fd,
                                dst_dir_fd=entry[0])
                     entry[1] = None
-            for dir_fd in dict.fromkeys(entry[0] for entry in staged):
-                self._sync_dir(dir_fd)
+                if journal is not None:
+                    for dir_fd in dict.fromkeys(entry[0] for entry in staged):
+                        self._sync_dir(dir_fd)
+                    os.unlink(journal, dir_fd=self._journal_fd)
+                    self._bump_batches(odd=False)
+            if not journaled:
+                for dir_fd in dict.fromkeys(entry[0] for entry in staged):
+                    self._sync_dir(dir_fd)
         finally:
-            for _, temp, _, _ in staged:
-                if temp is not None:
+            if not journaled:
+                if journal is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(temp, dir_fd=self._tmp_fd)
+                        os.unlink(journal, dir_fd=self._tmp_fd)
+                for _, temp, _, _ in staged:
+                    if temp is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(temp, dir_fd=self._tmp_fd)
             for path, opened_fd in folders.items():
                 if path:
                     os.close(opened_fd)
@@ -490,10 +662,31 @@ class FileStore(KVStore):
                          key_range.upper, self._open_dir)
 
     def _read_page(self, keys: list[str]) -> list[tuple[str, bytes]]:
-        """The live values of ``keys``; each folder is opened once for the page (a page is
-        mostly one session's folder)."""
+        with self._reading():
+            items, expired = self._read_values(keys)
+        for key in expired:
+            self._remove_if_expired(key)
+        return items
+
+    def _list_and_read(self, key_range: KeyRange, reverse: bool,
+                       limit: int) -> tuple[list[str], list[tuple[str, bytes]]]:
+        """All keys in ``key_range`` in scan order, and the live values of the first ``limit``,
+        listed and read under one shared lock: that page sees a batch wholly or not at all."""
+        with self._reading():
+            keys = self._list_keys(key_range)
+            if reverse:
+                keys.reverse()
+            items, expired = self._read_values(keys[:limit])
+        for key in expired:
+            self._remove_if_expired(key)
+        return keys, items
+
+    def _read_values(self, keys: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """The live values of ``keys`` and the expired keys met; each folder is opened once
+        for the page (a page is mostly one session's folder)."""
         now = time.time()
         items: list[tuple[str, bytes]] = []
+        expired: list[str] = []
         folders: dict[tuple[str, ...], int] = {(): self._dir_fd}
         try:
             for key in keys:
@@ -506,14 +699,14 @@ class FileStore(KVStore):
                 if found is None:
                     continue
                 if found[1] is not None and found[1] <= now:
-                    self._remove_if_expired(key)
+                    expired.append(key)
                 else:
                     items.append((key, found[0]))
         finally:
             for path, opened_fd in folders.items():
                 if path:
                     os.close(opened_fd)
-        return items
+        return items, expired
 
     def _existing_folder(self, opened: dict[tuple[str, ...], int],
                          dirs: tuple[str, ...]) -> int:
@@ -527,11 +720,11 @@ class FileStore(KVStore):
     async def _scan(
         self, key_range: KeyRange, reverse: bool, limit: int | None = None
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
-        keys = await self._run(self._list_keys, key_range)
-        if reverse:
-            keys.reverse()
         batch = self.scan_batch_size if limit is None else min(self.scan_batch_size, limit)
-        for start in range(0, len(keys), batch):
+        keys, page = await self._run(self._list_and_read, key_range, reverse, batch)
+        if page:
+            yield page
+        for start in range(batch, len(keys), batch):
             page = await self._run(self._read_page, keys[start:start + batch])
             if page:
                 yield page
@@ -539,7 +732,6 @@ class FileStore(KVStore):
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
-        keys = await self._run(self._list_keys, key_range)
-        window = keys[::-1][:limit] if reverse else keys[:limit]
-        items = await self._run(self._read_page, window)
+        keys, items = await self._run(self._list_and_read, key_range, reverse, limit)
+        window = keys[:limit]
         return items, (window[-1] if len(window) == limit else None)

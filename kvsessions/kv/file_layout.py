@@ -15,6 +15,9 @@
   a folder, ``.json`` for a file, so a file never shares a name with a folder).
 * Files are written under a temporary name in ``.tmp/`` of the namespace folder, then renamed
   into their folder: opening the store clears ``.tmp/`` of dead writers' files.
+* A batch of several keys (``put_many``) is renamed into place under a journal: a file in
+  ``.journal/`` naming each temp file and its key, there only while the renames run (see
+  ``FileStore._put_many_sync``).
 * Folders written by releases before this layout (the whole key's hex as one name, cut into
   240-character ``.d`` folders) are moved into it when the store is opened
   (``kvsessions.kv.file_upgrade``).
@@ -42,6 +45,7 @@ PIECE_BYTES = 120  # 240 hex characters in a name
 FILE_SUFFIX, DIR_SUFFIX, PIECE_SUFFIX = ".json", ".d", ".s"
 TEMP_PREFIX = ".tmp-"
 TEMP_FOLDER = ".tmp"
+JOURNAL_FOLDER = ".journal"
 LOCK_NAME = ".lock"
 MAGIC = b"kvs1 "
 FILE_NAME = re.compile(r"(?:[0-9a-f]{2}){0,120}\.json")

@@ -30,12 +30,19 @@ resuming after the last key should the server drop it. Binary order needs the co
 default (simple) collation, which ``open()`` checks; queries then need no collation argument
 (SecantusDB 0.7 sorts by locale when a query names ``{"locale": "simple"}``; real MongoDB treats
 both the same).
+
+``put_many`` of several documents is one multi-document transaction where the deployment has
+them (a replica set or ``mongos``, which ``open()`` asks with ``hello``): readers see all of the
+batch or none, and a client that dies before the commit leaves nothing. A standalone server has
+no transactions; there each document is written atomically and a reader may see part of a batch
+(docs/contract.md#partitions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -181,6 +188,7 @@ class MongoDBStore(KVStore):
         self._per_loop = self._collections = PerLoop(self._connect, self._disconnect)
         self._text_indexes: set[TextIndex] = set()
         self._ttl_index_ready = False
+        self._transactions = False
 
     @classmethod
     def from_url(cls, url: StoreURL, **given: Any) -> MongoDBStore:
@@ -199,6 +207,7 @@ class MongoDBStore(KVStore):
         try:
             database = (await self._collections.get()).database
             await self._check_collation(database)
+            await self._ask_transactions(database)
         except BaseException as exc:
             await self._close()
             if HAVE_PYMONGO and isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
@@ -208,6 +217,12 @@ class MongoDBStore(KVStore):
                                             ) from None
             raise
         self._ttl_index_ready = False
+
+    async def _ask_transactions(self, database: Any) -> None:
+        """Whether the server runs multi-document transactions: a replica set member names its
+        set, ``mongos`` says ``isdbgrid``; a standalone server does neither."""
+        hello = await database.command("hello")
+        self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
 
     async def _connect(self) -> Any:
         """The calling event loop's collection: of our own client, made here, or of the
@@ -359,6 +374,9 @@ class MongoDBStore(KVStore):
         if ttl is not None and not self._ttl_index_ready:
             await self._ensure_ttl_index()
         documents = [(key, self._to_stored(key, value, ttl)) for key, value in items]
+        if self._transactions and len(documents) > 1:
+            await outlive_cancellation(self._put_many_in_transaction(documents))
+            return
         for attempt in range(3):
             operations = [ReplaceOne(_upsert_filter(key, attempt), stored, upsert=True)
                           for key, stored in documents]
@@ -370,6 +388,33 @@ class MongoDBStore(KVStore):
                 if attempt == 2 or not errors or any(e.get("code") != 11000 for e in errors):
                     raise
                 documents = [documents[error["index"]] for error in errors]
+
+    async def _put_many_in_transaction(self, documents: list[tuple[str, Any]]) -> None:
+        """The whole batch in one transaction (retried by the driver on a transient error). A
+        duplicate key (a document of an earlier release, without ``_partition``, or a racing
+        upsert of a new key) aborts it; the retry finds every document by ``_id``."""
+        collection = self._collection
+        started = collection.database.client.start_session()
+        session = await started if inspect.isawaitable(started) else started
+        try:
+            for attempt in range(3):
+                operations = [ReplaceOne(_upsert_filter(key, attempt), stored, upsert=True)
+                              for key, stored in documents]
+
+                async def write(session: Any, operations: list[Any] = operations) -> None:
+                    await collection.bulk_write(operations, ordered=True, session=session)
+
+                try:
+                    await session.with_transaction(
+                        write, write_concern=collection.write_concern)
+                    return
+                except (mongo_errors.BulkWriteError, mongo_errors.DuplicateKeyError) as exc:
+                    details = getattr(exc, "details", None) or {}
+                    errors = details.get("writeErrors", [{"code": getattr(exc, "code", None)}])
+                    if attempt == 2 or any(e.get("code") != 11000 for e in errors):
+                        raise
+        finally:
+            await session.end_session()
 
     async def _delete(self, key: str) -> bool:
         result = await outlive_cancellation(

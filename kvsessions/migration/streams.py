@@ -8,6 +8,9 @@ with the most work left (estimated from the documents per unit of key space seen
 string between its position and its end, found by arithmetic on code points and checked with a
 one-key probe of the source. A stream gives up the upper part of its range only while it has
 not handed any key of that part to its writer: its reader re-reads its end before every batch.
+Before any stream starts, the first ones are split until there is one per worker (or nothing is
+worth splitting): those splits race no copy, so every worker has work from the first batch on,
+whatever the load of the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import bisect
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +169,11 @@ class StreamPool:
 
     async def run(self, streams: list[Stream]) -> None:
         waiting = deque(streams)
+        while waiting and len(waiting) < self.workers:
+            new = await self._split(dict(enumerate(waiting)))
+            if new is None:
+                break
+            waiting.append(new)
         running: dict[asyncio.Task[None], Stream] = {}
         try:
             while waiting or running:
@@ -211,7 +219,7 @@ class StreamPool:
         width = _number(stream.position, self.skip) - _number(stream.first, self.skip)
         return stream.read / max(width, 1)
 
-    async def _split(self, running: dict[asyncio.Task[None], Stream]) -> Stream | None:
+    async def _split(self, running: Mapping[Any, Stream]) -> Stream | None:
         """Split the running stream with the most work left; None when none is worth it."""
         for _ in range(_PROBES):
             outcome = await self._try_split(running)
@@ -219,7 +227,7 @@ class StreamPool:
                 return outcome if isinstance(outcome, Stream) else None
         return None
 
-    async def _try_split(self, running: dict[asyncio.Task[None], Stream]) -> object:
+    async def _try_split(self, running: Mapping[Any, Stream]) -> object:
         """A new stream, None, or ``_MOVED_ON`` when the chosen stream read past the split
         point while the probe ran (then a new choice is made at once)."""
         streams = [s for s in running.values() if s.splittable]
