@@ -189,3 +189,23 @@ async def test_a_failed_commit_fails_every_write_in_it(tmp_path: Path) -> None:
             "INSERT INTO parent VALUES (1)").rowcount) == 1  # the connection still works
     finally:
         await worker.stop()
+
+
+async def test_concurrent_batches_with_allocations_traced(tmp_path: Path) -> None:
+    """tracemalloc makes the loop's thread collect garbage at other moments: a cursor a write
+    job returned, freed there mid-transaction, broke the thread's next statement ("bad
+    parameter or other API misuse"; a parallel migration's memory test found it)."""
+    import tracemalloc
+
+    async with SQLiteStore(tmp_path / "traced.db", namespace="kv") as store:
+        async def writer(number: int) -> None:
+            for batch in range(30):
+                await store.put_many([(f"k:{number}:{batch}:{i:03d}",
+                                       orjson.dumps({"i": i, "t": "x" * 300}))
+                                      for i in range(200)])
+        tracemalloc.start()
+        try:
+            await asyncio.gather(*(writer(number) for number in range(4)))
+        finally:
+            tracemalloc.stop()
+        assert len(await store.keys("k:")) == 4 * 30 * 200

@@ -202,7 +202,14 @@ class SQLiteWorker:
 
 
 def _deliver(jobs: list[_Job]) -> None:
-    """Settle the jobs' futures: one wake-up per event loop, however many jobs."""
+    """Settle the jobs' futures: one wake-up per event loop, however many jobs. A cursor a
+    job returned is closed here, on the thread: freed on the caller's thread, it would reset
+    its statement while this thread uses the connection (SQLite: "bad parameter or other API
+    misuse", seen when a collection on the loop's thread freed one mid-transaction)."""
+    for job in jobs:
+        if isinstance(job.result, sqlite3.Cursor):
+            job.result.close()
+            job.result = None
     if len(jobs) == 1:
         job = jobs[0]
         with contextlib.suppress(RuntimeError):  # the caller's loop has closed meanwhile

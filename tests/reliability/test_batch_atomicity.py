@@ -104,6 +104,7 @@ def test_a_reader_never_sees_part_of_a_batch(adapter: str, url: str) -> None:
     reader = _child("read", url, prefix, stdin=subprocess.PIPE)
     try:
         _lines_until(writer, "ack")
+        _lines_until(reader, "reading")  # a fast writer could finish before the reader starts
         deadline = time.monotonic() + 60
         acked = 0
         assert writer.stdout is not None
