@@ -169,8 +169,13 @@ def message_item(message: ChatMessage) -> TResponseInputItem:
 
 
 def document_item(document: dict[str, Any]) -> TResponseInputItem:
-    """``message_item`` of a message document (``load_message_documents``)."""
-    return _item(document["metadata"], document["role"], document["content"])
+    """``message_item`` of a message document (``load_messages_as``), written out: it runs
+    once per item of every ``get_items``."""
+    item: Any = document["metadata"].get(ITEM_KEY)
+    if type(item) is not dict:
+        role = document["role"]
+        item = {"role": "assistant" if role == "tool" else role, "content": document["content"]}
+    return item  # type: ignore[no-any-return]
 
 
 def _item(metadata: dict[str, Any], role: str, content: str) -> TResponseInputItem:
