@@ -1,5 +1,6 @@
 """``load_message_documents``: a session's messages as documents, the same messages, in the same
-order and under the same damaged-data policy as ``load_messages``."""
+order and under the same damaged-data policy as ``load_messages``; ``load_messages_as``: the
+same documents, each converted as it is read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from kvsessions.documents.codec import message_to_document
 from kvsessions.documents.keys import message_key
 from kvsessions.errors import ValidationError
-from kvsessions.sessions.message_documents import load_message_documents
+from kvsessions.sessions.message_documents import load_message_documents, load_messages_as
 from kvsessions.sessions.storage import SessionStorage
 from tests.test_message_edits import below_validation, plant_damaged, stored_session
 
@@ -60,3 +61,26 @@ async def test_a_document_with_a_field_the_schema_refuses_is_damaged_here_too(
         await load_message_documents(storage, sid)
     kept = await load_message_documents(storage, sid, on_damaged="skip")
     assert [document["content"] for document in kept] == ["m1"]
+
+
+async def test_load_messages_as_converts_each_document_of_the_same_read(
+        storage: SessionStorage) -> None:
+    session = await stored_session(storage, 4)
+    sid = session.session_id
+    every = await load_message_documents(storage, sid)
+    converted: list[str] = []
+
+    def content(document: dict[str, object]) -> str:
+        converted.append(str(document["message_id"]))
+        return str(document["content"])
+
+    assert await load_messages_as(storage, sid, content) == ["m0", "m1", "m2", "m3"]
+    assert converted == [document["message_id"] for document in every]
+    assert await load_messages_as(storage, sid, content, limit=2) == ["m2", "m3"]
+    _, key = await plant_damaged(storage, sid)  # the latest: skipped, never converted
+    converted.clear()
+    assert await load_messages_as(storage, sid, content, on_damaged="skip") == [
+        "m0", "m1", "m2", "m3"]
+    assert len(converted) == 4
+    with pytest.raises(ValidationError, match=key):
+        await load_messages_as(storage, sid, content, limit=1)

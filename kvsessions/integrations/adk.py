@@ -69,7 +69,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
 from kvsessions.documents.codec import parse_timestamp
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import StorageSource, session_storage
-from kvsessions.sessions.message_documents import load_message_documents
+from kvsessions.sessions.message_documents import load_messages_as
 from kvsessions.sessions.state import StateScope
 from kvsessions.sessions.storage import SessionStorage
 
@@ -146,8 +146,7 @@ class KVSessionService(BaseSessionService):
                                               None if after else recent)
         if found is None:
             return None
-        head, documents = found
-        events = [document_event(document) for document in documents]
+        head, events = found
         if after:
             events = [event for event in events if event.timestamp >= after]
         events.sort(key=lambda event: event.timestamp)  # ties keep the append order
@@ -245,21 +244,21 @@ class KVSessionService(BaseSessionService):
 
     async def _owned_with_events(self, app_name: str, user_id: str, session_id: str,
                                  recent: int | None
-                                 ) -> tuple[ChatSession, list[dict[str, Any]]] | None:
-        """``_owned`` with the documents of its latest ``recent`` messages (all with None),
-        the head and the messages read together (``load_message_documents``: no
-        ``ChatMessage`` is built on the way to an event)."""
+                                 ) -> tuple[ChatSession, list[Event]] | None:
+        """``_owned`` with the events of its latest ``recent`` messages (all with None), the
+        head and the messages read together, each event made from its document as it is read
+        (``load_messages_as``: no ``ChatMessage`` is built on the way, and no document kept)."""
         key = stored_id(app_name, user_id, session_id)
-        head, documents = await asyncio.gather(
+        head, events = await asyncio.gather(
             self._owned(app_name, user_id, session_id, 0),
-            load_message_documents(self.storage, key, limit=recent) if recent != 0
+            load_messages_as(self.storage, key, document_event, limit=recent) if recent != 0
             else _given([]))
         if head is None:
             return None
         if head.session_id != key:  # found under the stripped id: read its messages
-            documents = await load_message_documents(self.storage, head.session_id,
-                                                     limit=recent) if recent != 0 else []
-        return head, documents
+            events = await load_messages_as(self.storage, head.session_id, document_event,
+                                            limit=recent) if recent != 0 else []
+        return head, events
 
     async def _shared_states(self, app_name: str, user_ids: set[str]
                              ) -> dict[str | None, dict[str, Any]]:
@@ -384,7 +383,7 @@ def message_event(message: ChatMessage) -> Event:
 
 
 def document_event(document: dict[str, Any]) -> Event:
-    """``message_event`` of a message document (``load_message_documents``)."""
+    """``message_event`` of a message document (``load_messages_as``)."""
     stored = document["metadata"].get(EVENT_KEY)
     if type(stored) is dict:
         return Event.model_validate_json(orjson.dumps(stored))

@@ -7,8 +7,11 @@ its role (``user``, ``assistant``, ``system``; ``developer`` is kept as ``system
 as ``tool``, other items such as function calls and reasoning as ``assistant``), its text as the
 content (so ``kvsessions show`` and ``export`` read the conversation), and the whole item in the
 message's metadata under ``openai_agents_item``, which is what ``get_items`` returns: items
-round-trip as the JSON they are. A message stored by other kvsessions code (no item in its
-metadata) reads as ``{"role": ..., "content": ...}``, a ``tool`` message as ``assistant``.
+round-trip as the JSON they are. A message with no item in its metadata reads as
+``{"role": ..., "content": ...}`` (a ``tool`` message as ``assistant``): one stored by other
+kvsessions code, and a plain text message (an item that is exactly ``{"role": "user",
+"content": "..."}``, or ``assistant`` or ``system``), whose role and content already are the
+item, kept once, not twice.
 
 The operations are ``SessionStorage``'s, so their guarantees are too: ``add_items`` stores the
 items of one call with one head update (the session is created on the first call), concurrent
@@ -38,7 +41,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
 
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import StorageSource, session_storage
-from kvsessions.sessions.message_documents import load_message_documents
+from kvsessions.sessions.message_documents import load_messages_as
 from kvsessions.sessions.storage import SessionStorage
 
 __all__ = ["ITEM_KEY", "OpenAIAgentsSession", "item_message", "message_item"]
@@ -97,8 +100,7 @@ class OpenAIAgentsSession(SessionABC):
         count = resolve_session_limit(limit, self.session_settings)
         if count is not None and count <= 0:
             return []
-        documents = await load_message_documents(self.storage, self.session_id, limit=count)
-        return [document_item(document) for document in documents]
+        return await load_messages_as(self.storage, self.session_id, document_item, limit=count)
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Store the items, in order, after those stored before; the session is created by the
@@ -148,8 +150,17 @@ def item_message(session_id: str, item: TResponseInputItem) -> ChatMessage:
     if not isinstance(item, Mapping):
         raise TypeError(f"an item is a dict, not {type(item).__name__}")
     fields = cast(Mapping[str, Any], item)
-    return ChatMessage.create(session_id, _role(fields), _text(fields),
-                              {ITEM_KEY: dict(fields)})
+    role, text = _role(fields), _text(fields)
+    if _is_plain(fields, role):
+        return ChatMessage.create(session_id, role, text)
+    return ChatMessage.create(session_id, role, text, {ITEM_KEY: dict(fields)})
+
+
+def _is_plain(item: Mapping[str, Any], role: str) -> bool:
+    """The item is exactly ``{"role": role, "content": text}`` with the role it is stored with:
+    the message's role and content are the item, which reads back equal (``_item``) with no
+    copy in the metadata, a document a third smaller to store and to read."""
+    return len(item) == 2 and item.get("role") == role and type(item.get("content")) is str
 
 
 def message_item(message: ChatMessage) -> TResponseInputItem:
@@ -158,8 +169,13 @@ def message_item(message: ChatMessage) -> TResponseInputItem:
 
 
 def document_item(document: dict[str, Any]) -> TResponseInputItem:
-    """``message_item`` of a message document (``load_message_documents``)."""
-    return _item(document["metadata"], document["role"], document["content"])
+    """``message_item`` of a message document (``load_messages_as``), written out: it runs
+    once per item of every ``get_items``."""
+    item: Any = document["metadata"].get(ITEM_KEY)
+    if type(item) is not dict:
+        role = document["role"]
+        item = {"role": "assistant" if role == "tool" else role, "content": document["content"]}
+    return item  # type: ignore[no-any-return]
 
 
 def _item(metadata: dict[str, Any], role: str, content: str) -> TResponseInputItem:

@@ -11,11 +11,17 @@ which return what the metadata holds) is not stopped by a damaged one. Anything 
 version, a field of the wrong type, not JSON) takes the full path of every read
 (``parse_message``: upcast, schema check, the storage's damaged-data policy) and comes back as
 the document of the message read.
+
+A reader that turns each document into its own object at once (``load_messages_as``) keeps only
+that object: a document and its metadata are freed as soon as they are read, not held in a list
+of them all, which at some thousand messages the garbage collector otherwise walks several
+times while the list grows (a third of a load's time at 5,000 messages).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,7 +33,9 @@ from kvsessions.sessions.damaged import DamagedPolicy
 from kvsessions.sessions.message_scan import parse_message
 from kvsessions.sessions.storage import SessionStorage
 
-__all__ = ["load_message_documents"]
+__all__ = ["load_message_documents", "load_messages_as"]
+
+_T = TypeVar("_T")
 
 _loads = orjson.loads
 _ROLES = frozenset(MESSAGE_ROLES)
@@ -55,11 +63,21 @@ async def load_message_documents(storage: SessionStorage, session_id: str, *,
     when given; what ``load_messages`` returns, as documents). A damaged document raises its
     ``ValidationError``, or is left out under the ``skip`` policy (the storage's, or
     ``on_damaged``), as in every read."""
+    return await load_messages_as(storage, session_id, _document, limit=limit,
+                                  on_damaged=on_damaged)
+
+
+async def load_messages_as(storage: SessionStorage, session_id: str,
+                           convert: Callable[[dict[str, Any]], _T], *,
+                           limit: int | None = None,
+                           on_damaged: DamagedPolicy | None = None) -> list[_T]:
+    """``convert(document)`` of each document ``load_message_documents`` returns, in the same
+    order, each converted as it is read (see the module docstring)."""
     raw, documents = storage._raw, storage._documents
     handling = storage._handling(on_damaged)
     prefix = message_prefix(session_id)
     reverse = limit is not None
-    found: list[dict[str, Any]] = []
+    found: list[_T] = []
     append = found.append
     cursor: str | None = None
     while True:
@@ -77,15 +95,21 @@ async def load_message_documents(storage: SessionStorage, session_id: str, *,
                 except orjson.JSONDecodeError:
                     document = None
                 if _is_current(document):
-                    append(document)
+                    append(convert(document))
                     continue
                 try:  # the full path names what is wrong
-                    append(message_to_document(parse_message(documents, key, value)))
+                    document = message_to_document(parse_message(documents, key, value))
                 except ValidationError as error:
                     handling.damaged(key, error)
+                else:
+                    append(convert(document))
         if wanted is None or last is None or seen < wanted:
             break
         cursor = last  # damaged documents were skipped: read on for the rest of the window
     if reverse:
         found.reverse()
     return found
+
+
+def _document(document: dict[str, Any]) -> dict[str, Any]:
+    return document

@@ -86,7 +86,23 @@ async def test_items_are_messages_kvsessions_can_show(integration_stores: StoreF
         ("user", ITEMS[0]["content"]), ("system", "Be brief."), ("assistant", ""),
         ("assistant", "weather({\"city\": \"Zürich\"})"),
         ("tool", ITEMS[4]["output"]), ("assistant", "Cold: -3.5 °C"), ("system", "part one")]
-    assert [m.metadata[ITEM_KEY] for m in stored.messages] == ITEMS
+    # a plain text item is its message's role and content; every other is kept whole
+    assert [m.metadata.get(ITEM_KEY) for m in stored.messages] == [None, *ITEMS[1:]]
+    await session.storage.close()
+
+
+async def test_plain_text_items_are_stored_once(integration_stores: StoreFactory) -> None:
+    session = adapter(integration_stores)
+    plain = [{"content": "hi", "role": "user"}, {"role": "assistant", "content": ""},
+             {"role": "system", "content": "Be brief."}]
+    whole = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": ["x"]},
+             {"role": "user", "content": "hi", "type": "message"}]
+    await session.add_items(plain + whole)
+    stored = await session.storage.load_session("conversation-1")
+    assert stored is not None
+    assert [m.metadata for m in stored.messages] == [{}] * 3 + [{ITEM_KEY: i} for i in whole]
+    assert await session.get_items() == plain + whole
+    assert await session.pop_item() == whole[-1]
     await session.storage.close()
 
 
