@@ -383,6 +383,9 @@ async def test_a_pool_passed_in_is_used_and_stays_open(new_namespace: Any) -> No
             assert await store.compare_and_set_with(
                 "h", head, b'{"v": 2}', swap=[("n", mixed, b'{"n": 2}'), ("raw", raw, None)])
             assert await store.get_many(["h", "n", "raw"]) == [b'{"v": 2}', b'{"n": 2}', None]
+            assert await store.compare_and_set_with("h", b'{"v": 2}', b'{"v": 3}',
+                                                    create=[("c", b'{"c": 1}')])
+            assert await store.get_and_last("h", "p") == (b'{"v": 3}', ("p2", b'{"b": [2]}'))
         assert not pool._closed
         # Our codec never lands on the caller's connections: jsonb still comes back as text.
         assert await pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == '{"a": 1}'
