@@ -448,3 +448,26 @@ async def test_a_read_of_many_keys_planned_on_a_small_table_uses_the_key_index_l
     finally:
         await pool.release(connection, None)
     assert "Seq Scan" not in plan, plan
+
+
+async def test_statements_keep_one_plan(new_namespace: Any) -> None:
+    """Left to choose, PostgreSQL planned every ``compare_and_set_with`` (and every scan page)
+    again at every call, as their generic plans looked dearer than plans for the values:
+    planning took longer than running the statement. The store's connections keep one."""
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(), min_pool_size=1,
+                               max_pool_size=1) as store:
+        await store.put("h", b'{"n": 0}')
+        for n in range(8):
+            assert await store.compare_and_set_with(
+                "h", await store.get("h"), orjson.dumps({"n": n + 1}), put=[(f"e{n}", b"{}")])
+            assert await store.keys("e", reverse=True) == [f"e{i}" for i in range(n, -1, -1)]
+        pool: Any = store._pool
+        connection = await pool.acquire()
+        try:
+            plans = await connection.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE 'WITH swap%' OR statement LIKE 'SELECT key,%'")
+        finally:
+            await pool.release(connection, None)
+    assert len(plans) == 2, plans
+    assert all(row["custom_plans"] == 0 and row["generic_plans"] >= 8 for row in plans), plans

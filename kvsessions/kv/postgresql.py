@@ -83,7 +83,12 @@ __all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_ta
 #: sorted it to return the first rows of a scan (a listing: every index entry, O(store)).
 #: Without seq scans, a prepared ``key = ANY($1)`` whose generic plan was made while the table
 #: was small (a sequential read, then cheapest) keeps to the index after the table grew.
-_SESSION_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off"}
+#: So a generic plan is as good as one made for the values, and each statement keeps the one
+#: it made: left to choose, PostgreSQL planned every ``compare_and_set_with`` and every scan
+#: (``LIMIT $2``) again at every call, as their generic plans looked dearer (planning took
+#: twice as long as running an append's statement; pg_prepared_statements: 0 generic plans).
+_SESSION_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off",
+                     "plan_cache_mode": "force_generic_plan"}
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
