@@ -363,8 +363,7 @@ class SQLiteStore(KVStore):
 
     async def _get_and_last(self, key: str, key_range: KeyRange
                             ) -> tuple[bytes | None, tuple[str, bytes] | None]:
-        """Both reads in one ``_read``: read concurrently, the second would find the reader in
-        use and go to the thread."""
+        """Both reads in one ``_read``: one step on the loop's reader, not two tasks."""
         get, get_params = self._sql_get, (key, time.time())
         scan, scan_params = self._scan_sql(key_range, True, 1)
 
