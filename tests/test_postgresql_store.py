@@ -383,6 +383,9 @@ async def test_a_pool_passed_in_is_used_and_stays_open(new_namespace: Any) -> No
             assert await store.compare_and_set_with(
                 "h", head, b'{"v": 2}', swap=[("n", mixed, b'{"n": 2}'), ("raw", raw, None)])
             assert await store.get_many(["h", "n", "raw"]) == [b'{"v": 2}', b'{"n": 2}', None]
+            assert await store.compare_and_set_with("h", b'{"v": 2}', b'{"v": 3}',
+                                                    create=[("c", b'{"c": 1}')])
+            assert await store.get_and_last("h", "p") == (b'{"v": 3}', ("p2", b'{"b": [2]}'))
         assert not pool._closed
         # Our codec never lands on the caller's connections: jsonb still comes back as text.
         assert await pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == '{"a": 1}'
@@ -445,3 +448,26 @@ async def test_a_read_of_many_keys_planned_on_a_small_table_uses_the_key_index_l
     finally:
         await pool.release(connection, None)
     assert "Seq Scan" not in plan, plan
+
+
+async def test_statements_keep_one_plan(new_namespace: Any) -> None:
+    """Left to choose, PostgreSQL planned every ``compare_and_set_with`` (and every scan page)
+    again at every call, as their generic plans looked dearer than plans for the values:
+    planning took longer than running the statement. The store's connections keep one."""
+    async with PostgreSQLStore(POSTGRES_URL, namespace=new_namespace(), min_pool_size=1,
+                               max_pool_size=1) as store:
+        await store.put("h", b'{"n": 0}')
+        for n in range(8):
+            assert await store.compare_and_set_with(
+                "h", await store.get("h"), orjson.dumps({"n": n + 1}), put=[(f"e{n}", b"{}")])
+            assert await store.keys("e", reverse=True) == [f"e{i}" for i in range(n, -1, -1)]
+        pool: Any = store._pool
+        connection = await pool.acquire()
+        try:
+            plans = await connection.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE 'WITH swap%' OR statement LIKE 'SELECT key,%'")
+        finally:
+            await pool.release(connection, None)
+    assert len(plans) == 2, plans
+    assert all(row["custom_plans"] == 0 and row["generic_plans"] >= 8 for row in plans), plans

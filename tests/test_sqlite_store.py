@@ -141,7 +141,8 @@ async def test_a_value_not_written_as_bytes_raises(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("UPDATE t SET value = '{\"text\": 1}'")
     async with SQLiteStore(path, namespace="t") as store:
-        for attempt in (store.get("k"), store.get_many(["k"]), store.keys()):
+        for attempt in (store.get("k"), store.get_many(["k"]), store.keys(),
+                        store.get_and_last("k", "x"), store.get_and_last("x", "k")):
             with pytest.raises(StoreError, match="not bytes"):
                 await attempt
 

@@ -23,7 +23,7 @@ from kvsessions.documents.keys import (
 from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRecord
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import InvalidValueError, RevisionConflictError, ValidationError
-from kvsessions.kv.base import KVStore
+from kvsessions.kv.base import KeyRange, KVStore
 from kvsessions.sessions.message_reader import message_from_document, messages_from_page
 from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
@@ -48,6 +48,11 @@ class RecordingStore(StoreWrapper):
     async def _get_many(self, keys: list[str]) -> list[bytes | None]:
         self.calls.append("get_many")
         return await self.inner._get_many(keys)
+
+    async def _get_and_last(self, key: str, key_range: KeyRange
+                            ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        self.calls.append("get_and_last")
+        return await self.inner._get_and_last(key, key_range)
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         self.calls.append("put")

@@ -450,6 +450,32 @@ class KVStore(ABC):
         """All keys under ``prefix`` in order (a convenience for small namespaces and tests)."""
         return [key async for key, _ in self.scan(prefix, reverse=reverse)]
 
+    async def get_and_last(self, key: str,
+                           prefix: str) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        """``get(key)`` and the last item of ``scan(prefix)`` (None: there is none), as a
+        writer reads a record and the latest of its items before changing both: one round
+        trip where the adapter has one (``_get_and_last``), else the two reads concurrently."""
+        check_key(key)
+        key_range = _scan_range(check_prefix(prefix), None, True)
+        assert key_range is not None  # a prefix alone never makes an empty range
+        await self._ready()
+        try:
+            return await self._get_and_last(key, key_range)
+        except Exception as exc:
+            error = self._map_error(exc, "get_and_last")
+        raise error
+
+    async def _get_and_last(self, key: str, key_range: KeyRange
+                            ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        """Adapter hook: ``get_and_last`` of the reverse scan's ``key_range``."""
+        async def last() -> tuple[str, bytes] | None:
+            async for page in self._scan(key_range, True, 1):
+                return page[0]
+            return None
+
+        value, item = await asyncio.gather(self._get(key), last())
+        return value, item
+
     async def _scan(
         self, key_range: KeyRange, reverse: bool, limit: int | None = None
     ) -> AsyncIterator[list[tuple[str, bytes]]]:

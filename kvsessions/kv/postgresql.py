@@ -83,7 +83,12 @@ __all__ = ["PARTITION_COLUMN", "PostgreSQLStore", "jsonb_loses", "partitioned_ta
 #: sorted it to return the first rows of a scan (a listing: every index entry, O(store)).
 #: Without seq scans, a prepared ``key = ANY($1)`` whose generic plan was made while the table
 #: was small (a sequential read, then cheapest) keeps to the index after the table grew.
-_SESSION_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off"}
+#: So a generic plan is as good as one made for the values, and each statement keeps the one
+#: it made: left to choose, PostgreSQL planned every ``compare_and_set_with`` and every scan
+#: (``LIMIT $2``) again at every call, as their generic plans looked dearer (planning took
+#: twice as long as running an append's statement; pg_prepared_statements: 0 generic plans).
+_SESSION_SETTINGS = {"enable_bitmapscan": "off", "enable_seqscan": "off",
+                     "plan_cache_mode": "force_generic_plan"}
 #: synchronous_commit values under which a commit waits for the local WAL flush (and standbys).
 _STRICT_COMMIT = frozenset({"on", "remote_apply"})
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([^"]*)"')
@@ -112,6 +117,9 @@ class _Statements:
     delete_many: str
     #: scan[(reverse, lower_inclusive, bounded)]
     scan: dict[tuple[bool, bool, bool], str]
+    #: get_and_last[bounded]: the row of key $1 (tagged 0) and the last live row from $2 up
+    #: to $3 (tagged 1), in one statement.
+    get_and_last: dict[bool, str]
     #: The condition naming the row of key $1.
     one_key: str
     #: A row's value columns (value, raw), as every read selects them.
@@ -179,6 +187,13 @@ def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False)
                 scan[reverse, inclusive, bounded] = (
                     f"SELECT key, {read} FROM {table} WHERE {where} AND {live} "
                     f"ORDER BY key {order} LIMIT $2")
+    # LIMIT 1, not a parameter: with LIMIT $n the generic plan looks dearer than the custom
+    # ones, so PostgreSQL plans the statement again at every call.
+    get_and_last = {bounded: (
+        f"SELECT 0, NULL, {read} FROM {table} WHERE {one_key} AND {live} UNION ALL "
+        f"(SELECT 1, key, {read} FROM {table} WHERE key >= $2"
+        f"{' AND key < $3' if bounded else ''} AND {live} ORDER BY key DESC LIMIT 1)")
+        for bounded in (False, True)}
     return _Statements(
         columns=("SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.collname "
                  "FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
@@ -198,6 +213,7 @@ def _statements(table_name: str, *, with_codec: bool, partitioned: bool = False)
         delete_many=(f"WITH gone AS (DELETE FROM {table} WHERE key = ANY($1::text[]) "
                      f"RETURNING expires_at) SELECT count(*) FROM gone WHERE {live}"),
         scan=scan,
+        get_and_last=get_and_last,
         one_key=one_key,
         read=read,
         insert_columns=columns,
@@ -489,6 +505,22 @@ class PostgreSQLStore(KVStore):
         found = {key: (value if raw is None else raw) for key, value, raw in rows}
         return [found.get(key) for key in keys]
 
+    async def _get_and_last(self, key: str, key_range: KeyRange
+                            ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        bounded = key_range.upper is not None
+        args: tuple[Any, ...] = (key, key_range.lower)
+        if bounded:
+            args += (key_range.upper,)
+        found: bytes | None = None
+        last: tuple[str, bytes] | None = None
+        for tag, other, value, raw in await self._run("fetch", self._sql.get_and_last[bounded],
+                                                      *args):
+            if tag == 0:
+                found = value if raw is None else raw
+            else:
+                last = (other, value if raw is None else raw)
+        return found, last
+
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         document, raw = _split(value)
         await self._run("execute", self._sql.put, key, document, raw, ttl)
@@ -549,7 +581,9 @@ class PostgreSQLStore(KVStore):
             args += _split(expected)
         if new is not None:
             args += _split(new)
-        args += [*_columns(create), *_columns(put), delete]
+        if create:
+            args += _columns(create)
+        args += [*_columns(put), delete]
         changed = [(other, read, value) for other, read, value in swap if value is not None]
         removed = [(other, read) for other, read, value in swap if value is None]
         if changed:
@@ -557,17 +591,19 @@ class PostgreSQLStore(KVStore):
                      *_columns([(other, value) for other, _, value in changed])[1:]]
         if removed:
             args += _columns(removed)
-        sql = self._cas_with_sql[expected is None, new is None, bool(changed), bool(removed)]
+        sql = self._cas_with_sql[expected is None, new is None, bool(create), bool(changed),
+                                 bool(removed)]
         try:
             return await self._run("fetchval", sql, *args) is True
         except asyncpg.DivisionByZeroError:
             return False  # a key to create was taken meanwhile: the statement undid it all
 
     @functools.cached_property
-    def _cas_with_sql(self) -> dict[tuple[bool, bool, bool, bool], str]:
-        """The statements of ``compare_and_set_with`` by (expected is None, new is None,
-        other keys to rewrite, other keys to delete: each a CTE only where needed). The
-        swap also needs every key to create absent; should one be created by someone else
+    def _cas_with_sql(self) -> dict[tuple[bool, bool, bool, bool, bool], str]:
+        """The statements of ``compare_and_set_with`` by (expected is None, new is None, keys
+        to create, other keys to rewrite, other keys to delete: each a CTE only where needed,
+        as PostgreSQL plans the whole statement again at every call, CTEs it does not need
+        included). Keys to create must all be absent; should one be created by someone else
         between that check and the insert (no lock covers an absent row), or a key to swap
         hold another value (checked after the head, so locks are taken head first, as by
         every other statement that locks a head and other rows), the final SELECT divides
@@ -598,19 +634,31 @@ class PostgreSQLStore(KVStore):
                    "AND (raw IS NULL OR raw = $3::bytea)")
         swaps = {
             (False, False): (f"UPDATE {table} SET value = {document(4)}, raw = $5::bytea, "
-                             f"expires_at = NULL WHERE {matches} AND @free RETURNING true", 6),
-            (False, True): (f"DELETE FROM {table} WHERE {matches} AND @free RETURNING true", 4),
+                             f"expires_at = NULL WHERE {matches}@free RETURNING true", 6),
+            (False, True): (f"DELETE FROM {table} WHERE {matches}@free RETURNING true", 4),
             (True, False): (f"INSERT INTO {table} AS t {columns} SELECT "
                             f"$1, {document(2)}, $3::bytea, NULL"
-                            f"{partition_of.format(key='$1')} WHERE @free {upsert} "
+                            f"{partition_of.format(key='$1')} WHERE true@free {upsert} "
                             "WHERE t.expires_at <= now() RETURNING true", 4),
-            (True, True): (f"SELECT true WHERE @free AND NOT EXISTS (SELECT 1 FROM {table} "
-                           f"WHERE {sql.one_key} AND {live})", 2),
+            (True, True): (f"SELECT true WHERE NOT EXISTS (SELECT 1 FROM {table} "
+                           f"WHERE {sql.one_key} AND {live})@free", 2),
         }
         same = (f"t.key = u.k AND t.{PARTITION_COLUMN} = {_PARTITION_OF.format(key='u.k')}"
                 if sql.partition_of else "t.key = u.k")
         read = (f"{same} AND {live} AND t.value = {as_jsonb('u.v')} "
                 "AND (t.raw IS NULL OR t.raw = u.r) AND EXISTS (SELECT 1 FROM swap)")
+
+        def made(n: int, creating: bool) -> tuple[str, str, str, int]:
+            """The keys to create ($n.. $n + 2): the swap's condition that they are absent,
+            their insert, its check; and the next parameter's number."""
+            if not creating:
+                return "", "", "", n
+            free = (f" AND NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
+                    f"AND {live})")
+            return (free, f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
+                          f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} "
+                          "WHERE t.expires_at <= now() RETURNING 1), ",
+                    f" AND (SELECT count(*) FROM made) = cardinality(${n}::text[])", n + 3)
 
         def moved(n: int, changing: bool, removing: bool) -> tuple[str, str]:
             """The other keys' compare-and-sets, after the head's: those rewritten (keys,
@@ -632,22 +680,18 @@ class PostgreSQLStore(KVStore):
 
         statements = {}
         for (no_expected, no_new), (swap, n) in swaps.items():
-            free = (f"NOT EXISTS (SELECT 1 FROM {table} WHERE key = ANY(${n}::text[]) "
-                    f"AND {live})")
-            for changing, removing in itertools.product((False, True), repeat=2):
-                ctes, check = moved(n + 7, changing, removing)
-                statements[no_expected, no_new, changing, removing] = (
-                    f"WITH swap AS ({swap.replace('@free', free)}), "
-                    f"made AS (INSERT INTO {table} AS t {columns} {rows(n)} "
-                    f"WHERE EXISTS (SELECT 1 FROM swap) {upsert} WHERE t.expires_at <= now() "
-                    "RETURNING 1), "
-                    f"put AS (INSERT INTO {table} {columns} {rows(n + 3)} "
+            for creating, changing, removing in itertools.product((False, True), repeat=3):
+                free, insert, made_check, put = made(n, creating)
+                ctes, check = moved(put + 4, changing, removing)
+                statements[no_expected, no_new, creating, changing, removing] = (
+                    f"WITH swap AS ({swap.replace('@free', free)}), {insert}"
+                    f"put AS (INSERT INTO {table} {columns} {rows(put)} "
                     f"WHERE EXISTS (SELECT 1 FROM swap) {upsert}), "
-                    f"gone AS (DELETE FROM {table} WHERE key = ANY(${n + 6}::text[]) "
+                    f"gone AS (DELETE FROM {table} WHERE key = ANY(${put + 3}::text[]) "
                     f"AND EXISTS (SELECT 1 FROM swap)){ctes} "
                     "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM swap) THEN false "
-                    f"WHEN (SELECT count(*) FROM made) = cardinality(${n}::text[]){check} "
-                    "THEN true ELSE 1 / ((SELECT count(*) FROM made) * 0) = 0 END")
+                    f"WHEN true{made_check}{check} THEN true "
+                    "ELSE 1 / ((SELECT count(*) FROM swap) * 0) = 0 END")
         return statements
 
     async def _put_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:

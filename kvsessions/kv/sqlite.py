@@ -361,6 +361,20 @@ class SQLiteStore(KVStore):
             return None
         return self._value(key, rows[0][0])
 
+    async def _get_and_last(self, key: str, key_range: KeyRange
+                            ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        """Both reads in one ``_read``: one step on the loop's reader, not two tasks."""
+        get, get_params = self._sql_get, (key, time.time())
+        scan, scan_params = self._scan_sql(key_range, True, 1)
+
+        def read(db: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            return (db.execute(get, get_params).fetchall(),
+                    db.execute(scan, scan_params).fetchall())
+
+        found, last = await self._read(read)
+        return (self._value(key, found[0][0]) if found else None,
+                (last[0][0], self._value(last[0][0], last[0][1])) if last else None)
+
     def _value(self, key: str, value: object) -> bytes:
         if type(value) is bytes:
             return value
@@ -520,9 +534,8 @@ class SQLiteStore(KVStore):
 
     # ------------------------------------------------------------------ ordered scan
 
-    async def _scan_page(
-        self, key_range: KeyRange, reverse: bool, limit: int
-    ) -> tuple[list[tuple[str, bytes]], str | None]:
+    def _scan_sql(self, key_range: KeyRange, reverse: bool,
+                  limit: int) -> tuple[str, list[object]]:
         where = ["key >= ?" if key_range.lower_inclusive else "key > ?"]
         params: list[object] = [key_range.lower]
         if key_range.upper is not None:
@@ -530,8 +543,13 @@ class SQLiteStore(KVStore):
             params.append(key_range.upper)
         params += [time.time(), limit]
         order = "DESC" if reverse else "ASC"
-        sql = (f"SELECT key, value FROM {self._table} WHERE {' AND '.join(where)} "
-               f"AND {self._live} ORDER BY key {order} LIMIT ?")
+        return (f"SELECT key, value FROM {self._table} WHERE {' AND '.join(where)} "
+                f"AND {self._live} ORDER BY key {order} LIMIT ?"), params
+
+    async def _scan_page(
+        self, key_range: KeyRange, reverse: bool, limit: int
+    ) -> tuple[list[tuple[str, bytes]], str | None]:
+        sql, params = self._scan_sql(key_range, reverse, limit)
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
         for key, value in rows:
             if type(value) is not bytes:

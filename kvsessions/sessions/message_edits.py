@@ -325,18 +325,31 @@ class MessageEdits:
         """The live head (None: gone or being deleted) and the value of ``key``, in one
         ``get_many``."""
         await self._index_state.before_write()
-        head_key = session_key(session_id)
-        value, stored = await self._raw.get_many([head_key, key])
+        value, stored = await self._raw.get_many([session_key(session_id), key])
+        return await self._live_read(session_id, value), stored
+
+    async def _read_with_latest(self, session_id: str) -> tuple[Head | None,
+                                                                tuple[str, bytes] | None]:
+        """The live head (None: gone or being deleted) and the latest message, in one
+        ``get_and_last``."""
+        await self._index_state.before_write()
+        value, latest = await self._raw.get_and_last(session_key(session_id),
+                                                      message_prefix(session_id))
+        return await self._live_read(session_id, value), latest
+
+    async def _live_read(self, session_id: str, value: bytes | None) -> Head | None:
+        """The live head of ``session_id`` from ``value``, its head key's value as read."""
         head: Head | None = None
         if value is not None:
+            head_key = session_key(session_id)
             document = self._documents.decode(head_key, value)
             if document.get("session_id") == session_id:
                 head = (value, document)
         if head is None and (value is not None or encode_id(session_id) != session_id):
             head = await self._read_head(session_id)  # what a legacy key makes of it
         if head is None or head[1]["status"] == DELETING:
-            return None, stored
-        return head, stored
+            return None
+        return head
 
     def _edited(self, session_id: str, message_id: str, key: str, stored: bytes | None,
                 changes: dict[str, Any]) -> tuple[ChatMessage, ChatMessage, bytes | None]:
@@ -425,10 +438,9 @@ class MessageEdits:
             return None
         while True:
             if together:
-                # the head and the latest message, read concurrently, removed in one
+                # the head and the latest message, read in one call, removed in one
                 # transaction (see the module docstring)
-                head, latest = await asyncio.gather(self._live_head(session_id),
-                                                    self._latest(prefix))
+                head, latest = await self._read_with_latest(session_id)
                 if head is None:
                     return None
             else:

@@ -391,6 +391,25 @@ class KVStoreContract:
         assert await self._keys(store, "", limit=2) == ["l0", "l1"]
         assert await self._keys(store, "", limit=2, reverse=True) == ["l2", "l1"]
 
+    async def test_get_and_last(self, store: KVStore) -> None:
+        async def get_and_last(key: str, prefix: str) -> tuple[Any, Any]:
+            value, last = await store.get_and_last(key, prefix)
+            return (None if value is None else orjson.loads(value),
+                    None if last is None else (last[0], orjson.loads(last[1])))
+
+        store.scan_batch_size = 2
+        await store.put_many([(k, dumps({"k": k})) for k in (
+            "h", "m", "m:1", "m:2", "m;", "\U0010ffff", "\U0010ffffz")])
+        await store.put_many([(k, dumps({"k": k})) for k in ("m:3", "m:4")], ttl=0.4)
+        assert await get_and_last("h", "m:") == ({"k": "h"}, ("m:4", {"k": "m:4"}))
+        assert await get_and_last("none", "\U0010ffff") == (
+            None, ("\U0010ffffz", {"k": "\U0010ffffz"}))
+        assert await get_and_last("h", "n:") == ({"k": "h"}, None)
+        await asyncio.sleep(0.6)  # expired items are not the last one
+        assert await get_and_last("m:4", "m:") == (None, ("m:2", {"k": "m:2"}))
+        with pytest.raises(InvalidKeyError):
+            await store.get_and_last("", "m:")
+
     @pytest.mark.parametrize("bad_ttl", [0, -1, math.nan, math.inf, "5", True])
     async def test_bad_ttl_is_refused(self, store: KVStore, bad_ttl: Any) -> None:
         with pytest.raises(KVSessionsError):

@@ -15,11 +15,11 @@ the raw scan of the same keys, and listing sessions.
   ``append_message`` on it (target 1.5). Where the store has multi-key transactions (all
   four here but MongoDB) an append is a get of the head and one ``compare_and_set_with``
   (head, message, index entries); an update one ``get_many`` (head and message) and one
-  ``compare_and_set_with`` swapping the message; a pop a get of the head and a one-key
-  reverse scan, run concurrently, and one ``compare_and_set_with`` deleting the message if
-  it is still the one read. On MongoDB an update is a get and a compare-and-set of the
-  message, then of the head; a pop a one-key reverse scan, a compare-and-set deleting the
-  message and one of the head.
+  ``compare_and_set_with`` swapping the message; a pop one ``get_and_last`` (the head and
+  the latest message: one statement on PostgreSQL) and one ``compare_and_set_with``
+  deleting the message if it is still the one read. On MongoDB an update is a get and a
+  compare-and-set of the message, then of the head; a pop a one-key reverse scan, a
+  compare-and-set deleting the message and one of the head.
 * list: ``list_sessions(limit=100)`` over 10,000 session heads (read through the index: about
   100 entries and heads) beside the raw scan of every head with orjson decoding.
 
