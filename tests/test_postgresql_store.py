@@ -178,6 +178,36 @@ async def test_a_namespace_naming_an_index_says_so(store: PostgreSQLStore) -> No
     assert await store.get("k") == b'{"a": 1}'
 
 
+async def test_text_search_reads_its_gin_index(store: PostgreSQLStore, connection: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's connections turn bitmap scans off, and a GIN index is read only by one: a
+    search must still be planned on its index, not by reading the prefix by key."""
+    from kvsessions.kv.postgresql_text import PostgreSQLTextIndex
+    from kvsessions.kv.text_search import TextIndex
+
+    index = TextIndex("note:", "text")
+    # Enough rows, and a word rare enough, that reading the prefix by key costs more.
+    for start in range(0, 20_000, 5000):
+        await store.put_many([(f"note:{i:05}", orjson.dumps({"text": f"word{i % 1000} filler"}))
+                              for i in range(start, start + 5000)])
+    await connection.execute(f'ANALYZE "{store.namespace}"')
+    statements: list[str] = []
+    planned = store._with_bitmap_scans
+
+    async def recording(sql: str, *args: Any) -> list[Any]:
+        statements.append(sql)
+        return await planned(sql, *args)
+
+    monkeypatch.setattr(store, "_with_bitmap_scans", recording)
+    hits = await store.search_text(index, "word7", limit=100)
+    assert [hit.key for hit in hits][:1] == ["note:00007"] and len(hits) == 20
+    search = PostgreSQLTextIndex(store.namespace, index, store._sql.read).search
+    assert statements == [search]
+    plan = "\n".join(row[0] for row in await planned(
+        "EXPLAIN " + search, "word7", "note:", "note;", 100, 0))
+    assert "Bitmap Index Scan on kvs_text_" in plan, plan
+
+
 async def test_concurrent_openers_create_the_table_once(new_namespace: Any) -> None:
     namespace = new_namespace()
     stores = [PostgreSQLStore(POSTGRES_URL, namespace=namespace, max_pool_size=1)

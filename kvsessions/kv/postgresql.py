@@ -749,11 +749,28 @@ class PostgreSQLStore(KVStore):
         query, upper = " ".join(terms), prefix_upper_bound(within)
 
         async def page(size: int, offset: int) -> list[TextHit]:
-            rows = await self._run("fetch", sql.search, query, within, upper, size, offset)
+            rows = await self._with_bitmap_scans(sql.search, query, within, upper, size, offset)
             return [TextHit(key, value if raw is None else raw, float(score))
                     for key, value, raw, score in rows]
 
         return await ranked_pages(page, limit, accept)
+
+    async def _with_bitmap_scans(self, sql: str, *args: Any) -> list[Any]:
+        """``sql``'s rows with bitmap scans allowed for it alone: a GIN index is read only by
+        a bitmap scan, which the store's connections turn off for every other statement
+        (``_SESSION_SETTINGS``); without it a search read the whole prefix by the key."""
+        pool = self._pool
+        connection = await pool.acquire()
+        error: BaseException | None = None
+        try:
+            async with connection.transaction():
+                await connection.execute("SET LOCAL enable_bitmapscan = on")
+                return await connection.fetch(sql, *args)  # type: ignore[no-any-return]
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await pool.release(connection, error)
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
         if isinstance(exc, PoolTimeoutError | OSError | TimeoutError):
