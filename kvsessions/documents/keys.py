@@ -88,6 +88,7 @@ __all__ = [
     "message_prefix",
     "owner_index_keys",
     "owner_index_prefix",
+    "session_entries",
     "session_index_keys",
     "session_index_prefix",
     "session_key",
@@ -169,8 +170,25 @@ def session_index_prefix(status: str | None) -> str:
 def session_index_keys(session_id: str, status: str, updated_at: datetime) -> tuple[str, str]:
     """The entries naming a head of ``status`` updated at ``updated_at``: in the index of all
     sessions and in the index of its status."""
-    tail = f"{index_timestamp(updated_at)}:{encode_id(session_id)}"
-    return SESSION_INDEX_PREFIX + tail, session_index_prefix(status) + tail
+    every, of_status = session_entries(session_id, status, None, None,
+                                       index_timestamp(updated_at))
+    return every, of_status
+
+
+def session_entries(session_id: str, status: str, user_id: str | None, app_name: str | None,
+                    stamp: str) -> tuple[str, ...]:
+    """Every entry naming a head (``session_index_keys`` and ``owner_index_keys``) whose
+    ``updated_at`` is ``stamp``, already ``index_timestamp`` text: a head's entries are built
+    twice per change, and the text of a stored head needs no parse and format."""
+    tail = f"{stamp}:{encode_id(session_id)}"
+    entries = [SESSION_INDEX_PREFIX + tail, session_index_prefix(status) + tail]
+    if user_id is not None:
+        entries.append(owner_index_prefix(user_id, None) + tail)
+    if app_name is not None:
+        entries.append(owner_index_prefix(None, app_name) + tail)
+    if user_id is not None and app_name is not None:
+        entries.append(owner_index_prefix(user_id, app_name) + tail)
+    return tuple(entries)
 
 
 def owner_index_prefix(user_id: str | None, app_name: str | None) -> str:
@@ -189,15 +207,7 @@ def owner_index_keys(session_id: str, user_id: str | None, app_name: str | None,
                      updated_at: datetime) -> tuple[str, ...]:
     """The owner entries naming a head owned by ``user_id`` in ``app_name``, updated at
     ``updated_at``: by application, by user, and by both (only those its owner has)."""
-    tail = f"{index_timestamp(updated_at)}:{encode_id(session_id)}"
-    owners: list[tuple[str | None, str | None]] = []
-    if user_id is not None:
-        owners.append((user_id, None))
-    if app_name is not None:
-        owners.append((None, app_name))
-    if user_id is not None and app_name is not None:
-        owners.append((user_id, app_name))
-    return tuple(owner_index_prefix(user, app) + tail for user, app in owners)
+    return session_entries(session_id, "", user_id, app_name, index_timestamp(updated_at))[2:]
 
 
 def session_state_key(session_id: str) -> str:

@@ -752,6 +752,8 @@ def _checked_items(items: object, what: str) -> dict[str, bytes]:
 
 
 def _iterable(value: object, what: str) -> Iterable[object]:
+    if type(value) is list or type(value) is tuple:  # the usual case, without the ABC check
+        return value
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise InvalidValueError(f"{what} must be an iterable of items, not {type(value).__name__}")
     return value

@@ -55,8 +55,7 @@ from kvsessions.documents.keys import (
     file_expiry_key,
     index_entry_parts,
     index_timestamp,
-    owner_index_keys,
-    session_index_keys,
+    session_entries,
     session_key,
 )
 from kvsessions.documents.models import SESSION_STATUSES
@@ -91,11 +90,9 @@ def head_entries(document: dict[str, Any] | None) -> frozenset[str]:
     """The current entries of a head (none for a missing or ``deleting`` one)."""
     if document is None or document["status"] == DELETING:
         return frozenset()
-    updated = parse_timestamp(document["updated_at"], path="updated_at")
-    session_id = document["session_id"]
-    return frozenset((*session_index_keys(session_id, document["status"], updated),
-                      *owner_index_keys(session_id, document.get("user_id"),
-                                        document.get("app_name"), updated)))
+    return frozenset(session_entries(document["session_id"], document["status"],
+                                     document.get("user_id"), document.get("app_name"),
+                                     time_text(document["updated_at"])))
 
 
 def every_entry(document: dict[str, Any]) -> frozenset[str]:
