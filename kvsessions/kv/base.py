@@ -469,8 +469,9 @@ class KVStore(ABC):
                             ) -> tuple[bytes | None, tuple[str, bytes] | None]:
         """Adapter hook: ``get_and_last`` of the reverse scan's ``key_range``."""
         async def last() -> tuple[str, bytes] | None:
-            async for page in self._scan(key_range, True, 1):
-                return page[0]
+            async with closed_after(self._scan(key_range, True, 1)) as pages:
+                async for page in pages:
+                    return page[0]
             return None
 
         value, item = await asyncio.gather(self._get(key), last())

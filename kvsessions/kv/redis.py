@@ -569,6 +569,29 @@ class RedisStore(KVStore):
             async for page in pages:
                 yield page
 
+    async def _get_and_last(self, key: str, key_range: KeyRange
+                            ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        """One script where the key and the range are in one partition (a session's head and
+        its messages: one slot on a cluster too); else, or when the last members found have
+        no value, the base class's two reads."""
+        run = run_of_range(key_range.lower, key_range.upper)
+        if run is None or partition_of(run) != partition_of(key):
+            return await super()._get_and_last(key, key_range)
+        names = self._names(key)
+        low, high = _lex_bounds(key_range)
+        try:
+            reply = await self._read(scripts.GET_AND_LAST, [names.value(key), names.index],
+                                     [low, high, names.value_prefix, _LAST_TRIED])
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise self._foreign(key) from None
+        if len(reply) == 1:
+            return reply[0], None
+        if len(reply) == 2:
+            return await super()._get_and_last(key, key_range)
+        return reply[0], (reply[1].decode(), reply[2])
+
     async def _scan_page(
         self, key_range: KeyRange, reverse: bool, limit: int
     ) -> tuple[list[tuple[str, bytes]], str | None]:
@@ -818,6 +841,11 @@ def _database(url: StoreURL) -> int:
     if not path.isdigit():
         raise ConfigError(f"the path of {url.redacted} must be a database number like /0")
     return int(path)
+
+
+#: ``get_and_last``: the last members one script tries for a value before the page-by-page
+#: read takes over (members whose value expired stay in the index until a scan cleans them).
+_LAST_TRIED = 8
 
 
 def _lex_bounds(key_range: KeyRange) -> tuple[bytes, bytes]:

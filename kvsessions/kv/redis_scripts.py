@@ -147,6 +147,26 @@ end
 return out
 """
 
+# KEYS: a value key, the index of a partition. ARGV: min, max (ZRANGEBYLEX form), the
+# partition's value-key prefix, how many of the last members to try. Returns the value, then
+# the last member in the range that has a value and that value; or the value and nothing
+# when the range is empty; or the value and one false when the members tried had no value
+# (expired, or gone meanwhile: the caller reads the range page by page, which cleans them).
+_GET_AND_LAST_LUA = """
+local value = redis.call('GET', KEYS[1])
+local members = redis.call('ZREVRANGEBYLEX', KEYS[2], ARGV[2], ARGV[1], 'LIMIT', 0, ARGV[4])
+for i = 1, #members do
+  local item = redis.call('GET', ARGV[3] .. members[i])
+  if item then
+    return {value, members[i], item}
+  end
+end
+if #members == 0 then
+  return {value}
+end
+return {value, false}
+"""
+
 # KEYS: index, expiry set, value keys... ARGV: members. Deletes values, members and expiry
 # entries; returns how many values existed.
 _DELETE_LUA = """
@@ -291,5 +311,6 @@ WRITE_MANY = Script(_WRITE_MANY_LUA)
 DELETE = Script(_DELETE_LUA)
 CLEAN = Script(_CLEAN_LUA)
 PAGE = Script(_PAGE_LUA)
+GET_AND_LAST = Script(_GET_AND_LAST_LUA)
 COMPARE_AND_SET = Script(_COMPARE_AND_SET_LUA)
 COMPARE_AND_SET_WITH = Script(_COMPARE_AND_SET_WITH_LUA)
