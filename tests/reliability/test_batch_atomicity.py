@@ -105,11 +105,14 @@ def test_a_reader_never_sees_part_of_a_batch(adapter: str, url: str) -> None:
     try:
         _lines_until(writer, "ack")
         _lines_until(reader, "reading")  # a fast writer could finish before the reader starts
-        deadline = time.monotonic() + 60
+        started = time.monotonic()
+        deadline = started + 60
         acked = 0
         assert writer.stdout is not None
-        # Let the two race until the reader has had time for READS reads over SEEN batches.
-        while acked < READS and time.monotonic() < deadline:
+        # Let the two race until the reader has had time for READS reads over SEEN batches:
+        # READS batches written, and a second at least (a writer that shares commits can
+        # write them faster than the reader reads).
+        while (acked < READS or time.monotonic() < started + 1) and time.monotonic() < deadline:
             acked += writer.stdout.readline().startswith(b"ack")
         assert reader.stdin is not None
         reader.stdin.close()
