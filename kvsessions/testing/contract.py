@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import uuid
@@ -93,6 +94,23 @@ async def values(store: KVStore, keys: list[str]) -> list[Any]:
     spelling of the JSON written."""
     return [None if value is None else orjson.loads(value)
             for value in await store.get_many(keys)]
+
+
+@contextlib.asynccontextmanager
+async def shared_handles(store_factory: StoreFactory, store: KVStore,
+                         extra: int) -> AsyncIterator[list[KVStore]]:
+    """``store`` and, where the store shares data between handles (``persistent``), ``extra``
+    more open handles on its namespace, for races between handles; the extra ones are closed
+    afterwards."""
+    handles = [store] + [store_factory.new() for _ in range(extra if store_factory.persistent
+                                                              else 0)]
+    try:
+        for handle in handles[1:]:
+            await handle.open()
+        yield handles
+    finally:
+        for handle in handles[1:]:
+            await handle.close()
 
 
 class KVStoreContract:
@@ -465,18 +483,10 @@ class KVStoreContract:
 
     async def test_put_if_absent_has_one_winner(self, store_factory: StoreFactory,
                                                 store: KVStore) -> None:
-        # Several handles on one namespace, where the store shares data between handles.
-        extra = 3 if store_factory.persistent else 0
-        handles = [store] + [store_factory.new() for _ in range(extra)]
-        for handle in handles[1:]:
-            await handle.open()
-        try:
+        async with shared_handles(store_factory, store, 3) as handles:
             results = await asyncio.gather(*(
                 handles[i % len(handles)].put_if_absent("race", dumps({"who": i}))
                 for i in range(20)))
-        finally:
-            for handle in handles[1:]:
-                await handle.close()
         assert sum(results) == 1
         winner = results.index(True)
         assert orjson.loads(await store.get("race") or b"") == {"who": winner}
@@ -553,11 +563,7 @@ class KVStoreContract:
 
     async def test_compare_and_set_has_one_winner(self, store_factory: StoreFactory,
                                                   store: KVStore) -> None:
-        extra = 3 if store_factory.persistent else 0
-        handles = [store] + [store_factory.new() for _ in range(extra)]
-        for handle in handles[1:]:
-            await handle.open()
-        try:
+        async with shared_handles(store_factory, store, 3) as handles:
             for expected in (None, dumps({"round": 0})):
                 if expected is not None:
                     await store.put("race", expected)
@@ -568,19 +574,12 @@ class KVStoreContract:
                 assert sum(results) == 1
                 winner = results.index(True)
                 assert orjson.loads(await store.get("race") or b"") == {"who": winner}
-        finally:
-            for handle in handles[1:]:
-                await handle.close()
 
     async def test_compare_and_set_counter_loses_no_increment(
         self, store_factory: StoreFactory, store: KVStore
     ) -> None:
         """Read, add one, compare-and-set, read again on False: what the session layer does
         for message counts. Concurrent incrementers through several handles lose nothing."""
-        extra = 2 if store_factory.persistent else 0
-        handles = [store] + [store_factory.new() for _ in range(extra)]
-        for handle in handles[1:]:
-            await handle.open()
 
         async def increment(handle: KVStore) -> None:
             while True:
@@ -589,11 +588,8 @@ class KVStoreContract:
                 if await handle.compare_and_set("counter", current, dumps({"n": count + 1})):
                     return
 
-        try:
+        async with shared_handles(store_factory, store, 2) as handles:
             await asyncio.gather(*(increment(handles[i % len(handles)]) for i in range(30)))
-        finally:
-            for handle in handles[1:]:
-                await handle.close()
         assert orjson.loads(await store.get("counter") or b"") == {"n": 30}
 
     async def test_compare_and_set_with(self, store: KVStore) -> None:
@@ -663,11 +659,7 @@ class KVStoreContract:
 
     async def test_compare_and_set_with_has_one_winner(self, store_factory: StoreFactory,
                                                        store: KVStore) -> None:
-        extra = 2 if store_factory.persistent else 0
-        handles = [store] + [store_factory.new() for _ in range(extra)]
-        for handle in handles[1:]:
-            await handle.open()
-        try:
+        async with shared_handles(store_factory, store, 2) as handles:
             await store.put("race", dumps({"round": 0}))
             await store.put("shared", dumps({}))
             expected = await store.get("race")
@@ -675,9 +667,6 @@ class KVStoreContract:
                 handles[i % len(handles)].compare_and_set_with(
                     "race", expected, dumps({"who": i}), put=[(f"mine:{i:02d}", dumps({}))],
                     delete=["shared"]) for i in range(12)))
-        finally:
-            for handle in handles[1:]:
-                await handle.close()
         assert sum(results) == 1
         winner = results.index(True)
         assert orjson.loads(await store.get("race") or b"") == {"who": winner}
@@ -762,11 +751,7 @@ class KVStoreContract:
     ) -> None:
         """Writers that all read one head and one key: one wins; where atomic, the others
         wrote nothing."""
-        extra = 2 if store_factory.persistent else 0
-        handles = [store] + [store_factory.new() for _ in range(extra)]
-        for handle in handles[1:]:
-            await handle.open()
-        try:
+        async with shared_handles(store_factory, store, 2) as handles:
             await store.put_many([("race", dumps({"round": 0})), ("item", dumps({"i": 0}))])
             head, item = await store.get_many(["race", "item"])
             assert head is not None and item is not None
@@ -779,9 +764,6 @@ class KVStoreContract:
             # read on the winner's handle, which wrote last (see the test above)
             assert await values(handles[winner % len(handles)], ["race", "item"]) == [
                 {"who": winner}, {"i": winner}]
-        finally:
-            for handle in handles[1:]:
-                await handle.close()
         if store.atomic_compare_and_set_with:
             assert await store.keys("mine:") == [f"mine:{winner:02d}"]
 
