@@ -4,11 +4,15 @@ resumably), and the names on disk stay one-to-one and short."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -98,7 +102,6 @@ def test_a_move_killed_halfway_is_finished_by_the_next_open(tmp_path: Path) -> N
         async with FileStore(root, namespace="chat") as store:
             assert {k: orjson.loads(v) async for k, v in store.scan()} == manifest()
 
-    import asyncio
     asyncio.run(check())
 
 
@@ -126,6 +129,94 @@ async def test_a_session_scan_lists_only_that_sessions_folder(tmp_path: Path,
         assert len(page) == 5 and listed == [10]
         listed.clear()
         assert len(await store.keys("message:s1")) == 1000  # a partial piece: its parent
+
+
+async def test_a_delete_removes_the_folders_it_empties(tmp_path: Path) -> None:
+    """Folders of deleted sessions do not pile up: a scan of everything would list them."""
+    folder = tmp_path / "ns"
+
+    def piece(*keys: str) -> Path:
+        dirs, _ = key_to_parts(keys[0])
+        return folder.joinpath(*dirs)
+
+    async with FileStore(tmp_path, namespace="ns") as store:
+        await store.put_many([(f"message:s{s}:m{m}", b"{}") for s in (1, 2) for m in range(3)])
+        await store.put("session:s1", b"{}")
+        await store.delete_many([f"message:s1:m{m}" for m in range(2)])
+        assert piece("message:s1:x").is_dir()  # m2 is left
+        assert await store.delete("message:s1:m2")
+        assert not piece("message:s1:x").exists()
+        assert piece("message:s2:x").is_dir()  # the parent holds s2: kept
+        assert await store.delete_many([f"message:s2:m{m}" for m in range(3)]) == 3
+        assert not (folder / key_to_parts("message:x")[0][0]).exists()
+        assert await store.compare_and_set("session:s1", b"{}", None)
+        assert not (folder / key_to_parts("session:x")[0][0]).exists()
+        assert await store.keys() == []
+        # Writing into a removed folder makes it again.
+        await store.put("message:s1:m9", b"{}")
+        assert await store.get("message:s1:m9") == b"{}"
+        assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+            key_to_parts("message:x")[0][0]]
+
+
+#: Rounds of each racing process, and its time limit in seconds (the loop ends at either).
+_RACE_ROUNDS, _RACE_SECONDS = 1500, 4.0
+
+
+def race_in_one_folder(root: str, who: str, start: float, report: Any) -> None:
+    """A process of the race below: writes, reads back and deletes keys of its own in a
+    folder the other process empties and fills too, by every writing call in turn."""
+
+    async def run() -> list[str]:
+        problems: list[str] = []
+        async with FileStore(root, namespace="race") as store:
+            while time.time() < start:
+                await asyncio.sleep(0.001)
+            deadline = time.monotonic() + _RACE_SECONDS
+            for round_ in range(_RACE_ROUNDS):
+                if time.monotonic() > deadline:
+                    break
+                key, value = f"message:shared:{who}{round_}", f'{{"n":{round_}}}'.encode()
+                try:
+                    how = round_ % 4
+                    if how == 0:
+                        await store.put(key, value)
+                    elif how == 1:
+                        assert await store.put_if_absent(key, value)
+                    elif how == 2:
+                        await store.put_many([(key, value), (key + "b", value)])
+                    else:
+                        assert await store.compare_and_set(key, None, value)
+                    if await store.get(key) != value:
+                        problems.append(f"{key}: not read back")
+                    await store.delete_many([key, key + "b"])
+                except Exception as exc:
+                    problems.append(f"{key}: {type(exc).__name__}: {exc}")
+                if len(problems) > 5:
+                    break
+        return problems
+
+    report.put((who, asyncio.run(run())))
+
+
+def test_writers_and_deleters_emptying_one_folder_lose_nothing(tmp_path: Path) -> None:
+    """Two processes write and delete keys of one folder, which each delete may empty and
+    remove while the other is about to write into it: every write lands and reads back."""
+    context = multiprocessing.get_context("spawn")
+    report = context.Queue()
+    start = time.time() + 3.0  # both past their start-up
+    processes = [context.Process(target=race_in_one_folder,
+                                 args=(str(tmp_path), who, start, report)) for who in "ab"]
+    for process in processes:
+        process.start()
+    try:
+        results = dict(report.get(timeout=60) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert results == {"a": [], "b": []}
 
 
 def test_pieces_are_short_prefix_free_names_that_sort_like_keys() -> None:

@@ -248,15 +248,18 @@ async def test_archiving_a_session_deleted_elsewhere_reports_false(pair: Pair) -
 
 # ------------------------------------------------------------- item 4: exact message_count
 
-async def test_concurrent_appends_count_exactly(pair: Pair) -> None:
+async def test_concurrent_appends_count_exactly(pair: Pair, soak: int) -> None:
+    """60 appends at once (issue 11 lost 42-100 of 200), each retried until its head change
+    wins: the retries grow with the square of the appenders (``--soak`` multiplies them)."""
     first, second = pair
     await first.save_session(session_with("busy"))
+    appends = 60 * soak
 
     async def append(storage: SessionStorage, index: int) -> None:
         await storage.append_message("busy", ChatMessage.create("busy", "user", str(index)))
 
-    await asyncio.gather(*(append(pair[i % 2], i) for i in range(120)))
-    assert await assert_exact(second, "busy") == 120
+    await asyncio.gather(*(append(pair[i % 2], i) for i in range(appends)))
+    assert await assert_exact(second, "busy") == appends
 
 
 async def test_saves_racing_appends_keep_every_count(pair: Pair) -> None:

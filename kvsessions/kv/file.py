@@ -421,6 +421,7 @@ class FileStore(KVStore):
             if found is not None and found[1] is not None and found[1] <= time.time():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(where[1], dir_fd=where[0])
+                self._remove_empty_folders([key])
 
     async def _get(self, key: str) -> bytes | None:
         before = self._batches()
@@ -493,12 +494,15 @@ class FileStore(KVStore):
 
     def _put_sync(self, key: str, value: bytes, deadline: float | None,
                   only_if_absent: bool = False) -> bool:
-        with self._key_dir(key, create=True) as where:
-            assert where is not None
-            dir_fd, name = where
-            temp = self._write_temp(value, deadline)
+        """The temp file is written first; its folder is opened (made if needed) and the
+        rename done under the lock, since a delete may remove the folder it left empty."""
+        temp = self._write_temp(value, deadline)
+        with contextlib.ExitStack() as folder:  # kept open after the lock, for the fsync
             try:
                 with self._locked():
+                    where = folder.enter_context(self._key_dir(key, create=True))
+                    assert where is not None
+                    dir_fd, name = where
                     if only_if_absent:
                         found = self._read_file(dir_fd, name, key)
                         if found is not None and (found[1] is None or found[1] > time.time()):
@@ -512,7 +516,7 @@ class FileStore(KVStore):
                     os.unlink(temp, dir_fd=self._tmp_fd)
                 raise
             self._sync_dir(dir_fd)
-            return True
+        return True
 
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         await self._run(self._put_sync, key, value, expires_at(ttl))
@@ -524,29 +528,34 @@ class FileStore(KVStore):
                               deadline: float | None) -> bool:
         """The new value is written and fsynced to a temp file first; the comparison and the
         rename (or unlink) then happen under the namespace lock, which every rename and unlink
-        of this namespace takes, in every process: nothing can change the file in between."""
-        with self._key_dir(key, create=new is not None) as where:
-            if where is None:  # no folder, so no file: the value is absent
-                return expected is None
-            dir_fd, name = where
-            temp = None if new is None else self._write_temp(new, deadline)
+        of this namespace takes, in every process: nothing can change the file in between.
+        The folder is opened under that lock too (a delete may remove a folder it empties)."""
+        temp = None if new is None else self._write_temp(new, deadline)
+        with contextlib.ExitStack() as folder:  # kept open after the lock, for the fsync
             try:
                 with self._locked():
+                    where = folder.enter_context(self._key_dir(key, create=new is not None))
+                    if where is None:  # no folder, so no file: the value is absent
+                        return expected is None
+                    dir_fd, name = where
                     found = self._read_file(dir_fd, name, key)
                     live = found is not None and (found[1] is None or found[1] > time.time())
                     if (found[0] if found is not None and live else None) != expected:
                         return False
-                    if temp is not None:
-                        os.replace(temp, name, src_dir_fd=self._tmp_fd, dst_dir_fd=dir_fd)
-                        temp = None
-                    elif found is not None:
-                        os.unlink(name, dir_fd=dir_fd)
+                    if temp is None:
+                        if found is not None:  # the unlink made durable before its folder goes
+                            os.unlink(name, dir_fd=dir_fd)
+                            self._sync_dir(dir_fd)
+                            self._remove_empty_folders([key])
+                        return True
+                    os.replace(temp, name, src_dir_fd=self._tmp_fd, dst_dir_fd=dir_fd)
+                    temp = None
             finally:
                 if temp is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(temp, dir_fd=self._tmp_fd)
             self._sync_dir(dir_fd)
-            return True
+        return True
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
@@ -564,16 +573,16 @@ class FileStore(KVStore):
         journaled = False  # from then on the journal finishes the batch, whatever happens
         try:
             for key, value in items:
-                dirs, name = key_to_parts(key)
-                dir_fd = self._folder(folders, tuple(dirs))
-                entry: list[Any] = [dir_fd, None, name, key]
+                entry: list[Any] = [-1, None, "", key]
                 staged.append(entry)
                 entry[1] = self._write_temp(value, deadline)
             if len(staged) > 1:
                 journal = self._write_temp(
                     orjson.dumps([[entry[1], entry[3]] for entry in staged]), None)
-            with self._locked():
+            with self._locked():  # folders too: a delete may remove one it left empty
                 for entry in staged:  # checked before the first rename: all or nothing
+                    dirs, entry[2] = key_to_parts(entry[3])
+                    entry[0] = self._folder(folders, tuple(dirs))
                     self._refuse_folder(entry[0], entry[2], entry[3])
                 if journal is not None:
                     self._bump_batches(odd=True)  # the mark: see _journal_marked
@@ -646,7 +655,28 @@ class FileStore(KVStore):
                         self._sync_dir(where[0])
             if sync_root:
                 self._sync_dir(self._dir_fd)
+            self._remove_empty_folders(present)
         return count
+
+    def _remove_empty_folders(self, keys: list[str]) -> None:
+        """Under the exclusive lock, once ``keys`` are deleted: remove the folders this left
+        empty, deepest first, so that a scan never lists the folders of deleted sessions (a
+        namespace's history). Writers open a key's folder under the same lock, so none can
+        be renaming into a folder removed here. Removing a folder is not fsynced: an empty
+        folder back after a power cut is harmless."""
+        for dirs in sorted({tuple(key_to_parts(key)[0]) for key in keys}, key=len,
+                           reverse=True):
+            opened = [self._dir_fd]
+            try:
+                for part in dirs[:-1]:
+                    opened.append(self._open_dir(opened[-1], part))
+                for depth in range(len(dirs) - 1, -1, -1):
+                    os.rmdir(dirs[depth], dir_fd=opened[depth])
+            except OSError:  # not empty (or already gone): so are the folders above it
+                pass
+            finally:
+                for fd in opened[1:]:
+                    os.close(fd)
 
     async def _delete(self, key: str) -> bool:
         return bool(await self._run(self._delete_sync, [key]))

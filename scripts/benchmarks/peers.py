@@ -107,6 +107,8 @@ def contestants(ctx: BenchContext, redis_up: bool, tag: str) -> list[Peer]:
         if missing:
             print(f"peers: {peer.name} skipped: {peer.package} is not installed "
                   f"(pip install -e '.[bench]')", flush=True)
+        elif peer.backend == "redis" and not ctx.wanted("redis"):
+            continue  # --only names other backends: nothing to say
         elif peer.backend == "redis" and not redis_up:
             print(f"peers: {peer.name} skipped: no Redis at {REDIS_URL}", flush=True)
         else:
