@@ -1,0 +1,230 @@
+"""``compare_and_set_with`` on a Redis Cluster when keys lie outside the head's slot: the writes
+outside go first, side by side, then one script in the head's slot, then the deletes outside;
+a failed call takes back what it created or swapped. Checked by the order of the commands a
+spy sees, by the state left, by a reader in this process racing a writer process, and by the
+round trips of an append (against single-node Redis, which does it in one script)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from kvsessions.documents.models import ChatMessage, ChatSession
+from kvsessions.kv import redis_scripts
+from kvsessions.kv.redis import RedisStore
+from kvsessions.sessions.storage import SessionStorage
+from tests.backends.redis import REDIS_CLUSTER_URL, REDIS_URL, drop_namespaces
+
+#: Head changes the writer process makes while this process reads.
+CHANGES = 300
+
+
+def doc(n: int) -> bytes:
+    return orjson.dumps({"n": n})
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[RedisStore]:
+    namespace = "rcw_" + uuid.uuid4().hex[:12]
+    async with RedisStore(REDIS_CLUSTER_URL, namespace=namespace) as opened:
+        yield opened
+    await drop_namespaces(REDIS_CLUSTER_URL, {namespace})
+
+
+_SCRIPT_NAMES = {script.sha: name for name, script in vars(redis_scripts).items()
+                 if isinstance(script, redis_scripts.Script)}
+
+
+class CommandLog:
+    """The commands a store's client runs, as start and end events in the order they
+    happened (a command's name: the script's for EVALSHA, plus its first key)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.events: list[tuple[str, int, str, bytes]] = []
+        client = store._client
+        run = client.execute_command
+        numbers = itertools.count()
+
+        async def logged(*args: Any, **options: Any) -> Any:
+            number = next(numbers)
+            name = _SCRIPT_NAMES.get(args[1], "EVALSHA") if args[0] == "EVALSHA" else args[0]
+            first = args[3] if args[0] == "EVALSHA" else args[1] if len(args) > 1 else b""
+            self.events.append(("start", number, str(name), first))
+            try:
+                return await run(*args, **options)
+            finally:
+                self.events.append(("end", number, str(name), first))
+
+        client.execute_command = logged
+
+    def commands(self) -> list[str]:
+        return [name for event, _, name, _ in self.events if event == "start"]
+
+    def rounds(self) -> list[list[str]]:
+        """The commands grouped by round trip: a command started after another one ended
+        begins the next round (commands sent side by side share one)."""
+        rounds: list[list[str]] = []
+        ended = True
+        for event, _, name, _ in self.events:
+            if event == "end":
+                ended = True
+            else:
+                if ended:
+                    rounds.append([])
+                    ended = False
+                rounds[-1].append(name)
+        return rounds
+
+    def span(self, name: str, first: bytes) -> tuple[int, int]:
+        """Positions of the start and end events of the command ``name`` on key ``first``."""
+        found = [position for position, (_, _, named, key) in enumerate(self.events)
+                 if named == name and key == first]
+        assert len(found) == 2, (name, first, self.events)
+        return found[0], found[1]
+
+
+async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow(
+        cluster: RedisStore) -> None:
+    fresh = ["message:h:1", "made:c:y", "entry:a:new", "entry:d:new"]
+    await cluster.put_many([(key, doc(0)) for key in fresh])  # their runs in the directory
+    await cluster.delete_many(fresh)
+    await cluster.put_many([("entry:a:old", doc(0)), ("swap:b:x", doc(1)),
+                            ("session:h", doc(2))])
+    log = CommandLog(cluster)
+    assert await cluster.compare_and_set_with(
+        "session:h", doc(2), doc(3), create=[("message:h:1", doc(4)), ("made:c:y", doc(5))],
+        put=[("entry:a:new", doc(6)), ("entry:d:new", doc(7))], delete=["entry:a:old"],
+        swap=[("swap:b:x", doc(1), doc(8))])
+    head_start, head_end = log.span("COMPARE_AND_SET_WITH",
+                                    cluster._names("session:h").value("session:h"))
+    before = [log.span(name, cluster._names(key).value(key) if name != "WRITE_MANY"
+                       else cluster._names(key).runs)
+              for name, key in (("WRITE", "made:c:y"), ("COMPARE_AND_SET", "swap:b:x"),
+                                ("WRITE_MANY", "entry:a:new"), ("WRITE_MANY", "entry:d:new"))]
+    assert all(end < head_start for _, end in before)  # rule 1: entries before the head
+    delete_start, _ = log.span("DELETE", cluster._names("entry:a:old").index)
+    assert delete_start > head_end  # and the old ones only after it
+    assert [sorted(names) for names in log.rounds()] == [
+        ["COMPARE_AND_SET", "WRITE", "WRITE_MANY", "WRITE_MANY"], ["COMPARE_AND_SET_WITH"],
+        ["DELETE"]]
+    assert await cluster.keys() == ["entry:a:new", "entry:d:new", "made:c:y", "message:h:1",
+                                    "session:h", "swap:b:x"]
+    assert await cluster.get_many(["session:h", "swap:b:x"]) == [doc(3), doc(8)]
+
+
+async def test_a_failed_compare_takes_back_what_it_created_and_swapped(
+        cluster: RedisStore) -> None:
+    await cluster.put_many([("session:h", doc(1)), ("swap:b:x", doc(2)),
+                            ("entry:a:old", doc(3))])
+    # the head is not what the caller read
+    assert not await cluster.compare_and_set_with(
+        "session:h", doc(0), doc(9), create=[("made:c:y", doc(4)), ("message:h:1", doc(5))],
+        put=[("entry:a:new", doc(6))], delete=["entry:a:old"],
+        swap=[("swap:b:x", doc(2), doc(7))])
+    assert await cluster.get_many(["session:h", "swap:b:x", "made:c:y", "message:h:1",
+                                   "entry:a:old"]) == [doc(1), doc(2), None, None, doc(3)]
+    # a key to create outside the slot is taken: the other creates and the swap go back
+    await cluster.put("taken:t:z", doc(8))
+    assert not await cluster.compare_and_set_with(
+        "session:h", doc(1), doc(9), create=[("made:c:y", doc(4)), ("taken:t:z", doc(5))],
+        swap=[("swap:b:x", doc(2), None)])
+    assert await cluster.get_many(["session:h", "swap:b:x", "made:c:y", "taken:t:z"]) == [
+        doc(1), doc(2), None, doc(8)]
+    # a swap outside the slot that does not match: nothing created stays
+    assert not await cluster.compare_and_set_with(
+        "session:h", doc(1), doc(9), create=[("made:c:y", doc(4))],
+        swap=[("swap:b:x", doc(0), doc(7))])
+    assert await cluster.get_many(["session:h", "swap:b:x", "made:c:y"]) == [
+        doc(1), doc(2), None]
+    # a created key someone changed since is not taken back (only what this call wrote)
+    original = cluster._changed_together
+
+    async def changed_meanwhile(*args: Any) -> bool:
+        await cluster.put("made:c:y", doc(6))
+        return await original(*args)
+
+    cluster._changed_together = changed_meanwhile  # type: ignore[method-assign]
+    assert not await cluster.compare_and_set_with(
+        "session:h", doc(0), doc(9), create=[("made:c:y", doc(4))])
+    assert await cluster.get("made:c:y") == doc(6)
+
+
+def _writer(namespace: str, ready: Any) -> None:
+    """Move a head through ``CHANGES`` values, each with its own entry in another slot."""
+    async def run() -> None:
+        async with RedisStore(REDIS_CLUSTER_URL, namespace=namespace) as store:
+            ready.set()
+            for n in range(1, CHANGES + 1):
+                assert await store.compare_and_set_with(
+                    "session:h", doc(n - 1), doc(n), put=[(f"index:e:{n:06d}", doc(n))],
+                    delete=[f"index:e:{n - 1:06d}"])
+
+    asyncio.run(run())
+
+
+async def test_the_entry_of_the_head_exists_whenever_the_head_does(
+        cluster: RedisStore) -> None:
+    # Rule 1 of kvsessions.sessions.index, across processes: a reader that sees one head
+    # before and after reading its entry always finds the entry.
+    assert await cluster.compare_and_set_with("session:h", None, doc(0),
+                                              put=[("index:e:000000", doc(0))])
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    writer = context.Process(target=_writer, args=(cluster.namespace, ready))
+    writer.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 60)
+        checked = 0
+        while writer.is_alive() or checked == 0:
+            head = await cluster.get("session:h")
+            assert head is not None
+            n = orjson.loads(head)["n"]
+            entry = await cluster.get(f"index:e:{n:06d}")
+            if await cluster.get("session:h") == head:
+                assert entry == doc(n), f"head {n} without its entry"
+                checked += 1
+            if n == CHANGES:
+                break
+    finally:
+        await asyncio.to_thread(writer.join, 60)
+    assert writer.exitcode == 0
+    assert checked > 0
+    assert await cluster.keys("index:") == [f"index:e:{CHANGES:06d}"]
+
+
+@pytest.mark.parametrize("url", [REDIS_URL, REDIS_CLUSTER_URL], ids=["redis", "redis_cluster"])
+async def test_round_trips_of_an_append(url: str) -> None:
+    # The floor of an append to a session with two index entries (all sessions, status):
+    # single-node Redis reads the head and runs one script; a cluster reads the head, puts
+    # the new entries (two slots, side by side), runs one script in the session's slot
+    # (head and message), deletes the old entries (side by side) and reads the head again
+    # (rule 3 of kvsessions.sessions.index).
+    namespace = "rcw_" + uuid.uuid4().hex[:12]
+    try:
+        async with RedisStore(url, namespace=namespace) as store:
+            storage = SessionStorage(store)
+            session = ChatSession.create("model")
+            session.add_message("user", "first")
+            assert await storage.save_session(session)
+            await storage.append_message(session.session_id, ChatMessage.create(
+                session.session_id, "user", "second"))  # runs and scripts known now
+            log = CommandLog(store)
+            await storage.append_message(session.session_id, ChatMessage.create(
+                session.session_id, "user", "third"))
+            if url == REDIS_URL:
+                assert log.rounds() == [["GET"], ["COMPARE_AND_SET_WITH"]]
+            else:
+                assert [sorted(names) for names in log.rounds()] == [
+                    ["GET"], ["WRITE_MANY", "WRITE_MANY"], ["COMPARE_AND_SET_WITH"],
+                    ["DELETE", "DELETE"], ["GET"]]
+            loaded = await storage.load_session(session.session_id)
+            assert loaded is not None and loaded.message_count == 3
+    finally:
+        await drop_namespaces(url, {namespace})
