@@ -119,6 +119,20 @@ async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow
     assert await cluster.get_many(["session:h", "swap:b:x"]) == [doc(3), doc(8)]
 
 
+async def test_a_new_head_adds_its_runs_to_the_directory_beside_the_writes_outside(
+        cluster: RedisStore) -> None:
+    await cluster.put("index:e:0", doc(0))  # that run is known
+    log = CommandLog(cluster)
+    assert await cluster.compare_and_set_with(
+        "session:n", None, doc(1), create=[("message:n:1", doc(2))],
+        put=[("index:e:1", doc(3))])
+    assert [sorted(names) for names in log.rounds()] == [
+        ["WRITE_MANY", "ZADD"], ["COMPARE_AND_SET_WITH"]]
+    # every key found by a scan over the directory (runs of other partitions)
+    assert await cluster.keys() == ["index:e:0", "index:e:1", "message:n:1", "session:n"]
+    assert [key async for key, _ in cluster.scan("message:")] == ["message:n:1"]
+
+
 async def test_a_failed_compare_takes_back_what_it_created_and_swapped(
         cluster: RedisStore) -> None:
     await cluster.put_many([("session:h", doc(1)), ("swap:b:x", doc(2)),
@@ -146,9 +160,9 @@ async def test_a_failed_compare_takes_back_what_it_created_and_swapped(
     # a created key someone changed since is not taken back (only what this call wrote)
     original = cluster._changed_together
 
-    async def changed_meanwhile(*args: Any) -> bool:
+    async def changed_meanwhile(*args: Any, **options: Any) -> bool:
         await cluster.put("made:c:y", doc(6))
-        return await original(*args)
+        return await original(*args, **options)
 
     cluster._changed_together = changed_meanwhile  # type: ignore[method-assign]
     assert not await cluster.compare_and_set_with(

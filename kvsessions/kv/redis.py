@@ -130,6 +130,12 @@ class _OtherKeys:
         return [*(key for key, _ in self.create), *(key for key, _ in self.put),
                 *(key for key, _, _ in self.swap), *self.delete]
 
+    def written_runs(self, key: str) -> list[str]:
+        """The runs a script that writes ``key`` and these keys stores values in."""
+        return list(dict.fromkeys(run_of(other) for other in (
+            key, *(other for other, _ in self.create), *(other for other, _ in self.put),
+            *(other for other, _, value in self.swap if value is not None))))
+
     @property
     def empty(self) -> bool:
         return not (self.create or self.put or self.delete or self.swap)
@@ -506,8 +512,9 @@ class RedisStore(KVStore):
         return all(partition_of(other) == partition for other in others)
 
     async def _changed_together(self, key: str, expected: bytes | None, new: bytes | None,
-                                others: _OtherKeys) -> bool:
-        """``compare_and_set_with`` as one script, atomic: everything or nothing."""
+                                others: _OtherKeys, *, confirmed: bool = False) -> bool:
+        """``compare_and_set_with`` as one script, atomic: everything or nothing.
+        ``confirmed``: the runs of the keys it writes are in the directory already."""
         named = [key, *others.keys]
         keys: list[bytes] = []
         for other in named:
@@ -521,9 +528,11 @@ class RedisStore(KVStore):
                            *[value for _, value in others.put]]
         for _, read, value in others.swap:
             rest += (read, b"" if value is None else value)
+        script = _WriteScript((), lambda confirmed: (
+            scripts.COMPARE_AND_SET_WITH, keys, [*head, confirmed, *rest]))
         try:
-            result = await self._registered(_WriteScript((), lambda confirmed: (
-                scripts.COMPARE_AND_SET_WITH, keys, [*head, confirmed, *rest])))
+            result = await (self._run(*script.call("1")) if confirmed
+                            else self._registered(script))
         except redis_errors.ResponseError as exc:
             raise self._foreign_or(exc, key) from None
         return bool(result == 1)
@@ -536,7 +545,11 @@ class RedisStore(KVStore):
         everything inside it and the head's compare-and-set; then, if that succeeded, the
         deletes outside, side by side. On failure the creates and swaps outside that
         succeeded are taken back (each only if it still holds what this call wrote); the
-        puts stay. Runs to its end even when the caller is cancelled (see the caller)."""
+        puts stay. Runs to its end even when the caller is cancelled (see the caller).
+        A head created here (``expected`` None) is most likely in a run of its own that the
+        directory lacks: the runs the script writes in are added in the first round, beside
+        the writes outside, and the script runs confirmed, instead of being refused, adding
+        them and running again (two round trips more)."""
         created = [self._write_script(other, value, None, nx=True)
                    for other, value in outside.create]
         swapped = [self._compare_and_set_script(other, read, value, None)
@@ -544,10 +557,20 @@ class RedisStore(KVStore):
         groups: dict[str, list[tuple[str, bytes]]] = {}
         for item in outside.put:
             groups.setdefault(partition_of(item[0]), []).append(item)
-        outcomes = await self._registered_outcomes([
+        before = self._registered_outcomes([
             *created, *swapped,
             *(self._write_many_script(partition, group, "") for partition, group in
               groups.items())])
+        fresh = expected is None and new is not None
+        if fresh:
+            outcomes, added = await asyncio.gather(
+                before, self._add_runs(inside.written_runs(key)), return_exceptions=True)
+            if isinstance(outcomes, BaseException):
+                raise outcomes
+            if isinstance(added, BaseException):
+                outcomes = [*outcomes, added]
+        else:
+            outcomes = await before
         made = [item for item, outcome in zip(outside.create, outcomes, strict=False)
                 if outcome == 1]
         moved = [item for item, outcome in zip(outside.swap, outcomes[len(created):],
@@ -560,7 +583,8 @@ class RedisStore(KVStore):
                 if isinstance(outcome, BaseException):
                     raise outcome
             if len(made) == len(created) and len(moved) == len(swapped):
-                changed = await self._changed_together(key, expected, new, inside)
+                changed = await self._changed_together(key, expected, new, inside,
+                                                       confirmed=fresh)
         finally:
             if not changed:
                 await self._take_back(made, moved)
