@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv import redis_scripts
@@ -38,13 +39,17 @@ async def cluster() -> AsyncIterator[RedisStore]:
     await drop_namespaces(REDIS_CLUSTER_URL, {namespace})
 
 
+_SCRIPTS = [script for script in vars(redis_scripts).values()
+            if isinstance(script, redis_scripts.Script)]
 _SCRIPT_NAMES = {script.sha: name for name, script in vars(redis_scripts).items()
                  if isinstance(script, redis_scripts.Script)}
 
 
 class CommandLog:
     """The commands a store's client runs, as start and end events in the order they
-    happened (a command's name: the script's for EVALSHA, plus its first key)."""
+    happened (a command's name: the script's for EVALSHA, plus its first key). Made by
+    ``logged``, which first loads every script on every server (a server that lost its
+    cache, or never ran a script, answers NOSCRIPT and gets the EVAL that follows)."""
 
     def __init__(self, store: RedisStore) -> None:
         self.events: list[tuple[str, int, str, bytes]] = []
@@ -90,6 +95,17 @@ class CommandLog:
         return found[0], found[1]
 
 
+async def logged(store: RedisStore) -> CommandLog:
+    client = store._client
+    for script in _SCRIPTS:
+        if isinstance(client, RedisCluster):
+            await client.execute_command("SCRIPT LOAD", script.source,
+                                         target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await client.execute_command("SCRIPT LOAD", script.source)
+    return CommandLog(store)
+
+
 async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow(
         cluster: RedisStore) -> None:
     fresh = ["message:h:1", "made:c:y", "entry:a:new", "entry:d:new"]
@@ -97,7 +113,7 @@ async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow
     await cluster.delete_many(fresh)
     await cluster.put_many([("entry:a:old", doc(0)), ("swap:b:x", doc(1)),
                             ("session:h", doc(2))])
-    log = CommandLog(cluster)
+    log = await logged(cluster)
     assert await cluster.compare_and_set_with(
         "session:h", doc(2), doc(3), create=[("message:h:1", doc(4)), ("made:c:y", doc(5))],
         put=[("entry:a:new", doc(6)), ("entry:d:new", doc(7))], delete=["entry:a:old"],
@@ -122,7 +138,7 @@ async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow
 async def test_a_new_head_adds_its_runs_to_the_directory_beside_the_writes_outside(
         cluster: RedisStore) -> None:
     await cluster.put("index:e:0", doc(0))  # that run is known
-    log = CommandLog(cluster)
+    log = await logged(cluster)
     assert await cluster.compare_and_set_with(
         "session:n", None, doc(1), create=[("message:n:1", doc(2))],
         put=[("index:e:1", doc(3))])
@@ -229,7 +245,7 @@ async def test_round_trips_of_an_append(url: str) -> None:
             assert await storage.save_session(session)
             await storage.append_message(session.session_id, ChatMessage.create(
                 session.session_id, "user", "second"))  # runs and scripts known now
-            log = CommandLog(store)
+            log = await logged(store)
             await storage.append_message(session.session_id, ChatMessage.create(
                 session.session_id, "user", "third"))
             if url == REDIS_URL:
