@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from kvsessions.documents.models import ChatMessage, ChatSession
 from kvsessions.kv import redis_scripts
@@ -46,28 +46,43 @@ _SCRIPT_NAMES = {script.sha: name for name, script in vars(redis_scripts).items(
 
 
 class CommandLog:
-    """The commands a store's client runs, as start and end events in the order they
-    happened (a command's name: the script's for EVALSHA, plus its first key). Made by
-    ``logged``, which first loads every script on every server (a server that lost its
-    cache, or never ran a script, answers NOSCRIPT and gets the EVAL that follows)."""
+    """The commands a store's client sends, as start and end events in the order they
+    happened (a command's name: the script's for EVALSHA, plus its first key). On a cluster
+    the log sits on each node, where a pipeline's commands for that node leave together.
+    Made by ``logged``, which first loads every script on every server (a server that lost
+    its cache, or never ran a script, answers NOSCRIPT and gets the EVAL that follows)."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, patch: pytest.MonkeyPatch) -> None:
         self.events: list[tuple[str, int, str, bytes]] = []
+        self._numbers = itertools.count()
         client = store._client
-        run = client.execute_command
-        numbers = itertools.count()
+        if isinstance(client, RedisCluster):  # nodes have __slots__: patch their class
+            one, batch = ClusterNode.execute_command, ClusterNode.execute_pipeline
 
-        async def logged(*args: Any, **options: Any) -> Any:
-            number = next(numbers)
-            name = _SCRIPT_NAMES.get(args[1], "EVALSHA") if args[0] == "EVALSHA" else args[0]
-            first = args[3] if args[0] == "EVALSHA" else args[1] if len(args) > 1 else b""
-            self.events.append(("start", number, str(name), first))
-            try:
-                return await run(*args, **options)
-            finally:
-                self.events.append(("end", number, str(name), first))
+            async def command(node: Any, *args: Any, **options: Any) -> Any:
+                return await self._sent([args], one(node, *args, **options))
 
-        client.execute_command = logged
+            async def pipeline(node: Any, commands: list[Any]) -> Any:
+                return await self._sent([command.args for command in commands],
+                                        batch(node, commands))
+
+            patch.setattr(ClusterNode, "execute_command", command)
+            patch.setattr(ClusterNode, "execute_pipeline", pipeline)
+        else:
+            run = client.execute_command
+
+            async def single(*args: Any, **options: Any) -> Any:
+                return await self._sent([args], run(*args, **options))
+
+            patch.setattr(client, "execute_command", single)
+
+    async def _sent(self, commands: list[tuple[Any, ...]], reply: Any) -> Any:
+        named = [(next(self._numbers), *_described(args)) for args in commands]
+        self.events += [("start", number, name, first) for number, name, first in named]
+        try:
+            return await reply
+        finally:
+            self.events += [("end", number, name, first) for number, name, first in named]
 
     def commands(self) -> list[str]:
         return [name for event, _, name, _ in self.events if event == "start"]
@@ -95,7 +110,13 @@ class CommandLog:
         return found[0], found[1]
 
 
-async def logged(store: RedisStore) -> CommandLog:
+def _described(args: tuple[Any, ...]) -> tuple[str, bytes]:
+    if args[0] == "EVALSHA":
+        return _SCRIPT_NAMES.get(args[1], "EVALSHA"), args[3]
+    return str(args[0]), args[1] if len(args) > 1 else b""
+
+
+async def logged(store: RedisStore, patch: pytest.MonkeyPatch) -> CommandLog:
     client = store._client
     for script in _SCRIPTS:
         if isinstance(client, RedisCluster):
@@ -103,17 +124,17 @@ async def logged(store: RedisStore) -> CommandLog:
                                          target_nodes=RedisCluster.PRIMARIES)
         else:
             await client.execute_command("SCRIPT LOAD", script.source)
-    return CommandLog(store)
+    return CommandLog(store, patch)
 
 
 async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow(
-        cluster: RedisStore) -> None:
+        cluster: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh = ["message:h:1", "made:c:y", "entry:a:new", "entry:d:new"]
     await cluster.put_many([(key, doc(0)) for key in fresh])  # their runs in the directory
     await cluster.delete_many(fresh)
     await cluster.put_many([("entry:a:old", doc(0)), ("swap:b:x", doc(1)),
                             ("session:h", doc(2))])
-    log = await logged(cluster)
+    log = await logged(cluster, monkeypatch)
     assert await cluster.compare_and_set_with(
         "session:h", doc(2), doc(3), create=[("message:h:1", doc(4)), ("made:c:y", doc(5))],
         put=[("entry:a:new", doc(6)), ("entry:d:new", doc(7))], delete=["entry:a:old"],
@@ -136,9 +157,9 @@ async def test_writes_outside_the_head_slot_end_before_its_script_deletes_follow
 
 
 async def test_a_new_head_adds_its_runs_to_the_directory_beside_the_writes_outside(
-        cluster: RedisStore) -> None:
+        cluster: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     await cluster.put("index:e:0", doc(0))  # that run is known
-    log = await logged(cluster)
+    log = await logged(cluster, monkeypatch)
     assert await cluster.compare_and_set_with(
         "session:n", None, doc(1), create=[("message:n:1", doc(2))],
         put=[("index:e:1", doc(3))])
@@ -150,7 +171,7 @@ async def test_a_new_head_adds_its_runs_to_the_directory_beside_the_writes_outsi
 
 
 async def test_a_failed_compare_takes_back_what_it_created_and_swapped(
-        cluster: RedisStore) -> None:
+        cluster: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     await cluster.put_many([("session:h", doc(1)), ("swap:b:x", doc(2)),
                             ("entry:a:old", doc(3))])
     # the head is not what the caller read
@@ -200,7 +221,7 @@ def _writer(namespace: str, ready: Any) -> None:
 
 
 async def test_the_entry_of_the_head_exists_whenever_the_head_does(
-        cluster: RedisStore) -> None:
+        cluster: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # Rule 1 of kvsessions.sessions.index, across processes: a reader that sees one head
     # before and after reading its entry always finds the entry.
     assert await cluster.compare_and_set_with("session:h", None, doc(0),
@@ -230,7 +251,7 @@ async def test_the_entry_of_the_head_exists_whenever_the_head_does(
 
 
 @pytest.mark.parametrize("url", [REDIS_URL, REDIS_CLUSTER_URL], ids=["redis", "redis_cluster"])
-async def test_round_trips_of_an_append(url: str) -> None:
+async def test_round_trips_of_an_append(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The floor of an append to a session with two index entries (all sessions, status):
     # single-node Redis reads the head and runs one script; a cluster reads the head, puts
     # the new entries (two slots, side by side), runs one script in the session's slot
@@ -245,7 +266,7 @@ async def test_round_trips_of_an_append(url: str) -> None:
             assert await storage.save_session(session)
             await storage.append_message(session.session_id, ChatMessage.create(
                 session.session_id, "user", "second"))  # runs and scripts known now
-            log = await logged(store)
+            log = await logged(store, monkeypatch)
             await storage.append_message(session.session_id, ChatMessage.create(
                 session.session_id, "user", "third"))
             if url == REDIS_URL:
