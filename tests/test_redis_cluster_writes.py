@@ -18,10 +18,11 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from kvsessions.documents.models import ChatMessage, ChatSession
+from kvsessions.errors import StoreError, StoreUnavailableError
 from kvsessions.kv import redis_scripts
 from kvsessions.kv.redis import RedisStore
 from kvsessions.sessions.storage import SessionStorage
-from tests.backends.redis import REDIS_CLUSTER_URL, REDIS_URL, drop_namespaces
+from tests.backends.redis import REDIS_CLUSTER_URL, REDIS_URL, drop_namespaces, index_raw_key
 
 #: Head changes the writer process makes while this process reads.
 CHANGES = 300
@@ -205,6 +206,33 @@ async def test_a_failed_compare_takes_back_what_it_created_and_swapped(
     assert not await cluster.compare_and_set_with(
         "session:h", doc(0), doc(9), create=[("made:c:y", doc(4))])
     assert await cluster.get("made:c:y") == doc(6)
+
+
+async def test_an_error_outside_the_head_slot_takes_back_what_was_created(
+        cluster: RedisStore) -> None:
+    await cluster.put("session:h", doc(1))
+    foreign = await index_raw_key(cluster, "foreign:f:x")
+    await cluster._client.hset(foreign, "field", "value")  # GET there: WRONGTYPE
+    with pytest.raises(StoreError, match="not a Redis string"):
+        await cluster.compare_and_set_with(
+            "session:h", doc(1), doc(2), create=[("made:c:y", doc(3))],
+            swap=[("foreign:f:x", doc(4), doc(5))])
+    assert await cluster.get_many(["session:h", "made:c:y"]) == [doc(1), None]
+    # a create whose answer was lost (the connection dropped after the server wrote it)
+    original = cluster._registered_outcomes
+
+    calls = itertools.count()
+
+    async def answer_lost(writes: Any) -> list[Any]:  # the first call's; not the undo's
+        outcomes = await original(writes)
+        return [ConnectionError("lost"), *outcomes[1:]] if next(calls) == 0 else outcomes
+
+    cluster._registered_outcomes = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailableError):
+        await cluster.compare_and_set_with("session:h", doc(1), doc(2),
+                                           create=[("made:c:y", doc(3))])
+    cluster._registered_outcomes = original  # type: ignore[method-assign]
+    assert await cluster.get_many(["session:h", "made:c:y"]) == [doc(1), None]
 
 
 def _writer(namespace: str, ready: Any) -> None:

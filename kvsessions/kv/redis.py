@@ -542,8 +542,9 @@ class RedisStore(KVStore):
         swaps and puts outside, side by side; then one script in the head's slot with
         everything inside it and the head's compare-and-set; then, if that succeeded, the
         deletes outside, side by side. On failure the creates and swaps outside that
-        succeeded are taken back (each only if it still holds what this call wrote); the
-        puts stay. Runs to its end even when the caller is cancelled (see the caller).
+        succeeded, or whose outcome is unknown (an error), are taken back, each only if it
+        still holds what this call wrote; the puts stay. Runs to its end even when the
+        caller is cancelled (see the caller).
         A head created here (``expected`` None) is most likely in a run of its own that the
         directory lacks: the runs the script writes in are added in the first round, beside
         the writes outside, and the script runs confirmed, instead of being refused, adding
@@ -560,19 +561,30 @@ class RedisStore(KVStore):
             *(self._write_many_script(partition, group, "") for partition, group in
               groups.items())])
         fresh = expected is None and new is not None
-        if fresh:
-            outcomes, added = await asyncio.gather(
-                before, self._add_runs(inside.written_runs(key)), return_exceptions=True)
-            if isinstance(outcomes, BaseException):
-                raise outcomes
-            if isinstance(added, BaseException):
-                outcomes = [*outcomes, added]
-        else:
-            outcomes = await before
+        try:
+            if fresh:
+                outcomes, added = await asyncio.gather(
+                    before, self._add_runs(inside.written_runs(key)), return_exceptions=True)
+                if isinstance(outcomes, BaseException):
+                    raise outcomes
+                if isinstance(added, BaseException):
+                    outcomes = [*outcomes, added]
+            else:
+                outcomes = await before
+        except Exception:
+            await self._take_back(outside.create, outside.swap)  # what landed is unknown
+            raise
+
+        def landed(outcome: Any) -> bool:
+            """Written, or may have been: a call that failed without the server's answer (a
+            script the server refused, ResponseError, wrote nothing)."""
+            return outcome == 1 or (isinstance(outcome, Exception)
+                                    and not isinstance(outcome, redis_errors.ResponseError))
+
         made = [item for item, outcome in zip(outside.create, outcomes, strict=False)
-                if outcome == 1]
+                if landed(outcome)]
         moved = [item for item, outcome in zip(outside.swap, outcomes[len(created):],
-                                               strict=False) if outcome == 1]
+                                               strict=False) if landed(outcome)]
         changed = False
         try:
             for outcome in outcomes:
