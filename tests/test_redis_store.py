@@ -123,8 +123,11 @@ async def collect_all(store: RedisStore) -> list[tuple[str, bytes]]:
 async def test_compare_and_set_with_over_partitions_registers_runs(store: RedisStore) -> None:
     # A head, a key to create in its partition, entries to put in other partitions (runs the
     # directory does not hold yet): on one server one script, on a cluster (keys in other
-    # slots) the default order, so only the single server promises atomicity.
+    # slots) the puts outside first, then one script in the head's slot, so only the single
+    # server promises atomicity, and a cluster only for the head's own partition.
     assert store.atomic_compare_and_set_with is not store._cluster
+    assert store.atomic_with("session:7", ["message:7:a", "session-state:7"])
+    assert store.atomic_with("session:7", ["entry:p:x"]) is not store._cluster
     await store.put("entry:old:x", doc(0))
     assert await store.compare_and_set_with(
         "session:7", None, doc(1), create=[("message:7:a", doc(2))],
@@ -138,7 +141,8 @@ async def test_compare_and_set_with_over_partitions_registers_runs(store: RedisS
         "session:7", doc(1), doc(5), create=[("message:7:a", doc(6))],
         put=[("entry:r:z", doc(7))])
     assert await store.get("session:7") == doc(1)
-    assert await store.get("entry:r:z") is None
+    # a put outside the head's slot is stored whatever the outcome (the contract's order)
+    assert (await store.get("entry:r:z") is None) is not store._cluster
 
 
 async def test_one_scan_page_across_runs_skips_deleted_ones(store: RedisStore) -> None:

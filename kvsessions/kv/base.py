@@ -307,6 +307,13 @@ class KVStore(ABC):
     #: Adapters whose ``_compare_and_set_with`` is one transaction set this to True.
     _atomic_compare_and_set_with: bool = False
 
+    def atomic_with(self, key: str, others: Iterable[str]) -> bool:
+        """Whether ``compare_and_set_with`` on ``key`` changes each of ``others`` in the one
+        transaction that changes ``key``: always where ``atomic_compare_and_set_with`` is
+        True; a store atomic within part of its keys (a Redis Cluster slot) says so for the
+        keys given."""
+        return self.atomic_compare_and_set_with
+
     async def compare_and_set_with(
         self, key: str, expected: bytes | None, new: bytes | None, *,
         create: Iterable[tuple[str, bytes]] = (), put: Iterable[tuple[str, bytes]] = (),
@@ -322,7 +329,8 @@ class KVStore(ABC):
         nothing and False. Elsewhere (the default) the writes come in the order an index
         needs without transactions: ``create``, then ``swap`` (both undone on failure, as
         far as nobody changed them since), ``put`` (stored whatever the outcome), the
-        compare-and-set, then, only if it succeeded, ``delete``."""
+        compare-and-set, then, only if it succeeded, ``delete``; the keys for which
+        ``atomic_with`` is True change in the one transaction of the compare-and-set."""
         check_key(key)
         expected, new = _check_swap(key, expected, new)
         made = _checked_items(create, "create")

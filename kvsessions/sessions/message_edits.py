@@ -17,10 +17,11 @@ any number of processes, because a message is counted *before* it exists and unc
   None)`` won), so of two writers removing one message only one counts it.
 
 Where the store writes a head and other keys in one transaction
-(``atomic_compare_and_set_with``), an append first tries the head change that counts its
-messages and their creation as one call: the messages then exist exactly when they are
-counted, which gives the same guarantee; a head changed meanwhile or a message stored
-already (a retried append) makes it fall back to the order above, from a fresh read. There
+(``atomic_compare_and_set_with``; for an append, ``atomic_with`` its messages: a Redis
+Cluster writes the keys of the head's slot in one), an append first tries the head change
+that counts its messages and their creation as one call: the messages then exist exactly
+when they are counted, which gives the same guarantee; a head changed meanwhile or a message
+stored already (a retried append) makes it fall back to the order above, from a fresh read. There
 an update and a pop are one read and one transaction too: the message's compare-and-set
 (``swap``: rewritten, or removed if it is still the value read) and the head change, all or
 nothing, repeated from fresh reads when another writer got in first. A pop and a concurrent
@@ -72,7 +73,7 @@ __all__ = ["CREATE_TOGETHER", "MessageEdits", "removal_change", "touched"]
 #: Keys one ``delete_many`` of ``clear_messages`` removes (the head is updated after each).
 _CLEAR_BATCH = 500
 #: Messages at most that a head change creates in its own transaction (where the store has
-#: one, ``atomic_compare_and_set_with``); more are counted first, then stored.
+#: one, ``atomic_with``); more are counted first, then stored.
 CREATE_TOGETHER = 1000
 #: Edited messages one save rewrites at once.
 _EDIT_CONCURRENCY = 32
@@ -158,8 +159,9 @@ class MessageEdits:
             document["message_count"] = current["message_count"] + len(items)
             return touched(document, latest)
 
-        if (self._raw.atomic_compare_and_set_with and 0 < len(items) <= CREATE_TOGETHER
-                and head is not None and head[1]["status"] != DELETING):
+        if (0 < len(items) <= CREATE_TOGETHER and head is not None
+                and head[1]["status"] != DELETING
+                and self._raw.atomic_with(session_key(session_id), [key for key, _ in items])):
             # The store changes the head and creates the messages in one transaction: they
             # are counted exactly when they exist, so no removal finds the count short. A
             # head changed meanwhile, or a message stored already (a retried append), takes
