@@ -9,9 +9,8 @@
   empty (``FileStore._remove_empty_folders``), so deleted sessions leave no folder to list;
   writers open a key's folder under the namespace lock, as deletes remove them. Pieces are
   prefix-free among folders (a folder's piece ends at its only ``:``, or is 120 bytes without
-  one), so sorting the entries
-  of a folder by piece, a file before a folder of the same piece, and descending into folders
-  in place, yields the keys in byte order, which is key order.
+  one), so sorting the entries of a folder by piece, a file before a folder of the same piece,
+  and descending into folders in place, yields the keys in byte order, which is key order.
 * A name is the lowercase hex of its piece's UTF-8 bytes: one-to-one (no case folding or
   Unicode normalisation can merge two keys), made of ``[0-9a-f]`` only (no ``..``, ``/``,
   ``CON`` or other reserved name can arise), at most 240 characters plus the suffix (``.s`` for
