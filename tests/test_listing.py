@@ -5,6 +5,7 @@ warning, then indexed by ``upgrade_storage``, resumably; migration keeps the lis
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -151,6 +152,21 @@ async def pages(storage: SessionStorage, limit: int, **filters: Any) -> list[lis
         found.append([s.session_id for s in sessions])
         if cursor is None:
             return found
+
+
+async def test_first_writes_at_once_on_a_new_store_leave_it_indexed(
+        counting: CountingStore) -> None:
+    """A new storage's first writes, all at once: the first checks that the store is empty
+    and marks its index complete while the others wait; none lands before that check (it
+    would make the store look written by an earlier release, listed by reading every head,
+    with a warning, until an upgrade)."""
+    storage = SessionStorage(counting)
+    sessions = [head(f"at-once-{i}", minutes=i) for i in range(40)]
+    assert all(await asyncio.gather(*(storage.save_session(s) for s in sessions)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.session_id for s in await storage.list_sessions()] == order(sessions)
+    assert await SessionStorage(counting)._index_state.complete()
 
 
 async def test_listing_paging_filters_and_counts(storage: SessionStorage) -> None:

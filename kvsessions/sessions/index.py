@@ -36,6 +36,7 @@ Readers still follow rule 3 everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -228,17 +229,26 @@ class IndexState:
         self._complete = False
         self._checked = False
         self._warned = False
+        self._checking: asyncio.Lock | None = None
 
     async def before_write(self) -> None:
         """Before this storage's first write: a store still empty is marked complete now,
-        so that what this release writes is never taken for an earlier release's data."""
-        if not self._checked:
-            await self.complete()
+        so that what this release writes is never taken for an earlier release's data. The
+        first writes wait for that check together: a write let through meanwhile would make
+        the store look written by an earlier release (not empty, not marked), and every
+        listing would read every head until an upgrade."""
+        if self._checked:
+            return
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        async with self._checking:
+            if not self._checked:
+                await self.complete()
+                self._checked = True
 
     async def complete(self) -> bool:
         if self._complete:
             return True
-        self._checked = True
         value = await self._raw.get(INDEX_STATE_KEY)
         if value is None and await _empty(self._raw):
             await self._raw.put_if_absent(INDEX_STATE_KEY, _COMPLETE)
