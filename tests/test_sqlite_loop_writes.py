@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kvsessions.kv.sqlite import SQLiteStore
+from kvsessions.kv.sqlite import LOOP_WRITE_BYTES, SQLiteStore
 from kvsessions.kv.sqlite_loop import ELSEWHERE, WAL_PAGES
 from kvsessions.kv.sqlite_worker import Discard, SQLiteWorker
 from kvsessions.kv.text_search import TextIndex
@@ -38,7 +38,7 @@ db.execute("ROLLBACK")
 #: Another process incrementing the same counter through its own store.
 INCREMENTER = """
 import asyncio, sys, orjson
-from kvsessions.kv.sqlite import SQLiteStore
+from kvsessions.kv.sqlite import LOOP_WRITE_BYTES, SQLiteStore
 
 async def main(path, times):
     async with SQLiteStore(path, namespace="app") as store:
@@ -151,16 +151,18 @@ async def test_a_write_job_on_the_loop_keeps_the_threads_semantics(tmp_path: Pat
         def cursor(db: sqlite3.Connection) -> sqlite3.Cursor:
             return db.execute("INSERT INTO app VALUES ('kept', x'7b7d', NULL)")
 
-        assert await store._write(discard) == "undone"
+        assert await store._write(discard, size=0) == "undone"
         with pytest.raises(RuntimeError, match="this job only"):
-            await store._write(fail)
-        assert await store._write(cursor) is None  # closed, as the thread closes them
+            await store._write(fail, size=0)
+        assert await store._write(cursor, size=0) is None  # closed, as the thread closes them
         assert paths.thread_writes == 0
         assert stored(path) == {"kept": b"{}"}
         assert store._loop is not None and not store._loop._db.in_transaction
 
 
-async def test_expired_rows_are_purged_by_a_write_on_the_loop(tmp_path: Path) -> None:
+async def test_purges_and_large_writes_run_on_the_thread(tmp_path: Path) -> None:
+    """A write whose cost is unknown (a purge of expired rows comes with it) or large would
+    hold the event loop for long; its hop to the thread is a small part of its cost."""
     path = tmp_path / "purge.db"
     async with SQLiteStore(path, namespace="app") as store:
         paths = watch(store)
@@ -169,9 +171,13 @@ async def test_expired_rows_are_purged_by_a_write_on_the_loop(tmp_path: Path) ->
         store._next_purge = 0.0  # a purge is due
         await store.put("long", v(2), ttl=60)
         assert set(stored(path)) == {"long"}  # the expired row is gone, not only hidden
-        store._next_purge = 0.0
-        await store.put("other", v(3), ttl=60)  # a purge that deletes nothing
-        assert paths.thread_writes == 0
+        assert (paths.loop_writes, paths.thread_writes) == (1, 1)
+        await store.put("other", v(3), ttl=60)  # no purge due
+        large = v("x" * LOOP_WRITE_BYTES)
+        await store.put("large", large)
+        await store.put_many([("many", v(4)), ("large", large)])
+        assert (paths.loop_writes, paths.thread_writes) == (2, 3)
+        assert stored(path)["large"] == large
 
 
 async def test_strict_durability_never_writes_on_the_loop(tmp_path: Path) -> None:

@@ -70,6 +70,9 @@ _DURABILITY = {"normal": 1, "strict": 2}  # PRAGMA synchronous values: NORMAL, F
 _IN_CHUNK = 500
 #: Seconds between purges of expired rows, each done on a write.
 _PURGE_INTERVAL = 60.0
+#: Bytes of keys and values a write may carry and still run on the event loop: past this the
+#: hop to the thread is a small part of its cost, and the loop would stall for longer.
+LOOP_WRITE_BYTES = 64 * 1024
 
 #: The table's layouts, oldest first (see ``table_layouts``). Append only.
 LAYOUTS = TableLayouts([
@@ -308,20 +311,23 @@ class SQLiteStore(KVStore):
         return await conn.run(function)
 
     async def _write(self, function: Callable[[sqlite3.Connection], _T], *,
-                     single: bool = False) -> _T:
+                     size: int | None, single: bool = False) -> _T:
         """Where a write job runs. ``function(sqlite3_connection)`` runs inside a write
         transaction (``single``: it runs one statement, and alone needs none), on the event
-        loop when it can start at once without changing what the thread promises: the loop's
-        connection may write (a file at ``durability=normal``: under ``strict`` each commit
-        fsyncs, and on the thread concurrent writes share one), the thread has no job queued
-        or running (so a write queued there, a cancelled caller's too, never lands after this
-        one, and under load writes still share commits), no other thread's loop is using the
-        connection and SQLite grants the write lock at once. Otherwise, or when SQLite answers
-        busy midway (rolled back), on the store's thread, sharing a commit with the writes
-        queued beside it and waiting for locks with ``busy_timeout``."""
+        loop when it can start at once without changing what the thread promises: it is small
+        (``size``, the bytes of keys and values it writes, at most ``LOOP_WRITE_BYTES``;
+        None: unknown, as for a purge), the loop's connection may write (a file at
+        ``durability=normal``: under ``strict`` each commit fsyncs, and on the thread
+        concurrent writes share one), the thread has no job queued or running (so a write
+        queued there, a cancelled caller's too, never lands after this one, and under load
+        writes still share commits), no other thread's loop is using the connection and
+        SQLite grants the write lock at once. Otherwise, or when SQLite answers busy midway
+        (rolled back), on the store's thread, sharing a commit with the writes queued beside
+        it and waiting for locks with ``busy_timeout``."""
         worker, here = self._conn, self._loop
         assert worker is not None
-        if here is not None and worker.idle:
+        if here is not None and size is not None and size <= LOOP_WRITE_BYTES \
+                and worker.idle:
             done = here.write(function, single=single)
             if done is not ELSEWHERE:
                 return done
@@ -374,32 +380,34 @@ class SQLiteStore(KVStore):
         sql, params = self._sql_put, (key, value, expires_at(ttl))
         purge = self._purge_due(ttl)
         await self._write(lambda db: purge(db.execute(sql, params)),
-                             single=ttl is None)
+                          size=_with_purge(purge, len(key) + len(value)), single=ttl is None)
 
     async def _delete(self, key: str) -> bool:
         sql, now = self._sql_delete, time.time()
         return bool(await self._write(
-            lambda db: db.execute(sql, (key, now)).rowcount, single=True))
+            lambda db: db.execute(sql, (key, now)).rowcount, size=len(key), single=True))
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
         purge = self._purge_due(ttl)
         stored = await self._write(
-            lambda db: purge(db.execute(sql, params)).rowcount, single=ttl is None)
+            lambda db: purge(db.execute(sql, params)).rowcount,
+            size=_with_purge(purge, len(key) + len(value)), single=ttl is None)
         return bool(stored)
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
-        return await self._swap(key, expected, new, ttl, None)
+        return await self._swap(key, expected, new, ttl, None, 0)
 
     async def _swap(self, key: str, expected: bytes | None, new: bytes | None,
-                    ttl: float | None,
-                    also: Callable[[sqlite3.Connection], bool] | None) -> bool:
+                    ttl: float | None, also: Callable[[sqlite3.Connection], bool] | None,
+                    also_size: int) -> bool:
         """Read, compare and write inside one write transaction on the worker thread: the
         write lock is held from the read on, so no other connection or process writes
         between them. ``also`` runs in the same transaction when the value matched; when it
-        returns False, everything this call wrote is undone."""
+        returns False, everything this call wrote is undone; ``also_size``: the bytes of keys
+        and values it writes."""
         table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
         upsert = self._sql_put
 
@@ -416,7 +424,8 @@ class SQLiteStore(KVStore):
                 raise Discard(False)
             return swapped
 
-        swapped = await self._write(swap)
+        swapped = await self._write(
+            swap, size=len(key) + len(new or b"") + also_size)
         if ttl is not None:
             await self._maybe_purge()
         return swapped
@@ -451,7 +460,8 @@ class SQLiteStore(KVStore):
                            chunk)
             return True
 
-        return await self._swap(key, expected, new, None, write_others)
+        size = sum(len(other) + len(value) for other, value, _ in rows) + sum(map(len, delete))
+        return await self._swap(key, expected, new, None, write_others, size)
 
     async def _maybe_purge(self) -> None:
         """Remove expired rows now and then; reads never depend on it."""
@@ -459,7 +469,7 @@ class SQLiteStore(KVStore):
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_INTERVAL
             sql = self._sql_purge
-            await self._write(lambda db: db.execute(sql, (now,)), single=True)
+            await self._write(lambda db: db.execute(sql, (now,)), size=None, single=True)
 
     def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
         """For a write with a ttl, now and then: a step, run on the thread after the write in
@@ -504,7 +514,9 @@ class SQLiteStore(KVStore):
         sql = self._sql_put
         purge = self._purge_due(ttl)
 
-        await self._write(lambda db: purge(db.executemany(sql, rows)))
+        size = sum(len(key) + len(value) for key, value in items)
+        await self._write(lambda db: purge(db.executemany(sql, rows)),
+                          size=_with_purge(purge, size))
 
     async def _delete_many(self, keys: list[str]) -> int:
         table, live, now = self._table, self._live, time.time()
@@ -518,7 +530,7 @@ class SQLiteStore(KVStore):
                 count += db.execute(sql, (*chunk, now)).rowcount
             return count
 
-        return await self._write(remove)
+        return await self._write(remove, size=sum(map(len, keys)))
 
     # ------------------------------------------------------------------ ordered scan
 
@@ -571,6 +583,11 @@ def _select_in(db: sqlite3.Connection, table: str, live: str, keys: list[str],
 
 def _unchanged(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
     return cursor
+
+
+def _with_purge(purge: Callable[[sqlite3.Cursor], sqlite3.Cursor], size: int) -> int | None:
+    """The size of a write (``_write``): unknown when a purge of expired rows comes with it."""
+    return size if purge is _unchanged else None
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:

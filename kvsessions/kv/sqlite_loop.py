@@ -7,16 +7,18 @@ may come here (``SQLiteStore._write``); this connection makes sure that what run
 waits and never checkpoints:
 
 * It never waits for a lock (``busy_timeout`` 0): when SQLite answers busy or locked (another
-  process or connection writes, a checkpoint or recovery is under way), the statement so far is
-  rolled back and the caller gets ``ELSEWHERE``: the operation goes to the store's thread,
-  which waits with ``busy_timeout`` as before. A job may run more than once there anyway, and
-  nothing of this attempt is kept or reported.
+  process or connection writes, a checkpoint or recovery is under way), what the job wrote so
+  far is rolled back and the caller gets ``ELSEWHERE``: the operation goes to the store's
+  thread, which waits with ``busy_timeout`` as before. A write job may run more than once
+  there anyway, and nothing of this attempt is kept or reported.
 * One caller at a time: event loops in other threads may use the same store; the one that
   takes the lock uses the connection, the others get ``ELSEWHERE`` (nobody waits for the lock).
 * A write job runs as on the thread (``write_together``, ``run_alone``): one transaction
   (``BEGIN IMMEDIATE`` .. ``COMMIT``), or one autocommit statement for a one-statement job;
   ``Discard`` rolls back and returns its result; an exception rolls back and propagates; a
-  cursor the job returns is closed. The caller returns after the commit, as from the thread.
+  cursor the job returns is closed. The caller returns after the commit, as from the thread,
+  and a process killed before it leaves what SQLite leaves of any unfinished transaction:
+  nothing (a WAL transaction without its commit record is ignored).
 * It never checkpoints (``wal_autocheckpoint=0``): a checkpoint copies the WAL into the
   database and, under ``synchronous=NORMAL``, fsyncs both, which has no place on an event
   loop. The store's thread does, as SQLite would after a commit: once the WAL file holds more
@@ -26,7 +28,7 @@ waits and never checkpoints:
   of growing. The WAL file's size tells the pages apart from the rows (a row can be a
   fraction of a page or many pages) because ``journal_size_limit`` cuts the file back to
   ``WAL_PAGES`` pages whenever the WAL starts again (``limit_wal``, set on both connections):
-  it grows past them only while that many pages wait for a checkpoint.
+  it grows past them only when more pages than that wait for a checkpoint.
 * A connection that may not write (``durability=strict``: there each commit fsyncs, and on the
   thread concurrent writes share that fsync) is ``query_only``: SQLite itself refuses a write.
 
