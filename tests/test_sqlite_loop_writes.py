@@ -69,7 +69,7 @@ class Paths:
 def watch(store: SQLiteStore) -> Paths:
     """Count the store's writes on its thread and on the loop, and its checkpoint requests."""
     seen = Paths()
-    worker, here = store._conn, store._loop
+    worker, here = store._conn, store._loop_connection
     assert worker is not None and here is not None
     write, loop_write, background = worker.write, here.write, worker.run_in_background
 
@@ -157,7 +157,7 @@ async def test_a_write_job_on_the_loop_keeps_the_threads_semantics(tmp_path: Pat
         assert await store._write(cursor, size=0) is None  # closed, as the thread closes them
         assert paths.thread_writes == 0
         assert stored(path) == {"kept": b"{}"}
-        assert store._loop is not None and not store._loop._db.in_transaction
+        assert store._loop_connection is not None and not store._loop_connection._db.in_transaction
 
 
 async def test_purges_and_large_writes_run_on_the_thread(tmp_path: Path) -> None:
@@ -190,9 +190,9 @@ async def test_strict_durability_never_writes_on_the_loop(tmp_path: Path) -> Non
         assert await store.delete("c")
         assert paths.thread_writes == 4 and paths.loop_writes == 0
         assert await store.get("a") == v(11)  # reads still run on the loop's connection
-        assert store._loop is not None
+        assert store._loop_connection is not None
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            store._loop._db.execute("INSERT INTO app VALUES ('x', x'7b7d', NULL)")
+            store._loop_connection._db.execute("INSERT INTO app VALUES ('x', x'7b7d', NULL)")
     assert stored(path) == {"a": v(11), "b": v(2)}
 
 

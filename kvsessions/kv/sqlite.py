@@ -20,7 +20,7 @@ Why it is built this way:
   lookup), unless it is busy (see ``_read``). Writes run on the thread inside a ``BEGIN
   IMMEDIATE`` transaction that the writes queued at the same moment share (group commit: one
   commit, one fsync under ``durability=strict``, for all of them); each returns once that
-  commit is done. A write runs on the loop instead only when that changes none of it: the
+  commit is done. A small write runs on the loop instead when that changes none of it: the
   thread is idle, the durability ``normal`` and nobody holds a lock (see ``_write``).
 * The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
   older release, and does not touch (or wait for) a database whose table is up to date.
@@ -118,7 +118,7 @@ class SQLiteStore(KVStore):
                         Whole("busy_timeout", 30_000, minimum=0, unit="milliseconds"))
     #: The connection used on the event loop (None for ``:memory:``, which a second
     #: connection cannot see).
-    _loop: LoopConnection | None = None
+    _loop_connection: LoopConnection | None = None
 
     def __init__(
         self,
@@ -207,7 +207,7 @@ class SQLiteStore(KVStore):
                 self.path, timeout=self.busy_timeout / 1000, isolation_level=None))
             await worker.run(self._prepare_until_not_busy)
             if self.path != MEMORY:
-                self._loop = await worker.run(lambda _: LoopConnection(
+                self._loop_connection = await worker.run(lambda _: LoopConnection(
                     self.path, synchronous=_DURABILITY[self.durability],
                     writes=self.durability == "normal",
                     checkpoint=lambda: worker.run_in_background(_checkpoint, "checkpoint")))
@@ -220,7 +220,7 @@ class SQLiteStore(KVStore):
         """The loop's connection first: the thread's, closed last, checkpoints the WAL
         into the database (SQLite does so when the last connection closes)."""
         conn, self._conn = self._conn, None
-        loop_connection, self._loop = self._loop, None
+        loop_connection, self._loop_connection = self._loop_connection, None
         if loop_connection is not None:
             loop_connection.close()
         if conn is not None:
@@ -324,7 +324,7 @@ class SQLiteStore(KVStore):
         SQLite grants the write lock at once. Otherwise, or when SQLite answers busy midway
         (rolled back), on the store's thread, sharing a commit with the writes queued beside
         it and waiting for locks with ``busy_timeout``."""
-        worker, here = self._conn, self._loop
+        worker, here = self._conn, self._loop_connection
         assert worker is not None
         if here is not None and size is not None and size <= LOOP_WRITE_BYTES \
                 and worker.idle:
@@ -341,7 +341,7 @@ class SQLiteStore(KVStore):
         four), and a WAL reader never waits for a writer. Should SQLite still answer busy (a
         checkpoint or recovery under way), or the connection be in use by another thread's
         loop, the read goes to the thread, which waits with ``busy_timeout``."""
-        here = self._loop
+        here = self._loop_connection
         if here is not None:
             done = here.read(read)
             if done is not ELSEWHERE:

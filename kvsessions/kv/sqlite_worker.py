@@ -110,6 +110,9 @@ class SQLiteWorker:
     def _queue(self, job: _Job) -> None:
         if self._stopping:
             raise ValueError("the SQLite connection is closed")
+        self._put(job)
+
+    def _put(self, job: _Job) -> None:
         with self._counting:
             self._unfinished += 1
         self._jobs.put(job)
@@ -138,7 +141,7 @@ class SQLiteWorker:
                 logger.exception("the SQLite store's thread could not %s", what)
 
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(ValueError):  # stopping: closing checkpoints anyway
+        with contextlib.suppress(ValueError):  # stopping: nothing more runs on the thread
             self._queue(_Job(logged, future=loop.create_future(), loop=loop, shared=False))
 
     async def write(self, function: Callable[[sqlite3.Connection], _T], *,
@@ -167,7 +170,7 @@ class SQLiteWorker:
             return
         loop = asyncio.get_running_loop()
         closed: asyncio.Future[None] = loop.create_future()
-        self._jobs.put(_Job(self._close_connection, future=closed, loop=loop, shared=False))
+        self._put(_Job(self._close_connection, future=closed, loop=loop, shared=False))
         self._jobs.put(_STOP)
         await closed
 

@@ -83,8 +83,9 @@ async def test_sqlite_profiles_read_back_from_the_connection(tmp_path: Path) -> 
             await store.put("k", VALUE)
             assert await _pragma(store, "synchronous") == synchronous, profile
             assert await _pragma(store, "journal_mode") == "wal"
-            assert store._loop is not None  # the event loop's connection writes too
-            assert store._loop._db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+            on_loop = store._loop_connection  # the event loop's connection writes too
+            assert on_loop is not None
+            assert on_loop._db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
     async with SQLiteStore(tmp_path / "default.sqlite") as default:
         assert await _pragma(default, "synchronous") == expected["normal"]
 
