@@ -314,16 +314,17 @@ class SQLiteStore(KVStore):
                      size: int | None, single: bool = False) -> _T:
         """Where a write job runs. ``function(sqlite3_connection)`` runs inside a write
         transaction (``single``: it runs one statement, and alone needs none), on the event
-        loop when it can start at once without changing what the thread promises: it is small
-        (``size``, the bytes of keys and values it writes, at most ``LOOP_WRITE_BYTES``;
-        None: unknown, as for a purge), the loop's connection may write (a file at
-        ``durability=normal``: under ``strict`` each commit fsyncs, and on the thread
-        concurrent writes share one), the thread has no job queued or running (so a write
-        queued there, a cancelled caller's too, never lands after this one, and under load
-        writes still share commits), no other thread's loop is using the connection and
-        SQLite grants the write lock at once. Otherwise, or when SQLite answers busy midway
-        (rolled back), on the store's thread, sharing a commit with the writes queued beside
-        it and waiting for locks with ``busy_timeout``."""
+        loop when it can start at once without changing what the thread promises: it is
+        small (``size``, the bytes of keys and values it writes, at most
+        ``LOOP_WRITE_BYTES``; None: unknown, as for a purge), the loop's connection may
+        write (a file at ``durability=normal``: under ``strict`` each commit fsyncs, and on
+        the thread concurrent writes share one), the thread has no job queued or running (so
+        a write queued there, a cancelled caller's too, never lands after this one, and
+        while writes wait there the ones that follow join them and share their commits), no
+        other thread's loop is using the connection and SQLite grants the write lock at
+        once. Otherwise, or when SQLite answers busy midway (rolled back), on the store's
+        thread, sharing a commit with the writes queued beside it and waiting for locks with
+        ``busy_timeout``."""
         worker, here = self._conn, self._loop_connection
         assert worker is not None
         if here is not None and size is not None and size <= LOOP_WRITE_BYTES \

@@ -25,8 +25,8 @@ waits and never checkpoints:
   than ``WAL_PAGES`` pages (SQLite's own automatic checkpoint comes after 1,000), a write here
   asks the thread for a PASSIVE checkpoint. It is a job like the others, so the writes that
   follow wait for it on the thread, and then the WAL starts again from its beginning instead
-  of growing. The WAL file's size tells the pages apart from the rows (a row can be a
-  fraction of a page or many pages) because ``journal_size_limit`` cuts the file back to
+  of growing. The WAL file's size counts pages, whatever the rows (a row can be a fraction
+  of a page or many pages), because ``journal_size_limit`` cuts the file back to
   ``WAL_PAGES`` pages whenever the WAL starts again (``limit_wal``, set on both connections):
   it grows past them only when more pages than that wait for a checkpoint.
 * A connection that may not write (``durability=strict``: there each commit fsyncs, and on the
@@ -86,7 +86,7 @@ def limit_wal(db: sqlite3.Connection) -> int:
 
 
 class LoopConnection:
-    """``connect`` it on the store's thread (opening touches the disk), use it on loops."""
+    """Made on the store's thread (opening touches the disk), used on event loops."""
 
     def __init__(self, path: str, *, synchronous: int, writes: bool,
                  checkpoint: Callable[[], None]) -> None:
