@@ -13,13 +13,15 @@ Why it is built this way:
   which compares UTF-8 bytes: exactly the contract's order. Prefixes become key ranges
   (``prefix <= key < prefix_upper_bound(prefix)``); there is no LIKE anywhere.
 * Each store has one ``sqlite3`` connection on one daemon thread (``sqlite_worker``), in
-  autocommit mode. Every operation is one function run there, one hop from the event loop,
-  so no other task's statement can land inside its transaction. Writes run inside a
-  ``BEGIN IMMEDIATE`` transaction that the writes queued at the same moment share (group
-  commit: one commit, one fsync under ``durability=strict``, for all of them); each returns
-  once that commit is done.
-  Only ``get`` runs on the event loop, on a second, read-only connection that never waits
-  for a lock (see ``_get``).
+  autocommit mode, and for a file a second one used on the event loop (``sqlite_loop``).
+  Every operation is one function run on one of them as one step, so no other task's
+  statement can land inside its transaction.
+  Reads run on the loop's connection (one trip to the thread and back cost more than a
+  lookup), unless it is busy (see ``_read``). Writes run on the thread inside a ``BEGIN
+  IMMEDIATE`` transaction that the writes queued at the same moment share (group commit: one
+  commit, one fsync under ``durability=strict``, for all of them); each returns once that
+  commit is done. A small write runs on the loop instead when that changes none of it: the
+  thread is idle, the durability ``normal`` and nobody holds a lock (see ``_write``).
 * The table's layout is versioned (``table_layouts``): ``open()`` upgrades a table made by an
   older release, and does not touch (or wait for) a database whose table is up to date.
 * Expired rows are filtered in every read with the current time as a parameter; a partial
@@ -37,7 +39,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ from kvsessions.errors import (
 from kvsessions.kv.base import KeyRange, KVStore, expires_at
 from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
 from kvsessions.kv.sqlite_fts import SQLiteTextIndex
+from kvsessions.kv.sqlite_loop import ELSEWHERE, LoopConnection, is_busy, limit_wal
 from kvsessions.kv.sqlite_worker import Discard, SQLiteWorker
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
@@ -64,11 +66,13 @@ _T = TypeVar("_T")
 logger = logging.getLogger("kvsessions.kv.sqlite")
 MEMORY = ":memory:"
 _DURABILITY = {"normal": 1, "strict": 2}  # PRAGMA synchronous values: NORMAL, FULL
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 #: Keys bound in one ``IN (...)`` list; below every SQLite's variable limit (999 before 3.32).
 _IN_CHUNK = 500
 #: Seconds between purges of expired rows, each done on a write.
 _PURGE_INTERVAL = 60.0
+#: Bytes of keys and values a write may carry and still run on the event loop: past this the
+#: hop to the thread is a small part of its cost, and the loop would stall for longer.
+LOOP_WRITE_BYTES = 64 * 1024
 
 #: The table's layouts, oldest first (see ``table_layouts``). Append only.
 LAYOUTS = TableLayouts([
@@ -83,16 +87,6 @@ LAYOUTS = TableLayouts([
         'DROP INDEX IF EXISTS "{name}__expires"',
     ),
 ])
-
-
-def _is_busy(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _BUSY_CODES
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 def _check_table_name(db: sqlite3.Connection, namespace: str, path: str) -> None:
@@ -122,9 +116,9 @@ class SQLiteStore(KVStore):
 
     declared_options = (*SHARED, batch_size_option(1000),
                         Whole("busy_timeout", 30_000, minimum=0, unit="milliseconds"))
-    #: A second connection, for ``get`` on the event loop (None for ``:memory:``, which a
-    #: second connection cannot see).
-    _reader: sqlite3.Connection | None = None
+    #: The connection used on the event loop (None for ``:memory:``, which a second
+    #: connection cannot see).
+    _loop_connection: LoopConnection | None = None
 
     def __init__(
         self,
@@ -144,9 +138,6 @@ class SQLiteStore(KVStore):
         self.scan_batch_size = settings["batch_size"]
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
         self._conn: SQLiteWorker | None = None
-        #: Event loops in other threads may call ``get`` at once: one uses the reader, the
-        #: others go to the store's thread (nobody waits for this lock).
-        self._reader_lock = threading.Lock()
         self._text_indexes: dict[TextIndex, SQLiteTextIndex] = {}
         self._next_purge = 0.0
         table = f'"{self.namespace}"'  # a checked identifier: letters, digits, '_'
@@ -216,28 +207,22 @@ class SQLiteStore(KVStore):
                 self.path, timeout=self.busy_timeout / 1000, isolation_level=None))
             await worker.run(self._prepare_until_not_busy)
             if self.path != MEMORY:
-                self._reader = await worker.run(lambda _: self._connect_reader())
+                self._loop_connection = await worker.run(lambda _: LoopConnection(
+                    self.path, synchronous=_DURABILITY[self.durability],
+                    writes=self.durability == "normal",
+                    checkpoint=lambda: worker.run_in_background(_checkpoint, "checkpoint")))
         except BaseException:
             await worker.stop()
             raise
         self._conn = worker
 
-    def _connect_reader(self) -> sqlite3.Connection:
-        """Read-only, and never waiting for a lock (busy: the read goes to the thread)."""
-        reader = sqlite3.connect(self.path, timeout=0, isolation_level=None,
-                                 check_same_thread=False)
-        try:
-            reader.execute("PRAGMA query_only = 1")
-        except BaseException:
-            reader.close()
-            raise
-        return reader
-
     async def _close(self) -> None:
+        """The loop's connection first: the thread's, closed last, checkpoints the WAL
+        into the database (SQLite does so when the last connection closes)."""
         conn, self._conn = self._conn, None
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        loop_connection, self._loop_connection = self._loop_connection, None
+        if loop_connection is not None:
+            loop_connection.close()
         if conn is not None:
             await conn.stop()
 
@@ -252,7 +237,7 @@ class SQLiteStore(KVStore):
             except sqlite3.OperationalError as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                if not _is_busy(exc) or time.monotonic() >= deadline:
+                if not is_busy(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
@@ -264,6 +249,7 @@ class SQLiteStore(KVStore):
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self!r}: could not switch to WAL (journal_mode is {mode})")
+            limit_wal(db)  # see sqlite_loop: the WAL's size says when to checkpoint
         wanted = _DURABILITY[self.durability]
         db.execute(f"PRAGMA synchronous = {wanted}")
         actual = db.execute("PRAGMA synchronous").fetchone()[0]
@@ -310,7 +296,7 @@ class SQLiteStore(KVStore):
             db.execute(self._sql_purge, (time.time(),))
             self._next_purge = time.time() + _PURGE_INTERVAL
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
+            if not is_busy(exc):
                 raise
             self._next_purge = 0.0
         finally:
@@ -324,34 +310,43 @@ class SQLiteStore(KVStore):
         assert conn is not None
         return await conn.run(function)
 
-    @staticmethod
-    async def _in_write(conn: SQLiteWorker | None,
-                        function: Callable[[sqlite3.Connection], _T], *,
-                        single: bool = False) -> _T:
-        """Run ``function(sqlite3_connection)`` on the store's thread inside a write
-        transaction that concurrent writes share (one commit for all: ``sqlite_worker``);
-        ``single``: it runs one statement."""
-        assert conn is not None
-        return await conn.write(function, single=single)
+    async def _write(self, function: Callable[[sqlite3.Connection], _T], *,
+                     size: int | None, single: bool = False) -> _T:
+        """Where a write job runs. ``function(sqlite3_connection)`` runs inside a write
+        transaction (``single``: it runs one statement, and alone needs none), on the event
+        loop when it can start at once without changing what the thread promises: it is
+        small (``size``, the bytes of keys and values it writes, at most
+        ``LOOP_WRITE_BYTES``; None: unknown, as for a purge), the loop's connection may
+        write (a file at ``durability=normal``: under ``strict`` each commit fsyncs, and on
+        the thread concurrent writes share one), the thread has no job queued or running (so
+        a write queued there, a cancelled caller's too, never lands after this one, and
+        while writes wait there the ones that follow join them and share their commits), no
+        other thread's loop is using the connection and SQLite grants the write lock at
+        once. Otherwise, or when SQLite answers busy midway (rolled back), on the store's
+        thread, sharing a commit with the writes queued beside it and waiting for locks with
+        ``busy_timeout``."""
+        worker, here = self._conn, self._loop_connection
+        assert worker is not None
+        if here is not None and size is not None and size <= LOOP_WRITE_BYTES \
+                and worker.idle:
+            done = here.write(function, single=single)
+            if done is not ELSEWHERE:
+                return done
+        return await worker.write(function, single=single)
 
     # ------------------------------------------------------------------ single keys
 
     async def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``read(connection)`` on the event loop, on the read-only connection: a lookup or
-        a page of a scan in WAL costs less than the hops to the thread and back (a load of
-        1,000 messages took four), and a WAL reader never waits for a writer. Should SQLite
-        still answer busy (a checkpoint or recovery under way), or the reader be in use by
-        another thread's loop, the read goes to the thread, which waits with
-        ``busy_timeout``."""
-        reader = self._reader
-        if reader is not None and self._reader_lock.acquire(blocking=False):
-            try:
-                return read(reader)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-            finally:
-                self._reader_lock.release()
+        """``read(connection)`` on the event loop's connection: a lookup or a page of a scan
+        in WAL costs less than the hops to the thread and back (a load of 1,000 messages took
+        four), and a WAL reader never waits for a writer. Should SQLite still answer busy (a
+        checkpoint or recovery under way), or the connection be in use by another thread's
+        loop, the read goes to the thread, which waits with ``busy_timeout``."""
+        here = self._loop_connection
+        if here is not None:
+            done = here.read(read)
+            if done is not ELSEWHERE:
+                return done
         return await self._in_thread(self._conn, read)
 
     async def _get(self, key: str) -> bytes | None:
@@ -385,33 +380,35 @@ class SQLiteStore(KVStore):
     async def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         sql, params = self._sql_put, (key, value, expires_at(ttl))
         purge = self._purge_due(ttl)
-        await self._in_write(self._conn, lambda db: purge(db.execute(sql, params)),
-                             single=ttl is None)
+        await self._write(lambda db: purge(db.execute(sql, params)),
+                          size=_with_purge(purge, len(key) + len(value)), single=ttl is None)
 
     async def _delete(self, key: str) -> bool:
         sql, now = self._sql_delete, time.time()
-        return bool(await self._in_write(
-            self._conn, lambda db: db.execute(sql, (key, now)).rowcount, single=True))
+        return bool(await self._write(
+            lambda db: db.execute(sql, (key, now)).rowcount, size=len(key), single=True))
 
     async def _put_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         sql, params = self._sql_put_if_absent, (key, value, expires_at(ttl), time.time())
         purge = self._purge_due(ttl)
-        stored = await self._in_write(
-            self._conn, lambda db: purge(db.execute(sql, params)).rowcount, single=ttl is None)
+        stored = await self._write(
+            lambda db: purge(db.execute(sql, params)).rowcount,
+            size=_with_purge(purge, len(key) + len(value)), single=ttl is None)
         return bool(stored)
 
     async def _compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None
     ) -> bool:
-        return await self._swap(key, expected, new, ttl, None)
+        return await self._swap(key, expected, new, ttl, None, 0)
 
     async def _swap(self, key: str, expected: bytes | None, new: bytes | None,
-                    ttl: float | None,
-                    also: Callable[[sqlite3.Connection], bool] | None) -> bool:
+                    ttl: float | None, also: Callable[[sqlite3.Connection], bool] | None,
+                    also_size: int) -> bool:
         """Read, compare and write inside one write transaction on the worker thread: the
         write lock is held from the read on, so no other connection or process writes
         between them. ``also`` runs in the same transaction when the value matched; when it
-        returns False, everything this call wrote is undone."""
+        returns False, everything this call wrote is undone; ``also_size``: the bytes of keys
+        and values it writes."""
         table, live, now, deadline = self._table, self._live, time.time(), expires_at(ttl)
         upsert = self._sql_put
 
@@ -428,7 +425,8 @@ class SQLiteStore(KVStore):
                 raise Discard(False)
             return swapped
 
-        swapped = await self._in_write(self._conn, swap)
+        swapped = await self._write(
+            swap, size=len(key) + len(new or b"") + also_size)
         if ttl is not None:
             await self._maybe_purge()
         return swapped
@@ -463,7 +461,8 @@ class SQLiteStore(KVStore):
                            chunk)
             return True
 
-        return await self._swap(key, expected, new, None, write_others)
+        size = sum(len(other) + len(value) for other, value, _ in rows) + sum(map(len, delete))
+        return await self._swap(key, expected, new, None, write_others, size)
 
     async def _maybe_purge(self) -> None:
         """Remove expired rows now and then; reads never depend on it."""
@@ -471,7 +470,7 @@ class SQLiteStore(KVStore):
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_INTERVAL
             sql = self._sql_purge
-            await self._in_write(self._conn, lambda db: db.execute(sql, (now,)), single=True)
+            await self._write(lambda db: db.execute(sql, (now,)), size=None, single=True)
 
     def _purge_due(self, ttl: float | None) -> Callable[[sqlite3.Cursor], sqlite3.Cursor]:
         """For a write with a ttl, now and then: a step, run on the thread after the write in
@@ -516,7 +515,9 @@ class SQLiteStore(KVStore):
         sql = self._sql_put
         purge = self._purge_due(ttl)
 
-        await self._in_write(self._conn, lambda db: purge(db.executemany(sql, rows)))
+        size = sum(len(key) + len(value) for key, value in items)
+        await self._write(lambda db: purge(db.executemany(sql, rows)),
+                          size=_with_purge(purge, size))
 
     async def _delete_many(self, keys: list[str]) -> int:
         table, live, now = self._table, self._live, time.time()
@@ -530,7 +531,7 @@ class SQLiteStore(KVStore):
                 count += db.execute(sql, (*chunk, now)).rowcount
             return count
 
-        return await self._in_write(self._conn, remove)
+        return await self._write(remove, size=sum(map(len, keys)))
 
     # ------------------------------------------------------------------ ordered scan
 
@@ -559,7 +560,7 @@ class SQLiteStore(KVStore):
     # ------------------------------------------------------------------ errors
 
     def _classify_error(self, exc: Exception) -> type[KVSessionsError] | None:
-        if _is_busy(exc):
+        if is_busy(exc):
             return StoreUnavailableError
         if isinstance(exc, sqlite3.OperationalError):
             text = str(exc).lower()
@@ -583,6 +584,17 @@ def _select_in(db: sqlite3.Connection, table: str, live: str, keys: list[str],
 
 def _unchanged(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
     return cursor
+
+
+def _with_purge(purge: Callable[[sqlite3.Cursor], sqlite3.Cursor], size: int) -> int | None:
+    """The size of a write (``_write``): unknown when a purge of expired rows comes with it."""
+    return size if purge is _unchanged else None
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """What the loop's writes leave to the thread (``sqlite_loop``): copy the WAL into the
+    database as far as no reader needs it, waiting for nobody."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _database_path(url: StoreURL) -> str:

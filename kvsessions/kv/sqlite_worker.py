@@ -16,6 +16,12 @@ effect, and nobody has been told anything yet), and it gets its own outcome. Sav
 do the same for every job; this costs nothing unless a job fails, which is rare, and each
 statement on this thread has to win the GIL back from the event loop (see ``_serve``).
 
+The store may run a write job on its event loop instead (``sqlite_loop``), but only while this
+thread is idle: no job queued or running (``idle``), so a job queued here always runs before
+any later write of the same store, wherever that one runs. A checkpoint the loop asks for
+(``run_in_background``) is a job like the others: writes queue behind it while it runs, as
+they wait for SQLite's own automatic checkpoint in a commit.
+
 The thread is a daemon, so a process that never closes its store still exits (what was
 committed is in the database; SQLite rolls back an unfinished transaction, as after a crash).
 Jobs run in the order they were queued, so a write whose caller was cancelled still finishes
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -34,9 +41,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Discard", "SQLiteWorker"]
+__all__ = ["Discard", "SQLiteWorker", "Step", "write_together"]
 
 _T = TypeVar("_T")
+logger = logging.getLogger("kvsessions.kv.sqlite")
 #: Write jobs at most in one shared transaction (bounds the time a commit keeps callers).
 MAX_SHARED = 64
 
@@ -50,16 +58,22 @@ class Discard(Exception):
 
 
 @dataclass(slots=True)
-class _Job:
+class Step:
+    """A job's function and, once it ran, its outcome."""
+
     function: Callable[[Any], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    #: True: runs inside a transaction shared with the write jobs queued beside it.
-    shared: bool
     #: True: one statement, which SQLite makes atomic by itself when the job runs alone.
     single: bool = False
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Job(Step):
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    #: True: runs inside a transaction shared with the write jobs queued beside it.
+    shared: bool
 
 
 _STOP = object()
@@ -73,6 +87,9 @@ class SQLiteWorker:
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._connection: sqlite3.Connection | None = None
         self._stopping = False
+        #: Jobs queued or running; changed under ``_counting`` (callers of several threads).
+        self._unfinished = 0
+        self._counting = threading.Lock()
 
     async def start(self, connect: Callable[[], sqlite3.Connection]) -> None:
         def open_connection(_: object) -> None:
@@ -85,15 +102,47 @@ class SQLiteWorker:
             await self.stop()
             raise
 
+    @property
+    def idle(self) -> bool:
+        """No job queued or running: a write made elsewhere now cannot overtake one here."""
+        return self._unfinished == 0
+
+    def _queue(self, job: _Job) -> None:
+        if self._stopping:
+            raise ValueError("the SQLite connection is closed")
+        self._put(job)
+
+    def _put(self, job: _Job) -> None:
+        with self._counting:
+            self._unfinished += 1
+        self._jobs.put(job)
+
+    def _finished(self, count: int) -> None:
+        with self._counting:
+            self._unfinished -= count
+
     async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
         """``function(connection)`` on the thread, as one step no other job can enter (in
         autocommit mode: it opens and ends any transaction it needs)."""
-        if self._stopping:
-            raise ValueError("the SQLite connection is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._jobs.put(_Job(function, future, loop, False))
+        self._queue(_Job(function, future=future, loop=loop, shared=False))
         return await future
+
+    def run_in_background(self, function: Callable[[sqlite3.Connection], object],
+                          what: str) -> None:
+        """Queue ``function(connection)`` like ``run`` without waiting for it: ``stop`` still
+        runs it first, and an error it raises is logged (``what`` it was doing), not lost.
+        Nothing is queued once the worker is stopping. Call it on an event loop."""
+        def logged(db: sqlite3.Connection) -> None:
+            try:
+                function(db)
+            except Exception:
+                logger.exception("the SQLite store's thread could not %s", what)
+
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError):  # stopping: nothing more runs on the thread
+            self._queue(_Job(logged, future=loop.create_future(), loop=loop, shared=False))
 
     async def write(self, function: Callable[[sqlite3.Connection], _T], *,
                     single: bool = False) -> _T:
@@ -103,11 +152,9 @@ class SQLiteWorker:
         undo its own writes. It may run more than once (see the module docstring).
         ``single``: it runs one statement, so alone it runs in autocommit mode (two
         statements fewer than its own transaction)."""
-        if self._stopping:
-            raise ValueError("the SQLite connection is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._jobs.put(_Job(function, future, loop, True, single))
+        self._queue(_Job(function, single, future=future, loop=loop, shared=True))
         return await future
 
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
@@ -123,7 +170,7 @@ class SQLiteWorker:
             return
         loop = asyncio.get_running_loop()
         closed: asyncio.Future[None] = loop.create_future()
-        self._jobs.put(_Job(self._close_connection, closed, loop, shared=False))
+        self._put(_Job(self._close_connection, future=closed, loop=loop, shared=False))
         self._jobs.put(_STOP)
         await closed
 
@@ -143,10 +190,8 @@ class SQLiteWorker:
             if job is _STOP:
                 return
             if not job.shared or (job.single and self._jobs.empty()):
-                try:
-                    job.result = job.function(self._connection)
-                except BaseException as exc:  # the caller's to handle, not the thread's
-                    job.error = exc
+                run_alone(self._connection, job)
+                self._finished(1)
                 _deliver([job])
                 continue
             jobs = [job]
@@ -159,46 +204,56 @@ class SQLiteWorker:
                     held = following
                     break
                 jobs.append(following)
-            self._write(jobs)
+            assert self._connection is not None
+            write_together(self._connection, jobs)
+            self._finished(len(jobs))
             _deliver(jobs)
             del job, jobs  # no reference kept while waiting for the next job
 
-    def _write(self, jobs: list[_Job]) -> None:
-        """Run ``jobs`` in one transaction and commit it; each job's outcome in the job."""
-        db = self._connection
-        assert db is not None
+
+def run_alone(db: sqlite3.Connection | None, step: Step) -> None:
+    """Run ``step`` as it is (in autocommit mode); its outcome in the step."""
+    try:
+        step.result = step.function(db)
+    except BaseException as exc:  # the caller's to handle, not the thread's
+        step.error = exc
+
+
+def write_together(db: sqlite3.Connection, steps: Sequence[Step]) -> None:
+    """Run ``steps`` in one write transaction and commit it; each step's outcome in the step
+    (the module docstring says why a failing step makes the ones before it run again)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except BaseException as exc:
+        for step in steps:
+            step.error = exc
+        return
+    for index, step in enumerate(steps):
         try:
-            db.execute("BEGIN IMMEDIATE")
+            step.result = step.function(db)
         except BaseException as exc:
-            for job in jobs:
-                job.error = exc
-            return
-        for index, job in enumerate(jobs):
-            try:
-                job.result = job.function(db)
-            except BaseException as exc:
-                job.result, job.error = None, exc
-            else:
-                continue
-            # Undo the transaction; the jobs before this one run again without it.
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            if isinstance(job.error, Discard):
-                job.result, job.error = job.error.result, None
-            if index:
-                self._write(jobs[:index])
-            if index + 1 < len(jobs):
-                self._write(jobs[index + 1:])
-            return
-        try:
-            db.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            for job in jobs:
-                job.result, job.error = None, exc
+            step.result, step.error = None, exc
+        else:
+            continue
+        # Undo the transaction; the steps before this one run again without it.
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        if isinstance(step.error, Discard):
+            step.result, step.error = step.error.result, None
+        if index:
+            write_together(db, steps[:index])
+        if index + 1 < len(steps):
+            write_together(db, steps[index + 1:])
+        return
+    try:
+        db.execute("COMMIT")
+    except BaseException as exc:
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        for step in steps:
+            step.result, step.error = None, exc
 
 
 def _deliver(jobs: list[_Job]) -> None:

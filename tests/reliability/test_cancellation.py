@@ -223,6 +223,8 @@ async def sqlite_leaks(store: SQLiteStore) -> Counter[str]:
     faults: Counter[str] = Counter()
     assert store._conn is not None
     faults["open_transactions"] += await store._conn.run(lambda db: db.in_transaction)
+    if store._loop_connection is not None:  # the event loop's connection
+        faults["open_transactions"] += store._loop_connection._db.in_transaction
     other = sqlite3.connect(store.path, timeout=0, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # at once, or "database is locked"

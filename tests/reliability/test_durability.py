@@ -73,7 +73,8 @@ async def _pragma(store: SQLiteStore, name: str) -> Any:
 
 
 async def test_sqlite_profiles_read_back_from_the_connection(tmp_path: Path) -> None:
-    """normal: WAL + synchronous=NORMAL (1); strict: WAL + synchronous=FULL (2), read back."""
+    """normal: WAL + synchronous=NORMAL (1); strict: WAL + synchronous=FULL (2), read back
+    from both of the store's connections."""
     expected = {"normal": 1, "strict": 2}
     for profile, synchronous in expected.items():
         store = open_store(f"sqlite:///{tmp_path}/{profile}.sqlite?durability={profile}")
@@ -82,6 +83,9 @@ async def test_sqlite_profiles_read_back_from_the_connection(tmp_path: Path) -> 
             await store.put("k", VALUE)
             assert await _pragma(store, "synchronous") == synchronous, profile
             assert await _pragma(store, "journal_mode") == "wal"
+            on_loop = store._loop_connection  # the event loop's connection writes too
+            assert on_loop is not None
+            assert on_loop._db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
     async with SQLiteStore(tmp_path / "default.sqlite") as default:
         assert await _pragma(default, "synchronous") == expected["normal"]
 
