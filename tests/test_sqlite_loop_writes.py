@@ -135,6 +135,19 @@ async def test_every_kind_of_write_runs_on_the_loop_when_the_thread_is_idle(
             "note:2": orjson.dumps({"text": "pears"})}
 
 
+async def test_writes_go_to_the_thread_while_other_tasks_wait_to_run(tmp_path: Path) -> None:
+    """Concurrent writers keep the thread: it runs SQLite on the other core while the loop
+    runs the next task, and their writes share commits; a writer alone is back on the loop."""
+    path = tmp_path / "busy.db"
+    async with SQLiteStore(path, namespace="app") as store:
+        paths = watch(store)
+        await asyncio.gather(*(store.put(f"k{i:02d}", v(i)) for i in range(16)))
+        assert (paths.loop_writes, paths.thread_writes) == (0, 16)
+        await store.put("alone", v(0))
+        assert (paths.loop_writes, paths.thread_writes) == (1, 16)
+        assert stored(path) == {"alone": v(0), **{f"k{i:02d}": v(i) for i in range(16)}}
+
+
 async def test_a_write_job_on_the_loop_keeps_the_threads_semantics(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     async with SQLiteStore(path, namespace="app") as store:

@@ -53,7 +53,13 @@ from kvsessions.errors import (
 from kvsessions.kv.base import KeyRange, KVStore, expires_at
 from kvsessions.kv.options import SHARED, Whole, batch_size_option, read_options
 from kvsessions.kv.sqlite_fts import SQLiteTextIndex
-from kvsessions.kv.sqlite_loop import ELSEWHERE, LoopConnection, is_busy, limit_wal
+from kvsessions.kv.sqlite_loop import (
+    ELSEWHERE,
+    LoopConnection,
+    is_busy,
+    limit_wal,
+    others_waiting,
+)
 from kvsessions.kv.sqlite_worker import Discard, SQLiteWorker
 from kvsessions.kv.table_layouts import TableLayouts
 from kvsessions.kv.text_search import Accept, TextHit, TextIndex, ranked_pages
@@ -321,14 +327,15 @@ class SQLiteStore(KVStore):
         the thread concurrent writes share one), the thread has no job queued or running (so
         a write queued there, a cancelled caller's too, never lands after this one, and
         while writes wait there the ones that follow join them and share their commits), no
-        other thread's loop is using the connection and SQLite grants the write lock at
-        once. Otherwise, or when SQLite answers busy midway (rolled back), on the store's
-        thread, sharing a commit with the writes queued beside it and waiting for locks with
-        ``busy_timeout``."""
+        other task waits to run on this loop (``others_waiting``: concurrent writers keep
+        both cores and group commit), no other thread's loop is using the connection and
+        SQLite grants the write lock at once. Otherwise, or when SQLite answers busy midway
+        (rolled back), on the store's thread, sharing a commit with the writes queued beside
+        it and waiting for locks with ``busy_timeout``."""
         worker, here = self._conn, self._loop_connection
         assert worker is not None
         if here is not None and size is not None and size <= LOOP_WRITE_BYTES \
-                and worker.idle:
+                and worker.idle and not others_waiting():
             done = here.write(function, single=single)
             if done is not ELSEWHERE:
                 return done
