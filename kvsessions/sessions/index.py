@@ -37,6 +37,8 @@ Readers still follow rule 3 everywhere.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -229,22 +231,34 @@ class IndexState:
         self._complete = False
         self._checked = False
         self._warned = False
-        self._checking: asyncio.Lock | None = None
+        #: The first write's check while it runs; a future other loops can wait for too (a
+        #: storage serves the event loops of several threads), set under ``_guard``, a
+        #: thread lock never held across an ``await``.
+        self._checking: concurrent.futures.Future[None] | None = None
+        self._guard = threading.Lock()
 
     async def before_write(self) -> None:
         """Before this storage's first write: a store still empty is marked complete now,
         so that what this release writes is never taken for an earlier release's data. The
         first writes wait for that check together: a write let through meanwhile would make
         the store look written by an earlier release (not empty, not marked), and every
-        listing would read every head until an upgrade."""
-        if self._checked:
-            return
-        if self._checking is None:
-            self._checking = asyncio.Lock()
-        async with self._checking:
-            if not self._checked:
+        listing would read every head until an upgrade. A check that fails (or whose caller
+        is cancelled) lets the next writer check again."""
+        while not self._checked:
+            with self._guard:
+                running, mine = self._checking, self._checking is None
+                if running is None:
+                    running = self._checking = concurrent.futures.Future()
+            if not mine:
+                await asyncio.shield(asyncio.wrap_future(running))
+                continue
+            try:
                 await self.complete()
                 self._checked = True
+            finally:
+                with self._guard:
+                    self._checking = None
+                running.set_result(None)
 
     async def complete(self) -> bool:
         if self._complete:
