@@ -24,7 +24,11 @@ from kvsessions.documents.models import ChatMessage, ChatSession, UploadedFileRe
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import InvalidValueError, RevisionConflictError, ValidationError
 from kvsessions.kv.base import KeyRange, KVStore
-from kvsessions.sessions.message_reader import message_from_document, messages_from_page
+from kvsessions.sessions.message_reader import (
+    message_from_document,
+    message_from_value,
+    messages_from_page,
+)
 from kvsessions.sessions.storage import SessionNotFoundError, SessionStorage
 from kvsessions.testing import StoreFactory
 from kvsessions.wrappers.base import StoreWrapper
@@ -602,6 +606,14 @@ _MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     "extra_field": lambda d: d.update(extra=1),
     "missing_field": lambda d: d.pop("metadata"),
     "swapped_field": lambda d: (d.pop("metadata"), d.update(meta={})),
+    "fields_reordered": lambda d: (lambda items: (d.clear(), d.update(reversed(items))))(
+        list(d.items())),
+    "accented_id_200": lambda d: d.update(message_id="é" * 200),
+    "accented_id_201": lambda d: d.update(message_id="é" * 201),
+    "kind_null": lambda d: d.update(kind=None),
+    "metadata_null": lambda d: d.update(metadata=None),
+    "metadata_nested": lambda d: d.update(metadata={"a": {"b": [1, 2.5, None, True, "é"]}}),
+    "content_escapes": lambda d: d.update(content='quote " backslash \\ tab \t é 𝄞'),
 }
 
 
@@ -627,6 +639,36 @@ def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
         assert batch[0] == batch[2] == message_from_document(orjson.loads(valid))
     if name in ("unchanged", "whole_seconds", "longest_id"):
         assert fast is not None, "the fast path must take what this release writes"
+
+
+@pytest.mark.parametrize("value", [
+    # the same field twice: orjson keeps the last, so the full path decides
+    b'{"kind":"message","kind":"session","v":1,"message_id":"a","session_id":"s1",'
+    b'"role":"user","content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    b'{"kind":"session","kind":"message","v":1,"message_id":"a","session_id":"s1",'
+    b'"role":"user","content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    # an integer beyond 64 bits: orjson reads it as a float, and so must every read
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"","created_at":"2026-11-21T10:00:00Z","metadata":{"n":100000000000000000000}}',
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"\\ud800","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}} x',
+])
+def test_fast_read_path_reads_bytes_as_orjson_reads_them(value: bytes) -> None:
+    """What the fast path takes from raw bytes is what the full path reads from them."""
+    fast = message_from_value(value)
+    try:
+        document = orjson.loads(value)
+        validate_document(document)
+        full: ChatMessage | None = document_to_message(document)
+    except (ValidationError, orjson.JSONDecodeError):
+        full = None
+    if fast is not None:
+        assert full is not None and fast == full
+        assert fast.metadata == full.metadata
+        assert [type(v) for v in fast.metadata.values()] == [
+            type(v) for v in full.metadata.values()]
 
 
 async def test_documents_off_the_fast_path_still_load(storage: SessionStorage) -> None:
