@@ -29,6 +29,8 @@ _FAST = CURRENT_VERSIONS["message"] == 1
 _from_iso = datetime.fromisoformat
 _loads = orjson.loads
 _dumps = orjson.dumps
+_new = object.__new__
+_NO_METADATA = msgspec.Raw(b"{}")
 #: Documents decoded and checked at once: few enough that a chunk is freed before the garbage
 #: collector's young generation fills (700 objects) and promotes it, enough that the timestamp
 #: check costs little per document.
@@ -81,11 +83,18 @@ def _messages(values: list[bytes]) -> list[ChatMessage] | None:
     for form in forms:
         try:  # the check bounded the form (UTC, 1-6 digits of fraction) and the date
             moment = _from_iso(form.created_at)
-            metadata = _loads(memoryview(form.metadata))  # as every read decodes it
+            metadata = ({} if form.metadata == _NO_METADATA  # as every read decodes it:
+                        else _loads(memoryview(form.metadata)))
         except ValueError:  # orjson.JSONDecodeError too: what orjson refuses goes the full way
             return None
         if type(metadata) is not dict:
             return None
-        append(ChatMessage(form.message_id, form.session_id, form.role, form.content,
-                           moment, metadata))
+        message = _new(ChatMessage)  # the fields are checked: __init__ would only copy them
+        message.message_id = form.message_id
+        message.session_id = form.session_id
+        message.role = form.role
+        message.content = form.content
+        message.created_at = moment
+        message.metadata = metadata
+        append(message)
     return messages
