@@ -67,7 +67,6 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
                                  purpose="kvsessions.integrations.adk") from error
 
 from kvsessions.documents.codec import parse_timestamp
-from kvsessions.documents.message_form import MessageForm
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.message_documents import load_messages_as
@@ -252,12 +251,12 @@ class KVSessionService(BaseSessionService):
         key = stored_id(app_name, user_id, session_id)
         head, events = await asyncio.gather(
             self._owned(app_name, user_id, session_id, 0),
-            load_messages_as(self.storage, key, _form_event, limit=recent) if recent != 0
+            load_messages_as(self.storage, key, document_event, limit=recent) if recent != 0
             else _given([]))
         if head is None:
             return None
         if head.session_id != key:  # found under the stripped id: read its messages
-            events = await load_messages_as(self.storage, head.session_id, _form_event,
+            events = await load_messages_as(self.storage, head.session_id, document_event,
                                             limit=recent) if recent != 0 else []
         return head, events
 
@@ -384,23 +383,13 @@ def message_event(message: ChatMessage) -> Event:
 
 
 def document_event(document: dict[str, Any]) -> Event:
-    """``message_event`` of a message document."""
-    return _event(document["metadata"], document["message_id"], document["role"],
-                  document["content"], document["created_at"])
-
-
-def _form_event(form: MessageForm, metadata: dict[str, Any]) -> Event:
-    """``message_event`` of a stored message's fields (``load_messages_as``)."""
-    return _event(metadata, form.message_id, form.role, form.content, form.created_at)
-
-
-def _event(metadata: dict[str, Any], message_id: str, role: str, content: str,
-           created_at: str) -> Event:
-    stored = metadata.get(EVENT_KEY)
+    """``message_event`` of a message document (``load_messages_as``)."""
+    stored = document["metadata"].get(EVENT_KEY)
     if type(stored) is dict:
         return Event.model_validate_json(orjson.dumps(stored))
-    moment = parse_timestamp(created_at, path="created_at")
-    return _plain_event(message_id, role, content, moment.timestamp())
+    moment = parse_timestamp(document["created_at"], path="created_at")
+    return _plain_event(document["message_id"], document["role"], document["content"],
+                        moment.timestamp())
 
 
 def _plain_event(message_id: str, role: str, content: str, timestamp: float) -> Event:

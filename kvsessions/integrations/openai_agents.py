@@ -39,7 +39,6 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
     raise MissingDependencyError("openai-agents", "openai-agents",
                                  purpose="kvsessions.integrations.openai_agents") from error
 
-from kvsessions.documents.message_form import MessageForm
 from kvsessions.documents.models import ChatMessage, ChatSession, utc_now
 from kvsessions.integrations.storage_source import StorageSource, session_storage
 from kvsessions.sessions.message_documents import load_messages_as
@@ -101,7 +100,7 @@ class OpenAIAgentsSession(SessionABC):
         count = resolve_session_limit(limit, self.session_settings)
         if count is not None and count <= 0:
             return []
-        return await load_messages_as(self.storage, self.session_id, form_item, limit=count)
+        return await load_messages_as(self.storage, self.session_id, document_item, limit=count)
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Store the items, in order, after those stored before; the session is created by the
@@ -169,13 +168,13 @@ def message_item(message: ChatMessage) -> TResponseInputItem:
     return _item(message.metadata, message.role, message.content)
 
 
-def form_item(form: MessageForm, metadata: dict[str, Any]) -> TResponseInputItem:
-    """``message_item`` of a stored message's fields (``load_messages_as``), written out: it
-    runs once per item of every ``get_items``."""
-    item: Any = metadata.get(ITEM_KEY)
+def document_item(document: dict[str, Any]) -> TResponseInputItem:
+    """``message_item`` of a message document (``load_messages_as``), written out: it runs
+    once per item of every ``get_items``."""
+    item: Any = document["metadata"].get(ITEM_KEY)
     if type(item) is not dict:
-        role = form.role
-        item = {"role": "assistant" if role == "tool" else role, "content": form.content}
+        role = document["role"]
+        item = {"role": "assistant" if role == "tool" else role, "content": document["content"]}
     return item  # type: ignore[no-any-return]
 
 

@@ -2,17 +2,15 @@
 objects nor parsed timestamps: the framework adapters, which keep their own object in a message's
 metadata and return that (``kvsessions.integrations``).
 
-Each value is decoded once into its fields (``kvsessions.documents.message_form``: msgspec
-checks the fields' types, constants and the ids' lengths as it decodes, with no dict per
-document) and its metadata by orjson, as every read decodes it; the reader's converter gets
-both. No ``ChatMessage`` is built and no timestamp parsed, which is most of a full read's cost
-per message. The timestamp is checked for its type only: a reader that needs the moment parses
-it (``parse_timestamp``), and one that does not (the adapters, which return what the metadata
-holds) is not stopped by a damaged one. A value the form refuses is decoded by orjson and
-taken when its fields have the schema's types (an id longer than the schema allows included, as
-before); anything else (an older version, a field of the wrong type, not JSON) takes the full
-path of every read (``parse_message``: upcast, schema check, the storage's damaged-data policy)
-and comes back as the document of the message read.
+Each document is parsed once with orjson and, when it is in the form this release writes, taken
+as it is after a check of its fields (exactly the schema's eight; kind, version, the types of
+the ids, role, content and metadata): no ``ChatMessage`` is built and no timestamp parsed, which
+is most of a full read's cost per message. The timestamp is checked for its type only: a reader
+that needs the moment parses it (``parse_timestamp``), and one that does not (the adapters,
+which return what the metadata holds) is not stopped by a damaged one. Anything else (an older
+version, a field of the wrong type, not JSON) takes the full path of every read
+(``parse_message``: upcast, schema check, the storage's damaged-data policy) and comes back as
+the document of the message read.
 
 A reader that turns each document into its own object at once (``load_messages_as``) keeps only
 that object: a document and its metadata are freed as soon as they are read, not held in a list
@@ -25,24 +23,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import msgspec
 import orjson
 
 from kvsessions.documents.codec import CURRENT_VERSIONS, message_to_document
 from kvsessions.documents.keys import message_prefix
-from kvsessions.documents.message_form import MessageForm, decode_message_form
 from kvsessions.documents.models import MESSAGE_ROLES
 from kvsessions.errors import ValidationError
 from kvsessions.sessions.damaged import DamagedPolicy
 from kvsessions.sessions.message_scan import parse_message
 from kvsessions.sessions.storage import SessionStorage
 
-__all__ = ["FormConverter", "load_message_documents", "load_messages_as"]
+__all__ = ["load_message_documents", "load_messages_as"]
 
 _T = TypeVar("_T")
-#: What ``load_messages_as`` makes of each message: its fields and its decoded metadata (the
-#: form's ``metadata`` is the raw JSON of it).
-FormConverter = Callable[[MessageForm, dict[str, Any]], _T]
 
 _loads = orjson.loads
 _ROLES = frozenset(MESSAGE_ROLES)
@@ -75,11 +68,11 @@ async def load_message_documents(storage: SessionStorage, session_id: str, *,
 
 
 async def load_messages_as(storage: SessionStorage, session_id: str,
-                           convert: FormConverter[_T], *,
+                           convert: Callable[[dict[str, Any]], _T], *,
                            limit: int | None = None,
                            on_damaged: DamagedPolicy | None = None) -> list[_T]:
-    """``convert(form, metadata)`` of each document ``load_message_documents`` returns, in
-    the same order, each converted as it is read (see the module docstring)."""
+    """``convert(document)`` of each document ``load_message_documents`` returns, in the same
+    order, each converted as it is read (see the module docstring)."""
     raw, documents = storage._raw, storage._documents
     handling = storage._handling(on_damaged)
     prefix = message_prefix(session_id)
@@ -98,25 +91,18 @@ async def load_messages_as(storage: SessionStorage, session_id: str,
             for key, value in page:
                 last = key
                 try:
-                    form = decode_message_form(value)
-                    metadata = _loads(memoryview(form.metadata))
-                except (msgspec.DecodeError, orjson.JSONDecodeError):
-                    pass
-                else:
-                    if type(metadata) is dict:
-                        append(convert(form, metadata))
-                        continue
-                try:
                     document = _loads(value)
                 except orjson.JSONDecodeError:
                     document = None
-                if not _is_current(document):
-                    try:  # the full path names what is wrong
-                        document = message_to_document(parse_message(documents, key, value))
-                    except ValidationError as error:
-                        handling.damaged(key, error)
-                        continue
-                append(convert(_form(document), document["metadata"]))
+                if _is_current(document):
+                    append(convert(document))
+                    continue
+                try:  # the full path names what is wrong
+                    document = message_to_document(parse_message(documents, key, value))
+                except ValidationError as error:
+                    handling.damaged(key, error)
+                else:
+                    append(convert(document))
         if wanted is None or last is None or seen < wanted:
             break
         cursor = last  # damaged documents were skipped: read on for the rest of the window
@@ -125,14 +111,5 @@ async def load_messages_as(storage: SessionStorage, session_id: str,
     return found
 
 
-def _form(document: dict[str, Any]) -> MessageForm:
-    """The form of a document read the slow way."""
-    return MessageForm(document["kind"], document["v"], document["message_id"],
-                       document["session_id"], document["role"], document["content"],
-                       document["created_at"], msgspec.Raw(orjson.dumps(document["metadata"])))
-
-
-def _document(form: MessageForm, metadata: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": form.kind, "v": form.v, "message_id": form.message_id,
-            "session_id": form.session_id, "role": form.role, "content": form.content,
-            "created_at": form.created_at, "metadata": metadata}
+def _document(document: dict[str, Any]) -> dict[str, Any]:
+    return document
