@@ -19,7 +19,7 @@ from kvsessions.documents.codec import CURRENT_VERSIONS
 from kvsessions.documents.keys import kind_of_key
 from kvsessions.errors import UnsupportedVersionError, ValidationError
 
-__all__ = ["all_utc_timestamps", "load_schema", "schema_names", "validate_document"]
+__all__ = ["all_valid", "load_schema", "schema_names", "validate_document"]
 
 
 def schema_names() -> list[str]:
@@ -46,21 +46,25 @@ def _validator(kind: str, version: int) -> Any:
 
 
 @functools.cache
-def _timestamps_validator() -> Any:
-    """The message schema's UTC timestamp (its pattern and the date-time format) as the items
-    of an array."""
-    schema = load_schema("message", 1)
-    listed = {"$schema": schema["$schema"], "type": "array",
-              "items": schema["$defs"]["utc_timestamp"]}
+def _list_validator(kind: str, version: int) -> Any:
+    """The schema of ``kind`` and ``version`` as the items of an array (its ``$defs`` at the
+    root, where its references point)."""
+    schema = load_schema(kind, version)
+    items = {name: part for name, part in schema.items()
+             if name not in ("$schema", "$id", "$defs")}
+    listed = {"$schema": schema["$schema"], "type": "array", "items": items}
+    if "$defs" in schema:
+        listed["$defs"] = schema["$defs"]
     return jsonschema_rs.validator_for(listed, validate_formats=True)
 
 
-def all_utc_timestamps(texts: list[Any]) -> bool:
-    """Whether every one of ``texts`` is a timestamp as the schemas write one (UTC, 1-6
-    digits of fraction, a real date): many checked in one call, for a reader that checked the
-    other fields itself (``kvsessions.documents.message_form``). No error says which one is
-    wrong: the reader then takes its documents one by one (``validate_document``)."""
-    return bool(_timestamps_validator().is_valid(texts))
+def all_valid(documents: list[Any], kind: str, version: int) -> bool:
+    """Whether every one of ``documents`` meets the schema of ``kind`` and ``version``: a page
+    of documents checked in one call, at a fraction of the cost of one call per document. No
+    error says which one is wrong: a reader then takes them one by one
+    (``validate_document``). JSON Schema takes 1.0 for 1: a caller that reads ``v`` checks
+    that it is an int (as ``validate_document`` does)."""
+    return bool(_list_validator(kind, version).is_valid(documents))
 
 
 def validate_document(document: Any, *, key: str | None = None) -> None:

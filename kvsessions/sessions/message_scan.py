@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 from kvsessions.documents.codec import decode_document, document_to_message
 from kvsessions.documents.models import ChatMessage
 from kvsessions.documents.validation import validate_document
 from kvsessions.errors import ValidationError
 from kvsessions.kv.base import KVStore, closed_after
 from kvsessions.sessions.damaged import DamagedHandling
-from kvsessions.sessions.message_reader import message_from_value, messages_from_page
+from kvsessions.sessions.message_reader import message_from_document, messages_from_page
 from kvsessions.wrappers.validating import ValidatingStore
 
 __all__ = ["parse_message", "read_message", "scan_messages"]
 
+_loads = orjson.loads
 #: Documents the first and the largest chunk of a bounded or filtered scan read.
 _FIRST_CHUNK, _LAST_CHUNK = 32, 4096
 
@@ -32,9 +35,13 @@ def _shared_prefix(first: str, second: str) -> str:
 def parse_message(documents: ValidatingStore, key: str, value: bytes) -> ChatMessage:
     """The message stored as ``value`` under ``key``, or the ``ValidationError`` naming what
     is wrong. A document in the form this release writes is checked field by field on the
-    spot (``message_from_value``); anything else takes the full path (upcast, JSON
+    spot (``message_from_document``); anything else takes the full path (upcast, JSON
     Schema), which names what is wrong."""
-    message = message_from_value(value)
+    try:
+        document = _loads(value)
+    except orjson.JSONDecodeError:
+        document = None
+    message = message_from_document(document)
     if message is not None:
         return message
     document = decode_document(value, key=key)
