@@ -602,6 +602,14 @@ _MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     "extra_field": lambda d: d.update(extra=1),
     "missing_field": lambda d: d.pop("metadata"),
     "swapped_field": lambda d: (d.pop("metadata"), d.update(meta={})),
+    "fields_reordered": lambda d: (lambda items: (d.clear(), d.update(reversed(items))))(
+        list(d.items())),
+    "accented_id_200": lambda d: d.update(message_id="é" * 200),
+    "accented_id_201": lambda d: d.update(message_id="é" * 201),
+    "kind_null": lambda d: d.update(kind=None),
+    "metadata_null": lambda d: d.update(metadata=None),
+    "metadata_nested": lambda d: d.update(metadata={"a": {"b": [1, 2.5, None, True, "é"]}}),
+    "content_escapes": lambda d: d.update(content='quote " backslash \\ tab \t é 𝄞'),
 }
 
 
@@ -627,6 +635,39 @@ def test_fast_read_path_accepts_only_what_the_schema_accepts(name: str) -> None:
         assert batch[0] == batch[2] == message_from_document(orjson.loads(valid))
     if name in ("unchanged", "whole_seconds", "longest_id"):
         assert fast is not None, "the fast path must take what this release writes"
+
+
+@pytest.mark.parametrize("value", [
+    # the same field twice: orjson keeps the last, so the full path decides
+    b'{"kind":"message","kind":"session","v":1,"message_id":"a","session_id":"s1",'
+    b'"role":"user","content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    b'{"kind":"session","kind":"message","v":1,"message_id":"a","session_id":"s1",'
+    b'"role":"user","content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    # an integer beyond 64 bits: orjson reads it as a float, and so does every read
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"","created_at":"2026-11-21T10:00:00Z","metadata":{"n":100000000000000000000}}',
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"\\ud800","created_at":"2026-11-21T10:00:00Z","metadata":{}}',
+    b'{"kind":"message","v":1,"message_id":"a","session_id":"s1","role":"user",'
+    b'"content":"","created_at":"2026-11-21T10:00:00Z","metadata":{}} x',
+])
+def test_fast_read_path_reads_stored_bytes_as_the_full_path(value: bytes) -> None:
+    """What the fast path takes from raw bytes is what the full path reads from them."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        document = None
+    fast = message_from_document(document)
+    try:
+        validate_document(document)
+        full: ChatMessage | None = document_to_message(document)
+    except ValidationError:
+        full = None
+    if fast is not None:
+        assert full is not None and fast == full
+        assert fast.metadata == full.metadata
+        assert [type(v) for v in fast.metadata.values()] == [
+            type(v) for v in full.metadata.values()]
 
 
 async def test_documents_off_the_fast_path_still_load(storage: SessionStorage) -> None:

@@ -26,6 +26,7 @@ __all__ = ["message_from_document", "messages_from_page"]
 _FAST = CURRENT_VERSIONS["message"] == 1
 _from_iso = datetime.fromisoformat
 _loads = orjson.loads
+_new = object.__new__
 #: Documents decoded and checked at once: few enough that they are freed before the garbage
 #: collector's young generation fills (700 objects) and promotes them. Decoding a whole page
 #: of 1,000 first made loads of 10,000 messages twice as slow in a process with a large heap
@@ -71,6 +72,12 @@ def _messages(documents: list[Any]) -> list[ChatMessage] | None:
             moment = _from_iso(document["created_at"])
         except ValueError:
             return None
-        append(ChatMessage(document["message_id"], document["session_id"], document["role"],
-                           document["content"], moment, document["metadata"]))
+        message = _new(ChatMessage)  # the fields are checked: __init__ would only copy them
+        message.message_id = document["message_id"]
+        message.session_id = document["session_id"]
+        message.role = document["role"]
+        message.content = document["content"]
+        message.created_at = moment
+        message.metadata = document["metadata"]
+        append(message)
     return messages
