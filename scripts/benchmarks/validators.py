@@ -10,7 +10,7 @@ import jsonschema
 import jsonschema_rs
 
 from benchmarks.harness import BenchContext
-from kvsessions.documents.codec import session_to_document
+from kvsessions.documents.codec import CURRENT_VERSIONS, session_to_document
 from kvsessions.documents.models import ChatSession
 from kvsessions.documents.validation import load_schema
 
@@ -33,7 +33,7 @@ def per_second(check: Any, document: dict[str, Any], n: int) -> float:
 
 
 async def run(ctx: BenchContext) -> None:
-    schema = load_schema("session", 1)
+    schema = load_schema("session", CURRENT_VERSIONS["session"])  # what the codec writes
     document = session_document_2kb()
     rs = jsonschema_rs.validator_for(schema)
     fast = fastjsonschema.compile(schema)
