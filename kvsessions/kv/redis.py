@@ -822,20 +822,32 @@ class RedisStore(KVStore):
         """Pages of a scan over several runs: the directory's run names in order, in pages;
         each run of many keys read from its partition, runs of one key fetched together."""
         remaining = limit
+
+        def spent(page: list[tuple[str, bytes]]) -> bool:
+            """Count a page given out against ``limit``: True once it is reached."""
+            nonlocal remaining
+            if remaining is None:
+                return False
+            remaining -= len(page)
+            return remaining <= 0
+
+        def run_pages(name: str) -> contextlib.AbstractAsyncContextManager[
+                AsyncIterator[list[tuple[str, bytes]]]]:
+            """The pages of run ``name`` within the range, at most what is left to give."""
+            return closed_after(self._scan_run(name, _clamp(key_range, name), reverse,
+                                               remaining))
+
         # The run that holds ``lower`` may sort before it ("message:s:" before
         # "message:s:m5"); the directory read below starts after ``lower``, so that run is
         # read on its own: first going forwards, last going backwards.
         first = run_of(key_range.lower)
         first_apart = not single_key_run(first)
         if first_apart and not reverse:
-            async with closed_after(self._scan_run(
-                    first, _clamp(key_range, first), reverse, remaining)) as pages:
+            async with run_pages(first) as pages:
                 async for page in pages:
                     yield page
-                    if remaining is not None:
-                        remaining -= len(page)
-                        if remaining <= 0:
-                            return
+                    if spent(page):
+                        return
         cursor = key_range
         if first_apart:
             cursor = KeyRange(key_range.lower, False, key_range.upper)
@@ -856,33 +868,25 @@ class RedisStore(KVStore):
                     continue
                 async for page in self._single_key_runs(single):
                     yield page
-                    if remaining is not None:
-                        remaining -= len(page)
+                    if spent(page):
+                        return
                 single = []
-                if remaining is not None and remaining <= 0:
-                    return
-                async with closed_after(self._scan_run(
-                        name, _clamp(key_range, name), reverse, remaining)) as pages:
+                async with run_pages(name) as pages:
                     async for page in pages:
                         yield page
-                        if remaining is not None:
-                            remaining -= len(page)
-                            if remaining <= 0:
-                                return
+                        if spent(page):
+                            return
             async for page in self._single_key_runs(single):
                 yield page
-                if remaining is not None:
-                    remaining -= len(page)
-            if remaining is not None and remaining <= 0:
-                return
+                if spent(page):
+                    return
             if len(runs) < size:
                 break
             last = runs[-1].decode()
             cursor = (KeyRange(cursor.lower, cursor.lower_inclusive, last) if reverse
                       else KeyRange(last, False, cursor.upper))
         if first_apart and reverse:
-            async with closed_after(self._scan_run(
-                    first, _clamp(key_range, first), reverse, remaining)) as pages:
+            async with run_pages(first) as pages:
                 async for page in pages:
                     yield page
 
