@@ -8,6 +8,7 @@ fills, which run in the background and report their failure through ``on_error``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -116,7 +117,11 @@ class RedisTier:
             self._fill_task.cancel()
         if self.client is not None and self.owns_client:
             client, self.client = self.client, None
-            await client.aclose()
+            # The sockets are closed by then; at worst the wait for the server to see it runs
+            # out (the tier's short timeout, on a busy machine). A cache being shut down has
+            # nothing left to lose: its closing does not fail the caller's.
+            with contextlib.suppress(*TIER_ERRORS):
+                await client.aclose()
 
     # ------------------------------------------------------------------ reads
 
